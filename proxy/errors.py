@@ -1,0 +1,145 @@
+"""Every way keyfront refuses or fails, modelled once.
+
+    KeyfrontError
+    ├── Refusal                     a request answered with an error response (SPEC section 1)
+    │   ├── 400 BadPath             bad_path
+    │   ├── 401 KeyMissing          key_missing
+    │   ├── 401 KeyInvalid          key_invalid
+    │   ├── 401 KeyUnknown          key_unknown
+    │   ├── 403 KeyRevoked          key_revoked
+    │   ├── 403 KeyDisabled         key_disabled      (the key or its customer)
+    │   ├── 403 KeyExpired          key_expired
+    │   ├── 403 LinkInvalid         link_invalid
+    │   ├── 403 LinkExpired         link_expired
+    │   ├── 403 LinkRequired        link_required
+    │   ├── 403 ReferrerNotAllowed  referrer_not_allowed
+    │   ├── 403 IpNotAllowed        ip_not_allowed
+    │   ├── 403 PathNotAllowed      path_not_allowed
+    │   ├── 404 NotFound            not_found
+    │   ├── 405 MethodNotAllowed    method_not_allowed (with Allow)
+    │   ├── 429 RateLimited         rate_limited
+    │   ├── 429 QuotaExceeded       quota_exceeded
+    │   ├── 502 OriginError         origin_error
+    │   ├── 504 OriginTimeout       origin_timeout
+    │   └── 503 Unavailable         unavailable
+    ├── StoreError                  the store could not answer (translated at the adapter edge)
+    │   └── Conflict                a create whose id already exists
+    └── ConfigError                 a bad config; names the field path
+
+A Refusal carries its HTTP status and SPEC error code; `pipeline.refusal_response`
+is the one place that renders it.
+"""
+
+from __future__ import annotations
+
+
+class KeyfrontError(Exception):
+    """Base of every keyfront error."""
+
+
+class Refusal(KeyfrontError):
+    status = 500
+    code = "internal_error"
+    message = "internal error"
+
+    def __init__(self, message: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.headers = headers or {}
+
+
+class BadPath(Refusal):
+    status, code, message = 400, "bad_path", "the object path is not allowed"
+
+
+class KeyMissing(Refusal):
+    status, code, message = 401, "key_missing", "an API key is required"
+
+
+class KeyInvalid(Refusal):
+    status, code, message = 401, "key_invalid", "the API key is malformed or its signature is wrong"
+
+
+class KeyUnknown(Refusal):
+    status, code, message = 401, "key_unknown", "the API key does not exist"
+
+
+class KeyRevoked(Refusal):
+    status, code, message = 403, "key_revoked", "the API key has been revoked"
+
+
+class KeyDisabled(Refusal):
+    status, code, message = 403, "key_disabled", "the API key or its customer is disabled"
+
+
+class KeyExpired(Refusal):
+    status, code, message = 403, "key_expired", "the API key has expired"
+
+
+class LinkInvalid(Refusal):
+    status, code, message = 403, "link_invalid", "the signed link's signature is not valid"
+
+
+class LinkExpired(Refusal):
+    status, code, message = 403, "link_expired", "the signed link has expired"
+
+
+class LinkRequired(Refusal):
+    status, code, message = 403, "link_required", "this key only serves signed links"
+
+
+class ReferrerNotAllowed(Refusal):
+    status, code, message = 403, "referrer_not_allowed", "the referrer is not allowed for this key"
+
+
+class IpNotAllowed(Refusal):
+    status, code, message = 403, "ip_not_allowed", "the client IP is not allowed for this key"
+
+
+class PathNotAllowed(Refusal):
+    status, code, message = 403, "path_not_allowed", "this key may not read this path"
+
+
+class NotFound(Refusal):
+    status, code, message = 404, "not_found", "no such object"
+
+
+class MethodNotAllowed(Refusal):
+    status, code, message = 405, "method_not_allowed", "only GET, HEAD and OPTIONS are allowed"
+
+
+class RateLimited(Refusal):
+    status, code, message = 429, "rate_limited", "rate limit exceeded"
+
+
+class QuotaExceeded(Refusal):
+    status, code, message = 429, "quota_exceeded", "monthly quota exhausted"
+
+
+class OriginError(Refusal):
+    status, code, message = 502, "origin_error", "the origin failed"
+
+
+class Unavailable(Refusal):
+    status, code, message = 503, "unavailable", "temporarily unavailable"
+
+
+class OriginTimeout(Refusal):
+    status, code, message = 504, "origin_timeout", "the origin did not answer in time"
+
+
+class StoreError(KeyfrontError):
+    """The store could not answer; adapters raise it `from` the driver's exception."""
+
+
+class Conflict(StoreError):
+    """A create whose id already exists."""
+
+
+class ConfigError(KeyfrontError):
+    """A bad config file. `path` is the field path, e.g. `routes[0].origin`."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem

@@ -1,0 +1,76 @@
+"""Origins: where objects come from, chosen by the route's URL scheme (SPEC section 6).
+
+    origin_from_url(route, timeouts)   file:///dir/   http(s)://host/base/   s3://bucket/prefix/
+
+An Origin answers one OriginRequest with an OriginResponse, or raises NotFound,
+OriginError (-> 502) or OriginTimeout (-> 504). Errors while the body streams are
+raised from the body iterator, after the headers went out: the pipeline then aborts
+the connection (STYLE "streaming rule"). Every implementation passes the contract
+suite in tests/test_origin.py.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from ..config import OriginTimeouts, Route
+
+
+@dataclass(frozen=True, slots=True)
+class OriginRequest:
+    path: str  # decoded, normalised object path below the route prefix; no leading "/"
+    method: Literal["GET", "HEAD"] = "GET"
+    range: str | None = None  # the client's Range header, forwarded as is
+    if_none_match: str | None = None
+    if_modified_since: str | None = None
+
+
+@dataclass(slots=True)
+class OriginResponse:
+    """Status is 200, 206, 304 or 416. `headers` holds only what keyfront passes on:
+    Content-Type, Content-Length, ETag, Last-Modified, Content-Range.
+
+    The body is either `data` (small objects, already in memory) or `stream`, an
+    async iterator of chunks; both are empty for HEAD, 304 and 416. `close()` must be
+    called once the response is done with, whatever happened."""
+
+    status: int
+    headers: dict[str, str]
+    data: bytes | None = None
+    stream: AsyncIterator[bytes] | None = None
+    release: Callable[[], Awaitable[None]] | None = None  # frees the origin connection / file
+
+    async def close(self) -> None:
+        if self.release is not None:
+            release, self.release = self.release, None
+            await release()
+
+
+class Origin(abc.ABC):
+    async def open(self) -> None:
+        """Create clients / sessions. Called once before use."""
+
+    async def close(self) -> None:
+        """Release them. Called once at shutdown."""
+
+    @abc.abstractmethod
+    async def fetch(self, request: OriginRequest) -> OriginResponse: ...
+
+    async def ping(self) -> None:
+        """Raise OriginError unless the origin is reachable (for /readyz)."""
+
+
+def origin_from_url(route: Route, timeouts: OriginTimeouts) -> Origin:
+    scheme = route.origin.partition("://")[0].lower()
+    if scheme == "file":
+        from .file import FileOrigin
+
+        return FileOrigin(route)
+    if scheme in ("http", "https"):
+        from .http import HttpOrigin
+
+        return HttpOrigin(route, timeouts)
+    raise ValueError(f"unknown origin scheme {scheme!r} (use file://, http://, https://, s3://)")

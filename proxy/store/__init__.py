@@ -1,0 +1,104 @@
+"""The store: customers and key records (and, later, buckets and usage), chosen by URL.
+
+    store_from_url("sqlite:///var/lib/keyfront/keyfront.db")   embedded, one host
+    store_from_url("redis://127.0.0.1:6379/0")                  shared by many instances
+
+Every implementation passes the one contract suite in tests/test_store.py. Drivers'
+exceptions are translated at this edge into `StoreError` (and `Conflict` for a create
+whose id exists); callers never see sqlite3 or redis exceptions.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+from ..records import Customer, KeyRecord
+
+ChangeKind = Literal["key", "customer", "all"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A record changed: every instance drops its cached copy. `all` drops everything
+    (sent after a lost subscription, when changes may have been missed)."""
+
+    kind: ChangeKind
+    id: str = ""
+
+
+class Store(abc.ABC):
+    """Customers and key records. Writes announce a Change to every subscriber."""
+
+    async def open(self) -> None:
+        """Connect / create the schema. Called once before use."""
+
+    async def close(self) -> None:
+        """Release connections. Called once at shutdown."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreError unless the store answers (for /readyz)."""
+
+    # customers
+    @abc.abstractmethod
+    async def create_customer(self, customer: Customer) -> None:
+        """Insert; raise Conflict if the id exists."""
+
+    @abc.abstractmethod
+    async def put_customer(self, customer: Customer) -> None:
+        """Replace an existing customer and announce the change."""
+
+    @abc.abstractmethod
+    async def get_customer(self, customer_id: str) -> Customer | None: ...
+
+    @abc.abstractmethod
+    async def list_customers(self) -> list[Customer]:
+        """All customers, ordered by customer_id."""
+
+    # keys
+    @abc.abstractmethod
+    async def create_key(self, record: KeyRecord) -> None:
+        """Insert; raise Conflict if the key_id exists. Announces the change (so a
+        cached "unknown" answer for that id is dropped)."""
+
+    @abc.abstractmethod
+    async def put_key(self, record: KeyRecord) -> None:
+        """Replace an existing key record and announce the change."""
+
+    @abc.abstractmethod
+    async def get_key(self, key_id: str) -> KeyRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_keys(self, customer_id: str | None = None) -> list[KeyRecord]:
+        """Keys of one customer (or all), ordered by created_at then key_id."""
+
+    async def get_key_and_customer(self, key_id: str) -> tuple[KeyRecord, Customer | None] | None:
+        """The request path's read on a record-cache miss. Stores that can join in one
+        round trip override this."""
+        record = await self.get_key(key_id)
+        if record is None:
+            return None
+        return record, await self.get_customer(record.customer_id)
+
+    # change notification (SPEC section 2: a change reaches every instance within 1 s)
+    @abc.abstractmethod
+    def changes(self) -> AsyncIterator[Change]:
+        """Changes made by any instance, from now on, until the store closes. After a
+        gap (lost connection) it yields Change("all") first."""
+
+
+def store_from_url(url: str) -> Store:
+    """The Store for a URL: sqlite:///path, redis://, rediss://, redis+cluster://."""
+    scheme = url.partition("://")[0].lower()
+    if scheme == "sqlite":
+        from .sqlite import SqliteStore
+
+        return SqliteStore(url)
+    if scheme in ("redis", "rediss", "redis+cluster"):
+        from .redis import RedisStore
+
+        return RedisStore(url)
+    raise ValueError(f"unknown store scheme {scheme!r} (use sqlite://, redis://, rediss://)")
