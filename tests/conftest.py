@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from aiohttp import web
 
 
 def free_port() -> int:
@@ -62,11 +66,22 @@ def _spawn_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
     if binary is None:
         pytest.fail("redis-server is not on the PATH: run `make test`, which installs it")
     return subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="session")
@@ -92,3 +107,138 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def env_without_keyfront() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("KEYFRONT_")}
+
+
+# --- keyfront as a real process ------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYFRONT = os.path.join(os.path.dirname(sys.executable), "keyfront")  # the venv's console script
+SECRET = "test-signing-secret-0123456789"
+
+
+@dataclass
+class KeyfrontProcess:
+    """A running `keyfront serve` and the config it runs on."""
+
+    config_path: str
+    port: int
+    admin_port: int
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the real `keyfront` command line against this instance's config."""
+        return subprocess.run(
+            [KEYFRONT, *args, "-c", self.config_path],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=30,
+        )
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout)
+        return self.process.returncode
+
+
+def write_config(directory: str, text: str) -> str:
+    path = os.path.join(directory, f"keyfront-{free_port()}.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def start_keyfront(
+    config_body: str, directory: str, *args: str, port: int | None = None
+) -> KeyfrontProcess:
+    """Start `keyfront serve` on free ports with `config_body` (YAML without listen
+    lines), and wait until /healthz answers."""
+    port = port or free_port()
+    admin_port = free_port()
+    text = f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\n{config_body}"
+    config_path = write_config(directory, text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYFRONT_")}
+    env["KEYFRONT_KEY_SECRET"] = SECRET
+    process = subprocess.Popen([KEYFRONT, "serve", "-c", config_path, *args], env=env)
+    instance = KeyfrontProcess(config_path, port, admin_port, process, env)
+    try:
+        wait_for_port(admin_port, timeout=15)
+        wait_for_port(port, timeout=5)
+    except TimeoutError:
+        instance.stop()
+        raise
+    return instance
+
+
+# --- a real HTTP origin, in a thread of the test process ------------------------------
+
+
+class HttpOriginServer:
+    """An aiohttp server over a folder, counting GETs per path, and adding headers an
+    origin like S3 sends that keyfront must not pass on."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.port = free_port()
+        self.gets: dict[str, int] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._serve)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info["path"]
+        if request.method == "GET":
+            self.gets[path] = self.gets.get(path, 0) + 1
+        if path.startswith("slow/"):
+            return await self._trickle(request, path)
+        full = os.path.join(self.root, path)
+        if not os.path.isfile(full):
+            raise web.HTTPNotFound()
+        response = web.FileResponse(full)
+        response.headers["Set-Cookie"] = "origin=secret"
+        response.headers["x-amz-meta-owner"] = "someone"
+        response.headers["Server"] = "OriginServer/1.0"
+        return response
+
+    async def _trickle(self, request: web.Request, path: str) -> web.StreamResponse:
+        """`slow/<n>`: n bytes in 4 chunks, 0.25 s apart (in-flight during shutdown)."""
+        size = int(path.removeprefix("slow/"))
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = size
+        await response.prepare(request)
+        for i in range(4):
+            await asyncio.sleep(0.25)
+            await response.write(b"x" * (size // 4 + (size % 4 if i == 3 else 0)))
+        await response.write_eof()
+        return response
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()

@@ -1,0 +1,44 @@
+# keyfront: `make run` tries it out, `make test` proves it. Both set up everything they
+# need on a fresh machine (a virtualenv; redis-server for the tests).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= config/local.yaml
+
+.PHONY: run test lint format check-redis install install-test bench clean
+
+run: install
+	@CONFIG=$(CONFIG) BIN=$(BIN) deploy/run-local.sh
+
+test: install-test check-redis lint
+	$(BIN)/pytest
+
+lint: install-test
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/mypy --strict proxy
+
+format: install-test
+	$(BIN)/ruff format proxy tests bench
+	$(BIN)/ruff check --fix proxy tests bench
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+# The suite starts its own redis-server on a free port; it only needs the binary.
+check-redis:
+	@command -v redis-server >/dev/null || deploy/install-redis-server.sh
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

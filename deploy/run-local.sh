@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# `make run`: start keyfront on the embedded default (config/local.yaml: SQLite store,
+# local sample files). First run generates a signing secret and a demo key in data/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+export KEYFRONT_CONFIG=${CONFIG:-config/local.yaml}
+mkdir -p data
+if [ ! -s data/key-secret ]; then
+  (umask 077 && "$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))' > data/key-secret)
+fi
+KEYFRONT_KEY_SECRET=$(cat data/key-secret)
+export KEYFRONT_KEY_SECRET
+kf="$BIN/keyfront"
+"$kf" config check >/dev/null
+"$kf" customers show demo >/dev/null 2>&1 || "$kf" customers create demo --name "Demo customer" >/dev/null
+if [ ! -s data/demo-key ]; then
+  "$kf" keys create --customer demo --name "make run demo key" --json \
+    | "$BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["key"])' > data/demo-key
+fi
+key=$(cat data/demo-key)
+listen=${KEYFRONT_LISTEN:-127.0.0.1:8080}
+cat <<MSG
+
+keyfront is starting on http://$listen (admin and health on ${KEYFRONT_ADMIN_LISTEN:-127.0.0.1:9080}).
+
+  demo key:  $key
+
+  curl -i "http://$listen/request/12345.svg?key=$key"
+
+Stop it with Ctrl-C.
+MSG
+exec "$kf" serve

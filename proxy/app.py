@@ -1,0 +1,196 @@
+"""Process wiring: start-up, serve until a signal, graceful shutdown (SPEC section 11).
+
+`serve_forever` is the `keyfront serve` entry point. With `workers > 1` it becomes a
+supervisor of N worker processes that share the public and admin ports through
+SO_REUSEPORT; each worker runs `serve()`, which reads top to bottom: start the store,
+origins and record cache, open both listeners, wait for SIGTERM/SIGINT, then stop
+accepting, drain in-flight responses up to `shutdown_timeout`, and close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from .config import Config
+from .errors import KeyfrontError
+from .keys import KeySigner
+from .origin import Origin, origin_from_url
+from .pipeline import Pipeline, Target
+from .record_cache import RecordCache
+from .store import Store, store_from_url
+
+log = logging.getLogger("keyfront")
+WORKER_ENV = "KEYFRONT_WORKER"
+READY_TIMEOUT = 2.0
+
+
+@dataclass
+class Runtime:
+    """Everything one worker process opened, so shutdown can close it in order."""
+
+    config: Config
+    store: Store
+    origins: list[Origin]
+    records: RecordCache
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    public: asyncio.Server | None = None
+    public_handler: web.Server | None = None
+    admin: web.AppRunner | None = None
+
+
+def serve_forever(config: Config, workers: int | None = None) -> int:
+    """Run keyfront until SIGTERM/SIGINT; the process exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    count = workers or config.workers
+    if count > 1 and WORKER_ENV not in os.environ:
+        return supervise(config, count)
+    try:
+        asyncio.run(serve(config))
+    except KeyfrontError as exc:
+        log.error("keyfront cannot start: %s", exc)
+        return 1
+    return 0
+
+
+async def serve(config: Config) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runtime = await startup(config)
+    log.info(
+        "keyfront serving on %s (admin %s), pid %d", config.listen, config.admin_listen, os.getpid()
+    )
+    try:
+        await stop.wait()
+    finally:
+        await shutdown(runtime)
+
+
+async def startup(config: Config) -> Runtime:
+    store = store_from_url(config.store)
+    await store.open()
+    records = RecordCache(store, config.keys.record_cache_ttl, config.keys.record_cache_size)
+    targets = [
+        Target(route, origin_from_url(route, config.origin_timeouts)) for route in config.routes
+    ]
+    runtime = Runtime(config, store, [t.origin for t in targets], records)
+    for origin in runtime.origins:
+        await origin.open()
+    runtime.tasks.append(asyncio.create_task(records.follow_changes()))
+    signer = KeySigner(config.keys.prefix, config.keys.secrets)
+    pipeline = Pipeline(config, signer, records, targets)
+    runtime.public_handler = web.Server(pipeline.handle, access_log=None)
+    runtime.public = await asyncio.get_running_loop().create_server(
+        runtime.public_handler,
+        config.listen.host,
+        config.listen.port,
+        reuse_port=True,
+        backlog=2048,
+    )
+    runtime.admin = await start_admin(runtime)
+    return runtime
+
+
+async def shutdown(runtime: Runtime) -> None:
+    """Stop accepting, let in-flight responses finish (bounded), then close."""
+    timeout = runtime.config.shutdown_timeout
+    if runtime.public is not None:
+        runtime.public.close()
+    if runtime.public_handler is not None:
+        await runtime.public_handler.shutdown(timeout)
+    if runtime.admin is not None:
+        await runtime.admin.cleanup()
+    for task in runtime.tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    for origin in runtime.origins:
+        await origin.close()
+    await runtime.store.close()
+
+
+# --- admin listener: /healthz, /readyz (the admin API and /metrics come later) ---
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+async def start_admin(runtime: Runtime) -> web.AppRunner:
+    app = web.Application()
+    app[RUNTIME] = runtime
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    listen = runtime.config.admin_listen
+    await web.TCPSite(runner, listen.host, listen.port, reuse_port=True).start()
+    return runner
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when the store and every origin answer within READY_TIMEOUT, else 503
+    naming what failed."""
+    runtime = request.app[RUNTIME]
+    checks = {"store": runtime.store.ping()}
+    for route, origin in zip(runtime.config.routes, runtime.origins, strict=True):
+        checks[f"origin {route.prefix}"] = origin.ping()
+    failed = {}
+    for name, check in checks.items():
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await check
+        except (KeyfrontError, TimeoutError) as exc:
+            failed[name] = str(exc) or type(exc).__name__
+    status = 503 if failed else 200
+    return web.json_response(
+        {"status": "unready" if failed else "ready", "failed": failed}, status=status
+    )
+
+
+# --- supervisor for --workers N ---
+
+
+def supervise(config: Config, count: int) -> int:
+    """Run `count` worker processes sharing the listeners; restart one that dies,
+    forward SIGTERM/SIGINT to all and wait for them (each drains on its own)."""
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    procs = [_spawn_worker(config, i) for i in range(count)]
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while True:
+        for i, proc in enumerate(procs):
+            if proc.poll() is not None and not stopping:
+                log.error("worker %d exited with %s; restarting it", i, proc.returncode)
+                time.sleep(1.0)
+                procs[i] = _spawn_worker(config, i)
+        if stopping and all(p.poll() is not None for p in procs):
+            return max(p.returncode or 0 for p in procs)
+        time.sleep(0.1)
+
+
+def _spawn_worker(config: Config, index: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, WORKER_ENV: str(index)}
+    argv = [sys.executable, "-m", "proxy", "serve", "-c", config.source, "--workers", "1"]
+    return subprocess.Popen(argv, env=env)

@@ -1,0 +1,113 @@
+"""The process: health endpoints, graceful shutdown, workers, refusing a bad config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import KEYFRONT, HttpOriginServer, start_keyfront, write_config
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Iterator[HttpOriginServer]:
+    (tmp_path / "hello.txt").write_bytes(b"hello")
+    server = HttpOriginServer(str(tmp_path))
+    server.start()
+    yield server
+    server.stop()
+
+
+def config_body(tmp_path: Path, origin_url: str) -> str:
+    return f"""
+store: sqlite://{tmp_path}/kf.db
+keys: {{secrets: {{1: ${{KEYFRONT_KEY_SECRET}}}}}}
+routes:
+  - {{prefix: /open/, origin: "{origin_url}", auth: none}}
+shutdown_timeout: 10s
+"""
+
+
+def fetch(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_health_and_readiness(tmp_path: Path, origin: HttpOriginServer) -> None:
+    kf = start_keyfront(config_body(tmp_path, origin.url), str(tmp_path))
+    try:
+        assert fetch(f"{kf.admin_url}/healthz")[0] == 200
+        status, body = fetch(f"{kf.admin_url}/readyz")
+        assert status == 200, body
+        origin.stop()
+        status, body = fetch(f"{kf.admin_url}/readyz")
+        assert status == 503
+        assert "origin /open/" in json.loads(body)["failed"]
+    finally:
+        assert kf.stop() == 0
+
+
+def test_sigterm_finishes_in_flight_responses_then_exits_zero(
+    tmp_path: Path, origin: HttpOriginServer
+) -> None:
+    kf = start_keyfront(config_body(tmp_path, origin.url), str(tmp_path))
+    result: dict[str, object] = {}
+
+    def download() -> None:
+        result["reply"] = fetch(f"{kf.url}/open/slow/40000")
+
+    thread = threading.Thread(target=download)
+    thread.start()
+    time.sleep(0.3)  # the response is under way: headers sent, body trickling
+    kf.process.send_signal(signal.SIGTERM)
+    thread.join(10)
+    assert kf.process.wait(15) == 0
+    assert result["reply"] == (200, b"x" * 40000)
+
+
+def test_workers_share_the_port(tmp_path: Path, origin: HttpOriginServer) -> None:
+    kf = start_keyfront(config_body(tmp_path, origin.url), str(tmp_path), "--workers", "2")
+    try:
+        deadline = time.monotonic() + 10
+        while len(_children(kf.process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(_children(kf.process.pid)) == 2
+        for _ in range(20):
+            assert fetch(f"{kf.url}/open/hello.txt") == (200, b"hello")
+    finally:
+        assert kf.stop() == 0
+
+
+def _children(pid: int) -> list[str]:
+    path = f"/proc/{pid}/task/{pid}/children"
+    with open(path) as f:
+        return f.read().split()
+
+
+def test_a_bad_config_refuses_to_start_naming_the_field(tmp_path: Path) -> None:
+    path = write_config(
+        str(tmp_path),
+        f"store: sqlite://{tmp_path}/kf.db\nkeys: {{secrets: {{1: short}}}}\n"
+        f"routes: [{{prefix: /f/, origin: 'file://{tmp_path}/'}}]\n",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYFRONT_")}
+    done = subprocess.run(
+        [KEYFRONT, "serve", "-c", path],
+        check=False,
+        env=env,
+        capture_output=True,
+        timeout=30,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert "keys.secrets.1" in done.stderr
