@@ -11,7 +11,7 @@ Exit status: 0 done; 1 the command could not be done (no such record, a duplicat
 store error); 2 bad usage or a bad config, naming the option or the field path.
 
 A full key is printed once, by `keys create` or `keys roll`: it is never stored, and no
-other command can show it. A key's link secret is shown only when it is set.
+other command can show it. A link secret is printed only by the command that sets it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .config import Config, describe, load
@@ -39,8 +39,8 @@ from .records import CUSTOMER_STATUSES, Customer, KeyRecord
 from .store import Store, store_from_url
 from .units import Rate, format_size, parse_duration, parse_rate, parse_size
 
-T = TypeVar("T")
 DEFAULT_GRACE = "24h"  # `keys roll`: how long the replaced key keeps working
+DEFAULT_TTL = "1h"  # `sign`: how long a signed link is valid
 MIN_LINK_SECRET = 16
 
 
@@ -54,7 +54,7 @@ class Failure(Exception):
 
 
 def bad_option(option: str, problem: str) -> Failure:
-    """A bad command-line value found after parsing (exit 2, worded like argparse)."""
+    """A bad command-line value found after parsing (exit 2, worded like argparse's)."""
     return Failure(f"keyfront: error: argument {option}: {problem}", 2)
 
 
@@ -74,17 +74,7 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-# --- argument types: each raises ValueError, shown by argparse after the option ---
-
-
-def _arg_type(parse: Callable[[str], T]) -> Callable[[str], T]:
-    def convert(text: str) -> T:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return convert
+# --- values on the command line: each parser raises ValueError naming the problem ---
 
 
 def _customer_id(text: str) -> str:
@@ -99,6 +89,12 @@ def _key_id(text: str) -> str:
     if key_id is None:
         raise ValueError(f"{text!r} is neither a key id nor a key")
     return key_id
+
+
+def _key(text: str) -> str:
+    if key_id_of(text) is None:
+        raise ValueError("not a keyfront key (prefix_version_keyid_mac)")
+    return text
 
 
 def _positive(text: str) -> int:
@@ -134,7 +130,7 @@ def _link_secret(text: str) -> str:
 
 def _expiry(text: str) -> int:
     """Unix seconds from an ISO date or datetime (UTC unless it names a zone) or from a
-    duration from now (`30d`). A bare number is refused: seconds or a year?"""
+    duration from now (`30d`). A bare number is refused: seconds, or a timestamp?"""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -151,163 +147,66 @@ def _expiry(text: str) -> int:
     return int(moment.timestamp())
 
 
-# --- parser ---
+# --- options, written once: (flag, add_argument keywords); `type` raises ValueError ---
+
+Option = tuple[str, dict[str, Any]]
+FLAG: dict[str, Any] = {"action": argparse.BooleanOptionalAction}  # --x / --no-x / absent
+CUSTOMER_ID: Option = ("customer_id", {"type": _customer_id, "metavar": "ID"})
+KEY_ID: Option = ("key_id", {"type": _key_id, "metavar": "KEY_ID", "help": "a key id or key"})
+GRACE_HELP = "how long the old key keeps working (default 24h; 0: not at all)"
+GRACE: Option = ("--grace", {"default": DEFAULT_GRACE, "type": parse_duration, "help": GRACE_HELP})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keyfront", description="A keyed file proxy.")
-    parser.add_argument("-c", "--config", metavar="FILE", help="config file ($KEYFRONT_CONFIG)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.set_defaults(command=None)
-    # The same options on every subparser, defaulting to "absent" so that a value given
-    # before the subcommand survives (argparse copies subparser defaults over it).
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
-    serve = groups.add_parser("serve", parents=[common], help="run the proxy")
-    serve.add_argument("--workers", type=_arg_type(_positive), metavar="N")
-    checks = _command_group(groups, common, "config", "check the config file")
-    checks.add_parser("check", parents=[common], help="validate the config without starting")
-    _customer_commands(_command_group(groups, common, "customers", "manage customers"), common)
-    _key_commands(_command_group(groups, common, "keys", "manage API keys"), common)
-    sign = groups.add_parser("sign", parents=[common], help="sign a link for a key")
-    sign.add_argument("url", metavar="URL", help="a full URL or a path with its query")
-    sign.add_argument("--key", required=True, type=_arg_type(_key_id_shaped), metavar="KEY")
-    sign.add_argument("--link-secret", required=True, type=_arg_type(_link_secret))
-    sign.add_argument("--ttl", default=3600.0, type=_arg_type(parse_duration), help="default 1h")
-    return parser
-
-
-def _key_id_shaped(text: str) -> str:
-    if key_id_of(text) is None:
-        raise ValueError("not a keyfront key (prefix_version_keyid_mac)")
-    return text
-
-
-Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
-
-
-def _command_group(
-    groups: Subparsers, common: argparse.ArgumentParser, name: str, help: str
-) -> Subparsers:
-    group = groups.add_parser(name, parents=[common], help=help)
-    return group.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-
-def _with_id(parser: argparse.ArgumentParser, dest: str, parse: Callable[[str], str]) -> None:
-    parser.add_argument(
-        dest, type=_arg_type(parse), metavar="ID" if "customer" in dest else dest.upper()
-    )
-
-
-def _add_limits(parser: argparse.ArgumentParser, prefix: str) -> None:
+def _limits(prefix: str) -> list[Option]:
     """Rate, burst and monthly quotas: a key's own (prefix "") or a plan's caps ("max-")."""
-    dest = prefix.replace("-", "_")
-    parser.add_argument(
-        f"--{prefix}rate", dest=f"{dest}rate", type=_arg_type(parse_rate), metavar="RATE"
-    )
-    parser.add_argument(
-        f"--{prefix}burst", dest=f"{dest}burst", type=_arg_type(_positive), metavar="N"
-    )
-    parser.add_argument(
-        "--quota-requests", type=_arg_type(_positive), metavar="N", help="per month"
-    )
-    parser.add_argument(
-        "--quota-bytes", type=_arg_type(parse_size), metavar="SIZE", help="per month"
-    )
+    return [
+        (f"--{prefix}rate", {"type": parse_rate, "metavar": "RATE", "help": "e.g. 10/s, 600/m"}),
+        (f"--{prefix}burst", {"type": _positive, "metavar": "N"}),
+        ("--quota-requests", {"type": _positive, "metavar": "N", "help": "per month (UTC)"}),
+        ("--quota-bytes", {"type": parse_size, "metavar": "SIZE", "help": "per month, e.g. 10GiB"}),
+    ]
 
 
-def _customer_commands(commands: Subparsers, common: argparse.ArgumentParser) -> None:
-    create = commands.add_parser("create", parents=[common], help="add a customer")
-    update = commands.add_parser("update", parents=[common], help="change a customer")
-    for parser in (create, update):
-        _with_id(parser, "customer_id", _customer_id)
-        parser.add_argument("--name")
-        _add_limits(parser, "max-")
-    update.add_argument("--status", choices=CUSTOMER_STATUSES)
-    commands.add_parser("list", parents=[common], help="list customers")
-    for name, help in (("show", "show a customer"), ("disable", "disable a customer")):
-        _with_id(
-            commands.add_parser(name, parents=[common], help=help), "customer_id", _customer_id
-        )
-
-
-def _add_key_settings(parser: argparse.ArgumentParser) -> None:
-    """The options `keys create` and `keys update` share. Lists given on update replace."""
-    parser.add_argument("--name")
-    parser.add_argument(
-        "--referrer",
-        dest="referrers",
-        action="append",
-        type=_arg_type(_referrer),
-        metavar="PATTERN",
-        help="example.com, *.example.com, https://host/path/*",
-    )
-    parser.add_argument("--allow-no-referrer", action=argparse.BooleanOptionalAction)
-    parser.add_argument("--ip", dest="ips", action="append", type=_arg_type(_cidr), metavar="CIDR")
-    parser.add_argument(
-        "--path", dest="paths", action="append", type=_arg_type(_path_prefix), metavar="PREFIX"
-    )
-    _add_limits(parser, "")
-    parser.add_argument(
-        "--expires",
-        dest="expires_at",
-        type=_arg_type(_expiry),
-        metavar="DATE",
-        help="ISO date/datetime (UTC by default) or a duration from now (30d)",
-    )
-    parser.add_argument("--require-signed-links", action=argparse.BooleanOptionalAction)
-    parser.add_argument(
-        "--link-secret",
-        type=_arg_type(_link_secret),
-        metavar="SECRET",
-        help="generated when signed links are required and none is given",
-    )
-
-
-def _key_commands(commands: Subparsers, common: argparse.ArgumentParser) -> None:
-    create = commands.add_parser("create", parents=[common], help="mint a key (shown once)")
-    create.add_argument(
-        "--customer", dest="customer_id", required=True, type=_arg_type(_customer_id)
-    )
-    _add_key_settings(create)
-    listing = commands.add_parser("list", parents=[common], help="list keys")
-    listing.add_argument("--customer", dest="customer_id", type=_arg_type(_customer_id))
-    update = commands.add_parser("update", parents=[common], help="change a key's settings")
-    _with_id(update, "key_id", _key_id)
-    _add_key_settings(update)
-    update.add_argument("--status", choices=("active", "disabled"))
-    for flag in ("--clear-referrers", "--clear-ips", "--clear-paths", "--no-expiry"):
-        update.add_argument(flag, action="store_true")
-    roll = commands.add_parser("roll", parents=[common], help="replace a key, keep its settings")
-    _with_id(roll, "key_id", _key_id)
-    roll.add_argument(
-        "--grace",
-        default=DEFAULT_GRACE,
-        type=_arg_type(parse_duration),
-        help="how long the old key keeps working (default 24h)",
-    )
-    for name, help in (("show", "show a key"), ("revoke", "revoke a key (final)")):
-        _with_id(commands.add_parser(name, parents=[common], help=help), "key_id", _key_id)
+CUSTOMER_SETTINGS: list[Option] = [("--name", {}), *_limits("max-")]
+KEY_SETTINGS: list[Option] = [  # dests are KeyRecord field names
+    ("--name", {}),
+    ("--referrer", {"dest": "referrers", "action": "append", "type": _referrer,
+                    "metavar": "PATTERN", "help": "example.com, *.example.com, https://h/p/*"}),
+    ("--allow-no-referrer", FLAG),
+    ("--ip", {"dest": "ips", "action": "append", "type": _cidr, "metavar": "CIDR"}),
+    ("--path", {"dest": "paths", "action": "append", "type": _path_prefix, "metavar": "PREFIX"}),
+    *_limits(""),
+    ("--expires", {"dest": "expires_at", "type": _expiry, "metavar": "DATE",
+                   "help": "ISO date or datetime (UTC unless given), or from now: 30d"}),
+    ("--require-signed-links", FLAG),
+    ("--link-secret", {"type": _link_secret, "metavar": "SECRET",
+                       "help": "generated when signed links are required and none is set"}),
+]  # fmt: skip
+KEY_UPDATE_ONLY: list[Option] = [
+    ("--status", {"choices": ("active", "disabled")}),
+    *((flag, {"action": "store_true"}) for flag in
+      ("--clear-referrers", "--clear-ips", "--clear-paths", "--no-expiry")),
+]  # fmt: skip
+KEY_CLEARS: dict[str, tuple[str, Any]] = {  # flag dest -> (field, cleared value)
+    "clear_referrers": ("referrers", ()),
+    "clear_ips": ("ips", ()),
+    "clear_paths": ("paths", ()),
+    "no_expiry": ("expires_at", None),
+}
 
 
 # --- rendering: one representation per field (JSON: unix seconds; text: ISO-8601 UTC) ---
 
 
 def record_json(record: Customer | KeyRecord, reveal_secret: bool = False) -> dict[str, Any]:
-    """A record as JSON values: Rate as "10/s", lists, unix-second timestamps. A link
-    secret only when `reveal_secret` (just set); otherwise `has_link_secret`."""
+    """A record as JSON values: Rate as "10/s", lists, unix-second timestamps. The link
+    secret only when `reveal_secret` (the command set it); else `has_link_secret`."""
     data: dict[str, Any] = {}
     for f in dataclasses.fields(record):
         value = getattr(record, f.name)
-        data[f.name] = (
-            str(value)
-            if isinstance(value, Rate)
-            else list(value)
-            if isinstance(value, tuple)
-            else value
-        )
+        data[f.name] = str(value) if isinstance(value, Rate) else value
+        if isinstance(value, tuple):
+            data[f.name] = list(value)
     if "link_secret" in data and not reveal_secret:
         data["has_link_secret"] = data.pop("link_secret") is not None
     return data
@@ -332,12 +231,15 @@ def fields_text(data: Mapping[str, Any]) -> str:
     return "\n".join(f"{name + ':':<{width}} {_text(name, value)}" for name, value in data.items())
 
 
-def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    cells = [list(columns), *([_text(c, row[c]) for c in columns] for row in rows)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells
+def table(rows: Sequence[Mapping[str, Any]], names: str) -> str:
+    """Left-aligned columns (`names`, space-separated) under a header line."""
+    columns = names.split()
+    lines = [list(columns), *([_text(c, row[c]) for c in columns] for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    padded = (
+        " ".join(cell.ljust(w + 1) for cell, w in zip(line, widths, strict=True)) for line in lines
     )
+    return "\n".join(line.rstrip() for line in padded)
 
 
 def _record_output(record: Customer | KeyRecord, reveal_secret: bool = False) -> Output:
@@ -349,37 +251,20 @@ def _minted(config: Config, record: KeyRecord, **extra: Any) -> Output:
     """The one time a full key is shown (create, roll)."""
     key = KeySigner(config.keys.prefix, config.keys.secrets).mint(record.key_id, record.version)
     data = {"key": key, **record_json(record, reveal_secret=True), **extra}
-    shown = {name: data[name] for name in ("key", "key_id", "customer_id", "link_secret", *extra)}
+    shown = ("key", "key_id", "customer_id", "link_secret", *extra)
     print("The key is shown only this once: store it now.", file=sys.stderr)
-    return Output(data, fields_text({k: v for k, v in shown.items() if v is not None}))
+    return Output(data, fields_text({k: data[k] for k in shown if data[k] is not None}))
 
 
 # --- store commands ---
 
 StoreCommand = Callable[[argparse.Namespace, Config, Store], Awaitable[Output]]
-CUSTOMER_FIELDS = ("name", "max_rate", "max_burst", "quota_requests", "quota_bytes", "status")
-KEY_FIELDS = (
-    "name",
-    "referrers",
-    "allow_no_referrer",
-    "ips",
-    "paths",
-    "rate",
-    "burst",
-    "quota_requests",
-    "quota_bytes",
-    "expires_at",
-    "require_signed_links",
-    "link_secret",
-    "status",
+CUSTOMER_COLUMNS = (
+    "customer_id name status max_rate max_burst quota_requests quota_bytes created_at"
 )
-KEY_CLEARS = {
-    "clear_referrers": ("referrers", ()),
-    "clear_ips": ("ips", ()),
-    "clear_paths": ("paths", ()),
-    "no_expiry": ("expires_at", None),
-}
-# (key field, its option, the customer's cap): a key's own setting may not exceed it.
+KEY_COLUMNS = "key_id customer_id name status rate burst expires_at created_at"
+_NOT_SETTINGS = frozenset({"key_id", "customer_id", "created_at", "version"})
+# (key field, its option, the customer's plan cap): a key's own setting may not exceed it.
 PLAN_CAPS = (
     ("rate", "--rate", "max_rate"),
     ("burst", "--burst", "max_burst"),
@@ -388,38 +273,33 @@ PLAN_CAPS = (
 )
 
 
-def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
-    """The record fields set on the command line (lists become tuples)."""
-    values = {name: getattr(args, name, None) for name in names}
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if v is not None}
+def _settings(args: argparse.Namespace, record_type: type[Customer | KeyRecord]) -> dict[str, Any]:
+    """The record's settings given on the command line (option dests are field names)."""
+    names = {f.name for f in dataclasses.fields(record_type)} - _NOT_SETTINGS
+    given = {name: getattr(args, name, None) for name in names}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
 
 
-async def _customer(store: Store, customer_id: str) -> Customer:
+async def _customer(store: Store, customer_id: str, for_new_key: bool = False) -> Customer:
     customer = await store.get_customer(customer_id)
     if customer is None:
         raise Failure(f"no such customer: {customer_id}")
-    return customer
-
-
-async def _active_customer(store: Store, customer_id: str) -> Customer:
-    customer = await _customer(store, customer_id)
-    if customer.status != "active":
+    if for_new_key and customer.status != "active":
         raise Failure(f"customer {customer_id} is {customer.status}: it cannot get new keys")
     return customer
 
 
-async def _key(store: Store, key_id: str, changing: bool = True) -> KeyRecord:
+async def _key_record(store: Store, key_id: str, to_change: bool = False) -> KeyRecord:
     record = await store.get_key(key_id)
     if record is None:
         raise Failure(f"no such key: {key_id}")
-    if changing and record.status == "revoked":
+    if to_change and record.status == "revoked":
         raise Failure(f"key {key_id} is revoked, which is final")
     return record
 
 
 async def customers_create(args: argparse.Namespace, config: Config, store: Store) -> Output:
-    fields = _given(args, CUSTOMER_FIELDS)
-    customer = Customer(args.customer_id, created_at=int(time.time()), **fields)
+    customer = Customer(args.customer_id, created_at=int(time.time()), **_settings(args, Customer))
     try:
         await store.create_customer(customer)
     except Conflict:
@@ -429,17 +309,7 @@ async def customers_create(args: argparse.Namespace, config: Config, store: Stor
 
 async def customers_list(args: argparse.Namespace, config: Config, store: Store) -> Output:
     rows = [record_json(c) for c in await store.list_customers()]
-    columns = (
-        "customer_id",
-        "name",
-        "status",
-        "max_rate",
-        "max_burst",
-        "quota_requests",
-        "quota_bytes",
-        "created_at",
-    )
-    return Output(rows, table(rows, columns))
+    return Output(rows, table(rows, CUSTOMER_COLUMNS))
 
 
 async def customers_show(args: argparse.Namespace, config: Config, store: Store) -> Output:
@@ -447,44 +317,46 @@ async def customers_show(args: argparse.Namespace, config: Config, store: Store)
 
 
 async def customers_update(args: argparse.Namespace, config: Config, store: Store) -> Output:
-    customer = await _customer(store, args.customer_id)
-    changed = dataclasses.replace(customer, **_given(args, CUSTOMER_FIELDS))
-    await store.put_customer(changed)
-    return _record_output(changed)
+    return await _change_customer(store, args.customer_id, _settings(args, Customer))
 
 
 async def customers_disable(args: argparse.Namespace, config: Config, store: Store) -> Output:
-    customer = await _customer(store, args.customer_id)
-    changed = dataclasses.replace(customer, status="disabled")
+    return await _change_customer(store, args.customer_id, {"status": "disabled"})
+
+
+async def _change_customer(store: Store, customer_id: str, changes: dict[str, Any]) -> Output:
+    changed = dataclasses.replace(await _customer(store, customer_id), **changes)
     await store.put_customer(changed)
     return _record_output(changed)
 
 
 def _key_changes(args: argparse.Namespace, customer: Customer) -> dict[str, Any]:
-    """The key settings given on the command line, checked against the plan caps."""
+    """The key settings given on the command line, checked against the plan caps.
+    A --clear-* flag empties a list; a list given replaces the old one."""
     changes = {
         field: value for flag, (field, value) in KEY_CLEARS.items() if getattr(args, flag, False)
     }
-    changes.update(_given(args, KEY_FIELDS))
+    changes.update(_settings(args, KeyRecord))
     for field, option, cap_name in PLAN_CAPS:
         value, cap = changes.get(field), getattr(customer, cap_name)
         if value is not None and cap is not None and _amount(value) > _amount(cap):
             problem = f"{_text(field, value)} exceeds customer {customer.customer_id}'s plan cap"
             raise bad_option(option, f"{problem} {cap_name} {_text(cap_name, cap)}")
-    from .policy import is_path_pattern
-
-    for pattern in changes.get("referrers", ()):
-        if is_path_pattern(pattern):
-            warn(
-                f"referrer pattern {pattern!r} names a path, but browsers send only the page's "
-                "origin on cross-origin requests (referrer policy strict-origin-when-cross-origin), "
-                "so it matches only pages that send a fuller referrer"
-            )
+    _warn_about_path_patterns(changes.get("referrers") or ())
     return changes
 
 
 def _amount(value: Rate | int) -> float:
     return value.per_second if isinstance(value, Rate) else value
+
+
+def _warn_about_path_patterns(patterns: Sequence[str]) -> None:
+    from .policy import is_path_pattern
+
+    for pattern in filter(is_path_pattern, patterns):
+        warn(f"referrer pattern {pattern!r} names a path, but browsers send only the page's "
+             "origin on cross-origin requests (referrer policy strict-origin-when-cross-origin), "
+             "so it matches only pages that send a fuller referrer")  # fmt: skip
 
 
 def _with_link_secret(record: KeyRecord) -> KeyRecord:
@@ -494,15 +366,10 @@ def _with_link_secret(record: KeyRecord) -> KeyRecord:
 
 
 async def keys_create(args: argparse.Namespace, config: Config, store: Store) -> Output:
-    customer = await _active_customer(store, args.customer_id)
+    customer = await _customer(store, args.customer_id, for_new_key=True)
     changes = _key_changes(args, customer)
-    record = KeyRecord(
-        new_key_id(),
-        customer.customer_id,
-        created_at=int(time.time()),
-        version=config.keys.signing_version,
-        **changes,
-    )
+    record = KeyRecord(new_key_id(), customer.customer_id, created_at=int(time.time()),
+                       version=config.keys.signing_version, **changes)  # fmt: skip
     record = _with_link_secret(record)
     await store.create_key(record)
     return _minted(config, record)
@@ -512,25 +379,15 @@ async def keys_list(args: argparse.Namespace, config: Config, store: Store) -> O
     if args.customer_id is not None:
         await _customer(store, args.customer_id)
     rows = [record_json(r) for r in await store.list_keys(args.customer_id)]
-    columns = (
-        "key_id",
-        "customer_id",
-        "name",
-        "status",
-        "rate",
-        "burst",
-        "expires_at",
-        "created_at",
-    )
-    return Output(rows, table(rows, columns))
+    return Output(rows, table(rows, KEY_COLUMNS))
 
 
 async def keys_show(args: argparse.Namespace, config: Config, store: Store) -> Output:
-    return _record_output(await _key(store, args.key_id, changing=False))
+    return _record_output(await _key_record(store, args.key_id))
 
 
 async def keys_update(args: argparse.Namespace, config: Config, store: Store) -> Output:
-    record = await _key(store, args.key_id)
+    record = await _key_record(store, args.key_id, to_change=True)
     changes = _key_changes(args, await _customer(store, record.customer_id))
     changed = _with_link_secret(dataclasses.replace(record, **changes))
     await store.put_key(changed)
@@ -538,41 +395,26 @@ async def keys_update(args: argparse.Namespace, config: Config, store: Store) ->
 
 
 async def keys_revoke(args: argparse.Namespace, config: Config, store: Store) -> Output:
-    record = dataclasses.replace(await _key(store, args.key_id, changing=False), status="revoked")
+    record = await _key_record(store, args.key_id)
+    record = dataclasses.replace(record, status="revoked")
     await store.put_key(record)
     return Output(record_json(record), f"revoked {record.key_id}")
 
 
 async def keys_roll(args: argparse.Namespace, config: Config, store: Store) -> Output:
-    """A new key with the old one's settings; the old one expires after the grace
-    period (or keeps an earlier expiry it already had)."""
-    old = await _key(store, args.key_id)
-    await _active_customer(store, old.customer_id)
+    """A new key with the old one's settings (status and expiry included); the old one
+    expires after the grace period, unless it already expires sooner."""
+    old = await _key_record(store, args.key_id, to_change=True)
+    await _customer(store, old.customer_id, for_new_key=True)
     now = int(time.time())
-    new = dataclasses.replace(
-        old, key_id=new_key_id(), created_at=now, version=config.keys.signing_version
-    )
+    new = dataclasses.replace(old, key_id=new_key_id(), created_at=now,
+                              version=config.keys.signing_version)  # fmt: skip
     await store.create_key(new)
     retire_at = now + int(args.grace)
     if old.expires_at is None or old.expires_at > retire_at:
         old = dataclasses.replace(old, expires_at=retire_at)
         await store.put_key(old)
     return _minted(config, new, replaces=old.key_id, replaced_expires_at=old.expires_at)
-
-
-STORE_COMMANDS: dict[tuple[str, str], StoreCommand] = {
-    ("customers", "create"): customers_create,
-    ("customers", "list"): customers_list,
-    ("customers", "show"): customers_show,
-    ("customers", "update"): customers_update,
-    ("customers", "disable"): customers_disable,
-    ("keys", "create"): keys_create,
-    ("keys", "list"): keys_list,
-    ("keys", "show"): keys_show,
-    ("keys", "update"): keys_update,
-    ("keys", "revoke"): keys_revoke,
-    ("keys", "roll"): keys_roll,
-}
 
 
 async def _with_store(command: StoreCommand, args: argparse.Namespace, config: Config) -> Output:
@@ -589,16 +431,12 @@ async def _with_store(command: StoreCommand, args: argparse.Namespace, config: C
 
 # --- commands without a store ---
 
-
-def _config_path(args: argparse.Namespace) -> str | None:
-    return args.config or os.environ.get("KEYFRONT_CONFIG") or None
+LocalCommand = Callable[[argparse.Namespace], int]
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    path = _config_path(args)
-    if path is None:
-        raise Failure("keyfront: error: no config file: pass -c FILE or set KEYFRONT_CONFIG", 2)
-    return load(path)
+    """The config in -c FILE, else in $KEYFRONT_CONFIG; ConfigError names a bad field."""
+    return load(args.config)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -611,52 +449,159 @@ def serve(args: argparse.Namespace) -> int:
 def config_check(args: argparse.Namespace) -> int:
     config = load_config(args)
     summary = describe(config)
-    emit(
-        Output({"ok": True, "source": config.source, "summary": summary}, f"ok: {summary}"),
-        args.json,
-    )
+    data = {"ok": True, "file": config.source, "summary": summary}
+    emit(Output(data, f"ok: {summary}"), args.json)
     return 0
 
 
 def sign(args: argparse.Namespace) -> int:
-    """Add key, expires and sig to a URL (SPEC section 2, signed links); other query
-    parameters are kept. The key's parameter name is the configured one, if any."""
+    """Add key, expires and sig to a URL (SPEC section 2, signed links), keeping its
+    other query parameters. The key's parameter is named as configured, if a config is
+    given."""
     from .policy import normalise_path, sign_link
 
-    param = load_config(args).keys.query_param if _config_path(args) else "key"
+    has_config = args.config or os.environ.get("KEYFRONT_CONFIG")
+    param = load_config(args).keys.query_param if has_config else "key"
     parts = urlsplit(args.url)
     try:
-        path = normalise_path(parts.path)
+        path = normalise_path(parts.path)  # what the proxy will check the signature over
     except Refusal as exc:
         raise bad_option("URL", f"{parts.path!r}: {exc}") from None
     expires = int(time.time() + args.ttl)
-    query = [
-        (k, v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        if k not in (param, "expires", "sig")
-    ]
-    query += [
-        (param, args.key),
-        ("expires", str(expires)),
-        ("sig", sign_link(path, expires, args.link_secret)),
-    ]
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+             if k not in (param, "expires", "sig")]  # fmt: skip
+    sig = sign_link(path, expires, args.link_secret)
+    query += [(param, args.key), ("expires", str(expires)), ("sig", sig)]
     url = urlunsplit(parts._replace(query=urlencode(query)))
     emit(Output({"url": url, "expires": expires}, url), args.json)
     return 0
 
 
-LOCAL_COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], int]] = {
-    ("serve", None): serve,
-    ("config", "check"): config_check,
-    ("sign", None): sign,
+def stored(command: StoreCommand) -> LocalCommand:
+    """Run a store command: load the config, open the store, print the output."""
+
+    def run(args: argparse.Namespace) -> int:
+        config = load_config(args)
+        emit(asyncio.run(_with_store(command, args, config)), args.json)
+        return 0
+
+    return run
+
+
+# --- the command table: (group, command) -> what it does and the options it takes ---
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    help: str
+    run: LocalCommand
+    options: Sequence[Option] = ()
+
+
+def _customer_option(required: bool) -> Option:
+    return ("--customer", {"dest": "customer_id", "type": _customer_id, "required": required,
+                           "metavar": "ID"})  # fmt: skip
+
+
+GROUPS = {"config": "the config file", "customers": "customers and plan caps", "keys": "API keys"}
+COMMANDS: dict[tuple[str, str | None], Command] = {
+    ("serve", None): Command("run the proxy", serve, [("--workers", {"type": _positive})]),
+    ("config", "check"): Command("validate the config file without starting", config_check),
+    ("customers", "create"): Command(
+        "add a customer", stored(customers_create), [CUSTOMER_ID, *CUSTOMER_SETTINGS]
+    ),
+    ("customers", "list"): Command("list customers", stored(customers_list)),
+    ("customers", "show"): Command("show a customer", stored(customers_show), [CUSTOMER_ID]),
+    ("customers", "update"): Command(
+        "change a customer",
+        stored(customers_update),
+        [CUSTOMER_ID, *CUSTOMER_SETTINGS, ("--status", {"choices": CUSTOMER_STATUSES})],
+    ),
+    ("customers", "disable"): Command(
+        "disable a customer (its keys stop working)", stored(customers_disable), [CUSTOMER_ID]
+    ),
+    ("keys", "create"): Command(
+        "mint a key (printed once)", stored(keys_create), [_customer_option(True), *KEY_SETTINGS]
+    ),
+    ("keys", "list"): Command("list keys", stored(keys_list), [_customer_option(False)]),
+    ("keys", "show"): Command("show a key's record", stored(keys_show), [KEY_ID]),
+    ("keys", "update"): Command(
+        "change a key (lists given replace the old ones)",
+        stored(keys_update),
+        [KEY_ID, *KEY_SETTINGS, *KEY_UPDATE_ONLY],
+    ),
+    ("keys", "revoke"): Command("revoke a key (final)", stored(keys_revoke), [KEY_ID]),
+    ("keys", "roll"): Command(
+        "replace a key by a new one with the same settings",
+        stored(keys_roll),
+        [KEY_ID, GRACE],
+    ),
+    ("sign", None): Command(
+        "add expires and sig to a URL for a key that uses signed links",
+        sign,
+        [
+            ("url", {"metavar": "URL", "help": "a full URL, or a path with its query"}),
+            ("--key", {"required": True, "type": _key}),
+            ("--link-secret", {"required": True, "type": _link_secret, "metavar": "SECRET"}),
+            ("--ttl", {"default": DEFAULT_TTL, "type": parse_duration, "help": "default 1h"}),
+        ],
+    ),
 }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keyfront", description="A keyed file proxy.")
+    # -c and --json are accepted on every (sub)parser. Below the top they default to
+    # "absent", so that a value given before the subcommand is not overwritten.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    for options in (parser, common):
+        options.add_argument("-c", "--config", metavar="FILE", help="else $KEYFRONT_CONFIG")
+        options.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(config=None, json=False, command=None)
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    nested: dict[str, Any] = {}
+    for (group, name), command in COMMANDS.items():
+        if name is None:
+            sub = groups.add_parser(group, parents=[common], help=command.help)
+        else:
+            if group not in nested:
+                parent = groups.add_parser(group, parents=[common], help=GROUPS[group])
+                nested[group] = parent.add_subparsers(
+                    dest="command", required=True, metavar="COMMAND"
+                )
+            sub = nested[group].add_parser(name, parents=[common], help=command.help)
+        _add_options(sub, command.options)
+    return parser
+
+
+def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    for flag, spec in options:
+        kwargs = dict(spec)
+        if "type" in kwargs:
+            kwargs["type"] = _arg_type(kwargs["type"])
+        parser.add_argument(flag, **kwargs)
+
+
+def _arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse shows an ArgumentTypeError's message after the option's name."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def main(argv: list[str] | None = None) -> int:
     """The `keyfront` console script. Returns the exit status."""
-    args = build_parser().parse_args(argv)
     try:
-        return _run(args)
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors and --help: return, don't raise
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return COMMANDS[(args.group, args.command)].run(args)
     except Failure as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code
@@ -666,12 +611,3 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"store error: {exc}", file=sys.stderr)
         return 1
-
-
-def _run(args: argparse.Namespace) -> int:
-    command = (args.group, args.command)
-    if command in LOCAL_COMMANDS:
-        return LOCAL_COMMANDS[command](args)
-    config = load_config(args)
-    emit(asyncio.run(_with_store(STORE_COMMANDS[command], args, config)), args.json)
-    return 0

@@ -6,11 +6,23 @@ Every other module reads these dataclasses; nothing reads the YAML dict-of-dicts
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from difflib import get_close_matches
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from .units import Rate
+import yaml
+
+from .errors import ConfigError
+from .units import Rate, format_size, parse_duration, parse_rate, parse_size
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -28,7 +40,7 @@ class Listen:
 class KeyDefaults:
     """Applied where a key record leaves a field unset."""
 
-    rate: Rate | None = Rate(20, 1.0)
+    rate: Rate | None = Rate(20, 1.0)  # noqa: RUF009 (Rate is frozen, so sharing it is safe)
     burst: int | None = 40
     quota_requests: int | None = None
     quota_bytes: int | None = None
@@ -118,3 +130,390 @@ class Config:
     shutdown_timeout: float = 30.0
     access_log: str = "-"  # "-" (stdout), a file path, or "off"
     source: str = ""  # the file it was loaded from (for messages and worker processes)
+
+
+# --- loading: read the YAML, interpolate ${VAR}, then parse field by field ------------
+
+_Parser = Callable[[Any, str, Path], Any]  # (raw YAML value, field path, config dir) -> value
+_VARIABLE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KINDS = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number"}
+_KINDS |= {str: "a string", list: "a list", dict: "a mapping"}
+
+
+def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The Config in `path` (else $KEYFRONT_CONFIG), with `${VAR}` taken from `environ`
+    (default os.environ). Relative paths in it resolve against the file's folder.
+    Raises ConfigError naming the first bad field."""
+    env = os.environ if environ is None else environ
+    path = path or env.get("KEYFRONT_CONFIG")
+    if not path:
+        raise ConfigError("", "no config file: pass -c FILE or set KEYFRONT_CONFIG")
+    source = os.path.abspath(path)
+    tree = _interpolate(_read_yaml(source), "", env)
+    config: Config = _CONFIG(tree, "", Path(source).parent)
+    return dataclasses.replace(config, source=source)
+
+
+def describe(config: Config) -> str:
+    """A short summary for `keyfront config check`; shows no secret or password."""
+    store = urlsplit(config.store)
+    password = f":{store.password}@"
+    lines = [
+        f"listen {config.listen} (admin {config.admin_listen}), workers {config.workers}",
+        f"store {config.store.replace(password, ':***@', 1) if store.password else config.store}",
+        f"cache {config.cache.dir} ({format_size(config.cache.max_size)})",
+        f"key secrets: versions {sorted(config.keys.secrets)}, prefix {config.keys.prefix}",
+    ]
+    lines += [f"route {r.prefix} -> {r.origin} (auth {r.auth})" for r in config.routes]
+    return "\n".join(lines)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Refuses a key written twice in one mapping, which PyYAML would silently let the
+    last one win (two `cache:` sections, say)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key_node.tag != "tag:yaml.org,2002:merge" and key in seen:
+                problem = f"duplicate key {key_node.value!r}"
+                raise yaml.MarkedYAMLError(problem=problem, problem_mark=key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(source: str) -> Any:
+    try:
+        with open(source, encoding="utf-8") as file:
+            return yaml.load(file, Loader=_StrictLoader)  # a SafeLoader: plain data only
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError("", f"cannot read config file {source}: {reason}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("", f"{source}{where}: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{source}: {exc}") from None
+
+
+def _interpolate(node: Any, at: str, env: Mapping[str, str]) -> Any:
+    """`${VAR}` / `${VAR:-default}` in every string scalar. Done after YAML parsing, so
+    a secret's characters are never read as YAML; `$${` is a literal `${`."""
+    if isinstance(node, dict):
+        return {k: _interpolate(v, _join(at, k), env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{at}[{i}]", env) for i, v in enumerate(node)]
+    if isinstance(node, str):
+        return _VARIABLE.sub(lambda match: _substitute(match, at, env), node)
+    return node
+
+
+def _substitute(match: re.Match[str], at: str, env: Mapping[str, str]) -> str:
+    if match.group(0) == "$${":
+        return "${"
+    if match.group(1) is None:
+        raise ConfigError(at, "unterminated ${ (write $${ for a literal ${)")
+    name, has_default, default = match.group(1).partition(":-")
+    if not _NAME.fullmatch(name):
+        raise ConfigError(at, f"bad variable reference ${{{match.group(1)}}}")
+    value = env.get(name)
+    if has_default and not value:  # as in the shell and compose: unset or empty
+        return default
+    if value is None:
+        raise ConfigError(at, f"environment variable {name} is not set")
+    return value
+
+
+def _join(at: str, name: object) -> str:
+    return f"{at}.{name}" if at else str(name)
+
+
+def _expect(raw: Any, types: type | tuple[type, ...], what: str, at: str) -> None:
+    if isinstance(raw, bool) or not isinstance(raw, types):
+        raise ConfigError(at, f"expected {what}, got {_KINDS.get(type(raw), 'something else')}")
+
+
+def _convert(at: str, convert: Callable[[Any], Any], raw: Any, problem: str = "") -> Any:
+    """`convert(raw)`, its ValueError turned into a ConfigError for field `at`."""
+    try:
+        return convert(raw)
+    except ValueError as exc:
+        raise ConfigError(at, problem or str(exc)) from None
+    except OverflowError:
+        raise ConfigError(at, problem or f"{raw!r} is too large") from None
+
+
+# --- parsers, each (raw, field path, config dir) -> typed value -----------------------
+
+
+def _section(cls: Callable[..., Any], fields: dict[str, _Parser], *required: str) -> _Parser:
+    """A mapping with only these fields (typos are errors); absent ones keep the
+    dataclass default, and so does a section left empty (`admin:`)."""
+
+    def parse(raw: Any, at: str, base: Path) -> Any:
+        _expect({} if raw is None else raw, dict, "a mapping", at)
+        for name in raw or {}:
+            if name not in fields:
+                hint = "".join(
+                    f" (did you mean {n}?)" for n in get_close_matches(str(name), fields, 1)
+                )
+                raise ConfigError(
+                    _join(at, name), f"unknown field{hint}; expected one of {', '.join(fields)}"
+                )
+        for name in required:
+            if name not in (raw or {}):
+                raise ConfigError(_join(at, name), "required field is missing")
+        return cls(**{k: fields[k](v, _join(at, k), base) for k, v in (raw or {}).items()})
+
+    return parse
+
+
+def _optional(parse: _Parser, empty: tuple[object, ...] = (None,)) -> _Parser:
+    return lambda raw, at, base: None if raw in empty else parse(raw, at, base)
+
+
+def _integer(minimum: int) -> _Parser:
+    def parse(raw: Any, at: str, base: Path) -> int:
+        if isinstance(raw, str) and re.fullmatch(r"\s*[0-9]+\s*", raw):  # as `${VAR}` gives it
+            raw = int(raw)
+        _expect(raw, int, "an integer", at)
+        if raw < minimum:
+            raise ConfigError(at, f"must be at least {minimum}")
+        return int(raw)
+
+    return parse
+
+
+def _measure(unit: Callable[[Any], float], what: str, above_zero: bool = False) -> _Parser:
+    """A size or duration: never negative, and greater than 0 if `above_zero`."""
+
+    def parse(raw: Any, at: str, base: Path) -> float:
+        _expect(raw, (str, int, float), what, at)
+        if isinstance(raw, float) and not math.isfinite(raw):  # YAML's .inf and .nan
+            raise ConfigError(at, f"expected {what}, got {raw}")
+        value: float = _convert(at, unit, raw)
+        if not math.isfinite(value):
+            raise ConfigError(at, f"{raw!r} is too large")
+        if value < 0 or (above_zero and value == 0):
+            raise ConfigError(at, f"must be {'greater than' if above_zero else 'at least'} 0")
+        return value
+
+    return parse
+
+
+def _text(pattern: str = r"(?s).*", what: str = "", min_length: int = 0) -> _Parser:
+    def parse(raw: Any, at: str, base: Path) -> str:
+        _expect(raw, str, "a string", at)
+        if len(raw) < min_length:
+            raise ConfigError(at, f"must be at least {min_length} characters long")
+        if not re.fullmatch(pattern, raw):
+            raise ConfigError(at, f"{raw!r} is not {what}")
+        return str(raw)
+
+    return parse
+
+
+def _rate(raw: Any, at: str, base: Path) -> Rate:
+    _expect(raw, str, "a rate (e.g. 10/s) or null", at)
+    rate: Rate = _convert(at, parse_rate, raw)
+    return rate
+
+
+def _local_path(raw: Any, at: str, base: Path) -> str:
+    """A file-system path; a relative one resolves against the config file's folder."""
+    _expect(raw, str, "a path", at)
+    if not raw:
+        raise ConfigError(at, "must not be empty")
+    return os.path.normpath(os.path.join(base, raw))
+
+
+def _listen(raw: Any, at: str, base: Path) -> Listen:
+    _expect(raw, str, "host:port (e.g. 0.0.0.0:8080, [::1]:8080, :8080)", at)
+    host, _, port = raw.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = str(_convert(at, ipaddress.IPv6Address, host[1:-1], f"{host} is not IPv6"))
+    elif not re.fullmatch(r"[A-Za-z0-9.-]*", host):
+        raise ConfigError(at, f"{raw!r}: bad host (write an IPv6 address in brackets)")
+    if not re.fullmatch("[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        raise ConfigError(at, f"{raw!r} is not host:port with a port from 1 to 65535")
+    return Listen(host or "0.0.0.0", int(port))
+
+
+def _networks(raw: Any, at: str, base: Path) -> tuple[IPNetwork, ...]:
+    _expect([] if raw is None else raw, list, "a list of CIDRs (e.g. [10.0.0.0/8])", at)
+    return tuple(_network(cidr, f"{at}[{i}]") for i, cidr in enumerate(raw or []))
+
+
+def _network(raw: Any, at: str) -> IPNetwork:
+    _expect(raw, str, "a CIDR (e.g. 10.0.0.0/8)", at)
+    parse = partial(ipaddress.ip_network, strict=False)
+    network: IPNetwork = _convert(at, parse, raw, f"{raw!r} is not a CIDR (e.g. 10.0.0.0/8)")
+    return network
+
+
+def _store(raw: Any, at: str, base: Path) -> str:
+    _expect(raw, str, "a store URL (sqlite://PATH, redis://HOST:PORT/DB)", at)
+    scheme, _, rest = raw.partition("://")
+    if scheme.lower() == "sqlite" and rest:
+        return "sqlite://" + _local_path(rest, at, base)  # absolute: sqlite:///dir/x.db
+    if scheme.lower() in ("redis", "rediss", "redis+cluster"):
+        _host(raw, at)
+        return str(raw)
+    raise ConfigError(at, f"{raw!r}: use sqlite://PATH, redis://, rediss:// or redis+cluster://")
+
+
+def _host(url: str, at: str) -> None:
+    parts = urlsplit(url)
+    _convert(at, lambda p: p.port, parts, f"{url!r} has a bad port")
+    if not parts.hostname:
+        raise ConfigError(at, f"{url!r} has no host")
+
+
+def _origin(raw: Any, at: str, base: Path) -> str:
+    """The stored form is absolute and ends in "/": file:///dir/, https://host/base/,
+    s3://bucket/prefix/ (s3://bucket/ without a prefix)."""
+    _expect(raw, str, "an origin URL (file://, http(s)://, s3://)", at)
+    scheme, _, rest = raw.partition("://")
+    if scheme.lower() == "file":
+        return _file_origin(rest, at, base)
+    if scheme.lower() in ("http", "https"):
+        return _http_url(raw, at) + "/"
+    if scheme.lower() == "s3" and rest.partition("/")[0]:
+        return "/".join(["s3:/", *filter(None, rest.split("/")), ""])
+    if scheme.lower() == "s3":
+        raise ConfigError(at, "an s3:// origin needs a bucket: s3://bucket/prefix/")
+    raise ConfigError(at, f"{raw!r}: the scheme must be file://, http://, https:// or s3://")
+
+
+def _file_origin(rest: str, at: str, base: Path) -> str:
+    folder = _local_path(rest, at, base)
+    if not os.path.isdir(folder):
+        problem = "is not a directory" if os.path.exists(folder) else "does not exist"
+        raise ConfigError(at, f"folder {folder} {problem}")
+    return "file://" + folder.rstrip("/") + "/"
+
+
+def _http_url(raw: Any, at: str, base: Path | None = None) -> str:
+    """An http(s) URL with a host and no query, without its trailing slash."""
+    _expect(raw, str, "an http(s):// URL", at)
+    _host(raw, at)
+    parts = urlsplit(raw)
+    if parts.scheme.lower() not in ("http", "https") or parts.query or parts.fragment:
+        raise ConfigError(at, f"{raw!r} is not an http(s):// URL without a query")
+    return str(parts.geturl()).rstrip("/")
+
+
+def _secrets(raw: Any, at: str, base: Path) -> dict[int, str]:
+    _expect(raw, dict, "a mapping of version -> secret", at)
+    if not raw:
+        raise ConfigError(at, "at least one secret is required (e.g. 1: ${KEYFRONT_KEY_SECRET})")
+    secrets: dict[int, str] = {}
+    for version, secret in raw.items():
+        number = _integer(1)(version, _join(at, version), base)
+        if number in secrets:
+            raise ConfigError(_join(at, version), f"version {number} is given twice")
+        secrets[number] = _SECRET(secret, _join(at, version), base)
+    return secrets
+
+
+def _routes(raw: Any, at: str, base: Path) -> tuple[Route, ...]:
+    _expect(raw, list, "a list of routes", at)
+    if not raw:
+        raise ConfigError(at, "at least one route is required")
+    routes: list[Route] = []
+    for i, item in enumerate(raw):
+        route: Route = _ROUTE(item, f"{at}[{i}]", base)
+        if route.s3 is not None and not route.origin.startswith("s3://"):
+            raise ConfigError(f"{at}[{i}].s3", "s3 settings are only allowed on an s3:// origin")
+        if route.prefix in (r.prefix for r in routes):
+            first = [r.prefix for r in routes].index(route.prefix)
+            raise ConfigError(f"{at}[{i}].prefix", f"{route.prefix} is used by {at}[{first}] too")
+        routes.append(route)
+    return tuple(routes)
+
+
+def _access_log(raw: Any, at: str, base: Path) -> str:
+    if raw is False:  # YAML 1.1 reads a bare `off` as false
+        return "off"
+    return str(raw) if raw in ("-", "off") else _local_path(raw, at, base)
+
+
+# --- the fields, by section: names and defaults follow SPEC section 7 -----------------
+
+_SECRET = _text(min_length=16)
+_SECONDS = _measure(parse_duration, "a duration (e.g. 50ms, 30s, 1h)")
+_POSITIVE_SECONDS = _measure(parse_duration, "a duration (e.g. 50ms, 30s, 1h)", above_zero=True)
+_SIZE = _measure(parse_size, "a size (e.g. 10GiB, 512MiB)")
+_UNSET_IF_EMPTY = (None, "")  # `${VAR:-}` leaves an optional string unset
+_OPTIONAL_TEXT = _optional(_text(), _UNSET_IF_EMPTY)
+_ROUTE_PREFIX = r"(?!.*/\.\.?/)/(?:[A-Za-z0-9._~!$&'()*+,;=:@%-]+/)*"
+
+_S3 = _section(
+    S3Settings,
+    {"endpoint_url": _optional(_http_url, _UNSET_IF_EMPTY), "region": _OPTIONAL_TEXT}
+    | {"access_key_id": _OPTIONAL_TEXT, "secret_access_key": _OPTIONAL_TEXT},
+)
+_ROUTE = _section(
+    Route,
+    {
+        "prefix": _text(_ROUTE_PREFIX, "a path that starts and ends with / (e.g. /files/)"),
+        "origin": _origin,
+        "auth": _text("key|none", "key or none"),
+        "cache_control": _text(),
+        "s3": _S3,
+    },
+    "prefix",
+    "origin",
+)
+_KEY_DEFAULTS = _section(
+    KeyDefaults,
+    {"rate": _optional(_rate), "burst": _optional(_integer(1))}
+    | {"quota_requests": _optional(_integer(0)), "quota_bytes": _optional(_SIZE)},
+)
+_KEYS = _section(
+    KeysConfig,
+    {
+        "secrets": _secrets,
+        "prefix": _text(r"[a-z]{1,8}", "1 to 8 lowercase letters"),
+        "query_param": _text(r"[A-Za-z0-9_-]+", "a query parameter name ([A-Za-z0-9_-]+)"),
+        "record_cache_ttl": _SECONDS,
+        "record_cache_size": _integer(1),
+        "defaults": _KEY_DEFAULTS,
+    },
+    "secrets",
+)
+_CACHE = _section(
+    CacheConfig,
+    {"dir": _local_path, "max_size": _SIZE, "max_object_size": _SIZE}
+    | dict.fromkeys(("ttl", "stale_while_revalidate", "stale_if_error", "negative_ttl"), _SECONDS),
+)
+_CONFIG = _section(
+    Config,
+    {
+        "listen": _listen,
+        "admin_listen": _listen,
+        "workers": _integer(1),
+        "store": _store,
+        "store_timeout": _POSITIVE_SECONDS,
+        "on_store_error": _text("allow|deny", "allow or deny"),
+        "trusted_proxies": _networks,
+        "keys": _KEYS,
+        "admin": _section(AdminConfig, {"token": _optional(_SECRET, _UNSET_IF_EMPTY)}),
+        "routes": _routes,
+        "cache": _CACHE,
+        "origin_timeouts": _section(
+            OriginTimeouts, dict.fromkeys(("connect", "first_byte", "idle"), _POSITIVE_SECONDS)
+        ),
+        "usage": _section(
+            UsageConfig, {"flush_interval": _POSITIVE_SECONDS, "max_pending": _integer(1)}
+        ),
+        "metrics": _section(MetricsConfig, {"customer_labels": _integer(0)}),
+        "shutdown_timeout": _SECONDS,
+        "access_log": _access_log,
+    },
+    "keys",
+    "routes",
+)

@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -137,10 +138,17 @@ class Pipeline:
     def _check_policy(
         self, request: web.BaseRequest, entry: CachedKey, path: str, origin: str | None
     ) -> None:
-        assert entry.policy is not None
-        peer = request.remote or ""
-        ip = client_ip(peer, request.headers.get("X-Forwarded-For"), self._trusted)
-        entry.policy.check(path, request.headers.get("Referer"), origin, ip)
+        policy = entry.policy
+        assert policy is not None
+        ip = self.client_ip(request) if policy.ips is not None else ""
+        policy.check(path, request.headers.get("Referer"), origin, ip)
+
+    def client_ip(self, request: web.BaseRequest) -> str:
+        """The peer, or what a trusted proxy says in X-Forwarded-For (SPEC section 11).
+        Every X-Forwarded-For line counts: a proxy may add its own line rather than
+        append to the client's, and the first line is the client's own word."""
+        forwarded = ",".join(request.headers.getall("X-Forwarded-For", ())) or None
+        return client_ip(request.remote or "", forwarded, self._trusted)
 
 
 def _bearer(headers: Mapping[str, str]) -> str | None:
@@ -170,7 +178,7 @@ async def deliver(
     """Fetch from the origin and send it on: the body in one write when the origin
     has it in memory, else streamed chunk by chunk with bounded memory."""
     headers = request.headers
-    method = "HEAD" if request.method == "HEAD" else "GET"
+    method: Literal["GET", "HEAD"] = "HEAD" if request.method == "HEAD" else "GET"
     fetched = await target.origin.fetch(
         OriginRequest(
             object_path,

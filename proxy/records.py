@@ -94,4 +94,3 @@ def _load(cls: type[Customer | KeyRecord], text: str | bytes) -> dict[str, Any]:
         if data.get(name) is not None:
             data[name] = parse_rate(data[name])
     return data
-

@@ -28,7 +28,7 @@ def origin(tmp_path: Path) -> Iterator[HttpOriginServer]:
 def config_body(tmp_path: Path, origin_url: str) -> str:
     return f"""
 store: sqlite://{tmp_path}/kf.db
-keys: {{secrets: {{1: ${{KEYFRONT_KEY_SECRET}}}}}}
+keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
 routes:
   - {{prefix: /open/, origin: "{origin_url}", auth: none}}
 shutdown_timeout: 10s

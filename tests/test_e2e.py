@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from conftest import SECRET, HttpOriginServer, KeyfrontProcess, RedisServer, start_keyfront
-from proxy.policy import sign_link
 
 from proxy.keys import KeySigner, new_key_id
+from proxy.policy import sign_link
 from proxy.records import Customer, KeyRecord
 from proxy.store import store_from_url
 
@@ -116,7 +116,7 @@ def deployment(
 store: {store_url}
 trusted_proxies: [127.0.0.1/32]
 keys:
-  secrets: {{1: ${{KEYFRONT_KEY_SECRET}}}}
+  secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}
 routes:
   - {{prefix: /files/, origin: "file://{files}/"}}
   - {{prefix: /http/, origin: "{origin.url}", cache_control: "public, max-age=60"}}

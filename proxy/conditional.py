@@ -1,0 +1,194 @@
+"""Conditional requests and byte ranges (RFC 9110 sections 13 and 14), as pure functions.
+
+    not_modified(If-None-Match, If-Modified-Since, validators)  -> answer 304?
+    parse_range(Range, size)        -> ByteRange (206) | None (200 full) | UNSATISFIABLE (416)
+    single_range(Range)             -> the header if worth forwarding to an origin, else None
+
+No I/O: the file origin uses them on os.stat results and the disk cache on its
+metadata sidecars, so both answer exactly the same way.
+"""
+
+from __future__ import annotations
+
+import calendar
+import enum
+import functools
+import re
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_tz
+from typing import Final
+
+
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """What conditionals and ranges are judged against: the object's size, its ETag
+    (as sent, quotes and any W/ included) and Last-Modified in unix seconds."""
+
+    size: int
+    etag: str | None
+    last_modified: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """Bytes `start` to `end` of an object, both inclusive (as in Content-Range)."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+    def content_range(self, size: int) -> str:
+        return f"bytes {self.start}-{self.end}/{size}"
+
+
+class Unsatisfiable(enum.Enum):
+    """A Range no byte of the object satisfies: answer 416 with `unsatisfied_range`."""
+
+    RANGE = "unsatisfiable"
+
+
+UNSATISFIABLE: Final = Unsatisfiable.RANGE
+
+
+def unsatisfied_range(size: int) -> str:
+    """The Content-Range of a 416 (RFC 9110 section 14.4)."""
+    return f"bytes */{size}"
+
+
+# --- dates ----------------------------------------------------------------------------
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_LONGEST_DATE = 40  # RFC 850 form, the longest, is 33 characters; anything longer is junk
+
+
+def http_date(timestamp: float) -> str:
+    """`Sun, 06 Nov 1994 08:49:37 GMT` (IMF-fixdate, RFC 9110 section 5.6.7)."""
+    return _http_date(int(timestamp))
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date(second: int) -> str:
+    # Cached: Last-Modified is formatted on every response, mostly for the same few
+    # thousand hot objects. Not strftime, whose %a/%b follow the locale.
+    t = time.gmtime(second)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )
+
+
+def parse_http_date(value: str) -> float | None:
+    """Unix seconds of an HTTP-date in any of the three forms RFC 9110 section 5.6.7
+    obliges a recipient to accept; None if it is not one."""
+    if len(value) > _LONGEST_DATE:
+        return None
+    return _parse_http_date(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_http_date(value: str) -> float | None:
+    # Cached: browsers send back the Last-Modified they were given, so the same few
+    # strings arrive again and again. Length is bounded by the caller.
+    parts = parsedate_tz(value)
+    if parts is None:
+        return None
+    try:
+        return float(calendar.timegm(parts[:9]) - (parts[9] or 0))
+    except (ValueError, OverflowError):
+        return None
+
+
+# --- If-None-Match / If-Modified-Since --------------------------------------------------
+
+# entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, in a comma-separated list (RFC 9110 8.8.3).
+# An etagc may itself be a comma, so the list is tokenised, not split on ","; empty
+# list elements are skipped (RFC 9110 section 5.6.1.2).
+_ETAG_ITEM = re.compile(r'[ \t]*(?:(?:W/)?("[^"]*"))?[ \t]*(?:,|$)')
+
+
+def not_modified(if_none_match: str | None, if_modified_since: str | None, v: Validators) -> bool:
+    """True if a GET/HEAD with these headers is answered 304 (RFC 9110 section 13.2.2):
+    If-None-Match by weak comparison ("*" matches any existing object); If-Modified-Since
+    only when If-None-Match is absent, and only on a valid date."""
+    if if_none_match is not None:
+        return _etag_matches(if_none_match, v.etag)
+    if if_modified_since is None or v.last_modified is None:
+        return False
+    since = parse_http_date(if_modified_since)
+    # HTTP dates have whole seconds: a file modified at x.7 s was sent as x.
+    return since is not None and int(v.last_modified) <= since
+
+
+def _etag_matches(if_none_match: str, etag: str | None) -> bool:
+    if if_none_match.strip() == "*":
+        return True
+    if etag is None:
+        return False
+    opaque = etag.removeprefix("W/")  # weak comparison: W/"x" and "x" are the same
+    position = 0
+    while position < len(if_none_match):
+        item = _ETAG_ITEM.match(if_none_match, position)
+        if item is None:
+            return False  # malformed from here on: not a match, so the object is sent
+        if item.group(1) == opaque:
+            return True
+        position = item.end()
+    return False
+
+
+# --- Range --------------------------------------------------------------------------
+
+# One byte-range-spec: "a-b", "a-" or "-n"; the unit is case-insensitive, OWS allowed
+# around the spec (RFC 9110 section 14.1.1). A comma means several ranges.
+_RANGE = re.compile(r"bytes=[ \t]*([0-9]*)-([0-9]*)[ \t]*", re.IGNORECASE | re.ASCII)
+_LONGEST_RANGE = 100  # two 19-digit offsets fit many times over; bounds int() work
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | Unsatisfiable | None:
+    """The single byte range `header` asks of an object of `size` bytes.
+
+    None: no Range, or one to ignore (malformed, several ranges, or an empty object):
+    serve 200 with everything. UNSATISFIABLE: the range starts at or past the end, or
+    is an empty suffix: serve 416. Otherwise the range, clipped to the object."""
+    spec = _range_spec(header)
+    if spec is None:
+        return None
+    first, last = spec
+    if first is None:  # suffix range "-n": the last n bytes
+        assert last is not None
+        if last == 0:
+            return UNSATISFIABLE
+        # A suffix of an empty object is satisfiable but has no bytes to show in a
+        # Content-Range (RFC 9110 14.1.3): send the (empty) object with 200 instead.
+        return ByteRange(max(0, size - last), size - 1) if size else None
+    if first >= size:
+        return UNSATISFIABLE
+    return ByteRange(first, size - 1 if last is None else min(last, size - 1))
+
+
+def single_range(header: str | None) -> str | None:
+    """`header` if it is one well-formed byte range, else None. An origin is sent only
+    these, so that it answers as `parse_range` would: 200 for malformed or multiple
+    ranges, never a multipart/byteranges body."""
+    return header if _range_spec(header) is not None else None
+
+
+def _range_spec(header: str | None) -> tuple[int | None, int | None] | None:
+    """(first, last) of a single well-formed range; either may be None, not both."""
+    if header is None or len(header) > _LONGEST_RANGE:
+        return None
+    match = _RANGE.fullmatch(header)
+    if match is None:
+        return None
+    first = int(match[1]) if match[1] else None
+    last = int(match[2]) if match[2] else None
+    if first is None and last is None:
+        return None
+    if first is not None and last is not None and last < first:
+        return None  # invalid, so ignored (RFC 9110 section 14.1.1)
+    return first, last

@@ -1,0 +1,276 @@
+"""The Redis store: shared by any number of keyfront instances (SPEC section 7).
+
+    kf:c:{<customer_id>}    customer JSON
+    kf:k:{<key_id>}         key record JSON
+    kf:customers            set of every customer id
+    kf:keys                 set of every key id (list_keys() without a customer)
+    kf:ck:{<customer_id>}   set of that customer's key ids
+
+The hash tags keep each command on one slot, so the same code runs on Redis Cluster.
+A record and its index sets live in different slots, so a write is several commands,
+not one MULTI: the record first, then the indexes, then a PUBLISH of `key:<id>` or
+`customer:<id>` on `kf:changes`. A crash in between leaves a record missing from a
+list until its next write, never an index entry that misleads: readers skip ids whose
+record is gone or belongs to another customer now. Classic PUBLISH reaches every node
+of a cluster, so a subscriber listens on any one node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
+
+from ..errors import Conflict, StoreError
+from ..records import Customer, KeyRecord
+from . import Change, ChangeKind, Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CHANNEL = b"kf:changes"
+CUSTOMERS, KEYS = "kf:customers", "kf:keys"
+MAX_CONNECTIONS = 64  # per process; callers beyond it wait (NOTES.md: the default pool raises)
+POOL_WAIT = 5.0  # seconds a caller waits for a free connection before StoreError
+SOCKET_TIMEOUT = 3.0  # admin and record reads; the hot path bounds its own wait (50 ms)
+HEALTH_CHECK_INTERVAL = 15.0  # PING a pooled connection idle this long before reusing it
+MGET_BATCH = 500  # keys per MGET when listing
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0  # seconds between attempts to resubscribe
+PING_EVERY, SILENCE_LIMIT = 5.0, 12.0  # a subscription silent this long is dead
+# RedisClusterException is no RedisError (it means "no node answers"); OSError
+# includes TimeoutError.
+DRIVER_ERRORS = (RedisError, RedisClusterException, OSError)
+
+
+def _customer_key(customer_id: str) -> str:
+    return f"kf:c:{{{customer_id}}}"
+
+
+def _key_key(key_id: str) -> str:
+    return f"kf:k:{{{key_id}}}"
+
+
+def _keys_of_key(customer_id: str) -> str:
+    return f"kf:ck:{{{customer_id}}}"
+
+
+def _options(retries: int = 1) -> dict[str, Any]:
+    # One quick retry covers a pooled connection that a Redis restart closed; more
+    # would only make an unreachable store slower to report (readiness, the CLI).
+    return {
+        "decode_responses": False,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+        "health_check_interval": HEALTH_CHECK_INTERVAL if retries else 0,
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05) if retries else NoBackoff(), retries),
+    }
+
+
+class RedisStore(Store):
+    """`redis://host:port/db`, `rediss://...` (TLS) or `redis+cluster://host:port`.
+
+    `open()` does not need Redis to be up (connections are made on first use), so a
+    Redis outage never stops keyfront from starting; `ping()` tells readiness. `put_*`
+    writes whether or not the record exists. A write whose PUBLISH fails raises
+    StoreError although the record was written: writes are idempotent, so retry."""
+
+    def __init__(self, url: str) -> None:
+        self.cluster = url.lower().startswith("redis+cluster://")
+        self._url = "redis://" + url.partition("://")[2] if self.cluster else url
+        self._client: Redis | RedisCluster
+        self._limit: asyncio.Semaphore | None = None
+        if self.cluster:
+            # The async RedisCluster has no blocking pool and raises when a node's
+            # connections run out: a semaphore below that bound makes callers wait.
+            self._client = RedisCluster.from_url(
+                self._url, max_connections=MAX_CONNECTIONS + 1, **_options()
+            )
+            self._limit = asyncio.Semaphore(MAX_CONNECTIONS)
+        else:
+            pool = BlockingConnectionPool.from_url(
+                url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT, **_options()
+            )
+            self._client = Redis.from_pool(pool)
+        self._closing = asyncio.Event()
+
+    async def close(self) -> None:
+        self._closing.set()  # ends changes()
+        await self._client.aclose()
+
+    async def ping(self) -> None:
+        await self._call(self._client.ping())
+
+    # customers
+
+    async def create_customer(self, customer: Customer) -> None:
+        await self._save_customer(customer, create=True)
+
+    async def put_customer(self, customer: Customer) -> None:
+        await self._save_customer(customer, create=False)
+
+    async def _save_customer(self, customer: Customer, create: bool) -> None:
+        customer_id = customer.customer_id
+        if not await self._call(
+            self._client.set(_customer_key(customer_id), customer.to_json(), nx=create)
+        ):
+            raise Conflict(f"customer {customer_id!r} already exists")
+        await self._call(self._client.sadd(CUSTOMERS, customer_id))
+        await self._call(self._client.publish(CHANNEL, f"customer:{customer_id}"))
+
+    async def get_customer(self, customer_id: str) -> Customer | None:
+        body = await self._call(self._client.get(_customer_key(customer_id)))
+        return Customer.from_json(body) if body is not None else None
+
+    async def list_customers(self) -> list[Customer]:
+        ids = sorted(await self._members(CUSTOMERS))
+        bodies = await self._mget([_customer_key(i) for i in ids])
+        return [Customer.from_json(body) for body in bodies]
+
+    # keys
+
+    async def create_key(self, record: KeyRecord) -> None:
+        await self._save_key(record, create=True)
+
+    async def put_key(self, record: KeyRecord) -> None:
+        await self._save_key(record, create=False)
+
+    async def _save_key(self, record: KeyRecord, create: bool) -> None:
+        key_id = record.key_id
+        if not await self._call(self._client.set(_key_key(key_id), record.to_json(), nx=create)):
+            raise Conflict(f"key {key_id!r} already exists")
+        await self._call(self._client.sadd(KEYS, key_id))
+        await self._call(self._client.sadd(_keys_of_key(record.customer_id), key_id))
+        await self._call(self._client.publish(CHANNEL, f"key:{key_id}"))
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        body = await self._call(self._client.get(_key_key(key_id)))
+        return KeyRecord.from_json(body) if body is not None else None
+
+    async def list_keys(self, customer_id: str | None = None) -> list[KeyRecord]:
+        index = KEYS if customer_id is None else _keys_of_key(customer_id)
+        bodies = await self._mget([_key_key(i) for i in await self._members(index)])
+        records = [KeyRecord.from_json(body) for body in bodies]
+        if customer_id is not None:  # a key moved to another customer stays in the old set
+            records = [r for r in records if r.customer_id == customer_id]
+        return sorted(records, key=lambda r: (r.created_at, r.key_id))
+
+    # change notification
+
+    async def changes(self) -> AsyncIterator[Change]:
+        """Changes published by any instance from now on. A lost subscription is
+        retried with backoff (0.1 s doubling to 2 s); once it is back, Change("all")
+        comes first, since changes published meanwhile were missed."""
+        backoff, attempt, missed = BACKOFF_MIN, 0, False
+        while not self._closing.is_set():
+            # Its own connection without retries: redis-py would otherwise reconnect
+            # and resubscribe silently, and we could not tell that changes were missed.
+            subscriber = Redis.from_url(self._subscriber_url(attempt), **_options(retries=0))
+            pubsub = subscriber.pubsub()
+            try:
+                await _subscribe(pubsub)
+                backoff = BACKOFF_MIN
+                if missed:
+                    missed = False
+                    yield Change("all")
+                async for change in self._messages(pubsub):
+                    yield change
+            except DRIVER_ERRORS as exc:
+                log.warning("redis change feed lost (%s); resubscribing in %.1fs", exc, backoff)
+                missed, attempt = True, attempt + 1
+                with contextlib.suppress(TimeoutError):  # a pause that close() cuts short
+                    await asyncio.wait_for(self._closing.wait(), backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            finally:
+                with contextlib.suppress(*DRIVER_ERRORS):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                    await subscriber.aclose()
+
+    async def _messages(self, pubsub: PubSub) -> AsyncIterator[Change]:
+        # Our own PING watchdog: a half-open connection (a failover behind NAT, a
+        # pulled cable) would otherwise stay silent forever without an error.
+        loop = asyncio.get_running_loop()
+        heard = pinged = loop.time()
+        while not self._closing.is_set():  # checked 4 times a second, so close() ends it
+            now = loop.time()
+            if now - heard > SILENCE_LIMIT:
+                raise ConnectionError(f"redis did not answer for {SILENCE_LIMIT:.0f}s")
+            if now - pinged > PING_EVERY:
+                await pubsub.ping()
+                pinged = now
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
+            if message is not None:
+                heard = loop.time()
+                change = _change_of(message)
+                if change is not None:
+                    yield change
+
+    def _subscriber_url(self, attempt: int) -> str:
+        """The node to subscribe on: the configured one, or for a cluster each known
+        node in turn, so that losing one node moves the subscription to another."""
+        nodes = self._client.get_nodes() if isinstance(self._client, RedisCluster) else []
+        if not nodes:
+            return self._url
+        node = nodes[attempt % len(nodes)]
+        parts = urlsplit(self._url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@{node.host}:{node.port}" if userinfo else f"{node.host}:{node.port}"
+        return parts._replace(netloc=netloc, path="").geturl()
+
+    # the edge: every command passes here
+
+    async def _call(self, command: Awaitable[T]) -> T:
+        """Await one command; every driver failure becomes StoreError."""
+        try:
+            if self._limit is None:
+                return await command
+            async with self._limit:
+                return await command
+        except DRIVER_ERRORS as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def _members(self, index: str) -> list[str]:
+        members = await self._call(self._client.smembers(index))
+        return [m.decode() if isinstance(m, bytes) else m for m in members]
+
+    async def _mget(self, keys: list[str]) -> list[bytes]:
+        """The values of `keys` that exist, in order, MGET_BATCH keys per round trip."""
+        values: list[bytes | str | None] = []
+        for start in range(0, len(keys), MGET_BATCH):
+            batch = keys[start : start + MGET_BATCH]
+            if isinstance(self._client, RedisCluster):  # one MGET must stay in one slot
+                values += await self._call(self._client.mget_nonatomic(batch))
+            else:
+                values += await self._call(self._client.mget(batch))
+        return [value for value in values if isinstance(value, bytes)]
+
+
+async def _subscribe(pubsub: PubSub) -> None:
+    """SUBSCRIBE and wait for Redis to confirm: only then does "from now on" hold."""
+    await pubsub.subscribe(CHANNEL)
+    while True:
+        message = await pubsub.get_message(timeout=SOCKET_TIMEOUT)
+        if message is None:
+            raise ConnectionError("redis did not confirm the subscription")
+        if message["type"] == "subscribe":
+            return
+
+
+def _change_of(message: dict[str, Any]) -> Change | None:
+    if message["type"] != "message":
+        return None  # our PING's answer
+    kind, _, id_ = bytes(message["data"]).decode(errors="replace").partition(":")
+    if kind not in ("key", "customer", "all"):
+        log.debug("ignoring change %r", message["data"])  # e.g. from a newer keyfront
+        return None
+    return Change(cast(ChangeKind, kind), id_)

@@ -1,0 +1,266 @@
+"""The SQLite store: the embedded default, one host and zero services (SPEC section 7).
+
+sqlite3 blocks, so every call runs on one dedicated thread that owns the one
+connection: the event loop never waits on the disk, calls are serialised without a
+lock, and the connection never crosses threads (sqlite3's own check stays on). WAL
+lets the CLI and every worker process read while one of them writes.
+
+Change feed (SPEC section 2, "within 1 second"): every write appends a row to
+`changes` in its own transaction, and `changes()` polls for rows past the last one it
+saw every 0.2 s. That poll is one range scan on the primary key, so it costs nothing
+when idle, and it sees writes from any process: the CLI, the admin API of another
+worker, another instance on the same host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar, cast
+
+from ..errors import Conflict, StoreError
+from ..records import Customer, KeyRecord
+from . import Change, ChangeKind, Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+POLL_INTERVAL = 0.2  # seconds; 5 polls a second keep a change well inside the 1 s budget
+POLL_BATCH = 1000  # rows per poll: bounds memory, still 5,000 changes a second
+RETENTION = 3600.0  # seconds a change row is kept: far longer than any poll gap
+PRUNE_EVERY = 60.0  # seconds between prunes (done by writers, so idle readers never write)
+BUSY_TIMEOUT_MS = 5000  # wait this long for another process's write lock
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS customers (customer_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, created_at INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_by_customer ON keys (customer_id, created_at, key_id);
+CREATE INDEX IF NOT EXISTS keys_by_age ON keys (created_at, key_id);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, id TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_by_age ON changes (at);
+"""
+
+_INSERT_CUSTOMER = "INTO customers (customer_id, body) VALUES (?, ?)"
+_INSERT_KEY = "INTO keys (key_id, customer_id, created_at, body) VALUES (?, ?, ?, ?)"
+_KEY_AND_CUSTOMER = (
+    "SELECT k.body, c.body FROM keys k LEFT JOIN customers c ON c.customer_id = k.customer_id"
+    " WHERE k.key_id = ?"
+)
+_KEYS_OF = "SELECT body FROM keys WHERE customer_id = ? ORDER BY created_at, key_id"
+_ALL_KEYS = "SELECT body FROM keys ORDER BY created_at, key_id"
+_MAX_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM changes"
+_CHANGES_AFTER = f"SELECT seq, kind, id FROM changes WHERE seq > ? ORDER BY seq LIMIT {POLL_BATCH}"
+
+
+class SqliteStore(Store):
+    """Customers and keys in one SQLite file, `sqlite:///abs/path.db`.
+
+    `put_*` writes whether or not the record exists (an upsert), like Redis SET."""
+
+    def __init__(self, url: str) -> None:
+        self.path = url[len("sqlite://") :]
+        # One thread owns the connection: see the module docstring.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyfront-sqlite")
+        self._conn: sqlite3.Connection | None = None  # touched only on that thread
+        self._last_prune = 0.0  # likewise
+        self._closing = asyncio.Event()
+
+    async def open(self) -> None:
+        """Create the parent directory, the file and the schema. StoreError if it can't."""
+        await self._run(self._connect)
+
+    async def close(self) -> None:
+        if self._closing.is_set():
+            return
+        with contextlib.suppress(StoreError):
+            await self._run(self._disconnect)
+        self._closing.set()  # ends changes() and refuses later calls
+        self._thread.shutdown(wait=False)  # its queue is empty: the close ran last
+
+    async def ping(self) -> None:
+        await self._fetch(_MAX_SEQ, ())  # reads the file, unlike SELECT 1
+
+    # customers
+
+    async def create_customer(self, customer: Customer) -> None:
+        row = (customer.customer_id, customer.to_json())
+        await self._write("INSERT " + _INSERT_CUSTOMER, row, "customer", creates=True)
+
+    async def put_customer(self, customer: Customer) -> None:
+        row = (customer.customer_id, customer.to_json())
+        await self._write("INSERT OR REPLACE " + _INSERT_CUSTOMER, row, "customer")
+
+    async def get_customer(self, customer_id: str) -> Customer | None:
+        rows = await self._fetch("SELECT body FROM customers WHERE customer_id = ?", (customer_id,))
+        return Customer.from_json(rows[0][0]) if rows else None
+
+    async def list_customers(self) -> list[Customer]:
+        rows = await self._fetch("SELECT body FROM customers ORDER BY customer_id", ())
+        return [Customer.from_json(body) for (body,) in rows]
+
+    # keys
+
+    async def create_key(self, record: KeyRecord) -> None:
+        await self._write("INSERT " + _INSERT_KEY, _key_row(record), "key", creates=True)
+
+    async def put_key(self, record: KeyRecord) -> None:
+        await self._write("INSERT OR REPLACE " + _INSERT_KEY, _key_row(record), "key")
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        rows = await self._fetch("SELECT body FROM keys WHERE key_id = ?", (key_id,))
+        return KeyRecord.from_json(rows[0][0]) if rows else None
+
+    async def list_keys(self, customer_id: str | None = None) -> list[KeyRecord]:
+        query = (_ALL_KEYS, ()) if customer_id is None else (_KEYS_OF, (customer_id,))
+        rows = await self._fetch(*query)
+        return [KeyRecord.from_json(body) for (body,) in rows]
+
+    async def get_key_and_customer(self, key_id: str) -> tuple[KeyRecord, Customer | None] | None:
+        """One query (a LEFT JOIN), so a record-cache miss is one hop to the thread."""
+        rows = await self._fetch(_KEY_AND_CUSTOMER, (key_id,))
+        if not rows:
+            return None
+        key_body, customer_body = rows[0]
+        customer = Customer.from_json(customer_body) if customer_body is not None else None
+        return KeyRecord.from_json(key_body), customer
+
+    # change notification
+
+    async def changes(self) -> AsyncIterator[Change]:
+        """Changes written by any process from now on. A failed poll is retried from
+        the same place (rows are kept an hour), so nothing is missed; a gap in the
+        sequence (rows pruned while this process slept) yields Change("all")."""
+        last = await self._current_seq()
+        while await self._pause(POLL_INTERVAL):
+            if last is None:  # the store failed at subscription: start from now
+                last = await self._current_seq()
+                if last is not None:
+                    yield Change("all")  # what changed until now is unknown
+                continue
+            for seq, change in await self._changes_after(last):
+                last = seq
+                yield change
+
+    async def _current_seq(self) -> int | None:
+        rows = await self._poll(_MAX_SEQ, ())
+        return int(rows[0][0]) if rows else None
+
+    async def _changes_after(self, last: int) -> list[tuple[int, Change]]:
+        """The changes after seq `last`, each with its seq; [] when the poll fails."""
+        rows = await self._poll(_CHANGES_AFTER, (last,)) or []
+        found = [(seq, Change(cast(ChangeKind, kind), id_)) for seq, kind, id_ in rows]
+        if rows and rows[0][0] > last + 1:  # AUTOINCREMENT leaves no holes but pruning
+            found.insert(0, (last, Change("all")))
+        return found
+
+    async def _poll(self, sql: str, params: tuple[Any, ...]) -> list[Row] | None:
+        """`_fetch` for the change feed, which outlives store failures: None on error."""
+        try:
+            return await self._fetch(sql, params)
+        except StoreError as exc:
+            log.warning("sqlite change feed: %s; retrying", exc)
+            return None
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep; False (at once) when the store closes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        return not self._closing.is_set()
+
+    # the thread: everything below `_run` executes on it
+
+    async def _run(self, job: Callable[[], T]) -> T:
+        """Run `job` on the store's thread; sqlite3 and OS errors become StoreError."""
+        if self._closing.is_set():
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._thread, job)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"sqlite {self.path}: {exc}") from exc
+
+    async def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Row]:
+        return await self._run(lambda: self._connection().execute(sql, params).fetchall())
+
+    async def _write(
+        self, sql: str, params: tuple[Any, ...], kind: ChangeKind, creates: bool = False
+    ) -> None:
+        """Write one row and its change row in one transaction."""
+
+        def job() -> None:
+            with self._transaction() as conn:
+                try:
+                    conn.execute(sql, params)
+                except sqlite3.IntegrityError as exc:  # the primary key: the only constraint
+                    if creates:
+                        raise Conflict(f"{kind} {params[0]!r} already exists") from exc
+                    raise
+                now = time.time()
+                conn.execute(
+                    "INSERT INTO changes (kind, id, at) VALUES (?, ?, ?)", (kind, params[0], now)
+                )
+                self._prune(conn, now)
+
+        await self._run(job)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock up front (waiting up to busy_timeout)
+        # instead of failing with SQLITE_BUSY when a read upgrades to a write.
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O)
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _prune(self, conn: sqlite3.Connection, now: float) -> None:
+        if now - self._last_prune >= PRUNE_EVERY:
+            conn.execute("DELETE FROM changes WHERE at < ?", (now - RETENTION,))
+            self._last_prune = now
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the store is not open")
+        return self._conn
+
+    def _connect(self) -> None:
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        # isolation_level=None: no implicit transactions; `_transaction` makes them.
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.executescript(SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _key_row(record: KeyRecord) -> tuple[str, str, int, str]:
+    return record.key_id, record.customer_id, record.created_at, record.to_json()

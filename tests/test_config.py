@@ -1,0 +1,593 @@
+"""config.load(): the SPEC section 7 file becomes frozen dataclasses, or a ConfigError
+that names the field path."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy.config import (
+    AdminConfig,
+    CacheConfig,
+    Config,
+    KeyDefaults,
+    KeysConfig,
+    Listen,
+    MetricsConfig,
+    OriginTimeouts,
+    Route,
+    S3Settings,
+    UsageConfig,
+    describe,
+    load,
+)
+from proxy.errors import ConfigError
+from proxy.units import Rate
+
+SECRET = "s3cret-#: {x}[y] 'q' \"z\" &a *b !c"  # YAML-special characters, 34 long
+TOKEN = "admin-token-0123456789"
+ENV = {"KEYFRONT_KEY_SECRET": SECRET, "KEYFRONT_ADMIN_TOKEN": TOKEN}
+
+SPEC_EXAMPLE = """\
+listen: 0.0.0.0:8080
+admin_listen: 127.0.0.1:9080
+workers: 1
+store: sqlite://{tmp}/db/keyfront.db
+store_timeout: 50ms
+on_store_error: allow
+trusted_proxies: []
+keys:
+  prefix: pk
+  secrets:
+    1: ${{KEYFRONT_KEY_SECRET}}
+  record_cache_ttl: 60s
+  defaults: {{rate: 20/s, burst: 40}}
+admin:
+  token: ${{KEYFRONT_ADMIN_TOKEN}}
+routes:
+  - prefix: /files/
+    origin: file://{tmp}/srv/files
+  - prefix: /request/
+    origin: s3://assets-bucket/public/
+    s3: {{endpoint_url: http://127.0.0.1:8333, region: us-east-1}}
+    cache_control: private, max-age=3600
+  - prefix: /open/
+    origin: https://origin.example.com/static/
+    auth: none
+cache:
+  dir: {tmp}/cache
+  max_size: 10GiB
+  max_object_size: 512MiB
+  ttl: 1h
+  stale_while_revalidate: 1m
+  stale_if_error: 1d
+  negative_ttl: 30s
+origin_timeouts: {{connect: 2s, first_byte: 10s, idle: 30s}}
+usage:
+  flush_interval: 1s
+  max_pending: 100000
+metrics:
+  customer_labels: 50
+shutdown_timeout: 30s
+access_log: "-"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "keyfront.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def minimal() -> dict[str, Any]:
+    """The smallest valid config; `files/` must exist next to the file."""
+    return {
+        "keys": {"secrets": {1: "0123456789abcdef"}},
+        "routes": [{"prefix": "/files/", "origin": "file://files/"}],
+    }
+
+
+def load_dict(tmp_path: Path, data: Any, environ: dict[str, str] | None = None) -> Config:
+    (tmp_path / "files").mkdir(exist_ok=True)
+    return load(write(tmp_path, yaml.safe_dump(data)), environ or {})
+
+
+def test_spec_example_loads_into_the_model(tmp_path: Path) -> None:
+    (tmp_path / "srv" / "files").mkdir(parents=True)
+    path = write(tmp_path, SPEC_EXAMPLE.format(tmp=tmp_path))
+
+    config = load(path, ENV)
+
+    assert config == Config(
+        listen=Listen("0.0.0.0", 8080),
+        admin_listen=Listen("127.0.0.1", 9080),
+        workers=1,
+        store=f"sqlite://{tmp_path}/db/keyfront.db",
+        store_timeout=0.05,
+        on_store_error="allow",
+        trusted_proxies=(),
+        keys=KeysConfig(
+            prefix="pk",
+            secrets={1: SECRET},
+            record_cache_ttl=60.0,
+            defaults=KeyDefaults(rate=Rate(20, 1.0), burst=40),
+        ),
+        admin=AdminConfig(token=TOKEN),
+        routes=(
+            Route("/files/", f"file://{tmp_path}/srv/files/"),
+            Route(
+                "/request/",
+                "s3://assets-bucket/public/",
+                s3=S3Settings(endpoint_url="http://127.0.0.1:8333", region="us-east-1"),
+                cache_control="private, max-age=3600",
+            ),
+            Route("/open/", "https://origin.example.com/static/", auth="none"),
+        ),
+        cache=CacheConfig(
+            dir=f"{tmp_path}/cache",
+            max_size=10 * 1024**3,
+            max_object_size=512 * 1024**2,
+            ttl=3600.0,
+            stale_while_revalidate=60.0,
+            stale_if_error=86400.0,
+            negative_ttl=30.0,
+        ),
+        origin_timeouts=OriginTimeouts(connect=2.0, first_byte=10.0, idle=30.0),
+        usage=UsageConfig(flush_interval=1.0, max_pending=100_000),
+        metrics=MetricsConfig(customer_labels=50),
+        shutdown_timeout=30.0,
+        access_log="-",
+        source=path,
+    )
+    assert config.keys.signing_version == 1
+
+
+def test_absent_fields_take_the_defaults(tmp_path: Path) -> None:
+    config = load_dict(tmp_path, minimal())
+
+    expected_route = Route("/files/", f"file://{tmp_path}/files/")
+    assert config == Config(
+        keys=KeysConfig(secrets={1: "0123456789abcdef"}),
+        routes=(expected_route,),
+        source=str(tmp_path / "keyfront.yaml"),
+    )
+    assert config.keys.defaults == KeyDefaults(Rate(20, 1.0), 40, None, None)
+    assert config.admin.token is None
+    assert config.listen == Listen("0.0.0.0", 8080)
+
+
+def test_empty_sections_keep_their_defaults(tmp_path: Path) -> None:
+    config = load_dict(tmp_path, minimal() | {"admin": None, "cache": {}, "trusted_proxies": None})
+
+    assert config.admin == AdminConfig()
+    assert config.cache == CacheConfig()
+    assert config.trusted_proxies == ()
+
+
+def test_every_value_of_every_kind(tmp_path: Path) -> None:
+    data = minimal() | {
+        "listen": "[::1]:8443",
+        "admin_listen": ":9090",
+        "workers": 4,
+        "store": "rediss://user:pw@redis.example:6380/2",
+        "on_store_error": "deny",
+        "trusted_proxies": ["10.1.2.3/8", "::1/128"],
+        "admin": {"token": TOKEN},
+        "metrics": {"customer_labels": 0},
+        "shutdown_timeout": 0,
+        "access_log": "logs/access.log",
+    }
+    data["keys"] |= {"prefix": "acme", "query_param": "api_key", "record_cache_size": 10}
+    data["keys"]["defaults"] = {"rate": "600/m", "burst": 5, "quota_bytes": "1.5KB"}
+    data["keys"]["defaults"] |= {"quota_requests": 1000}
+
+    config = load_dict(tmp_path, data)
+
+    assert (config.listen, config.admin_listen) == (Listen("::1", 8443), Listen("0.0.0.0", 9090))
+    assert str(config.listen) == "[::1]:8443"
+    assert config.workers == 4
+    assert config.store == "rediss://user:pw@redis.example:6380/2"
+    assert config.on_store_error == "deny"
+    nets = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    assert config.trusted_proxies == nets
+    assert config.keys.prefix == "acme"
+    assert config.keys.query_param == "api_key"
+    assert config.keys.record_cache_size == 10
+    assert config.keys.defaults == KeyDefaults(Rate(600, 60.0), 5, 1000, 1500)
+    assert config.metrics.customer_labels == 0
+    assert config.shutdown_timeout == 0.0
+    assert config.access_log == str(tmp_path / "logs" / "access.log")
+
+
+def test_rate_and_burst_may_be_null_for_no_limit(tmp_path: Path) -> None:
+    data = minimal()
+    data["keys"]["defaults"] = {"rate": None, "burst": None}
+
+    assert load_dict(tmp_path, data).keys.defaults == KeyDefaults(None, None, None, None)
+
+
+def test_secret_versions_may_be_digit_strings_and_the_highest_signs(tmp_path: Path) -> None:
+    data = minimal()
+    data["keys"]["secrets"] = {1: "a" * 16, "3": "c" * 16, 2: "b" * 16}
+
+    config = load_dict(tmp_path, data)
+
+    assert config.keys.secrets == {1: "a" * 16, 3: "c" * 16, 2: "b" * 16}
+    assert config.keys.signing_version == 3
+
+
+@pytest.mark.parametrize(
+    ("origin", "stored"),
+    [
+        ("https://origin.example.com", "https://origin.example.com/"),
+        ("https://origin.example.com/static", "https://origin.example.com/static/"),
+        ("http://127.0.0.1:8000/a/b/", "http://127.0.0.1:8000/a/b/"),
+        ("s3://bucket", "s3://bucket/"),
+        ("s3://bucket/", "s3://bucket/"),
+        ("s3://bucket/public", "s3://bucket/public/"),
+        ("s3://bucket/a/b/", "s3://bucket/a/b/"),
+    ],
+)
+def test_origins_are_stored_with_a_trailing_slash(tmp_path: Path, origin: str, stored: str) -> None:
+    data = minimal()
+    data["routes"] = [{"prefix": "/", "origin": origin}]
+
+    assert load_dict(tmp_path, data).routes[0].origin == stored
+
+
+def test_relative_paths_resolve_against_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "etc" / "keyfront"
+    (conf / "samples").mkdir(parents=True)
+    text = yaml.safe_dump(minimal()).replace("file://files/", "file://samples/")
+    text += "store: sqlite://../../data/keyfront.db\ncache: {dir: ../../data/cache}\n"
+    path = write(conf, text + "access_log: access.log\n")
+    monkeypatch.chdir(tmp_path / "etc")  # the working directory must not matter
+
+    config = load(path, {})
+
+    assert config.routes[0].origin == f"file://{conf}/samples/"
+    assert config.store == f"sqlite://{tmp_path}/data/keyfront.db"
+    assert config.cache.dir == f"{tmp_path}/data/cache"
+    assert config.access_log == f"{conf}/access.log"
+    assert config.source == path
+
+
+def test_relative_config_path_becomes_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load_dict(tmp_path, minimal())
+    monkeypatch.chdir(tmp_path)
+
+    assert load("keyfront.yaml", {}).source == str(tmp_path / "keyfront.yaml")
+
+
+def test_the_path_may_come_from_keyfront_config(tmp_path: Path) -> None:
+    load_dict(tmp_path, minimal())
+    path = str(tmp_path / "keyfront.yaml")
+
+    assert load(None, {"KEYFRONT_CONFIG": path}).source == path
+
+
+def test_no_path_at_all_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="pass -c FILE or set KEYFRONT_CONFIG"):
+        load(None, {})
+
+
+def test_environ_defaults_to_the_process_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = minimal()
+    data["keys"]["secrets"] = {1: "${TEST_KEYFRONT_SECRET}"}
+    monkeypatch.setenv("TEST_KEYFRONT_SECRET", "from-the-environment")
+    (tmp_path / "files").mkdir()
+
+    config = load(write(tmp_path, yaml.safe_dump(data)))
+
+    assert config.keys.secrets == {1: "from-the-environment"}
+
+
+def test_env_interpolation(tmp_path: Path) -> None:
+    data = minimal() | {
+        "listen": "${LISTEN:-127.0.0.1:8081}",
+        "admin_listen": "${ADMIN_LISTEN:-127.0.0.1:9999}",
+        "workers": "${WORKERS}",
+        "access_log": "${LOG:-off}",
+        "admin": {"token": "${TOKEN:-}"},
+    }
+    data["keys"]["secrets"] = {1: "${SECRET}", 2: "prefix-$${NOT_A_VAR}-${EMPTY:-dflt}"}
+    environ = {"SECRET": SECRET, "WORKERS": "3", "ADMIN_LISTEN": "[::]:9000", "EMPTY": ""}
+
+    config = load_dict(tmp_path, data, environ)
+
+    assert config.keys.secrets == {1: SECRET, 2: "prefix-${NOT_A_VAR}-dflt"}
+    assert config.listen == Listen("127.0.0.1", 8081)
+    assert config.admin_listen == Listen("::", 9000)
+    assert config.workers == 3
+    assert config.access_log == "off"
+    assert config.admin.token is None  # `${TOKEN:-}` leaves it unset
+
+
+def test_bare_off_is_the_access_log_off(tmp_path: Path) -> None:
+    text = yaml.safe_dump(minimal()) + "access_log: off\n"  # YAML 1.1 reads it as false
+    (tmp_path / "files").mkdir()
+
+    assert load(write(tmp_path, text), {}).access_log == "off"
+
+
+Change = Callable[[dict[str, Any]], None]
+
+
+def put(path: str, value: Any) -> Change:
+    """A change that sets one dotted path (`keys.defaults.rate`, `routes.0.origin`)."""
+
+    def change(data: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = data
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        node[int(last) if isinstance(node, list) else last] = value
+
+    return change
+
+
+def drop(path: str) -> Change:
+    def change(data: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = data
+        for part in parents:
+            node = node[part]
+        del node[last]
+
+    return change
+
+
+def add_route(**route: Any) -> Change:
+    return lambda data: data["routes"].append(route)
+
+
+BROKEN: list[tuple[str, Change, str, str]] = [
+    ("unknown top field", put("cahce", {}), "cahce", "unknown field (did you mean cache?)"),
+    ("unknown nested", put("cache.max_szie", "1GiB"), "cache.max_szie", "expected one of dir"),
+    ("unknown route field", put("routes.0.orign", "x"), "routes[0].orign", "unknown field"),
+    ("empty file", lambda d: d.clear(), "keys", "required field is missing"),
+    ("section not a mapping", put("cache", [1]), "cache", "expected a mapping, got a list"),
+    ("bad size", put("cache.max_size", "lots"), "cache.max_size", "is not a size"),
+    ("bad size unit", put("cache.max_object_size", "5XB"), "cache.max_object_size", "unit"),
+    ("bad duration", put("store_timeout", "soon"), "store_timeout", "is not a duration"),
+    ("huge size", put("cache.max_size", "9" * 400), "cache.max_size", "too large"),
+    ("huge duration", put("cache.ttl", "9" * 400 + "s"), "cache.ttl", "too large"),
+    ("infinite size", put("cache.max_size", float("inf")), "cache.max_size", "got inf"),
+    ("nan duration", put("cache.ttl", float("nan")), "cache.ttl", "got nan"),
+    ("workers digits", put("workers", "²"), "workers", "expected an integer, got a string"),
+    ("route prefix ..", put("routes.0.prefix", "/a/../"), "routes[0].prefix", "starts and ends"),
+    ("zero duration", put("store_timeout", "0ms"), "store_timeout", "greater than 0"),
+    ("negative ttl", put("cache.ttl", -1), "cache.ttl", "at least 0"),
+    ("zero timeout", put("origin_timeouts.idle", 0), "origin_timeouts.idle", "greater than 0"),
+    ("zero flush", put("usage.flush_interval", "0s"), "usage.flush_interval", "greater than 0"),
+    ("bad rate", put("keys.defaults.rate", "20 per s"), "keys.defaults.rate", "not a rate"),
+    ("rate number", put("keys.defaults.rate", 20), "keys.defaults.rate", "got an integer"),
+    ("burst zero", put("keys.defaults.burst", 0), "keys.defaults.burst", "at least 1"),
+    (
+        "quota text",
+        put("keys.defaults.quota_requests", "many"),
+        "keys.defaults.quota_requests",
+        "integer",
+    ),
+    ("bad listen", put("listen", "localhost"), "listen", "host:port"),
+    ("listen port 0", put("listen", ":0"), "listen", "1 to 65535"),
+    ("listen port big", put("admin_listen", "127.0.0.1:70000"), "admin_listen", "1 to 65535"),
+    ("listen bare ipv6", put("listen", "::1:8080"), "listen", "brackets"),
+    ("listen bad ipv6", put("listen", "[fe::zz]:8080"), "listen", "not IPv6"),
+    ("listen int", put("listen", 8080), "listen", "got an integer"),
+    ("workers zero", put("workers", 0), "workers", "at least 1"),
+    ("workers bool", put("workers", True), "workers", "got a boolean"),
+    ("workers float", put("workers", 1.5), "workers", "got a number"),
+    ("on_store_error", put("on_store_error", "ignore"), "on_store_error", "allow or deny"),
+    ("bad cidr", put("trusted_proxies", ["10.0.0.0/8", "ten"]), "trusted_proxies[1]", "CIDR"),
+    ("cidrs not list", put("trusted_proxies", "10.0.0.0/8"), "trusted_proxies", "a list"),
+    ("missing keys", drop("keys"), "keys", "required field is missing"),
+    ("missing secrets", drop("keys.secrets"), "keys.secrets", "required field is missing"),
+    ("empty secrets", put("keys.secrets", {}), "keys.secrets", "at least one secret"),
+    ("short secret", put("keys.secrets", {1: "x" * 15}), "keys.secrets.1", "at least 16"),
+    ("secret number", put("keys.secrets", {1: 10**20}), "keys.secrets.1", "expected a string"),
+    ("version zero", put("keys.secrets", {0: "x" * 16}), "keys.secrets.0", "at least 1"),
+    ("version word", put("keys.secrets", {"one": "x" * 16}), "keys.secrets.one", "integer"),
+    (
+        "version twice",
+        put("keys.secrets", {1: "x" * 16, "1": "y" * 16}),
+        "keys.secrets.1",
+        "twice",
+    ),
+    ("bad key prefix", put("keys.prefix", "PK"), "keys.prefix", "lowercase letters"),
+    ("long key prefix", put("keys.prefix", "abcdefghi"), "keys.prefix", "1 to 8"),
+    ("bad query param", put("keys.query_param", "api key"), "keys.query_param", "query parameter"),
+    ("empty query param", put("keys.query_param", ""), "keys.query_param", "query parameter"),
+    ("cache size zero", put("keys.record_cache_size", 0), "keys.record_cache_size", "at least 1"),
+    ("short admin token", put("admin.token", "short"), "admin.token", "at least 16"),
+    ("missing routes", drop("routes"), "routes", "required field is missing"),
+    ("empty routes", put("routes", []), "routes", "at least one route"),
+    ("routes mapping", put("routes", {"prefix": "/"}), "routes", "a list of routes"),
+    (
+        "route prefix no slash",
+        put("routes.0.prefix", "files/"),
+        "routes[0].prefix",
+        "starts and ends",
+    ),
+    (
+        "route prefix no end",
+        put("routes.0.prefix", "/files"),
+        "routes[0].prefix",
+        "starts and ends",
+    ),
+    ("route prefix //", put("routes.0.prefix", "/a//"), "routes[0].prefix", "starts and ends"),
+    (
+        "duplicate prefix",
+        add_route(prefix="/files/", origin="s3://b"),
+        "routes[1].prefix",
+        "routes[0]",
+    ),
+    ("missing origin", put("routes.0", {"prefix": "/"}), "routes[0].origin", "required"),
+    ("origin scheme", put("routes.0.origin", "ftp://host/x/"), "routes[0].origin", "scheme"),
+    ("origin no scheme", put("routes.0.origin", "/srv/files"), "routes[0].origin", "scheme"),
+    (
+        "missing folder",
+        put("routes.0.origin", "file://nope/"),
+        "routes[0].origin",
+        "does not exist",
+    ),
+    (
+        "folder is a file",
+        put("routes.0.origin", "file://keyfront.yaml"),
+        "routes[0].origin",
+        "not a directory",
+    ),
+    ("http no host", put("routes.0.origin", "https:///static/"), "routes[0].origin", "no host"),
+    (
+        "http bad port",
+        put("routes.0.origin", "http://h:99999/"),
+        "routes[0].origin",
+        "has a bad port",
+    ),
+    (
+        "http query",
+        put("routes.0.origin", "http://h/a?b=1"),
+        "routes[0].origin",
+        "without a query",
+    ),
+    ("s3 no bucket", put("routes.0.origin", "s3:///prefix/"), "routes[0].origin", "needs a bucket"),
+    ("s3 on a file route", put("routes.0.s3", {"region": "eu"}), "routes[0].s3", "s3:// origin"),
+    (
+        "s3 unknown field",
+        add_route(prefix="/s3/", origin="s3://b", s3={"bucket": "b"}),
+        "routes[1].s3.bucket",
+        "unknown",
+    ),
+    (
+        "s3 bad endpoint",
+        add_route(prefix="/s3/", origin="s3://b", s3={"endpoint_url": "ftp://x"}),
+        "routes[1].s3.endpoint_url",
+        "http",
+    ),
+    ("auth", put("routes.0.auth", "token"), "routes[0].auth", "key or none"),
+    (
+        "cache_control type",
+        put("routes.0.cache_control", 3600),
+        "routes[0].cache_control",
+        "string",
+    ),
+    ("store scheme", put("store", "postgres://db/x"), "store", "sqlite://PATH, redis://"),
+    ("store empty sqlite", put("store", "sqlite://"), "store", "sqlite://PATH"),
+    ("redis no host", put("store", "redis:///0"), "store", "no host"),
+    ("empty cache dir", put("cache.dir", ""), "cache.dir", "must not be empty"),
+    (
+        "customer labels",
+        put("metrics.customer_labels", -1),
+        "metrics.customer_labels",
+        "at least 0",
+    ),
+    ("max pending", put("usage.max_pending", 0), "usage.max_pending", "at least 1"),
+    ("access_log true", put("access_log", True), "access_log", "got a boolean"),
+    (
+        "unset env",
+        put("keys.secrets", {1: "${KEYFRONT_KEY_SECRET}"}),
+        "keys.secrets.1",
+        "environment variable KEYFRONT_KEY_SECRET is not set",
+    ),
+    (
+        "unset env in list",
+        put("routes.0.origin", "${ORIGIN}"),
+        "routes[0].origin",
+        "ORIGIN is not set",
+    ),
+    ("unterminated ${", put("listen", "${LISTEN"), "listen", "unterminated"),
+    ("bad variable", put("listen", "${1X}"), "listen", "bad variable reference"),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "problem"), [case[1:] for case in BROKEN], ids=[case[0] for case in BROKEN]
+)
+def test_errors_name_the_field_path(
+    tmp_path: Path, change: Change, path: str, problem: str
+) -> None:
+    data = minimal()
+    change(data)
+
+    with pytest.raises(ConfigError) as caught:
+        load_dict(tmp_path, data)
+
+    assert caught.value.path == path
+    assert problem in caught.value.problem
+    assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "listen: :8080\nkeys: {secrets: [1\nroutes: []\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load(path, {})
+
+    assert str(caught.value).startswith(f"{path}, line 3, column")
+
+
+def test_a_key_written_twice_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "cache: {}\nworkers: 2\ncache: {ttl: 1h}\n")
+
+    with pytest.raises(ConfigError, match=r"line 3, column 1: duplicate key 'cache'"):
+        load(path, {})
+
+
+def test_unreadable_file_is_named(tmp_path: Path) -> None:
+    path = str(tmp_path / "missing.yaml")
+
+    with pytest.raises(ConfigError, match=f"cannot read config file {path}: No such file"):
+        load(path, {})
+
+
+def test_a_non_utf8_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("listen: ':8080' # caf\xe9\n".encode("latin-1"))
+
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load(str(path), {})
+
+
+def test_interpolated_values_are_never_read_as_yaml(tmp_path: Path) -> None:
+    data = minimal()
+    data["keys"]["secrets"] = {1: "${SECRET}"}
+    tricky = "a: b\n- c\n{d: [e]} # f\n${G}"
+
+    config = load_dict(tmp_path, data, {"SECRET": tricky})
+
+    assert config.keys.secrets == {1: tricky}  # and `${G}` inside the value stays as is
+
+
+def test_describe_summarises_without_secrets(tmp_path: Path) -> None:
+    data = minimal() | {"store": "redis://:hunter2-password@redis:6379/0", "workers": 2}
+    data["routes"].append({"prefix": "/open/", "origin": "https://o.example/", "auth": "none"})
+    config = load_dict(tmp_path, data)
+
+    summary = describe(config)
+
+    assert "listen 0.0.0.0:8080 (admin 127.0.0.1:9080), workers 2" in summary
+    assert "store redis://:***@redis:6379/0" in summary
+    assert f"route /files/ -> file://{tmp_path}/files/ (auth key)" in summary
+    assert "route /open/ -> https://o.example/ (auth none)" in summary
+    assert "hunter2" not in summary
+    assert "0123456789abcdef" not in summary
+
+
+def test_the_example_configs_in_the_repository_load() -> None:
+    root = Path(__file__).parent.parent / "config"
+    environ = {"KEYFRONT_KEY_SECRET": SECRET, "KEYFRONT_ADMIN_TOKEN": TOKEN}
+    for path in (root / "local.yaml", root / "redis.yaml"):
+        config = load(str(path), environ)
+        assert config.source == os.path.abspath(path)
