@@ -15,13 +15,13 @@ test: install-test check-redis lint
 	$(BIN)/pytest
 
 lint: install-test
-	$(BIN)/ruff check proxy tests bench
-	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/ruff check proxy tests
+	$(BIN)/ruff format --check proxy tests
 	$(BIN)/mypy --strict proxy
 
 format: install-test
-	$(BIN)/ruff format proxy tests bench
-	$(BIN)/ruff check --fix proxy tests bench
+	$(BIN)/ruff format proxy tests
+	$(BIN)/ruff check --fix proxy tests
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from conftest import KEYFRONT, HttpOriginServer, start_keyfront, write_config
 
 

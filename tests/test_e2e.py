@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SECRET, HttpOriginServer, KeyfrontProcess, RedisServer, start_keyfront
 
 from proxy.keys import KeySigner, new_key_id
 from proxy.policy import sign_link
 from proxy.records import Customer, KeyRecord
 from proxy.store import store_from_url
+
+from conftest import SECRET, HttpOriginServer, KeyfrontProcess, RedisServer, start_keyfront
 
 SIGNER = KeySigner("pk", {1: SECRET})
 BIG = random.Random(7).randbytes(700_000)  # larger than any in-memory fast path

@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from conftest import free_port
 
 from proxy.config import OriginTimeouts, Route
 from proxy.errors import NotFound, OriginError, OriginTimeout
 from proxy.origin import Origin, OriginRequest, OriginResponse, origin_from_url
 from proxy.origin.file import SMALL_BODY, FileOrigin, content_type
+
+from conftest import free_port
 
 FAST = OriginTimeouts(connect=0.3, first_byte=0.3, idle=0.3)
 SMALL = b"0123456789abcdefghijklmnopqrstuvwxyz" * 10  # 360 bytes

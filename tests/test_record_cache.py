@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port
-from proxy.store.sqlite import SqliteStore
 
 from proxy.errors import KeyDisabled, KeyExpired, KeyRevoked, Unavailable
 from proxy.record_cache import RecordCache, status_refusal
 from proxy.records import Customer, KeyRecord
 from proxy.store import Change, store_from_url
+from proxy.store.sqlite import SqliteStore
+
+from conftest import free_port
 
 
 class CountingStore(SqliteStore):

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RedisServer, free_port, wait_for_port
 
 from proxy.errors import Conflict, StoreError
 from proxy.records import Customer, KeyRecord
 from proxy.store import Change, ChangeKind, Store, store_from_url
 from proxy.units import Rate
+
+from conftest import RedisServer, free_port, wait_for_port
 
 # --- fixtures -----------------------------------------------------------------------
 
