@@ -15,7 +15,7 @@ kf="$BIN/keyfront"
 "$kf" config check >/dev/null
 "$kf" customers show demo >/dev/null 2>&1 || "$kf" customers create demo --name "Demo customer" >/dev/null
 if [ ! -s data/demo-key ]; then
-  "$kf" keys create --customer demo --name "make run demo key" --json \
+  "$kf" keys create --customer demo --name "make run demo key" --json 2>/dev/null \
     | "$BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["key"])' > data/demo-key
 fi
 key=$(cat data/demo-key)

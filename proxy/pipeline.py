@@ -39,6 +39,7 @@ from .policy import check_link, client_ip, cors_headers, normalise_path, preflig
 from .record_cache import CachedKey, RecordCache, status_refusal
 
 ALLOW = "GET, HEAD, OPTIONS"
+SERVER = "keyfront"  # not aiohttp's default, which names its and Python's versions
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -201,6 +202,7 @@ def _response_headers(
     fetched: OriginResponse, route: Route, request_id: str, cors: Mapping[str, str] | None
 ) -> CIMultiDict[str]:
     out = CIMultiDict(fetched.headers)
+    out["Server"] = SERVER
     out["Accept-Ranges"] = "bytes"
     out["Cache-Control"] = route.cache_control
     out["X-Cache"] = "BYPASS"  # no disk cache yet: every response comes from the origin
@@ -237,6 +239,6 @@ def refusal_response(refusal: Refusal, request_id: str) -> web.Response:
         status=refusal.status,
         body=json.dumps(body, separators=(",", ":")).encode(),
         content_type="application/json",
-        headers={"X-Request-Id": request_id, **refusal.headers},
+        headers={"Server": SERVER, "X-Request-Id": request_id, **refusal.headers},
     )
     return response

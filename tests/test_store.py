@@ -209,9 +209,10 @@ async def test_customers_are_created_read_replaced_and_listed_by_id(store: Store
     for customer_id in ("zeta", "acme", "mid"):
         await store.create_customer(Customer(customer_id, name=customer_id.upper()))
     await store.put_customer(Customer("mid", name="Middle", status="disabled"))
+    await store.put_customer(Customer("new"))  # put writes a missing record too
 
     assert await store.get_customer("mid") == Customer("mid", name="Middle", status="disabled")
-    assert [c.customer_id for c in await store.list_customers()] == ["acme", "mid", "zeta"]
+    assert [c.customer_id for c in await store.list_customers()] == ["acme", "mid", "new", "zeta"]
 
 
 async def test_keys_are_created_read_replaced_and_listed_per_customer(store: Store) -> None:
@@ -226,11 +227,12 @@ async def test_keys_are_created_read_replaced_and_listed_per_customer(store: Sto
     ]:
         await store.create_key(KeyRecord(key_id, customer_id, created_at=created_at))
     await store.put_key(KeyRecord("Kb", "acme", name="renamed", created_at=10))
+    await store.put_key(KeyRecord("Kd", "other", created_at=30))  # a missing one too
 
     assert await store.get_key("Kb") == KeyRecord("Kb", "acme", name="renamed", created_at=10)
     assert [r.key_id for r in await store.list_keys("acme")] == ["Kb", "Ka", "Kc"]
-    assert [r.key_id for r in await store.list_keys("other")] == ["Kz"]
-    assert [r.key_id for r in await store.list_keys()] == ["Kz", "Kb", "Ka", "Kc"]
+    assert [r.key_id for r in await store.list_keys("other")] == ["Kz", "Kd"]
+    assert [r.key_id for r in await store.list_keys()] == ["Kz", "Kb", "Ka", "Kc", "Kd"]
     assert await store.list_keys("nobody") == []
 
 

@@ -33,7 +33,8 @@ class Store(abc.ABC):
     """Customers and key records. Writes announce a Change to every subscriber."""
 
     async def open(self) -> None:
-        """Connect / create the schema. Called once before use."""
+        """Connect / create the schema. Called once before use. A network store may
+        connect lazily, so that keyfront starts while it is down: ping() tells."""
 
     async def close(self) -> None:
         """Release connections. Called once at shutdown."""
@@ -49,7 +50,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def put_customer(self, customer: Customer) -> None:
-        """Replace an existing customer and announce the change."""
+        """Replace an existing customer and announce the change. (Every store writes a
+        missing one too, as an upsert; callers read first when the difference matters.)"""
 
     @abc.abstractmethod
     async def get_customer(self, customer_id: str) -> Customer | None: ...
@@ -66,7 +68,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def put_key(self, record: KeyRecord) -> None:
-        """Replace an existing key record and announce the change."""
+        """Replace an existing key record and announce the change. (A missing one is
+        written too, as for put_customer.)"""
 
     @abc.abstractmethod
     async def get_key(self, key_id: str) -> KeyRecord | None: ...

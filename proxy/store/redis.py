@@ -120,10 +120,8 @@ class RedisStore(Store):
         await self._save_customer(customer, create=False)
 
     async def _save_customer(self, customer: Customer, create: bool) -> None:
-        customer_id = customer.customer_id
-        if not await self._call(
-            self._client.set(_customer_key(customer_id), customer.to_json(), nx=create)
-        ):
+        customer_id, key = customer.customer_id, _customer_key(customer.customer_id)
+        if not await self._call(self._client.set(key, customer.to_json(), nx=create)):
             raise Conflict(f"customer {customer_id!r} already exists")
         await self._call(self._client.sadd(CUSTOMERS, customer_id))
         await self._call(self._client.publish(CHANNEL, f"customer:{customer_id}"))

@@ -6,10 +6,9 @@ lock, and the connection never crosses threads (sqlite3's own check stays on). W
 lets the CLI and every worker process read while one of them writes.
 
 Change feed (SPEC section 2, "within 1 second"): every write appends a row to
-`changes` in its own transaction, and `changes()` polls for rows past the last one it
-saw every 0.2 s. That poll is one range scan on the primary key, so it costs nothing
-when idle, and it sees writes from any process: the CLI, the admin API of another
-worker, another instance on the same host.
+`changes` in its own transaction, and `changes()` polls every 0.2 s for rows past the
+last one it saw: one range scan on the primary key, nearly free when idle, and it sees
+writes from any process (the CLI, another worker's admin API, another instance).
 """
 
 from __future__ import annotations
@@ -86,8 +85,8 @@ class SqliteStore(Store):
     async def close(self) -> None:
         if self._closing.is_set():
             return
-        with contextlib.suppress(StoreError):
-            await self._run(self._disconnect)
+        with contextlib.suppress(StoreError):  # never opened: nothing to close
+            await self._run(lambda: self._connection().close())
         self._closing.set()  # ends changes() and refuses later calls
         self._thread.shutdown(wait=False)  # its queue is empty: the close ran last
 
@@ -255,11 +254,6 @@ class SqliteStore(Store):
             conn.close()
             raise
         self._conn = conn
-
-    def _disconnect(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
 
 def _key_row(record: KeyRecord) -> tuple[str, str, int, str]:
