@@ -26,11 +26,14 @@ from .errors import KeyfrontError
 from .keys import KeySigner
 from .origin import Origin, origin_from_url
 from .pipeline import Pipeline, Target
+from .ratelimit import Limiter, LocalLimiter
 from .record_cache import RecordCache
 from .store import Store, store_from_url
+from .store.sqlite import SqliteStore
 
 log = logging.getLogger("keyfront")
 WORKER_ENV = "KEYFRONT_WORKER"
+WORKER_COUNT_ENV = "KEYFRONT_WORKER_COUNT"
 READY_TIMEOUT = 2.0
 
 
@@ -42,6 +45,7 @@ class Runtime:
     store: Store
     origins: list[Origin]
     records: RecordCache
+    limiter: Limiter
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     public: asyncio.Server | None = None
     public_handler: web.Server | None = None
@@ -80,16 +84,20 @@ async def serve(config: Config) -> None:
 async def startup(config: Config) -> Runtime:
     store = store_from_url(config.store)
     await store.open()
-    records = RecordCache(store, config.keys.record_cache_ttl, config.keys.record_cache_size)
+    records = RecordCache(
+        store, config.keys.record_cache_ttl, config.keys.record_cache_size, config.keys.defaults
+    )
     targets = [
         Target(route, origin_from_url(route, config.origin_timeouts)) for route in config.routes
     ]
-    runtime = Runtime(config, store, [t.origin for t in targets], records)
+    limiter = limiter_for(config, store)
+    runtime = Runtime(config, store, [t.origin for t in targets], records, limiter)
     for origin in runtime.origins:
         await origin.open()
+    await limiter.open()
     runtime.tasks.append(asyncio.create_task(records.follow_changes()))
     signer = KeySigner(config.keys.prefix, config.keys.secrets)
-    pipeline = Pipeline(config, signer, records, targets)
+    pipeline = Pipeline(config, signer, records, limiter, targets)
     runtime.public_handler = web.Server(pipeline.handle, access_log=None)
     runtime.public = await asyncio.get_running_loop().create_server(
         runtime.public_handler,
@@ -100,6 +108,19 @@ async def startup(config: Config) -> Runtime:
     )
     runtime.admin = await start_admin(runtime)
     return runtime
+
+
+def limiter_for(config: Config, store: Store) -> Limiter:
+    """Redis stores share buckets through Redis; SQLite means one host, where each of
+    the N worker processes holds 1/N of every rate (README "Rate limits")."""
+    if isinstance(store, SqliteStore):
+        workers = int(os.environ.get(WORKER_COUNT_ENV, "1"))
+        return LocalLimiter(1 / workers, store, config.usage.flush_interval)
+    from .shared_limiter import SharedLimiter
+    from .store.resp import resp_client_from_url
+
+    client = resp_client_from_url(config.store)
+    return SharedLimiter(client, config.store_timeout, config.on_store_error, LocalLimiter())
 
 
 async def shutdown(runtime: Runtime) -> None:
@@ -115,6 +136,7 @@ async def shutdown(runtime: Runtime) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    await runtime.limiter.close()  # flushes byte counts for quotas
     for origin in runtime.origins:
         await origin.close()
     await runtime.store.close()
@@ -176,7 +198,7 @@ def supervise(config: Config, count: int) -> int:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
-    procs = [_spawn_worker(config, i) for i in range(count)]
+    procs = [_spawn_worker(config, i, count) for i in range(count)]
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     while True:
@@ -184,13 +206,13 @@ def supervise(config: Config, count: int) -> int:
             if proc.poll() is not None and not stopping:
                 log.error("worker %d exited with %s; restarting it", i, proc.returncode)
                 time.sleep(1.0)
-                procs[i] = _spawn_worker(config, i)
+                procs[i] = _spawn_worker(config, i, count)
         if stopping and all(p.poll() is not None for p in procs):
             return max(p.returncode or 0 for p in procs)
         time.sleep(0.1)
 
 
-def _spawn_worker(config: Config, index: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, WORKER_ENV: str(index)}
+def _spawn_worker(config: Config, index: int, count: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, WORKER_ENV: str(index), WORKER_COUNT_ENV: str(count)}
     argv = [sys.executable, "-m", "proxy", "serve", "-c", config.source, "--workers", "1"]
     return subprocess.Popen(argv, env=env)

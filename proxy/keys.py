@@ -21,6 +21,7 @@ KEY_ID_LENGTH = 22  # 22 base62 characters carry 130 random bits (SPEC: at least
 _MAX_KEY_LENGTH = 8 + 1 + 6 + 1 + 64 + 1 + 32
 _KEY = re.compile(r"([a-z]{1,8})_([1-9][0-9]{0,5})_([0-9A-Za-z]{16,64})_([0-9a-f]{32})")
 _KEY_ID = re.compile(r"[0-9A-Za-z]{16,64}")
+VERIFIED_KEYS = 65_536  # remembered verified keys per process (~10 MB at the bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class KeySigner:
         # Looked up by the version's digits as written in the key, so "01" is unknown
         # rather than an alias of version 1.
         self._secrets = {str(v): s.encode() for v, s in secrets_by_version.items()}
+        self._verified: dict[str, ParsedKey] = {}
 
     def mint(self, key_id: str | None = None, version: int | None = None) -> str:
         """A new key string for `key_id` (random when None), signed with `version`
@@ -61,7 +63,22 @@ class KeySigner:
         return f"{body}_{self._mac(version_text, body)}"
 
     def verify(self, key: str) -> ParsedKey:
-        """The key's id and version, or KeyInvalid. Constant-time MAC compare."""
+        """The key's id and version, or KeyInvalid. Constant-time MAC compare.
+
+        Keys that verified are remembered (bounded), so a key seen again costs one
+        dict look-up instead of a regex and an HMAC (~2.5 µs, a tenth of the per-request
+        budget on a cache hit). Only keys whose MAC checked out enter, so a flood of
+        garbage cannot fill it, and equality with a remembered string proves the MAC."""
+        parsed = self._verified.get(key)
+        if parsed is not None:
+            return parsed
+        parsed = self._verify(key)
+        if len(self._verified) >= VERIFIED_KEYS:
+            self._verified.clear()
+        self._verified[key] = parsed
+        return parsed
+
+    def _verify(self, key: str) -> ParsedKey:
         if len(key) > _MAX_KEY_LENGTH:
             raise KeyInvalid()
         match = _KEY.fullmatch(key)

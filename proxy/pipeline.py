@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from aiohttp import web
@@ -36,6 +36,7 @@ from .errors import (
 from .keys import KeySigner
 from .origin import Origin, OriginRequest, OriginResponse
 from .policy import check_link, client_ip, cors_headers, normalise_path, preflight_headers
+from .ratelimit import Limiter
 from .record_cache import CachedKey, RecordCache, status_refusal
 
 ALLOW = "GET, HEAD, OPTIONS"
@@ -65,14 +66,33 @@ class RequestIds:
         return f"{self._prefix}-{next(self._counter):x}"
 
 
+@dataclass(slots=True)
+class Exchange:
+    """One request's state on its way down the pipeline: what later steps, the
+    response headers (and the access log and usage counters) need of earlier ones."""
+
+    request: web.BaseRequest
+    request_id: str
+    entry: CachedKey | None = None
+    client_ip: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # RateLimit-*, CORS
+    sent: int = 0  # body bytes handed to the transport
+
+
 class Pipeline:
     """The public listener's handler (SPEC section 1)."""
 
     def __init__(
-        self, config: Config, signer: KeySigner, records: RecordCache, targets: list[Target]
+        self,
+        config: Config,
+        signer: KeySigner,
+        records: RecordCache,
+        limiter: Limiter,
+        targets: list[Target],
     ) -> None:
         self._signer = signer
         self._records = records
+        self._limiter = limiter
         self._key_param = config.keys.query_param
         self._trusted = config.trusted_proxies
         # Longest prefix first, so /files/big/ wins over /files/.
@@ -80,13 +100,16 @@ class Pipeline:
         self._request_ids = RequestIds()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        request_id = self._request_ids(request.headers.get("X-Request-Id"))
+        exchange = Exchange(request, self._request_ids(request.headers.get("X-Request-Id")))
         try:
-            return await self._serve(request, request_id)
+            return await self._serve(exchange)
         except Refusal as refusal:
-            return refusal_response(refusal, request_id)
+            return refusal_response(refusal, exchange)
+        finally:
+            self._count(exchange)
 
-    async def _serve(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse:
+    async def _serve(self, exchange: Exchange) -> web.StreamResponse:
+        request = exchange.request
         raw_path = request.raw_path.partition("?")[0]
         target = self._target(raw_path)
         if request.method not in ("GET", "HEAD", "OPTIONS"):
@@ -95,13 +118,15 @@ class Pipeline:
         object_path = path[len(target.route.prefix) :]
         if not object_path:
             raise NotFound()
-        origin_header = request.headers.get("Origin")
+        origin = request.headers.get("Origin")
         if request.method == "OPTIONS":
-            return preflight(request, origin_header, request_id)
+            return preflight(exchange, origin)
         if target.route.auth == "key":
-            await self._authorise(request, path, origin_header)
-        cors = cors_headers(origin_header) if origin_header else None
-        return await deliver(request, target, object_path, request_id, cors)
+            self._authorise(exchange, await self._record(exchange), path, origin)
+            await self._limit(exchange)
+        if origin:
+            exchange.headers.update(cors_headers(origin))
+        return await deliver(exchange, target, object_path)
 
     def _target(self, raw_path: str) -> Target:
         for target in self._targets:
@@ -109,22 +134,32 @@ class Pipeline:
                 return target
         raise NotFound()
 
-    async def _authorise(self, request: web.BaseRequest, path: str, origin: str | None) -> None:
-        """SPEC checks 1-8, in order; the first failure raises its Refusal."""
-        query = request.query
+    async def _record(self, exchange: Exchange) -> CachedKey:
+        """Checks 1-3: a key, well-formed and signed, whose record exists. Only a
+        record-cache miss awaits (one store read)."""
+        request = exchange.request
         headers = request.headers
-        key = query.get(self._key_param) or _bearer(headers) or headers.get("X-API-Key")
+        key = request.query.get(self._key_param) or _bearer(headers) or headers.get("X-API-Key")
         if not key:
             raise KeyMissing()
-        parsed = self._signer.verify(key)
-        entry = self._records.lookup(parsed.key_id) or await self._records.load(parsed.key_id)
-        record = entry.record
-        if record is None:
+        key_id = self._signer.verify(key).key_id
+        entry = self._records.lookup(key_id) or await self._records.load(key_id)
+        if entry.record is None:
             raise KeyUnknown()
+        exchange.entry = entry
+        return entry
+
+    def _authorise(
+        self, exchange: Exchange, entry: CachedKey, path: str, origin: str | None
+    ) -> None:
+        """Checks 4-8, in order, with no I/O; the first failure raises its Refusal."""
+        record, policy = entry.record, entry.policy
+        assert record is not None and policy is not None
         now = time.time()
         refusal = status_refusal(record, entry.customer, now)
         if refusal is not None:
             raise refusal
+        query = exchange.request.query
         if record.require_signed_links or "sig" in query or "expires" in query:
             check_link(
                 path,
@@ -134,22 +169,37 @@ class Pipeline:
                 record.require_signed_links,
                 now,
             )
-        self._check_policy(request, entry, path, origin)
+        ip = self._client_ip(exchange) if policy.ips is not None else ""
+        policy.check(path, exchange.request.headers.get("Referer"), origin, ip)
 
-    def _check_policy(
-        self, request: web.BaseRequest, entry: CachedKey, path: str, origin: str | None
-    ) -> None:
-        policy = entry.policy
-        assert policy is not None
-        ip = self.client_ip(request) if policy.ips is not None else ""
-        policy.check(path, request.headers.get("Referer"), origin, ip)
+    async def _limit(self, exchange: Exchange) -> None:
+        """Checks 9 and 10: at most one store round trip, shared with the requests of
+        this loop tick. Its headers go on every keyed response from here on."""
+        assert exchange.entry is not None and exchange.entry.limits is not None
+        limits = exchange.entry.limits
+        ip = self._client_ip(exchange) if limits.ip_rate is not None else ""
+        decision = await self._limiter.check(limits, ip)
+        if decision.refusal is not None:
+            raise decision.refusal
+        if limits.bucket is not None:
+            exchange.headers.update(decision.headers())
 
-    def client_ip(self, request: web.BaseRequest) -> str:
+    def _client_ip(self, exchange: Exchange) -> str:
         """The peer, or what a trusted proxy says in X-Forwarded-For (SPEC section 11).
         Every X-Forwarded-For line counts: a proxy may add its own line rather than
         append to the client's, and the first line is the client's own word."""
-        forwarded = ",".join(request.headers.getall("X-Forwarded-For", ())) or None
-        return client_ip(request.remote or "", forwarded, self._trusted)
+        if exchange.client_ip is None:
+            headers = exchange.request.headers
+            forwarded = ",".join(headers.getall("X-Forwarded-For", ())) or None
+            peer = exchange.request.remote or ""
+            exchange.client_ip = client_ip(peer, forwarded, self._trusted)
+        return exchange.client_ip
+
+    def _count(self, exchange: Exchange) -> None:
+        """Bytes sent count against the key's monthly byte quota."""
+        entry = exchange.entry
+        if entry is not None and entry.limits is not None and entry.limits.quota_bytes:
+            self._limiter.sent(entry.limits.key_id, exchange.sent)
 
 
 def _bearer(headers: Mapping[str, str]) -> str | None:
@@ -159,25 +209,20 @@ def _bearer(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def preflight(request: web.BaseRequest, origin: str | None, request_id: str) -> web.Response:
+def preflight(exchange: Exchange, origin: str | None) -> web.Response:
     """CORS preflight (SPEC section 1): answered without a key and without consuming
     rate, since browsers send no credentials on it; the real request is checked."""
-    headers = {"X-Request-Id": request_id, "Allow": ALLOW}
+    headers = {"Server": SERVER, "X-Request-Id": exchange.request_id, "Allow": ALLOW}
     if origin:
-        asked = request.headers.get("Access-Control-Request-Headers")
+        asked = exchange.request.headers.get("Access-Control-Request-Headers")
         headers.update(preflight_headers(origin, asked))
     return web.Response(status=204, headers=headers)
 
 
-async def deliver(
-    request: web.BaseRequest,
-    target: Target,
-    object_path: str,
-    request_id: str,
-    cors: Mapping[str, str] | None,
-) -> web.StreamResponse:
+async def deliver(exchange: Exchange, target: Target, object_path: str) -> web.StreamResponse:
     """Fetch from the origin and send it on: the body in one write when the origin
     has it in memory, else streamed chunk by chunk with bounded memory."""
+    request = exchange.request
     headers = request.headers
     method: Literal["GET", "HEAD"] = "HEAD" if request.method == "HEAD" else "GET"
     fetched = await target.origin.fetch(
@@ -190,40 +235,43 @@ async def deliver(
         )
     )
     try:
-        out = _response_headers(fetched, target.route, request_id, cors)
+        out = _response_headers(fetched, target.route, exchange)
         if fetched.stream is None:
+            exchange.sent = len(fetched.data) if fetched.data else 0
             return web.Response(status=fetched.status, headers=out, body=fetched.data)
-        return await _stream(request, fetched, out)
+        return await _stream(exchange, fetched, out)
     finally:
         await fetched.close()
 
 
 def _response_headers(
-    fetched: OriginResponse, route: Route, request_id: str, cors: Mapping[str, str] | None
+    fetched: OriginResponse, route: Route, exchange: Exchange
 ) -> CIMultiDict[str]:
     out = CIMultiDict(fetched.headers)
     out["Server"] = SERVER
     out["Accept-Ranges"] = "bytes"
     out["Cache-Control"] = route.cache_control
     out["X-Cache"] = "BYPASS"  # no disk cache yet: every response comes from the origin
-    out["X-Request-Id"] = request_id
-    if cors:
-        out.update(cors)
+    out["X-Request-Id"] = exchange.request_id
+    out.update(exchange.headers)
     return out
 
 
 async def _stream(
-    request: web.BaseRequest, fetched: OriginResponse, headers: CIMultiDict[str]
+    exchange: Exchange, fetched: OriginResponse, headers: CIMultiDict[str]
 ) -> web.StreamResponse:
     """STYLE streaming rule: once headers are sent, an origin failure aborts the
-    connection, so the client sees a truncated transfer, never a short 'complete' one."""
+    connection, so the client sees a truncated transfer, never a short 'complete' one.
+    `exchange.sent` counts what was handed to the transport, also when cut short."""
     assert fetched.stream is not None
+    request = exchange.request
     response = web.StreamResponse(status=fetched.status, headers=headers)
     await response.prepare(request)
     try:
         async for chunk in fetched.stream:
             await response.write(chunk)
-    except (OriginError, OriginTimeout):
+            exchange.sent += len(chunk)
+    except (OriginError, OriginTimeout, ConnectionError):
         if request.transport is not None:
             request.transport.abort()
         return response
@@ -231,14 +279,15 @@ async def _stream(
     return response
 
 
-def refusal_response(refusal: Refusal, request_id: str) -> web.Response:
+def refusal_response(refusal: Refusal, exchange: Exchange) -> web.Response:
     """The one place a Refusal becomes a response: SPEC's JSON error body. The key is
-    never echoed."""
-    body = {"error": {"code": refusal.code, "message": refusal.message, "request_id": request_id}}
-    response = web.Response(
+    never echoed. RateLimit-* headers ride along once the limiter has decided."""
+    error = {"code": refusal.code, "message": refusal.message, "request_id": exchange.request_id}
+    headers = {"Server": SERVER, "X-Request-Id": exchange.request_id, **exchange.headers}
+    headers.update(refusal.headers)
+    return web.Response(
         status=refusal.status,
-        body=json.dumps(body, separators=(",", ":")).encode(),
+        body=json.dumps({"error": error}, separators=(",", ":")).encode(),
         content_type="application/json",
-        headers={"Server": SERVER, "X-Request-Id": request_id, **refusal.headers},
+        headers=headers,
     )
-    return response

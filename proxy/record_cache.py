@@ -11,8 +11,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .config import KeyDefaults
 from .errors import KeyDisabled, KeyExpired, KeyRevoked, Refusal, StoreError, Unavailable
 from .policy import KeyPolicy
+from .ratelimit import KeyLimits
 from .records import Customer, KeyRecord
 from .store import Change, Store
 
@@ -36,6 +38,7 @@ class CachedKey:
     record: KeyRecord | None
     customer: Customer | None
     policy: KeyPolicy | None
+    limits: KeyLimits | None
     fresh_until: float  # monotonic
 
 
@@ -49,8 +52,16 @@ class RecordCache:
     than refusing a key we know.
     """
 
-    def __init__(self, store: Store, ttl: float, max_entries: int, negative_ttl: float = 5.0):
+    def __init__(
+        self,
+        store: Store,
+        ttl: float,
+        max_entries: int,
+        defaults: KeyDefaults | None = None,
+        negative_ttl: float = 5.0,
+    ) -> None:
         self._store = store
+        self._defaults = defaults or KeyDefaults()
         self._ttl = ttl
         self._negative_ttl = min(ttl, negative_ttl)
         self._max_entries = max_entries
@@ -94,7 +105,8 @@ class RecordCache:
             if stale is not None:
                 return stale
             raise Unavailable("the key store is unreachable") from exc
-        entry = _entry(found, time.monotonic() + (self._ttl if found else self._negative_ttl))
+        fresh_until = time.monotonic() + (self._ttl if found else self._negative_ttl)
+        entry = _entry(found, fresh_until, self._defaults)
         self._remember(key_id, entry)
         return entry
 
@@ -124,11 +136,14 @@ class RecordCache:
         return len(self._entries)
 
 
-def _entry(found: tuple[KeyRecord, Customer | None] | None, fresh_until: float) -> CachedKey:
+def _entry(
+    found: tuple[KeyRecord, Customer | None] | None, fresh_until: float, defaults: KeyDefaults
+) -> CachedKey:
     if found is None:
-        return CachedKey(None, None, None, fresh_until)
+        return CachedKey(None, None, None, None, fresh_until)
     record, customer = found
-    return CachedKey(record, customer, KeyPolicy.of(record), fresh_until)
+    limits = KeyLimits.of(record, customer, defaults)
+    return CachedKey(record, customer, KeyPolicy.of(record), limits, fresh_until)
 
 
 def _customer_of(entry: CachedKey) -> str | None:

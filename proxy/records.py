@@ -56,6 +56,8 @@ class KeyRecord:
     paths: tuple[str, ...] = ()  # public path prefixes, e.g. /request/icons/
     rate: Rate | None = None
     burst: int | None = None
+    ip_rate: Rate | None = None  # optional bucket per (key, client IP)
+    ip_burst: int | None = None
     quota_requests: int | None = None
     quota_bytes: int | None = None
     link_secret: str | None = None
@@ -90,7 +92,7 @@ def _load(cls: type[Customer | KeyRecord], text: str | bytes) -> dict[str, Any]:
     # share one store during a rolling upgrade.
     known = {f.name for f in dataclasses.fields(cls)}
     data: dict[str, Any] = {k: v for k, v in json.loads(text).items() if k in known}
-    for name in ("rate", "max_rate"):
+    for name in ("rate", "ip_rate", "max_rate"):
         if data.get(name) is not None:
             data[name] = parse_rate(data[name])
     return data

@@ -104,6 +104,65 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+# --- a 3-master Redis Cluster (SPEC section 7: redis+cluster://) ------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[list[int]]:
+    """Three redis-server masters joined into one cluster; yields their ports."""
+    workdir = tempfile.mkdtemp(prefix="kf-cluster-")
+    ports = [free_port() for _ in range(3)]
+    # The bus port defaults to port + 10000, which a free port above 55535 overflows.
+    bus_ports = [free_port() for _ in ports]
+    processes = [
+        _spawn_cluster_node(p, bus, workdir) for p, bus in zip(ports, bus_ports, strict=True)
+    ]
+    try:
+        for port in ports:
+            wait_for_port(port)
+        for i, port in enumerate(ports):  # 16384 slots split three ways
+            redis_cli(
+                port, "CLUSTER", "ADDSLOTSRANGE", str(i * 5462), str(min(i * 5462 + 5461, 16383))
+            )
+        # Every pair meets directly: learning of a third node through gossip alone
+        # takes seconds.
+        for i, port in enumerate(ports):
+            for other, bus in zip(ports[i + 1 :], bus_ports[i + 1 :], strict=True):
+                redis_cli(port, "CLUSTER", "MEET", "127.0.0.1", str(other), str(bus))
+        _wait_for_cluster(ports)
+        yield ports
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _spawn_cluster_node(port: int, bus_port: int, workdir: str) -> subprocess.Popen[bytes]:
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
+    args += ["--cluster-port", str(bus_port)]
+    return subprocess.Popen(
+        ["redis-server", *args, "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def redis_cli(port: int, *args: str) -> str:
+    command = ["redis-cli", "-p", str(port), *args]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def _wait_for_cluster(ports: list[int], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all("cluster_state:ok" in redis_cli(p, "CLUSTER", "INFO") for p in ports):
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the redis cluster did not form")
+
+
 @pytest.fixture
 def env_without_keyfront() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("KEYFRONT_")}

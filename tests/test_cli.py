@@ -183,6 +183,8 @@ def test_key_create_refuses_unknown_or_disabled_customer(acme: Cli) -> None:
         ("--rate", "11/s", "max_rate 10/s"),
         ("--rate", "3600/m", "max_rate 10/s"),
         ("--burst", "21", "max_burst 20"),
+        ("--ip-rate", "11/s", "max_rate 10/s"),
+        ("--ip-burst", "21", "max_burst 20"),
         ("--quota-requests", "1001", "quota_requests 1000"),
         ("--quota-bytes", "2GiB", "quota_bytes 1GiB"),
     ],
@@ -204,6 +206,24 @@ def test_key_settings_at_the_plan_caps_are_accepted(acme: Cli) -> None:
     assert "--burst" in updated.err and "max_burst 20" in updated.err
 
 
+def test_key_rate_per_client_ip_create_update_clear(acme: Cli) -> None:
+    created = acme.new_key("--rate", "10/s", "--ip-rate", "120/m", "--ip-burst", "5")
+    assert (created["ip_rate"], created["ip_burst"]) == ("120/m", 5)
+    key_id = created["key_id"]
+    shown = acme("keys", "show", key_id).out
+    assert "ip_rate:" in shown and "120/m" in shown and "ip_burst:" in shown
+    assert acme.json("keys", "list")[0]["ip_rate"] == "120/m"
+
+    updated = acme.json("keys", "update", key_id, "--ip-burst", "20")
+    assert (updated["ip_rate"], updated["ip_burst"], updated["rate"]) == ("120/m", 20, "10/s")
+    refused = acme("keys", "update", key_id, "--ip-rate", "3600/m", expect=2).err
+    assert "argument --ip-rate:" in refused and "max_rate 10/s" in refused
+    cleared = acme.json("keys", "update", key_id, "--clear-ip-rate")
+    assert (cleared["ip_rate"], cleared["ip_burst"], cleared["rate"]) == (None, None, "10/s")
+    assert acme.json("keys", "show", key_id) == cleared
+    assert acme.new_key()["ip_rate"] is None
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [
@@ -212,6 +232,8 @@ def test_key_settings_at_the_plan_caps_are_accepted(acme: Cli) -> None:
         ("--path", "files/"),
         ("--referrer", "https://"),
         ("--rate", "fast"),
+        ("--ip-rate", "0/s"),
+        ("--ip-burst", "0"),
         ("--quota-bytes", "lots"),
         ("--expires", "2000-01-01"),
         ("--expires", "5"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar, cast
@@ -53,16 +54,9 @@ PING_EVERY, SILENCE_LIMIT = 5.0, 12.0  # a subscription silent this long is dead
 DRIVER_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
-def _customer_key(customer_id: str) -> str:
-    return f"kf:c:{{{customer_id}}}"
-
-
-def _key_key(key_id: str) -> str:
-    return f"kf:k:{{{key_id}}}"
-
-
-def _keys_of_key(customer_id: str) -> str:
-    return f"kf:ck:{{{customer_id}}}"
+def _slot_key(kind: str, id_: str) -> str:
+    """`kf:<kind>:{<id>}`, as in the table above: the braces are the hash tag."""
+    return f"kf:{kind}:{{{id_}}}"
 
 
 def _options(retries: int = 1) -> dict[str, Any]:
@@ -90,6 +84,7 @@ class RedisStore(Store):
         self._url = "redis://" + url.partition("://")[2] if self.cluster else url
         self._client: Redis | RedisCluster
         self._limit: asyncio.Semaphore | None = None
+        self._cluster_lock, self._cluster_ready = asyncio.Lock(), False
         if self.cluster:
             # The async RedisCluster has no blocking pool and raises when a node's
             # connections run out: a semaphore below that bound makes callers wait.
@@ -120,19 +115,20 @@ class RedisStore(Store):
         await self._save_customer(customer, create=False)
 
     async def _save_customer(self, customer: Customer, create: bool) -> None:
-        customer_id, key = customer.customer_id, _customer_key(customer.customer_id)
-        if not await self._call(self._client.set(key, customer.to_json(), nx=create)):
-            raise Conflict(f"customer {customer_id!r} already exists")
+        customer_id = customer.customer_id
+        await self._set(
+            _slot_key("c", customer_id), customer.to_json(), create, f"customer {customer_id!r}"
+        )
         await self._call(self._client.sadd(CUSTOMERS, customer_id))
         await self._call(self._client.publish(CHANNEL, f"customer:{customer_id}"))
 
     async def get_customer(self, customer_id: str) -> Customer | None:
-        body = await self._call(self._client.get(_customer_key(customer_id)))
+        body = await self._call(self._client.get(_slot_key("c", customer_id)))
         return Customer.from_json(body) if body is not None else None
 
     async def list_customers(self) -> list[Customer]:
         ids = sorted(await self._members(CUSTOMERS))
-        bodies = await self._mget([_customer_key(i) for i in ids])
+        bodies = await self._mget([_slot_key("c", i) for i in ids])
         return [Customer.from_json(body) for body in bodies]
 
     # keys
@@ -145,19 +141,18 @@ class RedisStore(Store):
 
     async def _save_key(self, record: KeyRecord, create: bool) -> None:
         key_id = record.key_id
-        if not await self._call(self._client.set(_key_key(key_id), record.to_json(), nx=create)):
-            raise Conflict(f"key {key_id!r} already exists")
+        await self._set(_slot_key("k", key_id), record.to_json(), create, f"key {key_id!r}")
         await self._call(self._client.sadd(KEYS, key_id))
-        await self._call(self._client.sadd(_keys_of_key(record.customer_id), key_id))
+        await self._call(self._client.sadd(_slot_key("ck", record.customer_id), key_id))
         await self._call(self._client.publish(CHANNEL, f"key:{key_id}"))
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
-        body = await self._call(self._client.get(_key_key(key_id)))
+        body = await self._call(self._client.get(_slot_key("k", key_id)))
         return KeyRecord.from_json(body) if body is not None else None
 
     async def list_keys(self, customer_id: str | None = None) -> list[KeyRecord]:
-        index = KEYS if customer_id is None else _keys_of_key(customer_id)
-        bodies = await self._mget([_key_key(i) for i in await self._members(index)])
+        index = KEYS if customer_id is None else _slot_key("ck", customer_id)
+        bodies = await self._mget([_slot_key("k", i) for i in await self._members(index)])
         records = [KeyRecord.from_json(body) for body in bodies]
         if customer_id is not None:  # a key moved to another customer stays in the old set
             records = [r for r in records if r.customer_id == customer_id]
@@ -233,9 +228,31 @@ class RedisStore(Store):
             if self._limit is None:
                 return await command
             async with self._limit:
+                await self._initialize_cluster()
                 return await command
         except DRIVER_ERRORS as exc:
             raise StoreError(f"redis: {exc}") from exc
+        finally:
+            if inspect.iscoroutine(command):  # never awaited if the cluster failed first
+                command.close()  # (a no-op once awaited)
+
+    async def _initialize_cluster(self) -> None:
+        # redis-py's async RedisCluster races when many commands start its first
+        # initialize() at once: in tests, commands ran twice (a create then reported
+        # Conflict) or failed with AttributeError. So the first call initializes alone.
+        if self._cluster_ready:
+            return
+        async with self._cluster_lock:
+            if not self._cluster_ready:
+                await cast(RedisCluster, self._client).initialize()
+                self._cluster_ready = True
+
+    async def _set(self, key: str, body: str, create: bool, what: str) -> None:
+        """SET a record, NX for a create. A create that finds its very body there
+        counts as done: that is what a retry after a lost reply finds."""
+        written = await self._call(self._client.set(key, body, nx=create))
+        if not written and await self._call(self._client.get(key)) != body.encode():
+            raise Conflict(f"{what} already exists")
 
     async def _members(self, index: str) -> list[str]:
         members = await self._call(self._client.smembers(index))

@@ -19,7 +19,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
@@ -51,7 +51,17 @@ CREATE TABLE IF NOT EXISTS changes (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS changes_by_age ON changes (at);
+CREATE TABLE IF NOT EXISTS quota (
+    key_id TEXT NOT NULL, month TEXT NOT NULL, requests INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (key_id, month)
+) WITHOUT ROWID;
 """
+_QUOTA_OF = "SELECT key_id, requests, bytes FROM quota WHERE month = ? AND key_id IN"
+_ADD_QUOTA = (
+    "INSERT INTO quota (key_id, month, requests, bytes) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (key_id, month) DO UPDATE SET requests = requests + excluded.requests,"
+    " bytes = bytes + excluded.bytes"
+)
 
 _INSERT_CUSTOMER = "INTO customers (customer_id, body) VALUES (?, ?)"
 _INSERT_KEY = "INTO keys (key_id, customer_id, created_at, body) VALUES (?, ?, ?, ?)"
@@ -180,6 +190,30 @@ class SqliteStore(Store):
             await asyncio.wait_for(self._closing.wait(), seconds)
         return not self._closing.is_set()
 
+    # monthly quota counters, for the local rate limiter (ratelimit.QuotaLedger)
+
+    async def add_quota_usage(
+        self, month: str, deltas: dict[str, tuple[int, int]], read: Iterable[str]
+    ) -> dict[str, tuple[int, int]]:
+        """Add (requests, bytes) per key to `month` and return the totals of every key
+        in `deltas` and `read`: one transaction, so every worker sees one sum."""
+        wanted = sorted(set(deltas) | set(read))
+
+        def job() -> dict[str, tuple[int, int]]:
+            with self._transaction() as conn:
+                rows = [(k, month, r, b) for k, (r, b) in deltas.items()]
+                conn.executemany(_ADD_QUOTA, rows)
+                totals: dict[str, tuple[int, int]] = {}
+                for i in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+                    chunk = wanted[i : i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    sql = f"{_QUOTA_OF} ({marks})"
+                    for key_id, requests, nbytes in conn.execute(sql, (month, *chunk)):
+                        totals[key_id] = (requests, nbytes)
+                return totals
+
+        return await self._run(job)
+
     # the thread: everything below `_run` executes on it
 
     async def _run(self, job: Callable[[], T]) -> T:
@@ -248,12 +282,27 @@ class SqliteStore(Store):
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.executescript(SCHEMA)
+            _set_up(conn)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
+
+
+def _set_up(conn: sqlite3.Connection) -> None:
+    """WAL and the schema. Switching to WAL takes an exclusive lock and SQLite does not
+    call the busy handler for it, so N workers opening one new file at once may see
+    "database is locked": retry for up to BUSY_TIMEOUT_MS."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.executescript(SCHEMA)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _key_row(record: KeyRecord) -> tuple[str, str, int, str]:

@@ -1,0 +1,183 @@
+"""The command line (SPEC section 8): serve, config check, customers, keys, sign.
+
+    keyfront [-c FILE] [--json] GROUP [COMMAND] [options]    (-c and --json anywhere)
+
+The config file comes from `-c FILE`, else $KEYFRONT_CONFIG. Store commands open the
+configured store, do one thing and close it. Output is text for people or, with
+`--json`, one JSON document on stdout (timestamps as unix seconds, rates as "10/s");
+warnings and errors go to stderr.
+
+Exit status: 0 done; 1 the command could not be done (no such record, a duplicate id,
+store error); 2 bad usage or a bad config, naming the option or the field path.
+
+A full key is printed once, by `keys create` or `keys roll`: it is never stored, and no
+other command can show it. A link secret is printed only by the command that sets it.
+
+This module holds the command table, the parser built from it and `main()`; the
+commands live in `customers`, `keys` and `local`, their values and options in
+`values`, and what they print in `output`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Config
+from ..errors import ConfigError, StoreError
+from ..store import Store, store_from_url
+from . import customers, keys, local
+from .customers import CUSTOMER_ID, CUSTOMER_SETTINGS, CUSTOMER_UPDATE_ONLY
+from .keys import GRACE, KEY_ID, KEY_SETTINGS, KEY_UPDATE_ONLY, customer_option
+from .local import SERVE_OPTIONS, SIGN_OPTIONS, load_config
+from .output import Failure, Output, emit
+from .values import Option
+
+StoreCommand = Callable[[argparse.Namespace, Config, Store], Awaitable[Output]]
+LocalCommand = Callable[[argparse.Namespace], int]
+
+
+def stored(command: StoreCommand) -> LocalCommand:
+    """Run a store command: load the config, open the store, print the output."""
+
+    def run(args: argparse.Namespace) -> int:
+        config = load_config(args)
+        emit(asyncio.run(_with_store(command, args, config)), args.json)
+        return 0
+
+    return run
+
+
+async def _with_store(command: StoreCommand, args: argparse.Namespace, config: Config) -> Output:
+    try:
+        store = store_from_url(config.store)
+    except ValueError as exc:
+        raise ConfigError("store", str(exc)) from exc
+    await store.open()
+    try:
+        return await command(args, config, store)
+    finally:
+        await store.close()
+
+
+# --- the command table: (group, command) -> what it does and the options it takes ---
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    help: str
+    run: LocalCommand
+    options: Sequence[Option] = ()
+
+
+GROUPS = {"config": "the config file", "customers": "customers and plan caps", "keys": "API keys"}
+COMMANDS: dict[tuple[str, str | None], Command] = {
+    ("serve", None): Command("run the proxy", local.serve, SERVE_OPTIONS),
+    ("config", "check"): Command("validate the config file without starting", local.config_check),
+    ("customers", "create"): Command(
+        "add a customer", stored(customers.customers_create), [CUSTOMER_ID, *CUSTOMER_SETTINGS]
+    ),
+    ("customers", "list"): Command("list customers", stored(customers.customers_list)),
+    ("customers", "show"): Command(
+        "show a customer", stored(customers.customers_show), [CUSTOMER_ID]
+    ),
+    ("customers", "update"): Command(
+        "change a customer",
+        stored(customers.customers_update),
+        [CUSTOMER_ID, *CUSTOMER_SETTINGS, *CUSTOMER_UPDATE_ONLY],
+    ),
+    ("customers", "disable"): Command(
+        "disable a customer (its keys stop working)",
+        stored(customers.customers_disable),
+        [CUSTOMER_ID],
+    ),
+    ("keys", "create"): Command(
+        "mint a key (printed once)",
+        stored(keys.keys_create),
+        [customer_option(True), *KEY_SETTINGS],
+    ),
+    ("keys", "list"): Command("list keys", stored(keys.keys_list), [customer_option(False)]),
+    ("keys", "show"): Command("show a key's record", stored(keys.keys_show), [KEY_ID]),
+    ("keys", "update"): Command(
+        "change a key (lists given replace the old ones)",
+        stored(keys.keys_update),
+        [KEY_ID, *KEY_SETTINGS, *KEY_UPDATE_ONLY],
+    ),
+    ("keys", "revoke"): Command("revoke a key (final)", stored(keys.keys_revoke), [KEY_ID]),
+    ("keys", "roll"): Command(
+        "replace a key by a new one with the same settings",
+        stored(keys.keys_roll),
+        [KEY_ID, GRACE],
+    ),
+    ("sign", None): Command(
+        "add expires and sig to a URL for a key that uses signed links", local.sign, SIGN_OPTIONS
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keyfront", description="A keyed file proxy.")
+    # -c and --json are accepted on every (sub)parser. Below the top they default to
+    # "absent", so that a value given before the subcommand is not overwritten.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    for options in (parser, common):
+        options.add_argument("-c", "--config", metavar="FILE", help="else $KEYFRONT_CONFIG")
+        options.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(config=None, json=False, command=None)
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    nested: dict[str, Any] = {}
+    for (group, name), command in COMMANDS.items():
+        if name is None:
+            sub = groups.add_parser(group, parents=[common], help=command.help)
+        else:
+            if group not in nested:
+                parent = groups.add_parser(group, parents=[common], help=GROUPS[group])
+                nested[group] = parent.add_subparsers(
+                    dest="command", required=True, metavar="COMMAND"
+                )
+            sub = nested[group].add_parser(name, parents=[common], help=command.help)
+        _add_options(sub, command.options)
+    return parser
+
+
+def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    for flag, spec in options:
+        kwargs = dict(spec)
+        if "type" in kwargs:
+            kwargs["type"] = _arg_type(kwargs["type"])
+        parser.add_argument(flag, **kwargs)
+
+
+def _arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse shows an ArgumentTypeError's message after the option's name."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `keyfront` console script. Returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors and --help: return, don't raise
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return COMMANDS[(args.group, args.command)].run(args)
+    except Failure as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"store error: {exc}", file=sys.stderr)
+        return 1

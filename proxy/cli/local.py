@@ -1,0 +1,66 @@
+"""The commands that need no store: `serve`, `config check` and `sign`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..config import Config, describe, load
+from ..errors import Refusal
+from ..units import parse_duration
+from .output import Output, bad_option, emit
+from .values import Option, parse_key, parse_link_secret, parse_positive
+
+DEFAULT_TTL = "1h"  # `sign`: how long a signed link is valid
+SERVE_OPTIONS: list[Option] = [("--workers", {"type": parse_positive})]
+SIGN_OPTIONS: list[Option] = [
+    ("url", {"metavar": "URL", "help": "a full URL, or a path with its query"}),
+    ("--key", {"required": True, "type": parse_key}),
+    ("--link-secret", {"required": True, "type": parse_link_secret, "metavar": "SECRET"}),
+    ("--ttl", {"default": DEFAULT_TTL, "type": parse_duration, "help": "default 1h"}),
+]
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The config in -c FILE, else in $KEYFRONT_CONFIG; ConfigError names a bad field."""
+    return load(args.config)
+
+
+def serve(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    from ..app import serve_forever
+
+    return serve_forever(config, args.workers)
+
+
+def config_check(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    summary = describe(config)
+    data = {"ok": True, "file": config.source, "summary": summary}
+    emit(Output(data, f"ok: {summary}"), args.json)
+    return 0
+
+
+def sign(args: argparse.Namespace) -> int:
+    """Add key, expires and sig to a URL (SPEC section 2, signed links), keeping its
+    other query parameters. The key's parameter is named as configured, if a config is
+    given."""
+    from ..policy import normalise_path, sign_link
+
+    has_config = args.config or os.environ.get("KEYFRONT_CONFIG")
+    param = load_config(args).keys.query_param if has_config else "key"
+    parts = urlsplit(args.url)
+    try:
+        path = normalise_path(parts.path)  # what the proxy will check the signature over
+    except Refusal as exc:
+        raise bad_option("URL", f"{parts.path!r}: {exc}") from None
+    expires = int(time.time() + args.ttl)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+             if k not in (param, "expires", "sig")]  # fmt: skip
+    sig = sign_link(path, expires, args.link_secret)
+    query += [(param, args.key), ("expires", str(expires)), ("sig", sig)]
+    url = urlunsplit(parts._replace(query=urlencode(query)))
+    emit(Output({"url": url, "expires": expires}, url), args.json)
+    return 0

@@ -1,0 +1,243 @@
+"""Rate limits shared by every instance through Redis (SPEC section 3).
+
+One Lua script (store/bucket.lua) decides a bucket atomically on the server's clock.
+The requests of one loop tick that share a bucket are coalesced into one script call
+with their count as its cost, and the calls of a tick leave in one socket write
+(store/resp.py): redis-py costs 100-160 µs of client CPU per call, this ~10 µs per
+call and one call per hot key per tick (NOTES.md "Redis").
+
+A circuit breaker keeps the request path off a failing store: the first failure or
+timeout (`store_timeout`) opens it, and requests are then decided by the fallback
+LocalLimiter (same rates, this instance only) or refused with 503 (`on_store_error:
+deny`), while a probe retries the store every PROBE_INTERVAL and closes the breaker
+when it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Literal, cast
+
+from .errors import QuotaExceeded, RateLimited, StoreError, Unavailable
+from .ratelimit import (
+    Bucket,
+    Decision,
+    KeyLimits,
+    Limiter,
+    LocalLimiter,
+    decision,
+    month_of,
+    retry_after_tokens,
+    seconds_to_month_end,
+)
+from .store.resp import HotPathClient
+
+log = logging.getLogger(__name__)
+
+SCRIPT = resources.files("proxy.store").joinpath("bucket.lua").read_text()
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+PROBE_INTERVAL = 0.25  # seconds between store probes while the breaker is open
+BYTES_FLUSH_INTERVAL = 1.0  # seconds: byte counts of idle keys reach the quota this often
+QUOTA_RETENTION = 40 * 86400  # seconds a month's quota counters outlive the month
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One request's share of a coalesced bucket call."""
+
+    admitted: bool
+    tokens: float
+    quota_exhausted: bool
+
+
+@dataclass(slots=True)
+class Batch:
+    """The requests of one tick that share a bucket."""
+
+    bucket: Bucket
+    quota: KeyLimits | None  # set on the key's own bucket when the key has quotas
+    waiters: list[asyncio.Future[Outcome]] = field(default_factory=list)
+
+
+class SharedLimiter(Limiter):
+    def __init__(
+        self,
+        client: HotPathClient,
+        timeout: float,
+        on_store_error: Literal["allow", "deny"],
+        fallback: LocalLimiter,
+    ) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._deny_on_error = on_store_error == "deny"
+        self._fallback = fallback
+        self._batches: dict[str, Batch] = {}
+        self._bytes: dict[str, int] = {}  # key id -> bytes sent, not yet in the quota
+        self.healthy = True
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def open(self) -> None:
+        self._tasks.append(asyncio.create_task(self._flush_bytes_forever()))
+        try:
+            await self._client.ensure_connected()
+        except StoreError as exc:
+            self._trip(exc)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(StoreError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._flush_bytes()
+        self._client.close()
+
+    async def check(self, limits: KeyLimits, client_ip: str) -> Decision:
+        if not self.healthy:
+            return self._degraded(limits, client_ip)
+        buckets = limits.buckets(client_ip)
+        if limits.has_quota and limits.bucket is None:
+            # Quota without a key bucket: an unlimited bucket carries the quota.
+            buckets.insert(0, Bucket(f"kf:b:{{{limits.key_id}}}", 1e9, 10**9))
+        waits = [
+            self._ask(b, limits if i == 0 and limits.has_quota else None)
+            for i, b in enumerate(buckets)
+        ]
+        try:
+            async with asyncio.timeout(self._timeout):
+                outcomes = [await wait for wait in waits]
+        except (StoreError, TimeoutError) as exc:
+            self._trip(exc)
+            return self._degraded(limits, client_ip)
+        return self._decide(limits, buckets, outcomes)
+
+    def _decide(
+        self, limits: KeyLimits, buckets: list[Bucket], outcomes: list[Outcome]
+    ) -> Decision:
+        key_tokens = outcomes[0].tokens if limits.bucket else 0.0
+        for bucket, outcome in zip(buckets, outcomes, strict=True):
+            if outcome.quota_exhausted:
+                wait = seconds_to_month_end(time.time())
+                return decision(limits.bucket, key_tokens, QuotaExceeded, wait)
+            if not outcome.admitted:
+                wait = retry_after_tokens(bucket, outcome.tokens)
+                return decision(limits.bucket, key_tokens, RateLimited, wait)
+        return decision(limits.bucket, key_tokens, None)
+
+    def sent(self, key_id: str, nbytes: int) -> None:
+        if nbytes > 0:
+            self._bytes[key_id] = self._bytes.get(key_id, 0) + nbytes
+        self._fallback.sent(key_id, nbytes)
+
+    # --- coalescing: one script call per bucket per loop tick ---
+
+    def _ask(self, bucket: Bucket, quota: KeyLimits | None) -> asyncio.Future[Outcome]:
+        waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        batch = self._batches.get(bucket.id)
+        if batch is None:
+            if not self._batches:
+                asyncio.get_running_loop().call_soon(self._flush)
+            batch = self._batches[bucket.id] = Batch(bucket, quota)
+        elif quota is not None:
+            batch.quota = quota
+        batch.waiters.append(waiter)
+        return waiter
+
+    def _flush(self) -> None:
+        batches, self._batches = self._batches, {}
+        now = time.time()
+        for batch in batches.values():
+            key_id = batch.quota.key_id if batch.quota else None
+            nbytes = self._bytes.pop(key_id, 0) if key_id else 0
+            reply = self._call(batch.bucket, len(batch.waiters), batch.quota, nbytes, now)
+            reply.add_done_callback(functools.partial(self._settle, batch, nbytes))
+
+    def _call(
+        self, bucket: Bucket, cost: int, quota: KeyLimits | None, nbytes: int, now: float
+    ) -> asyncio.Future[object]:
+        keys = [bucket.id]
+        limits = (-1, -1)
+        if quota is not None:
+            keys.append(f"kf:q:{{{quota.key_id}}}:{month_of(now)}")
+            limits = (_or_none(quota.quota_requests), _or_none(quota.quota_bytes))
+        ttl = int(seconds_to_month_end(now)) + QUOTA_RETENTION
+        args = [bucket.rate, bucket.burst, cost, limits[0], limits[1], nbytes, ttl]
+        return self._client.evalsha(SCRIPT_SHA, SCRIPT, keys, args)
+
+    def _settle(self, batch: Batch, nbytes: int, reply: asyncio.Future[object]) -> None:
+        error = reply.exception() if not reply.cancelled() else StoreError("cancelled")
+        if error is not None:
+            if nbytes and batch.quota:  # not counted: keep for the next call
+                self.sent(batch.quota.key_id, nbytes)
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_exception(StoreError(str(error)))
+            return
+        admitted, tokens_milli, _, _, exhausted = cast(list[int], reply.result())
+        for i, waiter in enumerate(batch.waiters):
+            if not waiter.done():
+                waiter.set_result(
+                    Outcome(i < admitted, tokens_milli / 1000, bool(exhausted) and i >= admitted)
+                )
+
+    # --- bytes for the byte quota, for keys with no request in flight ---
+
+    async def _flush_bytes_forever(self) -> None:
+        while True:
+            await asyncio.sleep(BYTES_FLUSH_INTERVAL)
+            if self.healthy:
+                with contextlib.suppress(StoreError, TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._flush_bytes()
+
+    async def _flush_bytes(self) -> None:
+        pending, self._bytes = self._bytes, {}
+        now = time.time()
+        for key_id, nbytes in pending.items():
+            quota = KeyLimits(key_id, None, None, 1, None, None, None)
+            try:
+                await self._call(Bucket(f"kf:b:{{{key_id}}}", 1.0, 1), 0, quota, nbytes, now)
+            except StoreError:
+                self._bytes[key_id] = self._bytes.get(key_id, 0) + nbytes
+                raise
+
+    # --- the circuit breaker ---
+
+    def _degraded(self, limits: KeyLimits, client_ip: str) -> Decision:
+        if self._deny_on_error:
+            return Decision(0, 0, 0, Unavailable("the rate-limit store is unreachable"))
+        return self._fallback.decide(limits, client_ip)
+
+    def _trip(self, error: BaseException) -> None:
+        if not self.healthy:
+            return
+        self.healthy = False
+        log.warning(
+            "rate-limit store failed (%s): deciding locally until it answers",
+            error or type(error).__name__,
+        )
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.create_task(self._probe()))
+
+    async def _probe(self) -> None:
+        probe = Bucket("kf:b:{probe}", 1.0, 1)
+        while not self.healthy:
+            await asyncio.sleep(PROBE_INTERVAL)
+            with contextlib.suppress(StoreError, TimeoutError):
+                async with asyncio.timeout(max(self._timeout, 0.5)):
+                    await self._client.ensure_connected()
+                    await self._call(probe, 0, None, 0, time.time())
+                    self.healthy = True
+                    log.warning("rate-limit store answers again: shared limits resume")
+
+
+def _or_none(value: int | None) -> int:
+    return -1 if value is None else value

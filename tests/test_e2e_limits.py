@@ -1,0 +1,206 @@
+"""Rate limits end to end (SPEC section 3): keyfront processes under saturating load, on
+SQLite and on one shared redis-server, and a redis-server killed mid-traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.keys import KeySigner, new_key_id
+from proxy.records import Customer, KeyRecord
+from proxy.store import store_from_url
+from proxy.units import Rate
+
+from conftest import SECRET, KeyfrontProcess, RedisServer, start_keyfront
+
+SIGNER = KeySigner("pk", {1: SECRET})
+RATE, BURST, SECONDS = 100, 50, 10.0
+
+
+async def provision(store_url: str, key_id: str | None = None, **fields: Any) -> str:
+    store = store_from_url(store_url)
+    await store.open()
+    try:
+        if await store.get_customer("acme") is None:
+            await store.create_customer(Customer("acme"))
+        key_id = key_id or new_key_id()
+        await store.create_key(KeyRecord(key_id, "acme", created_at=int(time.time()), **fields))
+    finally:
+        await store.close()
+    return SIGNER.mint(key_id)
+
+
+def config(store_url: str, files: Path, extra: str = "", store_timeout: str = "50ms") -> str:
+    return f"""
+store: {store_url}
+store_timeout: {store_timeout}
+keys:
+  secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}
+routes:
+  - {{prefix: /files/, origin: "file://{files}/"}}
+{extra}
+"""
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "a.txt").write_bytes(b"a" * 100)
+    return tmp_path / "files"
+
+
+@dataclass
+class Load:
+    """Closed-loop load from `workers` concurrent clients over the given instances."""
+
+    statuses: dict[int, int] = field(default_factory=dict)
+    latencies: list[tuple[float, int, float]] = field(default_factory=list)  # (at, status, s)
+
+    async def run(self, urls: list[str], seconds: float, workers: int = 16) -> float:
+        started = time.monotonic()
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(
+                *(
+                    self._worker(session, urls[i % len(urls)], started + seconds)
+                    for i in range(workers)
+                )
+            )
+        return time.monotonic() - started
+
+    async def _worker(self, session: aiohttp.ClientSession, url: str, until: float) -> None:
+        while (now := time.monotonic()) < until:
+            async with session.get(url) as response:
+                await response.read()
+            took = time.monotonic() - now
+            self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
+            self.latencies.append((now, response.status, took))
+
+
+def _within_one_percent(allowed: int, seconds: float) -> None:
+    expected = RATE * seconds + BURST
+    assert abs(allowed - expected) <= 0.01 * expected, (allowed, expected)
+
+
+async def test_one_instance_holds_rate_and_burst(tmp_path: Path, files: Path) -> None:
+    store_url = f"sqlite://{tmp_path}/kf.db"
+    key = await provision(store_url, rate=Rate(RATE, 1.0), burst=BURST)
+    kf = start_keyfront(config(store_url, files), str(tmp_path))
+    try:
+        load = Load()
+        seconds = await load.run([f"{kf.url}/files/a.txt?key={key}"], SECONDS)
+        assert load.statuses.get(429, 0) > 1000  # the load saturated the limit
+        _within_one_percent(load.statuses[200], seconds)
+    finally:
+        assert kf.stop() == 0
+
+
+async def test_two_instances_share_one_limit(tmp_path: Path, files: Path, redis_url: str) -> None:
+    key = await provision(redis_url, rate=Rate(RATE, 1.0), burst=BURST)
+    # A generous store_timeout: this measures the shared limit, and on this 2-core
+    # machine a saturated client and two servers can delay Redis replies past 50 ms,
+    # which (correctly) trips the breaker to local decisions.
+    body = config(redis_url, files, store_timeout="1s")
+    instances = [start_keyfront(body, str(tmp_path)) for _ in range(2)]
+    try:
+        load = Load()
+        urls = [f"{kf.url}/files/a.txt?key={key}" for kf in instances]
+        seconds = await load.run(urls, SECONDS)
+        assert load.statuses.get(429, 0) > 1000
+        _within_one_percent(load.statuses[200], seconds)
+    finally:
+        for kf in instances:
+            assert kf.stop() == 0
+
+
+@pytest.fixture
+def redis_outage(redis_server: RedisServer, redis_url: str) -> Iterator[RedisServer]:
+    yield redis_server
+    if redis_server.process.poll() is not None:
+        redis_server.start()
+
+
+async def test_store_outage_allow_deny_and_recovery(
+    tmp_path: Path, files: Path, redis_outage: RedisServer, redis_url: str
+) -> None:
+    key = await provision(redis_url, rate=Rate(100_000, 1.0), burst=100_000)
+    key_id = key.split("_")[2]
+    allow = start_keyfront(config(redis_url, files), str(tmp_path))
+    deny = start_keyfront(config(redis_url, files, "on_store_error: deny"), str(tmp_path))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for kf in (allow, deny):  # records cached, buckets live in Redis
+                async with session.get(f"{kf.url}/files/a.txt?key={key}") as response:
+                    assert response.status == 200
+            assert redis_outage.cli("EXISTS", f"kf:b:{{{key_id}}}").strip() == "1"
+
+            load = Load()
+            traffic = asyncio.create_task(
+                load.run([f"{allow.url}/files/a.txt?key={key}"], 2.0, workers=4)
+            )
+            await asyncio.sleep(0.5)
+            killed_at = time.monotonic()
+            await asyncio.to_thread(redis_outage.stop)  # the load's event loop runs on
+            await asyncio.sleep(0.3)
+            async with session.get(f"{deny.url}/files/a.txt?key={key}") as response:
+                assert response.status == 503
+                assert (await response.json())["error"]["code"] == "unavailable"
+            await traffic
+            assert set(load.statuses) == {200}, load.statuses
+            during = [took for at, _, took in load.latencies if at >= killed_at - 0.1]
+            slow = [
+                (round(at - killed_at, 3), round(took, 3))
+                for at, _, took in load.latencies
+                if at >= killed_at - 0.1 and took > 0.070
+            ]
+            assert not slow, slow
+
+            redis_outage.start()  # an empty redis-server: the test's has no persistence
+            await provision(redis_url, key_id, rate=Rate(100_000, 1.0), burst=100_000)
+            restarted = time.monotonic()
+            while redis_outage.cli("EXISTS", f"kf:b:{{{key_id}}}").strip() != "1":
+                assert time.monotonic() - restarted < 2.0, "shared limiting did not resume"
+                async with session.get(f"{allow.url}/files/a.txt?key={key}") as response:
+                    assert response.status == 200
+                await asyncio.sleep(0.05)
+            deadline = time.monotonic() + 2.0
+            while True:  # the deny instance serves again once its breaker closes
+                async with session.get(f"{deny.url}/files/a.txt?key={key}") as response:
+                    status = response.status
+                if status == 200 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            assert status == 200
+    finally:
+        for kf in (allow, deny):
+            assert kf.stop() == 0
+
+
+async def test_rate_headers_and_quota_refusal(tmp_path: Path, files: Path, redis_url: str) -> None:
+    key = await provision(redis_url, rate=Rate(10, 1.0), burst=5, quota_requests=7)
+    kf: KeyfrontProcess = start_keyfront(config(redis_url, files), str(tmp_path))
+    try:
+        async with aiohttp.ClientSession() as session:
+            seen = []
+            for _ in range(9):
+                async with session.get(f"{kf.url}/files/a.txt?key={key}") as response:
+                    body = await response.read()
+                    seen.append((response.status, dict(response.headers), body))
+                await asyncio.sleep(0.15)
+        statuses = [status for status, _, _ in seen]
+        assert statuses == [200] * 7 + [429, 429]
+        first = seen[0][1]
+        assert (first["RateLimit-Limit"], first["RateLimit-Remaining"]) == ("5", "4")
+        assert int(first["RateLimit-Reset"]) >= 1
+        refused = seen[7]
+        assert b'"quota_exceeded"' in refused[2]
+        assert int(refused[1]["Retry-After"]) > 60  # until the month ends
+        assert "RateLimit-Remaining" in refused[1]
+    finally:
+        assert kf.stop() == 0

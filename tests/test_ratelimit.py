@@ -1,0 +1,140 @@
+"""Rate-limit decisions in process (SPEC section 3): buckets, quotas, headers."""
+
+from __future__ import annotations
+
+import calendar
+import time
+from pathlib import Path
+
+import pytest
+
+from proxy.config import KeyDefaults
+from proxy.errors import QuotaExceeded, RateLimited
+from proxy.ratelimit import Bucket, KeyLimits, LocalBuckets, LocalLimiter, seconds_to_month_end
+from proxy.records import Customer, KeyRecord
+from proxy.store.sqlite import SqliteStore
+from proxy.units import Rate
+
+DEFAULTS = KeyDefaults(rate=Rate(20, 1.0), burst=40)
+
+
+def limits(**fields: object) -> KeyLimits:
+    customer = fields.pop("customer", None)
+    return KeyLimits.of(KeyRecord("k" * 22, "acme", **fields), customer, DEFAULTS)  # type: ignore[arg-type]
+
+
+def test_limits_fall_back_to_the_defaults() -> None:
+    default = limits()
+    assert default.bucket == Bucket("kf:b:{" + "k" * 22 + "}", 20.0, 40)
+    own = limits(rate=Rate(600, 60.0), burst=5)
+    assert own.bucket is not None and (own.bucket.rate, own.bucket.burst) == (10.0, 5)
+    assert own.quota_requests is None and not own.has_quota
+    assert limits(quota_requests=10).has_quota
+
+
+def test_optional_buckets_share_the_keys_hash_tag() -> None:
+    both = limits(ip_rate=Rate(2, 1.0), customer=Customer("acme", max_rate=Rate(100, 1.0)))
+    ids = [b.id for b in both.buckets("10.0.0.1")]
+    assert ids == [
+        "kf:b:{" + "k" * 22 + "}",
+        "kf:b:{" + "k" * 22 + "}:ip:10.0.0.1",
+        "kf:b:{c:acme}",
+    ]
+
+
+def test_burst_then_refusal_with_headers() -> None:
+    limiter = LocalLimiter()
+    key = limits(rate=Rate(1, 1.0), burst=3)
+    decisions = [limiter.decide(key, "") for _ in range(4)]
+    assert [d.refusal is None for d in decisions] == [True, True, True, False]
+    assert decisions[0].headers() == {
+        "RateLimit-Limit": "3",
+        "RateLimit-Remaining": "2",
+        "RateLimit-Reset": "1",
+    }
+    refused = decisions[3].refusal
+    assert isinstance(refused, RateLimited)
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.headers["RateLimit-Remaining"] == "0"
+
+
+def test_refill_over_time() -> None:
+    buckets = LocalBuckets()
+    bucket = Bucket("b", rate=100.0, burst=1)
+    assert buckets.take(bucket)[0] == 1
+    assert buckets.take(bucket)[0] == 0
+    time.sleep(0.02)
+    assert buckets.take(bucket)[0] == 1
+
+
+def test_per_worker_share() -> None:
+    # N workers without a shared store each hold 1/N of the rate and burst.
+    buckets = LocalBuckets(scale=0.5)
+    bucket = Bucket("b", rate=0.001, burst=10)
+    assert sum(buckets.take(bucket)[0] for _ in range(20)) == 5
+
+
+def test_ip_bucket_refuses_one_client_not_another() -> None:
+    limiter = LocalLimiter()
+    key = limits(rate=Rate(1000, 1.0), burst=1000, ip_rate=Rate(1, 60.0), ip_burst=2)
+    assert [limiter.decide(key, "10.0.0.1").refusal is None for _ in range(3)] == [
+        True,
+        True,
+        False,
+    ]
+    assert limiter.decide(key, "10.0.0.2").refusal is None
+
+
+def test_request_quota_refuses_until_the_month_ends() -> None:
+    limiter = LocalLimiter()
+    key = limits(rate=Rate(1000, 1.0), burst=1000, quota_requests=3)
+    outcomes = [limiter.decide(key, "").refusal for _ in range(5)]
+    assert outcomes[:3] == [None, None, None]
+    assert isinstance(outcomes[3], QuotaExceeded)
+    retry = int(outcomes[3].headers["Retry-After"])
+    assert abs(retry - seconds_to_month_end(time.time())) <= 2
+
+
+def test_byte_quota_counts_bytes_sent() -> None:
+    limiter = LocalLimiter()
+    key = limits(quota_bytes=1000)
+    assert limiter.decide(key, "").refusal is None
+    limiter.sent(key.key_id, 999)
+    assert limiter.decide(key, "").refusal is None
+    limiter.sent(key.key_id, 1)
+    assert isinstance(limiter.decide(key, "").refusal, QuotaExceeded)
+
+
+def test_month_end() -> None:
+    dec31 = calendar.timegm((2026, 12, 31, 23, 59, 0))
+    assert seconds_to_month_end(dec31) == 60
+    assert seconds_to_month_end(calendar.timegm((2026, 2, 1, 0, 0, 0))) == 28 * 86400
+
+
+async def test_quotas_are_shared_through_the_sqlite_ledger(tmp_path: Path) -> None:
+    store = SqliteStore(f"sqlite://{tmp_path}/kf.db")
+    await store.open()
+    try:
+        one, two = LocalLimiter(0.5, store), LocalLimiter(0.5, store)  # two workers
+        key = limits(rate=Rate(1000, 1.0), burst=1000, quota_requests=10)
+        assert all(one.decide(key, "").refusal is None for _ in range(6))
+        await one.quotas.sync()
+        assert all(two.decide(key, "").refusal is None for _ in range(4))
+        await two.quotas.sync()
+        await one.quotas.sync()
+        assert isinstance(one.decide(key, "").refusal, QuotaExceeded)
+        assert isinstance(two.decide(key, "").refusal, QuotaExceeded)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("burst", [1, 7])
+def test_accuracy_over_a_window(burst: int) -> None:
+    # 10 s at 200/s compressed: drive the monotonic clock through the bucket directly.
+    buckets = LocalBuckets()
+    bucket = Bucket("b", rate=200.0, burst=burst)
+    admitted = 0
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        admitted += buckets.take(bucket)[0]
+    assert abs(admitted - (200 * 0.5 + burst)) <= 0.01 * (200 * 0.5 + burst) + 1

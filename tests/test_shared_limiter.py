@@ -1,0 +1,140 @@
+"""The Redis token bucket (store/bucket.lua) and its coalescing client, on one
+redis-server and on a 3-master Redis Cluster (SPEC section 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from proxy.config import KeyDefaults
+from proxy.errors import QuotaExceeded, RateLimited, Unavailable
+from proxy.ratelimit import KeyLimits, LocalLimiter
+from proxy.records import Customer, KeyRecord
+from proxy.shared_limiter import SharedLimiter
+from proxy.store.resp import resp_client_from_url
+from proxy.units import Rate
+
+from conftest import free_port
+
+DEFAULTS = KeyDefaults(rate=None, burst=None)
+
+
+def limits(key_id: str, customer: Customer | None = None, **fields: object) -> KeyLimits:
+    record = KeyRecord(key_id, "acme", **fields)  # type: ignore[arg-type]
+    return KeyLimits.of(record, customer, DEFAULTS)
+
+
+def _script_calls(ports: list[int]) -> int:
+    total = 0
+    for port in ports:
+        stats = subprocess.run(
+            ["redis-cli", "-p", str(port), "INFO", "commandstats"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for line in stats.splitlines():
+            if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+                total += int(line.split("calls=")[1].split(",")[0])
+    return total
+
+
+Factory = Callable[..., SharedLimiter]
+
+
+@pytest.fixture(params=["redis", "redis+cluster"])
+async def deployment(
+    request: pytest.FixtureRequest, redis_url: str
+) -> AsyncIterator[tuple[Factory, list[int]]]:
+    if request.param == "redis":
+        url, ports = redis_url, [int(redis_url.rsplit(":", 1)[1].split("/", maxsplit=1)[0])]
+    else:
+        ports = request.getfixturevalue("redis_cluster")
+        for port in ports:
+            subprocess.run(
+                ["redis-cli", "-p", str(port), "FLUSHALL"], capture_output=True, check=False
+            )
+        url = f"redis+cluster://127.0.0.1:{ports[0]}"
+    made: list[SharedLimiter] = []
+
+    def make(on_error: str = "allow", store_url: str = url) -> SharedLimiter:
+        limiter = SharedLimiter(resp_client_from_url(store_url), 0.5, on_error, LocalLimiter())  # type: ignore[arg-type]
+        made.append(limiter)
+        return limiter
+
+    yield make, ports
+    for limiter in made:
+        await limiter.close()
+
+
+async def test_one_tick_is_one_script_call_and_burst_is_exact(
+    deployment: tuple[Factory, list[int]],
+) -> None:
+    make, ports = deployment
+    limiter = make()
+    await limiter.open()
+    key = limits("a" * 22, rate=Rate(1, 60.0), burst=5)
+    await limiter.check(limits("z" * 22, rate=Rate(1, 1.0)), "")  # the script is loaded
+    before = _script_calls(ports)
+    decisions = await asyncio.gather(*(limiter.check(key, "") for _ in range(8)))
+    assert _script_calls(ports) - before == 1  # eight requests, one coalesced call
+    assert [d.refusal is None for d in decisions] == [True] * 5 + [False] * 3
+    assert isinstance(decisions[5].refusal, RateLimited)
+    assert int(decisions[5].refusal.headers["Retry-After"]) >= 1
+    assert decisions[4].headers()["RateLimit-Remaining"] == "0"
+
+
+async def test_two_limiters_share_one_bucket(deployment: tuple[Factory, list[int]]) -> None:
+    make, _ = deployment
+    one, two = make(), make()
+    await one.open()
+    await two.open()
+    key = limits("b" * 22, rate=Rate(1, 60.0), burst=4)
+    first = [await one.check(key, "") for _ in range(3)]
+    second = [await two.check(key, "") for _ in range(3)]
+    assert [d.refusal is None for d in first + second] == [True] * 4 + [False] * 2
+
+
+async def test_ip_and_customer_buckets_across_slots(deployment: tuple[Factory, list[int]]) -> None:
+    make, _ = deployment
+    limiter = make()
+    await limiter.open()
+    customer = Customer("acme", max_rate=Rate(1, 60.0), max_burst=3)
+    keys = [limits(c * 22, customer, rate=Rate(100, 1.0), burst=100) for c in "cde"]
+    results = [await limiter.check(keys[i % 3], "") for i in range(5)]
+    assert [r.refusal is None for r in results] == [True] * 3 + [False] * 2
+    per_ip = limits("f" * 22, rate=Rate(100, 1.0), burst=100, ip_rate=Rate(1, 60.0), ip_burst=1)
+    assert (await limiter.check(per_ip, "10.0.0.1")).refusal is None
+    assert (await limiter.check(per_ip, "10.0.0.1")).refusal is not None
+    assert (await limiter.check(per_ip, "10.0.0.2")).refusal is None
+
+
+async def test_request_and_byte_quotas(deployment: tuple[Factory, list[int]]) -> None:
+    make, _ = deployment
+    limiter = make()
+    await limiter.open()
+    by_requests = limits("g" * 22, rate=Rate(100, 1.0), burst=100, quota_requests=3)
+    outcomes = await asyncio.gather(*(limiter.check(by_requests, "") for _ in range(5)))
+    assert [o.refusal is None for o in outcomes] == [True] * 3 + [False] * 2
+    assert isinstance(outcomes[3].refusal, QuotaExceeded)
+    by_bytes = limits("h" * 22, quota_bytes=1000)  # a quota and no bucket
+    assert (await limiter.check(by_bytes, "")).refusal is None
+    limiter.sent(by_bytes.key_id, 1000)
+    assert isinstance((await limiter.check(by_bytes, "")).refusal, QuotaExceeded)
+
+
+async def test_unreachable_store_decides_locally_or_denies(
+    deployment: tuple[Factory, list[int]],
+) -> None:
+    make, _ = deployment
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    allow, deny = make("allow", dead), make("deny", dead)
+    await allow.open()
+    await deny.open()
+    key = limits("i" * 22, rate=Rate(1, 60.0), burst=2)
+    assert [(await allow.check(key, "")).refusal is None for _ in range(3)] == [True, True, False]
+    assert isinstance((await deny.check(key, "")).refusal, Unavailable)
+    assert not allow.healthy
