@@ -153,7 +153,8 @@ async def test_store_outage_allow_deny_and_recovery(
                 assert (await response.json())["error"]["code"] == "unavailable"
             await traffic
             assert set(load.statuses) == {200}, load.statuses
-            during = [took for at, _, took in load.latencies if at >= killed_at - 0.1]
+            during = [took for at, _, took in load.latencies if at >= killed_at]
+            assert len(during) > 100  # the outage was under load, not after it
             slow = [
                 (round(at - killed_at, 3), round(took, 3))
                 for at, _, took in load.latencies
