@@ -23,9 +23,10 @@ from aiohttp import web
 
 from .config import Config
 from .errors import KeyfrontError
+from .exchange import Target
 from .keys import KeySigner
 from .origin import Origin, origin_from_url
-from .pipeline import Pipeline, Target
+from .pipeline import Pipeline
 from .ratelimit import Limiter, LocalLimiter
 from .record_cache import RecordCache
 from .store import Store, store_from_url

@@ -17,39 +17,26 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Literal
 
 from aiohttp import web
-from multidict import CIMultiDict
 
-from .config import Config, Route
+from .config import Config
+from .delivery import deliver
 from .errors import (
     KeyMissing,
     KeyUnknown,
     MethodNotAllowed,
     NotFound,
-    OriginError,
-    OriginTimeout,
     Refusal,
 )
+from .exchange import SERVER, Exchange, Target
 from .keys import KeySigner
-from .origin import Origin, OriginRequest, OriginResponse
 from .policy import check_link, client_ip, cors_headers, normalise_path, preflight_headers
 from .ratelimit import Limiter
 from .record_cache import CachedKey, RecordCache, status_refusal
 
 ALLOW = "GET, HEAD, OPTIONS"
-SERVER = "keyfront"  # not aiohttp's default, which names its and Python's versions
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A configured route and its origin."""
-
-    route: Route
-    origin: Origin
 
 
 class RequestIds:
@@ -64,19 +51,6 @@ class RequestIds:
         if incoming and _SANE_REQUEST_ID.fullmatch(incoming):
             return incoming
         return f"{self._prefix}-{next(self._counter):x}"
-
-
-@dataclass(slots=True)
-class Exchange:
-    """One request's state on its way down the pipeline: what later steps, the
-    response headers (and the access log and usage counters) need of earlier ones."""
-
-    request: web.BaseRequest
-    request_id: str
-    entry: CachedKey | None = None
-    client_ip: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)  # RateLimit-*, CORS
-    sent: int = 0  # body bytes handed to the transport
 
 
 class Pipeline:
@@ -217,66 +191,6 @@ def preflight(exchange: Exchange, origin: str | None) -> web.Response:
         asked = exchange.request.headers.get("Access-Control-Request-Headers")
         headers.update(preflight_headers(origin, asked))
     return web.Response(status=204, headers=headers)
-
-
-async def deliver(exchange: Exchange, target: Target, object_path: str) -> web.StreamResponse:
-    """Fetch from the origin and send it on: the body in one write when the origin
-    has it in memory, else streamed chunk by chunk with bounded memory."""
-    request = exchange.request
-    headers = request.headers
-    method: Literal["GET", "HEAD"] = "HEAD" if request.method == "HEAD" else "GET"
-    fetched = await target.origin.fetch(
-        OriginRequest(
-            object_path,
-            method,
-            headers.get("Range"),
-            headers.get("If-None-Match"),
-            headers.get("If-Modified-Since"),
-        )
-    )
-    try:
-        out = _response_headers(fetched, target.route, exchange)
-        if fetched.stream is None:
-            exchange.sent = len(fetched.data) if fetched.data else 0
-            return web.Response(status=fetched.status, headers=out, body=fetched.data)
-        return await _stream(exchange, fetched, out)
-    finally:
-        await fetched.close()
-
-
-def _response_headers(
-    fetched: OriginResponse, route: Route, exchange: Exchange
-) -> CIMultiDict[str]:
-    out = CIMultiDict(fetched.headers)
-    out["Server"] = SERVER
-    out["Accept-Ranges"] = "bytes"
-    out["Cache-Control"] = route.cache_control
-    out["X-Cache"] = "BYPASS"  # no disk cache yet: every response comes from the origin
-    out["X-Request-Id"] = exchange.request_id
-    out.update(exchange.headers)
-    return out
-
-
-async def _stream(
-    exchange: Exchange, fetched: OriginResponse, headers: CIMultiDict[str]
-) -> web.StreamResponse:
-    """STYLE streaming rule: once headers are sent, an origin failure aborts the
-    connection, so the client sees a truncated transfer, never a short 'complete' one.
-    `exchange.sent` counts what was handed to the transport, also when cut short."""
-    assert fetched.stream is not None
-    request = exchange.request
-    response = web.StreamResponse(status=fetched.status, headers=headers)
-    await response.prepare(request)
-    try:
-        async for chunk in fetched.stream:
-            await response.write(chunk)
-            exchange.sent += len(chunk)
-    except (OriginError, OriginTimeout, ConnectionError):
-        if request.transport is not None:
-            request.transport.abort()
-        return response
-    await response.write_eof()
-    return response
 
 
 def refusal_response(refusal: Refusal, exchange: Exchange) -> web.Response:

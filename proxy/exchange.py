@@ -1,0 +1,37 @@
+"""What the pipeline's steps share about one request: the route it targets and the
+Exchange that carries its state down the pipeline to delivery, the log and the counters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from .config import Route
+from .origin import Origin
+from .record_cache import CachedKey
+
+SERVER = "keyfront"  # not aiohttp's default, which names its and Python's versions
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A configured route and its origin."""
+
+    route: Route
+    origin: Origin
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request's state on its way down the pipeline: what later steps, the
+    response headers (and the access log and usage counters) need of earlier ones."""
+
+    request: web.BaseRequest
+    request_id: str
+    entry: CachedKey | None = None
+    client_ip: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # RateLimit-*, CORS
+    sent: int = 0  # body bytes handed to the transport
+    cache: str = "BYPASS"  # X-Cache: HIT | MISS | STALE | REVALIDATED | BYPASS
