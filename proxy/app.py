@@ -17,10 +17,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .accesslog import AccessLog
 from .config import Config
 from .errors import KeyfrontError
 from .exchange import Target
@@ -48,6 +50,7 @@ class Runtime:
     records: RecordCache
     limiter: Limiter
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     public: asyncio.Server | None = None
     public_handler: web.Server | None = None
     admin: web.AppRunner | None = None
@@ -98,7 +101,17 @@ async def startup(config: Config) -> Runtime:
     await limiter.open()
     runtime.tasks.append(asyncio.create_task(records.follow_changes()))
     signer = KeySigner(config.keys.prefix, config.keys.secrets)
-    pipeline = Pipeline(config, signer, records, limiter, targets)
+    access_log = AccessLog(config.access_log)
+    access_log.start()
+    runtime.closers.append(access_log.close)
+    pipeline = Pipeline(
+        config,
+        signer=signer,
+        records=records,
+        limiter=limiter,
+        targets=targets,
+        access_log=access_log,
+    )
     runtime.public_handler = web.Server(pipeline.handle, access_log=None)
     runtime.public = await asyncio.get_running_loop().create_server(
         runtime.public_handler,
@@ -138,6 +151,8 @@ async def shutdown(runtime: Runtime) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await runtime.limiter.close()  # flushes byte counts for quotas
+    for close in runtime.closers:
+        await close()
     for origin in runtime.origins:
         await origin.close()
     await runtime.store.close()

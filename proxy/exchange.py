@@ -30,6 +30,9 @@ class Exchange:
 
     request: web.BaseRequest
     request_id: str
+    started: float = 0.0  # monotonic
+    route: str = ""  # the matched route's prefix
+    path: str = ""  # the raw path, without the query (which may hold the key)
     entry: CachedKey | None = None
     client_ip: str | None = None
     headers: dict[str, str] = field(default_factory=dict)  # RateLimit-*, CORS

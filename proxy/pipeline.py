@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from .accesslog import AccessLog
 from .config import Config
 from .delivery import deliver
 from .errors import (
@@ -59,10 +60,12 @@ class Pipeline:
     def __init__(
         self,
         config: Config,
+        *,
         signer: KeySigner,
         records: RecordCache,
         limiter: Limiter,
         targets: list[Target],
+        access_log: AccessLog,
     ) -> None:
         self._signer = signer
         self._records = records
@@ -72,20 +75,30 @@ class Pipeline:
         # Longest prefix first, so /files/big/ wins over /files/.
         self._targets = sorted(targets, key=lambda t: len(t.route.prefix), reverse=True)
         self._request_ids = RequestIds()
+        self._log = access_log
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        exchange = Exchange(request, self._request_ids(request.headers.get("X-Request-Id")))
+        request_id = self._request_ids(request.headers.get("X-Request-Id"))
+        exchange = Exchange(request, request_id, time.monotonic())
+        status = 500
         try:
-            return await self._serve(exchange)
+            response = await self._serve(exchange)
+            status = response.status
+            return response
         except Refusal as refusal:
+            status = refusal.status
             return refusal_response(refusal, exchange)
         finally:
             self._count(exchange)
+            if self._log.enabled:
+                self._client_ip(exchange)
+                self._log.write(exchange, status)
 
     async def _serve(self, exchange: Exchange) -> web.StreamResponse:
         request = exchange.request
-        raw_path = request.raw_path.partition("?")[0]
+        raw_path = exchange.path = request.raw_path.partition("?")[0]
         target = self._target(raw_path)
+        exchange.route = target.route.prefix
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             raise MethodNotAllowed(headers={"Allow": ALLOW})
         path = normalise_path(raw_path)  # check 11 runs first: it needs no I/O

@@ -112,3 +112,31 @@ def test_a_bad_config_refuses_to_start_naming_the_field(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "keys.secrets.1" in done.stderr
+
+
+def test_access_log_lines_never_hold_the_key(tmp_path: Path, origin: HttpOriginServer) -> None:
+    log = tmp_path / "access.log"
+    body = config_body(tmp_path, origin.url).replace(
+        "routes:", f'access_log: {log}\nroutes:\n  - {{prefix: /k/, origin: "{origin.url}"}}'
+    )
+    kf = start_keyfront(body, str(tmp_path))
+    kf.cli("customers", "create", "acme")
+    created = json.loads(kf.cli("keys", "create", "--customer", "acme", "--json").stdout)
+    key, mac = created["key"], created["key"].rsplit("_", 1)[1]
+    assert fetch(f"{kf.url}/k/hello.txt?key={key}") == (200, b"hello")
+    assert fetch(f"{kf.url}/k/hello.txt?key={key[:-1]}0")[0] == 401
+    assert fetch(f"{kf.url}/open/hello.txt")[0] == 200
+    assert kf.stop() == 0  # SIGTERM flushes the buffer
+    text = log.read_text()
+    assert mac not in text and key not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [(x["route"], x["status"], x["bytes"]) for x in lines] == [
+        ("/k/", 200, 5),
+        ("/k/", 401, 0),
+        ("/open/", 200, 5),
+    ]
+    first = lines[0]
+    assert first["key_id"] == created["key_id"] and first["customer_id"] == "acme"
+    assert first["path"] == "/k/hello.txt" and first["client_ip"] == "127.0.0.1"
+    assert first["cache"] in {"HIT", "MISS", "BYPASS"} and first["duration_ms"] >= 0
+    assert set(first) >= {"time", "request_id", "referrer_host"}
