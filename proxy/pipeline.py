@@ -164,6 +164,8 @@ class Pipeline:
         this loop tick. Its headers go on every keyed response from here on."""
         assert exchange.entry is not None and exchange.entry.limits is not None
         limits = exchange.entry.limits
+        if limits.unlimited:
+            return
         ip = self._client_ip(exchange) if limits.ip_rate is not None else ""
         decision = await self._limiter.check(limits, ip)
         if decision.refusal is not None:

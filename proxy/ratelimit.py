@@ -54,6 +54,16 @@ class KeyLimits:
     def has_quota(self) -> bool:
         return self.quota_requests is not None or self.quota_bytes is not None
 
+    @property
+    def unlimited(self) -> bool:
+        """No bucket, no quota: checks 9 and 10 have nothing to decide."""
+        return (
+            self.bucket is None
+            and self.ip_rate is None
+            and self.customer_bucket is None
+            and not self.has_quota
+        )
+
     def buckets(self, client_ip: str) -> list[Bucket]:
         """The buckets one request must pass; the key's own first."""
         found = [self.bucket] if self.bucket else []

@@ -66,6 +66,21 @@ class Batch:
     waiters: list[asyncio.Future[Outcome]] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class Tick:
+    """The script calls of one loop tick, and the one timer that bounds their wait by
+    `store_timeout`."""
+
+    pending: int
+    timer: asyncio.TimerHandle | None = None
+
+
+def _expire(waiters: list[asyncio.Future[Outcome]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(TimeoutError())
+
+
 class SharedLimiter(Limiter):
     def __init__(
         self,
@@ -112,8 +127,9 @@ class SharedLimiter(Limiter):
             for i, b in enumerate(buckets)
         ]
         try:
-            async with asyncio.timeout(self._timeout):
-                outcomes = [await wait for wait in waits]
+            # No asyncio.timeout here: one timer per tick bounds every waiter (see
+            # _flush); a timeout context per request cost ~15% of a 10 KB hit.
+            outcomes = [await wait for wait in waits]
         except (StoreError, TimeoutError) as exc:
             self._trip(exc)
             return self._degraded(limits, client_ip)
@@ -154,11 +170,14 @@ class SharedLimiter(Limiter):
     def _flush(self) -> None:
         batches, self._batches = self._batches, {}
         now = time.time()
+        tick = Tick(len(batches))
         for batch in batches.values():
             key_id = batch.quota.key_id if batch.quota else None
             nbytes = self._bytes.pop(key_id, 0) if key_id else 0
             reply = self._call(batch.bucket, len(batch.waiters), batch.quota, nbytes, now)
-            reply.add_done_callback(functools.partial(self._settle, batch, nbytes))
+            reply.add_done_callback(functools.partial(self._settle, batch, tick, nbytes))
+        waiters = [waiter for batch in batches.values() for waiter in batch.waiters]
+        tick.timer = asyncio.get_running_loop().call_later(self._timeout, _expire, waiters)
 
     def _call(
         self, bucket: Bucket, cost: int, quota: KeyLimits | None, nbytes: int, now: float
@@ -172,7 +191,10 @@ class SharedLimiter(Limiter):
         args = [bucket.rate, bucket.burst, cost, limits[0], limits[1], nbytes, ttl]
         return self._client.evalsha(SCRIPT_SHA, SCRIPT, keys, args)
 
-    def _settle(self, batch: Batch, nbytes: int, reply: asyncio.Future[object]) -> None:
+    def _settle(self, batch: Batch, tick: Tick, nbytes: int, reply: asyncio.Future[object]) -> None:
+        tick.pending -= 1
+        if tick.pending == 0 and tick.timer is not None:
+            tick.timer.cancel()
         error = reply.exception() if not reply.cancelled() else StoreError("cancelled")
         if error is not None:
             if nbytes and batch.quota:  # not counted: keep for the next call
