@@ -34,6 +34,7 @@ from .ratelimit import Limiter, LocalLimiter
 from .record_cache import RecordCache
 from .store import Store, store_from_url
 from .store.sqlite import SqliteStore
+from .usage import UsageMeter
 
 log = logging.getLogger("keyfront")
 WORKER_ENV = "KEYFRONT_WORKER"
@@ -118,6 +119,9 @@ async def startup(config: Config) -> Runtime:
     access_log = AccessLog(config.access_log)
     access_log.start()
     runtime.closers.append(access_log.close)
+    usage = UsageMeter(store, config.usage.flush_interval, config.usage.max_pending)
+    usage.start()
+    runtime.closers.append(usage.close)  # after the drain: every served request counted
     pipeline = Pipeline(
         config,
         signer=signer,
@@ -125,6 +129,7 @@ async def startup(config: Config) -> Runtime:
         limiter=limiter,
         targets=targets,
         access_log=access_log,
+        usage=usage,
     )
     runtime.public_handler = web.Server(pipeline.handle, access_log=None)
     runtime.public = await asyncio.get_running_loop().create_server(

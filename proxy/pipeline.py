@@ -35,6 +35,7 @@ from .keys import KeySigner
 from .policy import check_link, client_ip, cors_headers, normalise_path, preflight_headers
 from .ratelimit import Limiter
 from .record_cache import CachedKey, RecordCache, status_refusal
+from .usage import UsageMeter
 
 ALLOW = "GET, HEAD, OPTIONS"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -66,6 +67,7 @@ class Pipeline:
         limiter: Limiter,
         targets: list[Target],
         access_log: AccessLog,
+        usage: UsageMeter,
     ) -> None:
         self._signer = signer
         self._records = records
@@ -76,20 +78,22 @@ class Pipeline:
         self._targets = sorted(targets, key=lambda t: len(t.route.prefix), reverse=True)
         self._request_ids = RequestIds()
         self._log = access_log
+        self._usage = usage
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = self._request_ids(request.headers.get("X-Request-Id"))
         exchange = Exchange(request, request_id, time.monotonic())
-        status = 500
+        status, code = 500, None
         try:
             response = await self._serve(exchange)
             status = response.status
             return response
         except Refusal as refusal:
-            status = refusal.status
+            status, code = refusal.status, refusal.code
             return refusal_response(refusal, exchange)
         finally:
             self._count(exchange)
+            self._usage.record(exchange, status, code)
             if self._log.enabled:
                 self._client_ip(exchange)
                 self._log.write(exchange, status)

@@ -419,3 +419,39 @@ def test_garbage_key_flood_makes_no_store_calls(deployment: Deployment) -> None:
     conn.getresponse().read()
     conn.close()
     assert _store_calls(deployment.redis) > before
+
+
+# --- usage metering (SPEC section 4) --------------------------------------------------------
+
+
+def test_usage_counts_every_request_and_byte_once(deployment: Deployment) -> None:
+    key = deployment.key("metered", rate=None, referrers=("app.example.com",))
+    key_id = key.split("_")[2]
+    served = [("/files/hello.txt", 15), ("/files/icons/star.svg", 41), ("/http/hello.txt", 15)]
+    for instance in deployment.instances:  # both instances count into one store
+        for path, size in served:
+            reply = get(instance.url, q(path, key), {"Referer": "https://app.example.com/"})
+            assert (reply.status, len(reply.body)) == (200, size)
+    assert get(deployment.kf.url, q("/files/hello.txt", key)).code == "referrer_not_allowed"
+    head = get(
+        deployment.kf.url,
+        q("/files/big.bin", key),
+        {"Referer": "https://app.example.com/"},
+        method="HEAD",
+    )
+    assert head.status == 200
+    expected = {"requests": 7, "bytes": 2 * (15 + 41 + 15), "denied_referrer_not_allowed": 1}
+    deadline = time.monotonic() + 5
+    while True:  # flushed every usage.flush_interval (1 s)
+        rows = json.loads(
+            deployment.kf.cli("usage", "--key", key_id, "--by", "hour", "--json").stdout
+        )
+        got = {k: sum(r.get(k, 0) for r in rows) for k in expected}
+        if got == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert got == expected
+    by_customer = json.loads(deployment.kf.cli("usage", "--customer", "metered", "--json").stdout)
+    assert sum(r["requests"] for r in by_customer) == 7
+    csv_text = deployment.kf.cli("usage", "--key", key_id, "--format", "csv").stdout
+    assert csv_text.splitlines()[0].startswith("key,period,requests,bytes")

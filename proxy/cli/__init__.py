@@ -30,11 +30,12 @@ from typing import Any
 from ..config import Config
 from ..errors import ConfigError, StoreError
 from ..store import Store, store_from_url
-from . import customers, keys, local
+from . import customers, keys, local, usage
 from .customers import CUSTOMER_ID, CUSTOMER_SETTINGS, CUSTOMER_UPDATE_ONLY
 from .keys import GRACE, KEY_ID, KEY_SETTINGS, KEY_UPDATE_ONLY, customer_option
 from .local import SERVE_OPTIONS, SIGN_OPTIONS, load_config
 from .output import Failure, Output, emit
+from .usage import USAGE_OPTIONS
 from .values import Option
 
 StoreCommand = Callable[[argparse.Namespace, Config, Store], Awaitable[Output]]
@@ -112,6 +113,11 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
         "replace a key by a new one with the same settings",
         stored(keys.keys_roll),
         [KEY_ID, GRACE],
+    ),
+    ("usage", None): Command(
+        "usage per key or customer, by hour, day or month",
+        stored(usage.usage_report),
+        USAGE_OPTIONS,
     ),
     ("sign", None): Command(
         "add expires and sig to a URL for a key that uses signed links", local.sign, SIGN_OPTIONS

@@ -11,11 +11,12 @@ whose id exists); callers never see sqlite3 or redis exceptions.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 from ..records import Customer, KeyRecord
+from ..usage import Grain, Scope, UsageRow
 
 ChangeKind = Literal["key", "customer", "all"]
 
@@ -85,6 +86,17 @@ class Store(abc.ABC):
         if record is None:
             return None
         return record, await self.get_customer(record.customer_id)
+
+    # usage counters (SPEC section 4; see usage.py)
+    @abc.abstractmethod
+    async def add_usage(self, batch_id: str, rows: list[UsageRow]) -> None:
+        """Add hourly rows and their daily roll-ups, at most once per batch id."""
+
+    @abc.abstractmethod
+    async def read_usage(
+        self, scope: Scope, ids: Iterable[str], start: int, end: int, grain: Grain
+    ) -> list[UsageRow]:
+        """Stored rows of `grain` (hour, else day) starting in [start, end)."""
 
     # change notification (SPEC section 2: a change reaches every instance within 1 s)
     @abc.abstractmethod

@@ -35,6 +35,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from ..errors import Conflict, StoreError
 from ..records import Customer, KeyRecord
 from . import Change, ChangeKind, Store
+from .redis_usage import RedisUsage
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _options(retries: int = 1) -> dict[str, Any]:
     }
 
 
-class RedisStore(Store):
+class RedisStore(RedisUsage, Store):
     """`redis://host:port/db`, `rediss://...` (TLS) or `redis+cluster://host:port`.
 
     `open()` does not need Redis to be up (connections are made on first use), so a

@@ -26,6 +26,7 @@ from typing import Any, TypeVar, cast
 from ..errors import Conflict, StoreError
 from ..records import Customer, KeyRecord
 from . import Change, ChangeKind, Store
+from .sqlite_usage import USAGE_SCHEMA, SqliteUsage
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ _MAX_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM changes"
 _CHANGES_AFTER = f"SELECT seq, kind, id FROM changes WHERE seq > ? ORDER BY seq LIMIT {POLL_BATCH}"
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteUsage, Store):
     """Customers and keys in one SQLite file, `sqlite:///abs/path.db`.
 
     `put_*` writes whether or not the record exists (an upsert), like Redis SET."""
@@ -297,7 +298,7 @@ def _set_up(conn: sqlite3.Connection) -> None:
     while True:
         try:
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.executescript(SCHEMA)
+            conn.executescript(SCHEMA + USAGE_SCHEMA)
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:

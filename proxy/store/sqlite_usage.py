@@ -1,0 +1,102 @@
+"""Usage counters in the SQLite store (SPEC section 4), mixed into SqliteStore.
+
+Each batch is applied in one transaction that also records its id, so a retried
+batch is skipped whole: no count is applied twice. Hourly rows are kept 35 days and
+daily roll-ups 400 days (SPEC: at least that long); both are written by the same
+transaction, and old rows are pruned by writers at most once an hour.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
+
+from ..usage import Grain, Scope, UsageRow, day_of
+
+T = TypeVar("T")
+
+USAGE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    scope TEXT NOT NULL, id TEXT NOT NULL, grain TEXT NOT NULL, start INTEGER NOT NULL,
+    field TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (scope, id, grain, start, field)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage_batches (batch_id TEXT PRIMARY KEY, at REAL NOT NULL);
+"""
+HOURLY_RETENTION = 35 * 86400
+DAILY_RETENTION = 400 * 86400
+BATCH_RETENTION = 7 * 86400  # a batch id is remembered far longer than any retry
+_ADD = (
+    "INSERT INTO usage (scope, id, grain, start, field, value) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (scope, id, grain, start, field) DO UPDATE SET value = value + excluded.value"
+)
+_READ = (
+    "SELECT id, start, field, value FROM usage WHERE scope = ? AND grain = ? AND id = ?"
+    " AND start >= ? AND start < ?"
+)
+
+
+class SqliteUsage:
+    """add_usage / read_usage over the store's one thread and connection."""
+
+    # Provided by SqliteStore: its thread runner, transactions and connection.
+    _run: Callable[..., Any]
+    _transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]
+    _connection: Callable[[], sqlite3.Connection]
+    _last_usage_prune = 0.0
+
+    async def add_usage(self, batch_id: str, rows: list[UsageRow]) -> None:
+        def job() -> None:
+            with self._transaction() as conn:
+                now = time.time()
+                seen = conn.execute(
+                    "INSERT OR IGNORE INTO usage_batches (batch_id, at) VALUES (?, ?)",
+                    (batch_id, now),
+                )
+                if seen.rowcount == 0:
+                    return  # applied before: this is a retry whose reply was lost
+                conn.executemany(_ADD, _usage_params(rows))
+                self._prune_usage(conn, now)
+
+        await self._run(job)
+
+    async def read_usage(
+        self, scope: Scope, ids: Iterable[str], start: int, end: int, grain: Grain
+    ) -> list[UsageRow]:
+        stored = "hour" if grain == "hour" else "day"
+        wanted = list(ids)
+
+        def job() -> list[UsageRow]:
+            conn = self._connection()
+            rows: dict[tuple[str, int], dict[str, int]] = {}
+            for id_ in wanted:
+                for key_id, begin, field, value in conn.execute(
+                    _READ, (scope, stored, id_, start, end)
+                ):
+                    rows.setdefault((key_id, begin), {})[field] = value
+            return [UsageRow(scope, i, b, c) for (i, b), c in sorted(rows.items())]
+
+        result: list[UsageRow] = await self._run(job)
+        return result
+
+    def _prune_usage(self, conn: sqlite3.Connection, now: float) -> None:
+        if now - self._last_usage_prune < 3600:
+            return
+        self._last_usage_prune = now
+        conn.execute(
+            "DELETE FROM usage WHERE grain = 'hour' AND start < ?", (now - HOURLY_RETENTION,)
+        )
+        conn.execute(
+            "DELETE FROM usage WHERE grain = 'day' AND start < ?", (now - DAILY_RETENTION,)
+        )
+        conn.execute("DELETE FROM usage_batches WHERE at < ?", (now - BATCH_RETENTION,))
+
+
+def _usage_params(rows: list[UsageRow]) -> Iterator[tuple[str, str, str, int, str, int]]:
+    for row in rows:
+        for field, value in row.counts.items():
+            yield row.scope, row.id, "hour", row.start, field, value
+            yield row.scope, row.id, "day", day_of(row.start), field, value

@@ -1,0 +1,188 @@
+"""Usage metering for billing and analytics (SPEC section 4).
+
+Per key and per customer, per hour (UTC): `requests` (served 2xx/3xx), `bytes` (body
+bytes actually sent), `hits`, `misses`, `not_modified`, and `denied_<code>` for
+refused requests. Counted in process (a dict increment per request, no I/O) and
+flushed every `usage.flush_interval` and at shutdown as one batch with a unique id.
+The store applies a batch at most once (SQLite: one transaction that records the id;
+Redis: one script per row that sets a marker with the counts), so a flush that fails
+half-way is retried whole without counting anything twice. While the store is down
+the counts stay here, bounded by `usage.max_pending` rows; past the bound new rows are
+dropped, counted in `dropped` and logged once per outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from .errors import StoreError
+
+if TYPE_CHECKING:  # exchange -> record_cache -> store -> usage: types only here
+    from .exchange import Exchange
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["key", "customer"]
+Grain = Literal["hour", "day", "month"]
+FIELDS = ("requests", "bytes", "hits", "misses", "not_modified")
+HIT_STATES = frozenset({"HIT", "STALE", "REVALIDATED"})
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """The counts of one key (or customer) in one period starting at `start` (unix
+    seconds, UTC: an hour, day or month boundary)."""
+
+    scope: Scope
+    id: str
+    start: int
+    counts: dict[str, int]
+
+
+class UsageLedger(Protocol):
+    """The store's side (SqliteStore, RedisStore)."""
+
+    async def add_usage(self, batch_id: str, rows: list[UsageRow]) -> None:
+        """Add hourly rows (and their daily roll-ups), at most once per batch id."""
+        ...
+
+    async def read_usage(
+        self, scope: Scope, ids: Iterable[str], start: int, end: int, grain: Grain
+    ) -> list[UsageRow]:
+        """Rows of `grain` ("hour" or "day"; "month" is summed from days) whose
+        period starts in [start, end)."""
+        ...
+
+
+class UsageMeter:
+    def __init__(self, ledger: UsageLedger, flush_interval: float, max_pending: int) -> None:
+        self._ledger = ledger
+        self._interval = flush_interval
+        self._max_pending = max_pending
+        self._pending: dict[tuple[Scope, str, int], dict[str, int]] = {}
+        self._retry: tuple[str, list[UsageRow]] | None = None  # a batch the store refused
+        self._batches = 0
+        self._prefix = f"{os.getpid()}-{os.urandom(4).hex()}"
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting for the store (for the keyfront_usage_pending gauge)."""
+        return len(self._pending) + (len(self._retry[1]) if self._retry else 0)
+
+    def record(self, exchange: Exchange, status: int, code: str | None) -> None:
+        """Count one request whose key is known; `code` is its refusal's SPEC code."""
+        record = exchange.entry.record if exchange.entry is not None else None
+        if record is None:
+            return  # no key to bill: refused before the record (metrics count those)
+        hour = int(time.time()) // 3600 * 3600
+        scopes: tuple[tuple[Scope, str], ...] = (
+            ("key", record.key_id),
+            ("customer", record.customer_id),
+        )
+        for scope, id_ in scopes:
+            counts = self._row(scope, id_, hour)
+            if counts is None:
+                return
+            _count(counts, status, exchange.sent, exchange.cache, code)
+
+    def _row(self, scope: Scope, id_: str, hour: int) -> dict[str, int] | None:
+        counts = self._pending.get((scope, id_, hour))
+        if counts is None:
+            if self.pending >= self._max_pending:
+                if self.dropped == 0:
+                    log.error("usage buffer full (%d rows): new counts are dropped until the "
+                              "store answers", self._max_pending)  # fmt: skip
+                self.dropped += 1
+                return None
+            counts = self._pending[(scope, id_, hour)] = {}
+        return counts
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._flush_forever())
+
+    async def close(self) -> None:
+        """Stop and flush what is counted (SPEC section 11: at graceful shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(StoreError):
+            await self.flush()
+            await self.flush()  # the retried batch, then what was counted meanwhile
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            with contextlib.suppress(StoreError):
+                await self.flush()
+
+    async def flush(self) -> None:
+        """Send one batch. A refused batch is retried with the same id before anything
+        newer, so the store can tell a retry from new counts."""
+        if self._retry is None:
+            if not self._pending:
+                return
+            pending, self._pending = self._pending, {}
+            rows = [UsageRow(s, i, h, c) for (s, i, h), c in pending.items()]
+            self._batches += 1
+            self._retry = (f"{self._prefix}-{self._batches}", rows)
+        batch_id, rows = self._retry
+        try:
+            await self._ledger.add_usage(batch_id, rows)
+        except StoreError:
+            log.warning("usage flush failed; %d rows kept for the next try", len(rows))
+            raise
+        self._retry = None
+        self.dropped = 0
+
+
+def _count(counts: dict[str, int], status: int, sent: int, cache: str, code: str | None) -> None:
+    if code is not None:
+        field = f"denied_{code}"
+        counts[field] = counts.get(field, 0) + 1
+        return
+    if status >= 400:
+        return  # an origin failure after every check passed: neither billed nor denied
+    counts["requests"] = counts.get("requests", 0) + 1
+    counts["bytes"] = counts.get("bytes", 0) + sent
+    if status == 304:
+        counts["not_modified"] = counts.get("not_modified", 0) + 1
+    if cache in HIT_STATES:
+        counts["hits"] = counts.get("hits", 0) + 1
+    elif cache == "MISS":
+        counts["misses"] = counts.get("misses", 0) + 1
+
+
+def day_of(ts: int) -> int:
+    return ts // 86400 * 86400
+
+
+def month_start(ts: int) -> int:
+    t = time.gmtime(ts)
+    return calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))
+
+
+def period_start(ts: int, grain: Grain) -> int:
+    if grain == "hour":
+        return ts // 3600 * 3600
+    return day_of(ts) if grain == "day" else month_start(ts)
+
+
+def summed(rows: Iterable[UsageRow], grain: Grain) -> list[UsageRow]:
+    """Rows merged per (scope, id, period) at `grain`, ordered by id then start."""
+    merged: dict[tuple[Scope, str, int], dict[str, int]] = {}
+    for row in rows:
+        into = merged.setdefault((row.scope, row.id, period_start(row.start, grain)), {})
+        for field, value in row.counts.items():
+            into[field] = into.get(field, 0) + value
+    return [UsageRow(s, i, t, c) for (s, i, t), c in sorted(merged.items())]

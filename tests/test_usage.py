@@ -1,0 +1,77 @@
+"""Usage metering (SPEC section 4): counted in process, flushed at most once, read back
+per hour, day and month, on both stores."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from proxy.errors import StoreError
+from proxy.store import Store, store_from_url
+from proxy.usage import UsageMeter, UsageRow, summed
+
+from conftest import free_port
+
+HOUR = int(time.time()) // 3600 * 3600
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite://{tmp_path}/kf.db"
+    elif request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+    else:
+        ports = request.getfixturevalue("redis_cluster")
+        from conftest import redis_cli
+
+        for port in ports:
+            redis_cli(port, "FLUSHALL")
+        url = f"redis+cluster://127.0.0.1:{ports[0]}"
+    store = store_from_url(url)
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_a_batch_applies_once_and_rolls_up(store: Store) -> None:
+    rows = [
+        UsageRow("key", "k1", HOUR, {"requests": 3, "bytes": 300, "denied_rate_limited": 1}),
+        UsageRow("key", "k1", HOUR - 3600, {"requests": 2, "bytes": 20}),
+        UsageRow("customer", "acme", HOUR, {"requests": 3, "bytes": 300}),
+    ]
+    await store.add_usage("batch-1", rows)
+    await store.add_usage("batch-1", rows)  # a retry after a lost reply: not counted again
+    await store.add_usage("batch-2", rows[:1])
+    hourly = await store.read_usage("key", ["k1"], HOUR - 7200, HOUR + 3600, "hour")
+    assert [(r.start, r.counts) for r in hourly] == [
+        (HOUR - 3600, {"requests": 2, "bytes": 20}),
+        (HOUR, {"requests": 6, "bytes": 600, "denied_rate_limited": 2}),
+    ]
+    daily = summed(await store.read_usage("key", ["k1"], 0, HOUR + 86400, "day"), "month")
+    total = {k: sum(r.counts.get(k, 0) for r in daily) for k in ("requests", "bytes")}
+    assert total == {"requests": 8, "bytes": 620}
+    customers = await store.read_usage("customer", ["acme"], HOUR, HOUR + 1, "hour")
+    assert customers[0].counts == {"requests": 3, "bytes": 300}
+
+
+async def test_counts_survive_an_unreachable_store_and_are_not_doubled(tmp_path: Path) -> None:
+    good = store_from_url(f"sqlite://{tmp_path}/kf.db")
+    await good.open()
+    dead = store_from_url(f"redis://127.0.0.1:{free_port()}/0")
+    await dead.open()
+    meter = UsageMeter(dead, 1.0, max_pending=3)
+    meter._pending[("key", "k1", HOUR)] = {"requests": 5, "bytes": 50}
+    with pytest.raises(StoreError):
+        await meter.flush()
+    assert meter.pending == 1
+    meter._ledger = good
+    await meter.flush()
+    await meter.flush()
+    rows = await good.read_usage("key", ["k1"], HOUR, HOUR + 1, "hour")
+    assert rows[0].counts == {"requests": 5, "bytes": 50}
+    await good.close()
+    await dead.close()
