@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from .accesslog import AccessLog
+from .cache import Cache
 from .config import Config
-from .errors import KeyfrontError
+from .delivery import use_cache
+from .errors import ConfigError, KeyfrontError
 from .exchange import Target
 from .keys import KeySigner
 from .origin import Origin, origin_from_url
@@ -115,6 +117,7 @@ async def startup(config: Config) -> Runtime:
         await origin.open()
     await limiter.open()
     runtime.tasks.append(asyncio.create_task(records.follow_changes()))
+    await open_cache(runtime)
     signer = KeySigner(config.keys.prefix, config.keys.secrets)
     access_log = AccessLog(config.access_log)
     access_log.start()
@@ -143,6 +146,17 @@ async def startup(config: Config) -> Runtime:
     return runtime
 
 
+async def open_cache(runtime: Runtime) -> None:
+    """The disk cache for this process; a folder it cannot use stops start-up."""
+    cache = Cache(runtime.config.cache)
+    try:
+        await cache.open()
+    except OSError as exc:
+        raise ConfigError("cache.dir", f"cannot use {cache.store.root}: {exc}") from exc
+    use_cache(cache)
+    runtime.closers.append(cache.close)
+
+
 def limiter_for(config: Config, store: Store) -> Limiter:
     """Redis stores share buckets through Redis; SQLite means one host, where each of
     the N worker processes holds 1/N of every rate (README "Rate limits")."""
@@ -162,6 +176,10 @@ async def shutdown(runtime: Runtime) -> None:
     if runtime.public is not None:
         runtime.public.close()
     if runtime.public_handler is not None:
+        # pre_shutdown closes idle keep-alive connections and marks busy ones to close
+        # after their response (as AppRunner does); without it a client that keeps
+        # sending on a keep-alive connection holds the process for shutdown_timeout.
+        runtime.public_handler.pre_shutdown()
         await runtime.public_handler.shutdown(timeout)
     if runtime.admin is not None:
         await runtime.admin.cleanup()
