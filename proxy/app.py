@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .accesslog import AccessLog
 from .cache import Cache
@@ -30,6 +34,7 @@ from .delivery import use_cache
 from .errors import ConfigError, KeyfrontError
 from .exchange import Target
 from .keys import KeySigner
+from .metrics import Metrics
 from .origin import Origin, origin_from_url
 from .pipeline import Pipeline
 from .ratelimit import Limiter, LocalLimiter
@@ -41,6 +46,7 @@ from .usage import UsageMeter
 log = logging.getLogger("keyfront")
 WORKER_ENV = "KEYFRONT_WORKER"
 WORKER_COUNT_ENV = "KEYFRONT_WORKER_COUNT"
+METRICS_DIR_ENV = "KEYFRONT_METRICS_DIR"  # where workers share their counters
 READY_TIMEOUT = 2.0
 GC_THRESHOLD = 20_000  # allocations between gen-0 collections (CPython's default: 700)
 
@@ -54,6 +60,7 @@ class Runtime:
     origins: list[Origin]
     records: RecordCache
     limiter: Limiter
+    metrics: Metrics
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     public: asyncio.Server | None = None
@@ -112,7 +119,8 @@ async def startup(config: Config) -> Runtime:
         Target(route, origin_from_url(route, config.origin_timeouts)) for route in config.routes
     ]
     limiter = limiter_for(config, store)
-    runtime = Runtime(config, store, [t.origin for t in targets], records, limiter)
+    metrics = Metrics(os.environ.get(METRICS_DIR_ENV), config.metrics.customer_labels)
+    runtime = Runtime(config, store, [t.origin for t in targets], records, limiter, metrics)
     for origin in runtime.origins:
         await origin.open()
     await limiter.open()
@@ -125,6 +133,9 @@ async def startup(config: Config) -> Runtime:
     usage = UsageMeter(store, config.usage.flush_interval, config.usage.max_pending)
     usage.start()
     runtime.closers.append(usage.close)  # after the drain: every served request counted
+    metrics.sources.append(functools.partial(_gauges, records, usage))
+    metrics.start()
+    runtime.closers.append(metrics.close)
     pipeline = Pipeline(
         config,
         signer=signer,
@@ -133,6 +144,7 @@ async def startup(config: Config) -> Runtime:
         targets=targets,
         access_log=access_log,
         usage=usage,
+        metrics=metrics,
     )
     runtime.public_handler = web.Server(pipeline.handle, access_log=None)
     runtime.public = await asyncio.get_running_loop().create_server(
@@ -155,6 +167,11 @@ async def open_cache(runtime: Runtime) -> None:
         raise ConfigError("cache.dir", f"cannot use {cache.store.root}: {exc}") from exc
     use_cache(cache)
     runtime.closers.append(cache.close)
+
+
+def _gauges(records: RecordCache, usage: UsageMeter, metrics: Metrics) -> None:
+    metrics.counters["key_cache"] = {"hit": records.hits, "miss": records.misses}
+    metrics.gauges["usage_pending"] = usage.pending
 
 
 def limiter_for(config: Config, store: Store) -> Limiter:
@@ -205,6 +222,7 @@ async def start_admin(runtime: Runtime) -> web.AppRunner:
     app[RUNTIME] = runtime
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     listen = runtime.config.admin_listen
@@ -214,6 +232,14 @@ async def start_admin(runtime: Runtime) -> web.AppRunner:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    """Prometheus text, merged across the workers of this host (SPEC section 10)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(request.app[RUNTIME].metrics)
+    body = generate_latest(registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -251,6 +277,8 @@ def supervise(config: Config, count: int) -> int:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
+    metrics_dir = tempfile.mkdtemp(prefix="keyfront-metrics-")  # fresh: no stale counters
+    os.environ[METRICS_DIR_ENV] = metrics_dir
     procs = [_spawn_worker(config, i, count) for i in range(count)]
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -261,6 +289,7 @@ def supervise(config: Config, count: int) -> int:
                 time.sleep(1.0)
                 procs[i] = _spawn_worker(config, i, count)
         if stopping and all(p.poll() is not None for p in procs):
+            shutil.rmtree(metrics_dir, ignore_errors=True)
             return max(p.returncode or 0 for p in procs)
         time.sleep(0.1)
 

@@ -32,6 +32,7 @@ from .errors import (
 )
 from .exchange import SERVER, Exchange, Target
 from .keys import KeySigner
+from .metrics import Metrics
 from .policy import check_link, client_ip, cors_headers, normalise_path, preflight_headers
 from .ratelimit import Limiter
 from .record_cache import CachedKey, RecordCache, status_refusal
@@ -68,6 +69,7 @@ class Pipeline:
         targets: list[Target],
         access_log: AccessLog,
         usage: UsageMeter,
+        metrics: Metrics,
     ) -> None:
         self._signer = signer
         self._records = records
@@ -79,6 +81,7 @@ class Pipeline:
         self._request_ids = RequestIds()
         self._log = access_log
         self._usage = usage
+        self._metrics = metrics
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = self._request_ids(request.headers.get("X-Request-Id"))
@@ -94,6 +97,7 @@ class Pipeline:
         finally:
             self._count(exchange)
             self._usage.record(exchange, status, code)
+            self._measure(exchange, status, code)
             if self._log.enabled:
                 self._client_ip(exchange)
                 self._log.write(exchange, status)
@@ -187,6 +191,17 @@ class Pipeline:
             peer = exchange.request.remote or ""
             exchange.client_ip = client_ip(peer, forwarded, self._trusted)
         return exchange.client_ip
+
+    def _measure(self, exchange: Exchange, status: int, code: str | None) -> None:
+        metrics = self._metrics
+        duration = time.monotonic() - exchange.started
+        metrics.request(exchange.route or "none", status, exchange.cache, exchange.sent, duration)
+        if code is not None:
+            metrics.count("denied", code)
+        elif status < 400 and exchange.entry is not None and exchange.entry.record is not None:
+            customer = exchange.entry.record.customer_id
+            metrics.count("customer_requests", customer)
+            metrics.count("customer_bytes", customer, exchange.sent)
 
     def _count(self, exchange: Exchange) -> None:
         """Bytes sent count against the key's monthly byte quota."""
