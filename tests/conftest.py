@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -13,9 +14,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
+
+from proxy.config import S3Settings
 
 
 def free_port() -> int:
@@ -40,6 +45,7 @@ class RedisServer:
     port: int
     process: subprocess.Popen[bytes]
     workdir: str
+    options: tuple[str, ...] = ("--appendonly", "no")  # no persistence, unless asked
 
     @property
     def url(self) -> str:
@@ -57,43 +63,37 @@ class RedisServer:
 
     def start(self) -> None:
         """(Re)start on the same port, e.g. after a test stopped it."""
-        self.process = _spawn_redis(self.port, self.workdir)
+        self.process = _spawn_redis(self.port, self.workdir, self.options)
         wait_for_port(self.port)
 
+    @classmethod
+    def launch(cls, *options: str) -> RedisServer:
+        """A new redis-server on a free port, in a fresh directory."""
+        port, workdir = free_port(), tempfile.mkdtemp(prefix="kf-redis-")
+        server = cls(port, _spawn_redis(port, workdir, options or cls.options), workdir)
+        if options:
+            server.options = options
+        wait_for_port(port)
+        return server
 
-def _spawn_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
+
+def _spawn_redis(port: int, workdir: str, options: tuple[str, ...]) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not on the PATH: run `make test`, which installs it")
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir]
     return subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [binary, *args, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One real redis-server for the session. Tests isolate themselves by FLUSHALL."""
-    workdir = tempfile.mkdtemp(prefix="kf-redis-")
-    port = free_port()
-    server = RedisServer(port, _spawn_redis(port, workdir), workdir)
-    wait_for_port(port)
+    server = RedisServer.launch()
     yield server
     server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -226,6 +226,10 @@ def start_keyfront(
     port = port or free_port()
     admin_port = free_port()
     text = f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\n{config_body}"
+    if not re.search(r"^cache:", config_body, re.MULTILINE):
+        # Never the default /var/cache/keyfront: instances started on one directory
+        # share a cache, as worker processes of one host do, and nothing else.
+        text += f"\ncache: {{dir: {directory}/cache}}\n"
     config_path = write_config(directory, text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYFRONT_")}
     env["KEYFRONT_KEY_SECRET"] = SECRET
@@ -303,3 +307,134 @@ class HttpOriginServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
+
+
+# --- a real S3-protocol server: moto in server mode, checking SigV4 signatures ------------
+
+MOTO_SERVER = os.path.join(os.path.dirname(sys.executable), "moto_server")  # the `test` extra
+
+
+@dataclass
+class S3Server:
+    """A `moto_server` process on a free loopback port with one bucket. Every request
+    must carry a valid SigV4 signature of `access_key_id` (an IAM user allowed s3:*):
+    moto only checks signatures once its first few unauthenticated calls, which set
+    that user up, are used up (NOTES.md "S3")."""
+
+    endpoint_url: str
+    access_key_id: str
+    secret_access_key: str
+    role_arn: str  # a role the user may assume, allowed s3:*
+    process: subprocess.Popen[bytes]
+    bucket: str = "keyfront-test"
+
+    def client(self) -> Any:
+        """A boto3 S3 client with the server's credentials (for uploads)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+        )
+
+    def temporary_credentials(self) -> dict[str, str]:
+        """AccessKeyId, SecretAccessKey and SessionToken of the assumed role."""
+        import boto3
+
+        sts = boto3.client(
+            "sts",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+        )
+        answer = sts.assume_role(RoleArn=self.role_arn, RoleSessionName="keyfront-test")
+        return dict(answer["Credentials"])
+
+    def put(self, key: str, body: bytes, content_type: str = "", **metadata: str) -> None:
+        extra = {"ContentType": content_type} if content_type else {}
+        self.client().put_object(Bucket=self.bucket, Key=key, Body=body, Metadata=metadata, **extra)
+
+    def upload(self, folder: Path, prefix: str) -> None:
+        """Every file below `folder` to `prefix` + its relative path, with the
+        Content-Type the file origin would give it."""
+        from proxy.origin.file import content_type
+
+        client = self.client()
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            key = prefix + path.relative_to(folder).as_posix()
+            client.put_object(
+                Bucket=self.bucket, Key=key, Body=path.read_bytes(), ContentType=content_type(key)
+            )
+
+    def settings(self, access_key_id: str = "", secret_access_key: str = "") -> S3Settings:
+        """S3 settings for a route on this server, with its credentials unless given."""
+        return S3Settings(
+            endpoint_url=self.endpoint_url,
+            region="us-east-1",
+            access_key_id=access_key_id or self.access_key_id,
+            secret_access_key=secret_access_key or self.secret_access_key,
+        )
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One moto S3 server for the session; tests keep to their own key prefixes."""
+    if not os.path.exists(MOTO_SERVER):
+        pytest.fail("moto_server is missing: run `make test` (installs the `test` extra)")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    process = subprocess.Popen(
+        [MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield _set_up_s3(f"http://127.0.0.1:{port}", process)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _set_up_s3(endpoint_url: str, process: subprocess.Popen[bytes]) -> S3Server:
+    """An IAM user with an access key, a role it may assume (for temporary credentials),
+    and the bucket; then signature checks switched on."""
+    import json
+    import urllib.request
+
+    import boto3
+
+    anyone = {"region_name": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+    iam = boto3.client("iam", endpoint_url=endpoint_url, **anyone)
+
+    def allow(*actions: str) -> str:
+        statement = {"Effect": "Allow", "Action": list(actions), "Resource": "*"}
+        return json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+
+    iam.create_user(UserName="keyfront")
+    iam.put_user_policy(
+        UserName="keyfront", PolicyName="s3", PolicyDocument=allow("s3:*", "sts:AssumeRole")
+    )
+    key = iam.create_access_key(UserName="keyfront")["AccessKey"]
+    trust = allow("sts:AssumeRole").replace('"Resource": "*"', '"Principal": {"AWS": "*"}')
+    role = iam.create_role(RoleName="reader", AssumeRolePolicyDocument=trust)["Role"]
+    iam.put_role_policy(RoleName="reader", PolicyName="s3", PolicyDocument=allow("s3:*"))
+    server = S3Server(
+        endpoint_url, key["AccessKeyId"], key["SecretAccessKey"], role["Arn"], process
+    )
+    server.client().create_bucket(Bucket=server.bucket)
+    # From here on every request is authenticated and its signature checked.
+    switch = urllib.request.Request(
+        f"{endpoint_url}/moto-api/reset-auth",
+        data=b"0",
+        method="POST",
+        headers={"Content-Type": "text/plain"},
+    )
+    with urllib.request.urlopen(switch, timeout=10) as response:
+        response.read()
+    return server

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 
 from proxy.units import Rate
 
-from conftest import RedisServer, free_port, start_keyfront, wait_for_port
+from conftest import RedisServer, start_keyfront
 from test_e2e_limits import config, provision  # one way to provision keys and configs
 
 UNLIMITED = Rate(1_000_000, 1.0)  # these tests count, they do not limit
@@ -27,33 +25,10 @@ UNLIMITED = Rate(1_000_000, 1.0)  # these tests count, they do not limit
 def durable_redis() -> Iterator[RedisServer]:
     """A redis-server that keeps its data across a restart (AOF, fsync always), as a
     production Redis would: the outage test restarts it."""
-    workdir = tempfile.mkdtemp(prefix="kf-aof-")
-    port = free_port()
-    args = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--dir",
-        workdir,
-    ]
-
-    def spawn() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    server = RedisServer(port, spawn(), workdir)
-    server.start = lambda: (setattr(server, "process", spawn()), wait_for_port(port))  # type: ignore[method-assign]
-    wait_for_port(port)
+    server = RedisServer.launch("--appendonly", "yes", "--appendfsync", "always")
     yield server
     server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 @pytest.fixture
