@@ -130,11 +130,16 @@ async def test_quotas_are_shared_through_the_sqlite_ledger(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("burst", [1, 7])
 def test_accuracy_over_a_window(burst: int) -> None:
-    # 10 s at 200/s compressed: drive the monotonic clock through the bucket directly.
+    # Saturate one bucket for 0.5 s: it admits at most `burst` plus `rate` per second
+    # elapsed (SPEC: no more than burst + 1%). A busy machine that pauses this loop
+    # for longer than burst/rate loses the tokens past the bucket's capacity, as a
+    # token bucket should, so the lower bound is loose.
     buckets = LocalBuckets()
     bucket = Bucket("b", rate=200.0, burst=burst)
-    admitted = 0
-    deadline = time.monotonic() + 0.5
-    while time.monotonic() < deadline:
+    admitted = buckets.take(bucket)[0]
+    first = last = time.monotonic()
+    while last - first < 0.5:
         admitted += buckets.take(bucket)[0]
-    assert abs(admitted - (200 * 0.5 + burst)) <= 0.01 * (200 * 0.5 + burst) + 1
+        last = time.monotonic()
+    expected = 200 * (last - first) + burst
+    assert 0.5 * expected <= admitted <= 1.01 * expected + 1
