@@ -23,7 +23,7 @@ from proxy.errors import NotFound, OriginError, OriginTimeout
 from proxy.origin import Origin, OriginRequest, OriginResponse, origin_from_url
 from proxy.origin.file import SMALL_BODY, FileOrigin, content_type
 
-from conftest import free_port
+from conftest import S3Server, free_port
 
 FAST = OriginTimeouts(connect=0.3, first_byte=0.3, idle=0.3)
 SMALL = b"0123456789abcdefghijklmnopqrstuvwxyz" * 10  # 360 bytes
@@ -67,13 +67,23 @@ async def http_origin_app(files: Path) -> AsyncIterator[TestServer]:
     await server.close()
 
 
-@pytest.fixture(params=["file", "http"])
+@pytest.fixture(scope="module")
+def s3_files(files: Path, s3_server: S3Server) -> Route:
+    """`files` uploaded below a prefix of the test bucket (moto, checking signatures)."""
+    s3_server.upload(files, "contract/")
+    return Route("/files/", f"s3://{s3_server.bucket}/contract/", s3=s3_server.settings())
+
+
+@pytest.fixture(params=["file", "http", "s3"])
 async def origin(
     request: pytest.FixtureRequest, files: Path, http_origin_app: TestServer
 ) -> AsyncIterator[Origin]:
     http_url = str(http_origin_app.make_url("/base/"))
     url = f"file://{files}/" if request.param == "file" else http_url
-    opened = origin_from_url(Route("/files/", url), FAST)
+    route = Route("/files/", url)
+    if request.param == "s3":
+        route = request.getfixturevalue("s3_files")
+    opened = origin_from_url(route, FAST)
     await opened.open()
     yield opened
     await opened.close()

@@ -73,4 +73,8 @@ def origin_from_url(route: Route, timeouts: OriginTimeouts) -> Origin:
         from .http import HttpOrigin
 
         return HttpOrigin(route, timeouts)
+    if scheme == "s3":
+        from .s3 import S3Origin  # imports botocore: paid only with an s3:// route
+
+        return S3Origin(route, timeouts)
     raise ValueError(f"unknown origin scheme {scheme!r} (use file://, http://, https://, s3://)")
