@@ -28,6 +28,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .accesslog import AccessLog
+from .admin import PREFIX as ADMIN_PREFIX
+from .admin import admin_app
 from .cache import Cache
 from .config import Config
 from .delivery import use_cache
@@ -66,6 +68,7 @@ class Runtime:
     public: asyncio.Server | None = None
     public_handler: web.Server | None = None
     admin: web.AppRunner | None = None
+    cache: Cache | None = None  # for purges (SPEC section 5)
 
 
 def serve_forever(config: Config, workers: int | None = None) -> int:
@@ -166,7 +169,9 @@ async def open_cache(runtime: Runtime) -> None:
     except OSError as exc:
         raise ConfigError("cache.dir", f"cannot use {cache.store.root}: {exc}") from exc
     use_cache(cache)
+    runtime.cache = cache
     runtime.closers.append(cache.close)
+    runtime.metrics.sources.append(cache.count_into)
 
 
 def _gauges(records: RecordCache, usage: UsageMeter, metrics: Metrics) -> None:
@@ -212,7 +217,7 @@ async def shutdown(runtime: Runtime) -> None:
     await runtime.store.close()
 
 
-# --- admin listener: /healthz, /readyz (the admin API and /metrics come later) ---
+# --- admin listener: /healthz, /readyz, /metrics and the admin API (proxy/admin) ---
 
 RUNTIME = web.AppKey("runtime", Runtime)
 
@@ -223,6 +228,7 @@ async def start_admin(runtime: Runtime) -> web.AppRunner:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
+    app.add_subapp(ADMIN_PREFIX, admin_app(runtime))  # the admin API (SPEC section 9)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     listen = runtime.config.admin_listen

@@ -1,24 +1,131 @@
-"""Delivery: fetch the object from the route's origin and send it to the client
-(SPEC sections 1 and 6). The body goes out in one write when the origin has it in
-memory, else chunk by chunk with bounded memory; after the headers are out, a failure
-aborts the connection (STYLE "streaming rule")."""
+"""Delivery: the cache, else the origin (SPEC sections 5 and 6). The pipeline calls
+`deliver` once every check has passed; it reads top to bottom:
+
+    too big to cache (remembered)  -> pass through                          BYPASS
+    fresh entry                    -> answer from the cache                 HIT
+    stale, within stale_while_revalidate -> answer, refresh behind          STALE
+    otherwise, through the object's one coalesced fill (cache/fill.py):
+      new body being stored       -> answer from the fill as it grows      MISS
+      origin 304                  -> answer from the refreshed entry       REVALIDATED
+      another process stored it   -> answer from the cache                 HIT
+      origin 404                  -> 404, cached for negative_ttl          MISS
+      origin fails                -> stale entry within stale_if_error     STALE
+                                     else 502 / 504
+      over max_object_size, or the cache cannot write -> pass through      BYPASS
+
+Pass-through forwards the client's Range and conditionals, and streams with bounded
+memory. After the headers are out, a failure aborts the connection (STYLE "streaming
+rule"). The cache is installed per process by app.startup (`use_cache`): the
+pipeline's call, `deliver(exchange, target, object_path)`, has no room to pass it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Literal
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .config import Route
-from .errors import OriginError, OriginTimeout
-from .exchange import SERVER, Exchange, Target
+from .cache import Cache, CacheEntry, Freshness, Outcome
+from .cache.entry import cache_key
+from .cache.serve import base_headers, from_entry, from_fill
+from .errors import NotFound, OriginError, OriginTimeout
+from .exchange import Exchange, Target
 from .origin import OriginRequest, OriginResponse
+
+_cache: Cache | None = None
+
+
+def use_cache(cache: Cache | None) -> None:
+    """Install this process's cache (None: every request goes to the origin)."""
+    global _cache  # noqa: PLW0603 (one cache per process, set once at start-up)
+    _cache = cache
 
 
 async def deliver(exchange: Exchange, target: Target, object_path: str) -> web.StreamResponse:
-    """Fetch from the origin and send it on: the body in one write when the origin
-    has it in memory, else streamed chunk by chunk with bounded memory."""
+    """The response for a request that passed every check; see the module docstring."""
+    return await deliver_from(_cache, exchange, target, object_path)
+
+
+async def deliver_from(
+    cache: Cache | None, exchange: Exchange, target: Target, object_path: str
+) -> web.StreamResponse:
+    """`deliver` with the cache given (tests run two caches in one process)."""
+    if cache is None:
+        return await pass_through(exchange, target, object_path)
+    key = cache_key(target.route.prefix, object_path)
+    if not cache.bypassed(key):
+        for _ in range(2):  # again if the entry's file vanished (evicted, replaced)
+            response = await _from_cache(cache, exchange, target, key, object_path)
+            if response is not None:
+                return response
+            cache.forget(key)
+    exchange.cache = "BYPASS"
+    return await pass_through(exchange, target, object_path)
+
+
+async def _from_cache(
+    cache: Cache, exchange: Exchange, target: Target, key: str, object_path: str
+) -> web.StreamResponse | None:
+    entry = cache.lookup(key)
+    if entry is not None:
+        now = time.time()
+        freshness = cache.freshness(entry, now)
+        if freshness is Freshness.FRESH:
+            cache.store.touch(entry, now)
+            exchange.cache = "HIT"
+            return await from_entry(exchange, target.route, entry, cache.store)
+        if freshness is Freshness.STALE_SERVE:
+            cache.fill(key, target.origin, object_path, entry)  # one refresh, behind
+            exchange.cache = "STALE"
+            return await from_entry(exchange, target.route, entry, cache.store)
+    return await _through_fill(cache, exchange, target, key, object_path, stale=entry)
+
+
+async def _through_fill(
+    cache: Cache,
+    exchange: Exchange,
+    target: Target,
+    key: str,
+    object_path: str,
+    *,
+    stale: CacheEntry | None,
+) -> web.StreamResponse | None:
+    fill = cache.fill(key, target.origin, object_path, stale)
+    fill.join()
+    try:
+        try:
+            outcome = await asyncio.shield(fill.started)
+        except (OriginError, OriginTimeout):
+            if stale is None or not cache.usable_on_error(stale, time.time()):
+                raise
+            exchange.cache = "STALE"  # SPEC 5 stale_if_error
+            return await from_entry(exchange, target.route, stale, cache.store)
+        if outcome is Outcome.STORED:
+            exchange.cache = "MISS"
+            return await from_fill(exchange, target.route, fill, target.origin)
+        if outcome is Outcome.ABSENT:
+            exchange.cache = "MISS"
+            raise NotFound()
+        if outcome in (Outcome.TOO_BIG, Outcome.UNCACHED):
+            exchange.cache = "BYPASS"
+            return await pass_through(exchange, target, object_path)
+        exchange.cache = "REVALIDATED" if outcome is Outcome.REFRESHED else "HIT"
+        assert fill.entry is not None
+        return await from_entry(exchange, target.route, fill.entry, cache.store)
+    finally:
+        fill.leave()
+
+
+# --- pass-through: straight from the origin, uncached ----------------------------------
+
+
+async def pass_through(exchange: Exchange, target: Target, object_path: str) -> web.StreamResponse:
+    """Fetch from the origin with the client's Range and conditionals and send it on:
+    the body in one write when the origin has it in memory, else streamed chunk by
+    chunk with bounded memory."""
     request = exchange.request
     headers = request.headers
     method: Literal["GET", "HEAD"] = "HEAD" if request.method == "HEAD" else "GET"
@@ -32,26 +139,14 @@ async def deliver(exchange: Exchange, target: Target, object_path: str) -> web.S
         )
     )
     try:
-        out = _response_headers(fetched, target.route, exchange)
+        out = base_headers(target.route, exchange)
+        out.extend(fetched.headers)
         if fetched.stream is None:
             exchange.sent = len(fetched.data) if fetched.data else 0
             return web.Response(status=fetched.status, headers=out, body=fetched.data)
         return await _stream(exchange, fetched, out)
     finally:
         await fetched.close()
-
-
-def _response_headers(
-    fetched: OriginResponse, route: Route, exchange: Exchange
-) -> CIMultiDict[str]:
-    out = CIMultiDict(fetched.headers)
-    out["Server"] = SERVER
-    out["Accept-Ranges"] = "bytes"
-    out["Cache-Control"] = route.cache_control
-    out["X-Cache"] = exchange.cache
-    out["X-Request-Id"] = exchange.request_id
-    out.update(exchange.headers)
-    return out
 
 
 async def _stream(

@@ -9,9 +9,11 @@ warnings and errors go to stderr.
 
 Exit status: 0 done; 1 the command could not be done (no such record, a duplicate id,
 store error); 2 bad usage or a bad config, naming the option or the field path.
+The customer and key commands share their logic with the admin API (`proxy.manage`).
 
 A full key is printed once, by `keys create` or `keys roll`: it is never stored, and no
 other command can show it. A link secret is printed only by the command that sets it.
+An admin API token is printed once, by `customers token`: only its hash is stored.
 
 This module holds the command table, the parser built from it and `main()`; the
 commands live in `customers`, `keys` and `local`, their values and options in
@@ -29,12 +31,13 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError, StoreError
+from ..manage import ManageError
 from ..store import Store, store_from_url
 from . import customers, keys, local, usage
 from .customers import CUSTOMER_ID, CUSTOMER_SETTINGS, CUSTOMER_UPDATE_ONLY
 from .keys import GRACE, KEY_ID, KEY_SETTINGS, KEY_UPDATE_ONLY, customer_option
 from .local import SERVE_OPTIONS, SIGN_OPTIONS, load_config
-from .output import Failure, Output, emit
+from .output import Failure, Output, emit, failure_of
 from .usage import USAGE_OPTIONS
 from .values import Option
 
@@ -75,7 +78,11 @@ class Command:
     options: Sequence[Option] = ()
 
 
-GROUPS = {"config": "the config file", "customers": "customers and plan caps", "keys": "API keys"}
+GROUPS = {
+    "config": "the config file",
+    "customers": "customers, plan caps and admin API tokens",
+    "keys": "API keys",
+}
 COMMANDS: dict[tuple[str, str | None], Command] = {
     ("serve", None): Command("run the proxy", local.serve, SERVE_OPTIONS),
     ("config", "check"): Command("validate the config file without starting", local.config_check),
@@ -95,6 +102,17 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
         "disable a customer (its keys stop working)",
         stored(customers.customers_disable),
         [CUSTOMER_ID],
+    ),
+    ("customers", "token"): Command(
+        "mint an admin API token for the customer (printed once)",
+        stored(customers.customers_token),
+        customers.TOKEN_OPTIONS,
+    ),
+    ("customers", "tokens"): Command(
+        "list the customer's admin API tokens", stored(customers.customers_tokens), [CUSTOMER_ID]
+    ),
+    ("customers", "revoke-token"): Command(
+        "revoke an admin API token", stored(customers.customers_revoke_token), customers.TOKEN_ID
     ),
     ("keys", "create"): Command(
         "mint a key (printed once)",
@@ -116,7 +134,7 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ),
     ("usage", None): Command(
         "usage per key or customer, by hour, day or month",
-        stored(usage.usage_report),
+        stored(usage.usage_report_command),
         USAGE_OPTIONS,
     ),
     ("sign", None): Command(
@@ -178,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return COMMANDS[(args.group, args.command)].run(args)
+    except ManageError as exc:
+        failure = failure_of(exc)
+        print(failure, file=sys.stderr)
+        return failure.exit_code
     except Failure as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code

@@ -1,45 +1,42 @@
-"""`keyfront customers ...`: customers and their plan caps (SPEC sections 2, 8)."""
+"""`keyfront customers ...`: customers, their plan caps and their admin API tokens
+(SPEC sections 2, 8, 9). A token is printed once, by `customers token`: only its hash
+is stored."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import time
-from typing import Any
+import sys
 
 from ..config import Config
-from ..errors import Conflict
+from ..manage.actions import (
+    change_customer,
+    create_customer,
+    find_customer,
+    list_tokens,
+    mint_token,
+    record_json,
+    revoke_token,
+    token_json,
+)
+from ..manage.values import parse_customer_id
 from ..records import CUSTOMER_STATUSES, Customer
 from ..store import Store
-from .output import Failure, Output, record_json, record_output, table
-from .values import QUOTA_OPTIONS, Option, bucket_options, given_settings, parse_customer_id
+from .output import Output, fields_text, record_output, table
+from .values import QUOTA_OPTIONS, Option, bucket_options, given_settings
 
 CUSTOMER_ID: Option = ("customer_id", {"type": parse_customer_id, "metavar": "ID"})
 CUSTOMER_SETTINGS: list[Option] = [("--name", {}), *bucket_options("max-"), *QUOTA_OPTIONS]
 CUSTOMER_UPDATE_ONLY: list[Option] = [("--status", {"choices": CUSTOMER_STATUSES})]
+TOKEN_OPTIONS: list[Option] = [CUSTOMER_ID, ("--name", {"default": ""})]
+TOKEN_ID: list[Option] = [CUSTOMER_ID, ("token_id", {"metavar": "TOKEN_ID"})]
 CUSTOMER_COLUMNS = (
     "customer_id name status max_rate max_burst quota_requests quota_bytes created_at"
 )
 
 
-async def find_customer(store: Store, customer_id: str, for_new_key: bool = False) -> Customer:
-    """The customer, or Failure; with `for_new_key`, only an active one."""
-    customer = await store.get_customer(customer_id)
-    if customer is None:
-        raise Failure(f"no such customer: {customer_id}")
-    if for_new_key and customer.status != "active":
-        raise Failure(f"customer {customer_id} is {customer.status}: it cannot get new keys")
-    return customer
-
-
 async def customers_create(args: argparse.Namespace, config: Config, store: Store) -> Output:
     settings = given_settings(args, Customer)
-    customer = Customer(args.customer_id, created_at=int(time.time()), **settings)
-    try:
-        await store.create_customer(customer)
-    except Conflict:
-        raise Failure(f"customer {args.customer_id} already exists") from None
-    return record_output(customer)
+    return record_output(await create_customer(store, args.customer_id, settings))
 
 
 async def customers_list(args: argparse.Namespace, config: Config, store: Store) -> Output:
@@ -52,14 +49,29 @@ async def customers_show(args: argparse.Namespace, config: Config, store: Store)
 
 
 async def customers_update(args: argparse.Namespace, config: Config, store: Store) -> Output:
-    return await _change_customer(store, args.customer_id, given_settings(args, Customer))
+    changes = given_settings(args, Customer)
+    return record_output(await change_customer(store, args.customer_id, changes))
 
 
 async def customers_disable(args: argparse.Namespace, config: Config, store: Store) -> Output:
-    return await _change_customer(store, args.customer_id, {"status": "disabled"})
+    return record_output(await change_customer(store, args.customer_id, {"status": "disabled"}))
 
 
-async def _change_customer(store: Store, customer_id: str, changes: dict[str, Any]) -> Output:
-    changed = dataclasses.replace(await find_customer(store, customer_id), **changes)
-    await store.put_customer(changed)
-    return record_output(changed)
+# --- admin API tokens ---
+
+
+async def customers_token(args: argparse.Namespace, config: Config, store: Store) -> Output:
+    token, record = await mint_token(store, args.customer_id, args.name)
+    data = {"token": token, **token_json(record)}
+    print("The token is shown only this once: store it now.", file=sys.stderr)
+    return Output(data, fields_text(data))
+
+
+async def customers_tokens(args: argparse.Namespace, config: Config, store: Store) -> Output:
+    rows = [token_json(t) for t in await list_tokens(store, args.customer_id)]
+    return Output(rows, table(rows, "token_id name created_at"))
+
+
+async def customers_revoke_token(args: argparse.Namespace, config: Config, store: Store) -> Output:
+    token = await revoke_token(store, args.customer_id, args.token_id)
+    return Output(token_json(token), f"revoked token {token.token_id}")

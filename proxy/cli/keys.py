@@ -8,37 +8,24 @@ never stored, and no other command can show it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import secrets
 import sys
-import time
-from collections.abc import Sequence
 from typing import Any
 
 from ..config import Config
-from ..keys import KeySigner, new_key_id
-from ..records import Customer, KeyRecord
-from ..referrers import is_path_pattern
-from ..store import Store
-from ..units import Rate, parse_duration
-from .customers import find_customer
-from .output import (
-    Failure,
-    Output,
-    bad_option,
-    fields_text,
+from ..keys import KeySigner
+from ..manage.actions import (
+    change_key,
+    check_plan_caps,
+    create_key,
+    find_customer,
+    find_key,
+    minted_json,
     record_json,
-    record_output,
-    table,
-    value_text,
-    warn,
+    revoke_key,
+    roll_key,
 )
-from .values import (
-    FLAG,
-    QUOTA_OPTIONS,
-    Option,
-    bucket_options,
-    given_settings,
+from ..manage.values import (
+    DEFAULT_GRACE,
     parse_cidr,
     parse_customer_id,
     parse_expiry,
@@ -47,8 +34,12 @@ from .values import (
     parse_path_prefix,
     parse_referrer,
 )
+from ..records import Customer, KeyRecord
+from ..store import Store
+from ..units import parse_duration
+from .output import Output, fields_text, record_output, table, warn
+from .values import FLAG, QUOTA_OPTIONS, Option, bucket_options, given_settings
 
-DEFAULT_GRACE = "24h"  # `keys roll`: how long the replaced key keeps working
 KEY_ID: Option = ("key_id", {"type": parse_key_id, "metavar": "KEY_ID", "help": "a key id or key"})
 GRACE_HELP = "how long the old key keeps working (default 24h; 0: not at all)"
 GRACE: Option = ("--grace", {"default": DEFAULT_GRACE, "type": parse_duration, "help": GRACE_HELP})
@@ -82,31 +73,12 @@ KEY_CLEARS: dict[str, dict[str, Any]] = {  # flag dest -> the fields it clears
     "no_expiry": {"expires_at": None},
     "clear_ip_rate": {"ip_rate": None, "ip_burst": None},
 }
-# (key field, its option, the customer's plan cap): a key's own setting may not exceed it.
-PLAN_CAPS = (
-    ("rate", "--rate", "max_rate"),
-    ("burst", "--burst", "max_burst"),
-    ("ip_rate", "--ip-rate", "max_rate"),
-    ("ip_burst", "--ip-burst", "max_burst"),
-    ("quota_requests", "--quota-requests", "quota_requests"),
-    ("quota_bytes", "--quota-bytes", "quota_bytes"),
-)
 KEY_COLUMNS = "key_id customer_id name status rate burst expires_at created_at"
 
 
 def customer_option(required: bool) -> Option:
     return ("--customer", {"dest": "customer_id", "type": parse_customer_id,
                            "required": required, "metavar": "ID"})  # fmt: skip
-
-
-async def find_key(store: Store, key_id: str, to_change: bool = False) -> KeyRecord:
-    """The key's record, or Failure; with `to_change`, only one not revoked."""
-    record = await store.get_key(key_id)
-    if record is None:
-        raise Failure(f"no such key: {key_id}")
-    if to_change and record.status == "revoked":
-        raise Failure(f"key {key_id} is revoked, which is final")
-    return record
 
 
 def key_changes(args: argparse.Namespace, customer: Customer) -> dict[str, Any]:
@@ -117,36 +89,14 @@ def key_changes(args: argparse.Namespace, customer: Customer) -> dict[str, Any]:
         if getattr(args, flag, False):
             changes.update(cleared)
     changes.update(given_settings(args, KeyRecord))
-    for field, option, cap_name in PLAN_CAPS:
-        value, cap = changes.get(field), getattr(customer, cap_name)
-        if value is not None and cap is not None and _amount(value) > _amount(cap):
-            problem = f"{value_text(field, value)} exceeds customer {customer.customer_id}'s"
-            raise bad_option(option, f"{problem} plan cap {cap_name} {value_text(cap_name, cap)}")
-    _warn_about_path_patterns(changes.get("referrers") or ())
+    for warning in check_plan_caps(changes, customer):
+        warn(warning)
     return changes
-
-
-def _amount(value: Rate | int) -> float:
-    return value.per_second if isinstance(value, Rate) else value
-
-
-def _warn_about_path_patterns(patterns: Sequence[str]) -> None:
-    for pattern in filter(is_path_pattern, patterns):
-        warn(f"referrer pattern {pattern!r} names a path, but browsers send only the page's "
-             "origin on cross-origin requests (referrer policy strict-origin-when-cross-origin), "
-             "so it matches only pages that send a fuller referrer")  # fmt: skip
-
-
-def _with_link_secret(record: KeyRecord) -> KeyRecord:
-    if record.require_signed_links and not record.link_secret:
-        return dataclasses.replace(record, link_secret=secrets.token_urlsafe(32))
-    return record
 
 
 def _minted(config: Config, record: KeyRecord, **extra: Any) -> Output:
     """The one time a full key is shown (create, roll)."""
-    key = KeySigner(config.keys.prefix, config.keys.secrets).mint(record.key_id, record.version)
-    data = {"key": key, **record_json(record, reveal_secret=True), **extra}
+    data = minted_json(KeySigner(config.keys.prefix, config.keys.secrets), record, **extra)
     shown = ("key", "key_id", "customer_id", "link_secret", *extra)
     print("The key is shown only this once: store it now.", file=sys.stderr)
     return Output(data, fields_text({k: data[k] for k in shown if data[k] is not None}))
@@ -155,11 +105,7 @@ def _minted(config: Config, record: KeyRecord, **extra: Any) -> Output:
 async def keys_create(args: argparse.Namespace, config: Config, store: Store) -> Output:
     customer = await find_customer(store, args.customer_id, for_new_key=True)
     changes = key_changes(args, customer)
-    record = KeyRecord(new_key_id(), customer.customer_id, created_at=int(time.time()),
-                       version=config.keys.signing_version, **changes)  # fmt: skip
-    record = _with_link_secret(record)
-    await store.create_key(record)
-    return _minted(config, record)
+    return _minted(config, await create_key(store, customer, changes, config.keys.signing_version))
 
 
 async def keys_list(args: argparse.Namespace, config: Config, store: Store) -> Output:
@@ -175,30 +121,18 @@ async def keys_show(args: argparse.Namespace, config: Config, store: Store) -> O
 
 async def keys_update(args: argparse.Namespace, config: Config, store: Store) -> Output:
     record = await find_key(store, args.key_id, to_change=True)
-    changes = key_changes(args, await find_customer(store, record.customer_id))
-    changed = _with_link_secret(dataclasses.replace(record, **changes))
-    await store.put_key(changed)
+    customer = await find_customer(store, record.customer_id)
+    changed = await change_key(store, record, key_changes(args, customer), customer)
     return record_output(changed, reveal_secret=changed.link_secret != record.link_secret)
 
 
 async def keys_revoke(args: argparse.Namespace, config: Config, store: Store) -> Output:
-    record = await find_key(store, args.key_id)
-    record = dataclasses.replace(record, status="revoked")
-    await store.put_key(record)
+    record = await revoke_key(store, await find_key(store, args.key_id))
     return Output(record_json(record), f"revoked {record.key_id}")
 
 
 async def keys_roll(args: argparse.Namespace, config: Config, store: Store) -> Output:
-    """A new key with the old one's settings (status and expiry included); the old one
-    expires after the grace period, unless it already expires sooner."""
+    """A new key with the old one's settings; the old one expires after --grace."""
     old = await find_key(store, args.key_id, to_change=True)
-    await find_customer(store, old.customer_id, for_new_key=True)
-    now = int(time.time())
-    new = dataclasses.replace(old, key_id=new_key_id(), created_at=now,
-                              version=config.keys.signing_version)  # fmt: skip
-    await store.create_key(new)
-    retire_at = now + int(args.grace)
-    if old.expires_at is None or old.expires_at > retire_at:
-        old = dataclasses.replace(old, expires_at=retire_at)
-        await store.put_key(old)
+    new, old = await roll_key(store, old, args.grace, config.keys.signing_version)
     return _minted(config, new, replaces=old.key_id, replaced_expires_at=old.expires_at)

@@ -9,9 +9,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..config import Config, describe, load
 from ..errors import Refusal
+from ..manage.values import parse_link_secret, parse_positive
 from ..units import parse_duration
 from .output import Output, bad_option, emit
-from .values import Option, parse_key, parse_link_secret, parse_positive
+from .values import Option, parse_key
 
 DEFAULT_TTL = "1h"  # `sign`: how long a signed link is valid
 SERVE_OPTIONS: list[Option] = [("--workers", {"type": parse_positive})]

@@ -6,7 +6,6 @@ One representation per field: JSON gives timestamps as unix seconds and rates as
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -14,8 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..manage import Invalid, ManageError
+from ..manage.actions import record_json
 from ..records import Customer, KeyRecord
-from ..units import Rate, format_size
+from ..units import format_size
 
 
 class Failure(Exception):
@@ -32,6 +33,14 @@ def bad_option(option: str, problem: str) -> Failure:
     return Failure(f"keyfront: error: argument {option}: {problem}", 2)
 
 
+def failure_of(error: ManageError) -> Failure:
+    """A refused action as the command line says it; a bad value names its option
+    (option dests are field names: `rate` is --rate)."""
+    if isinstance(error, Invalid):
+        return bad_option(f"--{error.field.replace('_', '-')}", error.problem)
+    return Failure(error.message, error.exit_code)
+
+
 @dataclass(frozen=True, slots=True)
 class Output:
     """A command's result: `data` is what --json prints, `text` what people read."""
@@ -46,20 +55,6 @@ def emit(output: Output, as_json: bool) -> None:
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
-
-
-def record_json(record: Customer | KeyRecord, reveal_secret: bool = False) -> dict[str, Any]:
-    """A record as JSON values: Rate as "10/s", lists, unix-second timestamps. The link
-    secret only when `reveal_secret` (the command set it); else `has_link_secret`."""
-    data: dict[str, Any] = {}
-    for f in dataclasses.fields(record):
-        value = getattr(record, f.name)
-        data[f.name] = str(value) if isinstance(value, Rate) else value
-        if isinstance(value, tuple):
-            data[f.name] = list(value)
-    if "link_secret" in data and not reveal_secret:
-        data["has_link_secret"] = data.pop("link_secret") is not None
-    return data
 
 
 def record_output(record: Customer | KeyRecord, reveal_secret: bool = False) -> Output:

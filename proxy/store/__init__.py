@@ -1,4 +1,4 @@
-"""The store: customers and key records (and, later, buckets and usage), chosen by URL.
+"""The store: customers, key records, customer tokens and usage, chosen by URL.
 
     store_from_url("sqlite:///var/lib/keyfront/keyfront.db")   embedded, one host
     store_from_url("redis://127.0.0.1:6379/0")                  shared by many instances
@@ -11,6 +11,8 @@ whose id exists); callers never see sqlite3 or redis exceptions.
 from __future__ import annotations
 
 import abc
+import dataclasses
+import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +30,25 @@ class Change:
 
     kind: ChangeKind
     id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerToken:
+    """A customer's admin API token (SPEC section 9), as stored: the store keeps it
+    under the SHA-256 of the token string, never the token itself."""
+
+    token_id: str
+    customer_id: str
+    name: str = ""
+    created_at: int = 0  # unix seconds
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CustomerToken:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
 
 class Store(abc.ABC):
@@ -86,6 +107,22 @@ class Store(abc.ABC):
         if record is None:
             return None
         return record, await self.get_customer(record.customer_id)
+
+    # customer tokens (SPEC section 9), by the hex SHA-256 of the token string
+    @abc.abstractmethod
+    async def create_token(self, token_hash: str, token: CustomerToken) -> None:
+        """Insert; raise Conflict if the hash exists."""
+
+    @abc.abstractmethod
+    async def get_token(self, token_hash: str) -> CustomerToken | None: ...
+
+    @abc.abstractmethod
+    async def list_tokens(self, customer_id: str) -> list[CustomerToken]:
+        """The customer's tokens, ordered by created_at then token_id."""
+
+    @abc.abstractmethod
+    async def delete_token(self, customer_id: str, token_id: str) -> CustomerToken | None:
+        """Delete the customer's token `token_id`; the deleted token, or None."""
 
     # usage counters (SPEC section 4; see usage.py)
     @abc.abstractmethod

@@ -5,6 +5,8 @@
     kf:customers            set of every customer id
     kf:keys                 set of every key id (list_keys() without a customer)
     kf:ck:{<customer_id>}   set of that customer's key ids
+    kf:t:{<token_hash>}     customer token JSON, by the SHA-256 of the token (SPEC section 9)
+    kf:ct:{<customer_id>}   set of that customer's token hashes
 
 The hash tags keep each command on one slot, so the same code runs on Redis Cluster.
 A record and its index sets live in different slots, so a write is several commands,
@@ -34,7 +36,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from ..errors import Conflict, StoreError
 from ..records import Customer, KeyRecord
-from . import Change, ChangeKind, Store
+from . import Change, ChangeKind, CustomerToken, Store
 from .redis_usage import RedisUsage
 
 log = logging.getLogger(__name__)
@@ -158,6 +160,33 @@ class RedisStore(RedisUsage, Store):
         if customer_id is not None:  # a key moved to another customer stays in the old set
             records = [r for r in records if r.customer_id == customer_id]
         return sorted(records, key=lambda r: (r.created_at, r.key_id))
+
+    # customer tokens: the token first, then the index (as for keys); nothing caches them
+
+    async def create_token(self, token_hash: str, token: CustomerToken) -> None:
+        key = _slot_key("t", token_hash)
+        await self._set(key, token.to_json(), True, f"token {token.token_id!r}")
+        await self._call(self._client.sadd(_slot_key("ct", token.customer_id), token_hash))
+
+    async def get_token(self, token_hash: str) -> CustomerToken | None:
+        body = await self._call(self._client.get(_slot_key("t", token_hash)))
+        return CustomerToken.from_json(body) if body is not None else None
+
+    async def list_tokens(self, customer_id: str) -> list[CustomerToken]:
+        hashes = await self._members(_slot_key("ct", customer_id))
+        bodies = await self._mget([_slot_key("t", h) for h in hashes])
+        tokens = [CustomerToken.from_json(body) for body in bodies]
+        return sorted(tokens, key=lambda t: (t.created_at, t.token_id))
+
+    async def delete_token(self, customer_id: str, token_id: str) -> CustomerToken | None:
+        index = _slot_key("ct", customer_id)
+        for token_hash in await self._members(index):
+            token = await self.get_token(token_hash)
+            if token is not None and token.token_id == token_id:
+                await self._call(self._client.delete(_slot_key("t", token_hash)))
+                await self._call(self._client.srem(index, token_hash))
+                return token
+        return None
 
     # change notification
 

@@ -25,7 +25,7 @@ from typing import Any, TypeVar, cast
 
 from ..errors import Conflict, StoreError
 from ..records import Customer, KeyRecord
-from . import Change, ChangeKind, Store
+from . import Change, ChangeKind, CustomerToken, Store
 from .sqlite_usage import USAGE_SCHEMA, SqliteUsage
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS changes (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS changes_by_age ON changes (at);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY, customer_id TEXT NOT NULL, token_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL, body TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS tokens_by_customer ON tokens (customer_id, token_id);
 CREATE TABLE IF NOT EXISTS quota (
     key_id TEXT NOT NULL, month TEXT NOT NULL, requests INTEGER NOT NULL DEFAULT 0,
     bytes INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (key_id, month)
@@ -70,6 +75,13 @@ _KEY_AND_CUSTOMER = (
     "SELECT k.body, c.body FROM keys k LEFT JOIN customers c ON c.customer_id = k.customer_id"
     " WHERE k.key_id = ?"
 )
+_INSERT_TOKEN = (
+    "INSERT INTO tokens (token_hash, customer_id, token_id, created_at, body)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+_TOKENS_OF = "SELECT body FROM tokens WHERE customer_id = ? ORDER BY created_at, token_id"
+_TOKEN_OF = "SELECT body FROM tokens WHERE customer_id = ? AND token_id = ?"
+_DELETE_TOKEN = "DELETE FROM tokens WHERE customer_id = ? AND token_id = ?"
 _KEYS_OF = "SELECT body FROM keys WHERE customer_id = ? ORDER BY created_at, key_id"
 _ALL_KEYS = "SELECT body FROM keys ORDER BY created_at, key_id"
 _MAX_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM changes"
@@ -147,6 +159,36 @@ class SqliteStore(SqliteUsage, Store):
         key_body, customer_body = rows[0]
         customer = Customer.from_json(customer_body) if customer_body is not None else None
         return KeyRecord.from_json(key_body), customer
+
+    # customer tokens: no change row, since nothing caches them
+
+    async def create_token(self, token_hash: str, token: CustomerToken) -> None:
+        row = (token_hash, token.customer_id, token.token_id, token.created_at, token.to_json())
+
+        def job() -> None:
+            try:
+                self._connection().execute(_INSERT_TOKEN, row)
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"token {token.token_id!r} already exists") from exc
+
+        await self._run(job)
+
+    async def get_token(self, token_hash: str) -> CustomerToken | None:
+        rows = await self._fetch("SELECT body FROM tokens WHERE token_hash = ?", (token_hash,))
+        return CustomerToken.from_json(rows[0][0]) if rows else None
+
+    async def list_tokens(self, customer_id: str) -> list[CustomerToken]:
+        rows = await self._fetch(_TOKENS_OF, (customer_id,))
+        return [CustomerToken.from_json(body) for (body,) in rows]
+
+    async def delete_token(self, customer_id: str, token_id: str) -> CustomerToken | None:
+        def job() -> CustomerToken | None:
+            with self._transaction() as conn:
+                rows = conn.execute(_TOKEN_OF, (customer_id, token_id)).fetchall()
+                conn.execute(_DELETE_TOKEN, (customer_id, token_id))
+            return CustomerToken.from_json(rows[0][0]) if rows else None
+
+        return await self._run(job)
 
     # change notification
 

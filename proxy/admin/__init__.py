@@ -1,0 +1,143 @@
+"""The admin API (SPEC section 9): `/admin/v1/...` on the admin listener.
+
+    http.py      the caller, the Endpoint type, JSON in and out, AdminError
+    auth.py      bearer tokens: the operator's admin.token, customer tokens
+    handlers.py  customers and their tokens, keys, usage, purge
+    openapi.py   the OpenAPI 3.1 document, built from ENDPOINTS
+
+`ENDPOINTS` below is the one route table: `admin_app` registers each entry behind its
+access check, and the OpenAPI document describes the same entries. Every response is
+JSON, errors included, shaped as the proxy's: {"error": {code, message, request_id}}
+(400s add `field`). The domain logic lives in proxy.manage, shared with the CLI.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from ..errors import StoreError
+from ..keys import KeySigner
+from ..manage import Invalid, ManageError
+from ..pipeline import RequestIds
+from . import handlers as h
+from .auth import authenticate
+from .http import (
+    ADMIN,
+    NOBODY,
+    AdminContext,
+    AdminError,
+    AdminRuntime,
+    Caller,
+    Endpoint,
+    error_response,
+    reply,
+)
+from .openapi import document
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/admin/v1"
+CUSTOMER, KEY = "/customers/{customer_id}", "/keys/{key_id}"
+
+
+async def openapi(request: web.Request, caller: Caller) -> web.Response:
+    return reply(document(ENDPOINTS, PREFIX))
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("GET", "/openapi.json", openapi, "public", "this document", "OpenAPI"),
+    Endpoint("GET", "/customers", h.list_customers, "operator", "list customers", "[Customer]"),
+    Endpoint("POST", "/customers", h.create_customer, "operator", "add a customer", "Customer",
+             201, "CustomerCreate"),
+    Endpoint("GET", CUSTOMER, h.get_customer, "operator", "show a customer", "Customer"),
+    Endpoint("PATCH", CUSTOMER, h.patch_customer, "operator", "change a customer's name, "
+             "status or plan caps (null clears a cap)", "Customer", body="CustomerPatch"),
+    Endpoint("POST", f"{CUSTOMER}/disable", h.disable_customer, "operator",
+             "disable a customer: its keys stop working", "Customer"),
+    Endpoint("GET", f"{CUSTOMER}/tokens", h.list_tokens, "operator",
+             "list the customer's admin API tokens (never the token)", "[Token]"),
+    Endpoint("POST", f"{CUSTOMER}/tokens", h.create_token, "operator",
+             "mint a customer token (shown in this response only)", "MintedToken", 201,
+             "TokenCreate"),
+    Endpoint("DELETE", f"{CUSTOMER}/tokens/{{token_id}}", h.delete_token, "operator",
+             "revoke a customer token", "Token"),
+    Endpoint("GET", "/keys", h.list_keys, "customer", "list keys", "[Key]",
+             query=h.KEYS_QUERY),
+    Endpoint("POST", "/keys", h.create_key, "customer",
+             "mint a key (the full key is in this response only)", "MintedKey", 201, "KeyCreate"),
+    Endpoint("GET", KEY, h.get_key, "customer", "show a key's record", "Key"),
+    Endpoint("PATCH", KEY, h.patch_key, "customer", "change a key (a list given replaces the "
+             "old one; null unsets)", "Key", body="KeyPatch"),
+    Endpoint("POST", f"{KEY}/revoke", h.revoke_key, "customer", "revoke a key (final)", "Key"),
+    Endpoint("POST", f"{KEY}/roll", h.roll_key, "customer", "replace a key by a new one with "
+             "the same settings; the old one expires after the grace period", "MintedKey", 201,
+             "Roll"),
+    Endpoint("GET", "/usage", h.usage, "customer", "usage by hour, day or month "
+             "(the filters of `keyfront usage`)", "[UsageRow]", query=h.USAGE_QUERY),
+    Endpoint("POST", "/purge", h.purge, "operator", "purge cached objects by path or prefix",
+             "Purged", body="Purge"),
+)  # fmt: skip
+
+
+def admin_app(runtime: AdminRuntime) -> web.Application:
+    """The admin API, to mount at PREFIX on the admin listener."""
+    app = web.Application(middlewares=[_errors_as_json(RequestIds())])
+    app[ADMIN] = AdminContext(runtime, KeySigner(runtime.config.keys.prefix,
+                                                 runtime.config.keys.secrets))  # fmt: skip
+    resources: dict[str, web.Resource] = {}
+    for endpoint in ENDPOINTS:
+        resource = resources.get(endpoint.path) or app.router.add_resource(endpoint.path)
+        resources[endpoint.path] = resource
+        resource.add_route(endpoint.method, functools.partial(_checked, endpoint))
+    for path, resource in resources.items():  # other methods: 405 naming the allowed ones
+        allowed = ", ".join(e.method for e in ENDPOINTS if e.path == path)
+        resource.add_route("*", functools.partial(_not_allowed, allowed))
+    app.router.add_route("*", "/{tail:.*}", _no_route)
+    return app
+
+
+async def _checked(endpoint: Endpoint, request: web.Request) -> web.Response:
+    """The endpoint's access check, then its handler."""
+    public = endpoint.access == "public"
+    caller = NOBODY if public else await authenticate(request, endpoint.access)
+    return await endpoint.handler(request, caller)
+
+
+async def _not_allowed(allowed: str, request: web.Request) -> web.Response:
+    raise AdminError(405, "method_not_allowed", f"allowed: {allowed}", {"Allow": allowed})
+
+
+async def _no_route(request: web.Request) -> web.Response:
+    raise AdminError(404, "not_found", f"no admin route {request.path} (see {PREFIX}/openapi.json)")
+
+
+def _errors_as_json(request_ids: RequestIds) -> Middleware:
+    """The one place errors become responses, each with the request's X-Request-Id."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request_id = request_ids(request.headers.get("X-Request-Id"))
+        try:
+            response = await handler(request)
+        except AdminError as exc:
+            response = error_response(exc, request_id)
+        except ManageError as exc:
+            field = exc.field if isinstance(exc, Invalid) else None
+            response = error_response(AdminError(exc.status, exc.code, exc.message, None, field),
+                                      request_id)  # fmt: skip
+        except StoreError as exc:
+            log.warning("admin API: %s", exc)
+            response = error_response(
+                AdminError(503, "unavailable", "the store failed"), request_id
+            )
+        except web.HTTPException as exc:  # e.g. 413 from reading a body over client_max_size
+            error = AdminError(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or "")
+            response = error_response(error, request_id)
+        response.headers["X-Request-Id"] = request_id
+        return response
+
+    return middleware

@@ -1,0 +1,46 @@
+"""Who may call the admin API (SPEC section 9).
+
+`Authorization: Bearer <token>`, where the token is either the operator's `admin.token`
+(compared in constant time) or a customer token minted by the operator, looked up by
+its SHA-256. With no `admin.token` configured the admin API is closed: every call,
+customer tokens included, is 401. A customer token may call only the routes marked
+"customer", about its own customer, and only while that customer is active.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from ..manage.actions import token_holder
+from .http import OPERATOR, Access, AdminError, Caller, context
+
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="keyfront admin"'}  # RFC 6750 section 3
+
+
+async def authenticate(request: web.Request, access: Access) -> Caller:
+    """The caller, or AdminError 401 (no or unknown token) / 403 (not allowed)."""
+    admin = context(request)
+    expected, given = admin.config.admin.token, _bearer(request)
+    if expected is None or given is None:
+        raise AdminError(401, "unauthorized", "a valid admin or customer token is required",
+                         CHALLENGE)  # fmt: skip
+    if hmac.compare_digest(given.encode(), expected.encode()):
+        return OPERATOR
+    token = await token_holder(admin.store, given)
+    if token is None:
+        raise AdminError(401, "unauthorized", "the token is not valid", CHALLENGE)
+    if access != "customer":
+        raise AdminError(403, "forbidden", "only the operator's admin token may do this")
+    customer = await admin.store.get_customer(token.customer_id)
+    if customer is None or customer.status != "active":
+        raise AdminError(403, "forbidden", f"customer {token.customer_id} is disabled")
+    return Caller(token.customer_id)
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()

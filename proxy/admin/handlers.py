@@ -1,0 +1,266 @@
+"""The admin API's handlers: customers and their tokens, keys, usage, purge (SPEC
+section 9). Each reads its input, runs the action it shares with the command line
+(proxy.manage), and answers JSON shaped as `keyfront ... --json` prints it.
+
+A customer token's calls are scoped by `Caller.scope` and `find_key(customer_id=)`:
+another customer's key, customer or usage is 404, as if it did not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..config import KeyDefaults
+from ..manage import Invalid, Missing
+from ..manage import actions as act
+from ..manage.usage import GRAINS, usage_csv, usage_report
+from ..manage.values import (
+    CUSTOMER_CHANGES,
+    CUSTOMER_SETTINGS,
+    DEFAULT_GRACE,
+    KEY_CHANGES,
+    KEY_SETTINGS,
+    ROLL_SETTINGS,
+    TOKEN_SETTINGS,
+    parse_customer_id,
+    parse_date,
+    parse_key_id,
+    parse_path_prefix,
+    read_settings,
+)
+from ..records import KeyRecord
+from ..units import parse_duration
+from .http import AdminError, Caller, Param, context, read_body, reply
+
+MAX_PURGE_PATHS = 1000
+
+# --- customers and their tokens (operator only) -------------------------------------
+
+
+async def list_customers(request: web.Request, caller: Caller) -> web.Response:
+    return reply([act.record_json(c) for c in await context(request).store.list_customers()])
+
+
+async def create_customer(request: web.Request, caller: Caller) -> web.Response:
+    body = await read_body(request)
+    customer_id = _value(body.pop("customer_id", None), "customer_id", parse_customer_id)
+    settings = read_settings(body, CUSTOMER_SETTINGS)
+    customer = await act.create_customer(context(request).store, customer_id, settings)
+    return reply(act.record_json(customer), 201)
+
+
+async def get_customer(request: web.Request, caller: Caller) -> web.Response:
+    customer = await act.find_customer(context(request).store, _customer_id(request))
+    return reply(act.record_json(customer))
+
+
+async def patch_customer(request: web.Request, caller: Caller) -> web.Response:
+    changes = read_settings(await read_body(request), CUSTOMER_CHANGES)
+    return await _change_customer(request, changes)
+
+
+async def disable_customer(request: web.Request, caller: Caller) -> web.Response:
+    return await _change_customer(request, {"status": "disabled"})
+
+
+async def _change_customer(request: web.Request, changes: dict[str, Any]) -> web.Response:
+    store = context(request).store
+    return reply(act.record_json(await act.change_customer(store, _customer_id(request), changes)))
+
+
+async def list_tokens(request: web.Request, caller: Caller) -> web.Response:
+    tokens = await act.list_tokens(context(request).store, _customer_id(request))
+    return reply([act.token_json(t) for t in tokens])
+
+
+async def create_token(request: web.Request, caller: Caller) -> web.Response:
+    """The token is in this response only: the store keeps its hash."""
+    name = read_settings(await read_body(request, optional=True), TOKEN_SETTINGS).get("name", "")
+    token, record = await act.mint_token(context(request).store, _customer_id(request), name)
+    return reply({"token": token, **act.token_json(record)}, 201)
+
+
+async def delete_token(request: web.Request, caller: Caller) -> web.Response:
+    store, token_id = context(request).store, request.match_info["token_id"]
+    return reply(act.token_json(await act.revoke_token(store, _customer_id(request), token_id)))
+
+
+def _customer_id(request: web.Request) -> str:
+    return request.match_info["customer_id"]
+
+
+# --- keys (the operator, or a customer token for its own keys) -----------------------
+
+
+async def list_keys(request: web.Request, caller: Caller) -> web.Response:
+    query = _query(request, KEYS_QUERY)
+    store, customer_id = context(request).store, caller.scope(query.get("customer"))
+    if customer_id is not None:
+        await act.find_customer(store, customer_id)
+    return reply([act.record_json(r) for r in await store.list_keys(customer_id)])
+
+
+async def create_key(request: web.Request, caller: Caller) -> web.Response:
+    admin, body = context(request), await read_body(request)
+    requested = body.pop("customer_id", None)
+    customer_id = caller.scope(_value(requested, "customer_id", parse_customer_id, optional=True))
+    if customer_id is None:
+        raise Invalid("customer_id", "required")
+    customer = await act.find_customer(admin.store, customer_id, for_new_key=True)
+    changes = read_settings(body, KEY_SETTINGS)
+    warnings = act.check_plan_caps(changes, customer)
+    version, bound = admin.config.keys.signing_version, _bound(request, caller)
+    record = await act.create_key(admin.store, customer, changes, version, bound)
+    return reply(_warned(act.minted_json(admin.signer, record), warnings), 201)
+
+
+async def get_key(request: web.Request, caller: Caller) -> web.Response:
+    return reply(act.record_json(await _key(request, caller)))
+
+
+async def patch_key(request: web.Request, caller: Caller) -> web.Response:
+    store, record = context(request).store, await _key(request, caller, to_change=True)
+    changes = read_settings(await read_body(request), KEY_CHANGES)
+    customer = await act.find_customer(store, record.customer_id)
+    warnings = act.check_plan_caps(changes, customer)
+    changed = await act.change_key(store, record, changes, customer, _bound(request, caller))
+    shown = act.record_json(changed, reveal_secret=changed.link_secret != record.link_secret)
+    return reply(_warned(shown, warnings))
+
+
+async def revoke_key(request: web.Request, caller: Caller) -> web.Response:
+    record = await _key(request, caller)
+    return reply(act.record_json(await act.revoke_key(context(request).store, record)))
+
+
+async def roll_key(request: web.Request, caller: Caller) -> web.Response:
+    admin = context(request)
+    settings = read_settings(await read_body(request, optional=True), ROLL_SETTINGS)
+    grace = settings.get("grace", parse_duration(DEFAULT_GRACE))
+    old = await _key(request, caller, to_change=True)
+    new, old = await act.roll_key(admin.store, old, grace, admin.config.keys.signing_version)
+    extra = {"replaces": old.key_id, "replaced_expires_at": old.expires_at}
+    return reply(act.minted_json(admin.signer, new, **extra), 201)
+
+
+async def _key(request: web.Request, caller: Caller, to_change: bool = False) -> KeyRecord:
+    text = request.match_info["key_id"]
+    try:
+        key_id = parse_key_id(text)
+    except ValueError:
+        raise Missing(f"no such key: {text}") from None
+    return await act.find_key(context(request).store, key_id, to_change, caller.customer_id)
+
+
+def _bound(request: web.Request, caller: Caller) -> KeyDefaults | None:
+    """A customer's own keys stay within its plan even where they leave a field to the
+    configured defaults (manage.actions.within_plan); the operator's need not."""
+    return context(request).config.keys.defaults if caller.customer_id is not None else None
+
+
+def _warned(data: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    return {**data, "warnings": warnings} if warnings else data
+
+
+# --- usage (SPEC section 4: the filters of `keyfront usage`) -------------------------
+
+
+async def usage(request: web.Request, caller: Caller) -> web.Response:
+    query = _query(request, USAGE_QUERY)
+    customer_id = caller.scope(query.get("customer"))
+    key_id = _value(query.get("key"), "key", parse_key_id, optional=True)
+    start = _value(query.get("from"), "from", _moment, optional=True)
+    end = _value(query.get("to"), "to", _moment, optional=True)
+    grain = _value(query.get("by", "day"), "by", _one_of(GRAINS))
+    form = _value(query.get("format", "json"), "format", _one_of(("json", "csv")))
+    store = context(request).store
+    data = await usage_report(store, customer_id=customer_id, key_id=key_id, start=start,
+                              end=end, grain=grain)  # fmt: skip
+    if form == "csv":
+        return web.Response(text=usage_csv(data), content_type="text/csv")
+    return reply(data)
+
+
+def _moment(text: str) -> int:
+    """Unix seconds, or an ISO date or datetime (UTC unless it names a zone)."""
+    return int(text) if text.isdigit() else parse_date(text)
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], Any]:
+    def check(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    return check
+
+
+TIME = {"type": "string", "description": "unix seconds, or an ISO date or datetime (UTC)"}
+KEYS_QUERY = (Param("customer", {"type": "string"}, "only this customer's keys"),)
+USAGE_QUERY = (
+    Param("customer", {"type": "string"}, "this customer's totals (with key: its key only)"),
+    Param("key", {"type": "string"}, "this key's rows"),
+    Param("from", TIME, "default: the start of this month (UTC)"),
+    Param("to", TIME, "exclusive; default: now"),
+    Param("by", {"enum": list(GRAINS), "default": "day"}),
+    Param("format", {"enum": ["json", "csv"], "default": "json"}),
+)
+
+
+# --- purge: the adapter to the disk cache (proxy/cache) --------------------------------
+# `runtime.cache.purge(path)` and `purge_prefix(prefix)` count the objects removed from
+# this host's cache folder. A process without a cache answers 501. (SPEC section 5 wants
+# a purge to reach every instance sharing the store: that belongs to the cache, which
+# would announce purges as the store announces record changes.)
+
+
+async def purge(request: web.Request, caller: Caller) -> web.Response:
+    paths, prefix = _purge_targets(await read_body(request))
+    cache = context(request).runtime.cache
+    if cache is None:
+        raise AdminError(501, "not_implemented", "this keyfront has no cache to purge")
+    purged = sum(cache.purge(path) for path in paths)
+    if prefix is not None:
+        purged += await cache.purge_prefix(prefix)
+    return reply({"purged": purged})
+
+
+def _purge_targets(body: dict[str, Any]) -> tuple[list[str], str | None]:
+    if set(body) not in ({"paths"}, {"prefix"}):
+        raise Invalid("body", 'give either "paths" (a list of paths) or "prefix"')
+    if "prefix" in body:
+        return [], _value(body["prefix"], "prefix", parse_path_prefix)
+    paths = body["paths"]
+    if not isinstance(paths, list) or not 1 <= len(paths) <= MAX_PURGE_PATHS:
+        raise Invalid("paths", f"expected a list of 1 to {MAX_PURGE_PATHS} paths")
+    return [_value(p, "paths", parse_path_prefix) for p in paths], None
+
+
+# --- input ---------------------------------------------------------------------------
+
+
+def _query(request: web.Request, params: tuple[Param, ...]) -> dict[str, str]:
+    """The query, refusing names the endpoint does not take (a typo such as
+    ?customer_id= would otherwise widen a report to every customer)."""
+    known = {p.name for p in params}
+    for name in request.query:
+        if name not in known:
+            raise Invalid(name, "unknown query parameter")
+    return {name: request.query[name] for name in known if name in request.query}
+
+
+def _value(value: Any, name: str, parse: Callable[[str], Any], optional: bool = False) -> Any:
+    """`parse(value)` for a string; None when absent and `optional`; else Invalid."""
+    if value is None and optional:
+        return None
+    if value is None:
+        raise Invalid(name, "required")
+    if not isinstance(value, str):
+        raise Invalid(name, "expected a string")
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise Invalid(name, str(exc)) from None

@@ -1,0 +1,141 @@
+"""What every admin endpoint shares: the caller, the route table's entry type, JSON in
+and out, and errors as the proxy renders them (SPEC section 1's error body)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from aiohttp import web
+
+from ..cache import Cache
+from ..config import Config
+from ..keys import KeySigner
+from ..manage import Invalid, Missing
+from ..store import Store
+
+Access = Literal["public", "operator", "customer"]  # customer: a customer token may call it
+
+
+class AdminRuntime(Protocol):
+    """What the admin API uses of the running process (app.Runtime)."""
+
+    config: Config
+    store: Store
+    cache: Cache | None  # None: no cache to purge
+
+
+@dataclass(frozen=True, slots=True)
+class AdminContext:
+    runtime: AdminRuntime
+    signer: KeySigner
+
+    @property
+    def store(self) -> Store:
+        return self.runtime.store
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+
+ADMIN = web.AppKey("admin", AdminContext)
+
+
+def context(request: web.Request) -> AdminContext:
+    return request.app[ADMIN]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: the operator (`customer_id` None) or one customer's token."""
+
+    customer_id: str | None = None
+
+    def scope(self, requested: str | None) -> str | None:
+        """The customer a call is about: whichever the operator asks for (or None); a
+        customer token's own (another's is answered as if it did not exist)."""
+        if self.customer_id is None:
+            return requested
+        if requested not in (None, self.customer_id):
+            raise Missing(f"no such customer: {requested}")
+        return self.customer_id
+
+
+OPERATOR = Caller()
+NOBODY = Caller("")  # on public routes: neither the operator nor any customer
+Handler = Callable[[web.Request, Caller], Awaitable[web.Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """A query parameter, for the OpenAPI document."""
+
+    name: str
+    schema: dict[str, Any]
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One admin route: registered on the router and described in the OpenAPI
+    document from this one entry, so the two cannot disagree."""
+
+    method: str
+    path: str  # below /admin/v1, with {name} path parameters
+    handler: Handler
+    access: Access
+    summary: str
+    response: str  # a schema name in the document's components, or "[Name]" for a list
+    status: int = 200
+    body: str | None = None  # the request body's schema name
+    query: tuple[Param, ...] = field(default=())
+
+
+class AdminError(Exception):
+    """An error response with the proxy's body: {"error": {code, message, request_id}}."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        field: str | None = None,  # the bad field or parameter, on a 400
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = dict(headers or {})
+        self.field = field
+
+
+def error_response(error: AdminError, request_id: str) -> web.Response:
+    body: dict[str, Any] = {"code": error.code, "message": error.message, "request_id": request_id}
+    if error.field is not None:
+        body["field"] = error.field
+    return reply({"error": body}, error.status, error.headers)
+
+
+def reply(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(data, separators=(",", ":")).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+async def read_body(request: web.Request, optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object (an empty one when `optional` and there is no body)."""
+    raw = await request.read()
+    if optional and not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:  # UnicodeDecodeError included
+        raise Invalid("body", "not valid JSON") from None
+    if not isinstance(body, dict):
+        raise Invalid("body", "must be a JSON object")
+    return body

@@ -1,0 +1,173 @@
+"""The admin API's OpenAPI 3.1 document, built from the route table (every path,
+method, parameter and status comes from an `Endpoint`) and from the same settings
+tables that validate request bodies (proxy.manage.values), so that the document
+cannot drift from what the API does."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..manage.values import (
+    CUSTOMER_CHANGES,
+    CUSTOMER_SETTINGS,
+    KEY_CHANGES,
+    KEY_SETTINGS,
+    ROLL_SETTINGS,
+    TOKEN_SETTINGS,
+    Setting,
+)
+from ..records import CUSTOMER_STATUSES, KEY_STATUSES, Customer, KeyRecord
+from ..usage import FIELDS
+from .http import Endpoint
+
+STRING, INTEGER = {"type": "string"}, {"type": "integer"}
+OPTIONAL_BODIES = frozenset({"Roll", "TokenCreate"})  # read_body(optional=True) in handlers
+ERRORS = {
+    "400": "a bad value: `field` names it",
+    "401": "no token, or not a valid one",
+    "403": "a customer token calling an operator-only route, or its customer is disabled",
+    "404": "no such record (or another customer's)",
+    "409": "the id exists, the key is revoked, or the customer is disabled",
+}
+
+
+def document(endpoints: Sequence[Endpoint], prefix: str) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in endpoints:
+        paths.setdefault(prefix + endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "keyfront admin API", "version": "1"},
+        "paths": paths,
+        "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {"type": "http",
+                       "scheme": "bearer", "description": "the admin token or a customer token"}}},
+        "security": [{"bearer": []}],
+    }  # fmt: skip
+
+
+def _operation(endpoint: Endpoint) -> dict[str, Any]:
+    who = {"public": "No token needed.", "operator": "The operator's admin token only.",
+           "customer": "The operator, or a customer token for its own customer."}  # fmt: skip
+    operation: dict[str, Any] = {
+        "operationId": endpoint.handler.__name__,
+        "summary": endpoint.summary,
+        "description": who[endpoint.access],
+        "x-access": endpoint.access,  # public | operator | customer (tokens allowed)
+        "parameters": _parameters(endpoint),
+        "responses": {str(endpoint.status): _content(endpoint), **_errors(endpoint)},
+    }
+    if endpoint.access == "public":
+        operation["security"] = []
+    if endpoint.body is not None:
+        content = {"application/json": {"schema": _ref(endpoint.body)}}
+        required = endpoint.body not in OPTIONAL_BODIES
+        operation["requestBody"] = {"required": required, "content": content}
+    return operation
+
+
+def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
+    found = [{"name": name, "in": "path", "required": True, "schema": STRING}
+             for name in re.findall(r"\{(\w+)\}", endpoint.path)]  # fmt: skip
+    for param in endpoint.query:
+        query = {"name": param.name, "in": "query", "required": False, "schema": param.schema}
+        found.append({**query, "description": param.description} if param.description else query)
+    return found
+
+
+def _content(endpoint: Endpoint) -> dict[str, Any]:
+    content = {"application/json": {"schema": _ref(endpoint.response)}}
+    if any(param.name == "format" for param in endpoint.query):
+        content["text/csv"] = {"schema": STRING}
+    return {"description": endpoint.summary, "content": content}
+
+
+def _errors(endpoint: Endpoint) -> dict[str, Any]:
+    error = {"content": {"application/json": {"schema": _ref("Error")}}}
+    if endpoint.access == "public":
+        return {}
+    found = {status: {"description": text, **error} for status, text in ERRORS.items()}
+    if endpoint.method not in ("POST", "PATCH"):
+        del found["409"]
+    return {**found, "default": {"description": "another error (501, 503)", **error}}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    if name.startswith("["):
+        return {"type": "array", "items": _ref(name.strip("[]"))}
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+# --- schemas ---------------------------------------------------------------------------
+
+_FIELD_TYPES: dict[str, dict[str, Any]] = {  # a record field's annotation -> its JSON
+    "str": STRING,
+    "int": INTEGER,
+    "bool": {"type": "boolean"},
+    "str | None": {"type": ["string", "null"]},
+    "int | None": {"type": ["integer", "null"]},
+    "bool | None": {"type": ["boolean", "null"]},
+    "Rate | None": {"type": ["string", "null"], "examples": ["10/s"]},
+    "tuple[str, ...]": {"type": "array", "items": STRING},
+    "KeyStatus": {"enum": list(KEY_STATUSES)},
+    "CustomerStatus": {"enum": list(CUSTOMER_STATUSES)},
+}
+
+
+def _object(properties: Mapping[str, Any], required: Sequence[str] = ()) -> dict[str, Any]:
+    schema = {"type": "object", "properties": dict(properties), "additionalProperties": False}
+    return {**schema, "required": list(required)} if required else schema
+
+
+def _input(settings: Mapping[str, Setting], **more: Any) -> dict[str, Any]:
+    return _object({**more, **{name: s.schema for name, s in settings.items()}})
+
+
+def _record(cls: type[Customer | KeyRecord], **more: Any) -> dict[str, Any]:
+    properties = {f.name: _FIELD_TYPES[str(f.type)] for f in dataclasses.fields(cls)}
+    optional = set(more)
+    if cls is KeyRecord:  # link_secret only from the call that set it, else has_link_secret
+        properties["has_link_secret"] = {"type": "boolean"}
+        properties["warnings"] = {"type": "array", "items": STRING}  # about referrer patterns
+        optional |= {"link_secret", "has_link_secret", "warnings"}
+    return _object({**properties, **more}, [name for name in properties if name not in optional])
+
+
+CUSTOMER_ID = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
+TOKEN = {"token_id": STRING, "customer_id": STRING, "name": STRING, "created_at": INTEGER}
+KEY_MINTED = {
+    "key": STRING,
+    "replaces": STRING,
+    "replaced_expires_at": {"type": ["integer", "null"]},
+}
+MINTED_KEY = _record(KeyRecord, **KEY_MINTED)
+USAGE_COUNTS = {name: INTEGER for name in FIELDS}
+SCHEMAS: dict[str, Any] = {
+    "Error": _object({"error": _object(
+        {"code": STRING, "message": STRING, "request_id": STRING, "field": STRING},
+        ["code", "message", "request_id"])}, ["error"]),
+    "Customer": _record(Customer),
+    "CustomerCreate": {**_input(CUSTOMER_SETTINGS, customer_id=CUSTOMER_ID),
+                       "required": ["customer_id"]},
+    "CustomerPatch": _input(CUSTOMER_CHANGES),
+    "Key": _record(KeyRecord),
+    "MintedKey": {**MINTED_KEY, "required": ["key", *MINTED_KEY["required"]], "description":
+                  "the only time the key is shown; link_secret in place of has_link_secret"},
+    "KeyCreate": _input(KEY_SETTINGS, customer_id={**CUSTOMER_ID, "description":
+                        "required of the operator; a customer token's own by default"}),
+    "KeyPatch": _input(KEY_CHANGES),
+    "Roll": _input(ROLL_SETTINGS),
+    "TokenCreate": _input(TOKEN_SETTINGS),
+    "Token": _object(TOKEN, list(TOKEN)),
+    "MintedToken": _object({"token": STRING, **TOKEN}, ["token", *TOKEN]),
+    "UsageRow": {**_object({"customer": STRING, "key": STRING, "start": INTEGER, "period": STRING,
+                            **USAGE_COUNTS}, ["start", "period", *FIELDS]),
+                 "patternProperties": {"^denied_[a-z_]+$": INTEGER}},
+    "Purge": {**_object({"paths": {"type": "array", "items": STRING, "minItems": 1},
+                         "prefix": STRING}),
+              "oneOf": [{"required": ["paths"]}, {"required": ["prefix"]}]},
+    "Purged": _object({"purged": INTEGER}, ["purged"]),
+    "OpenAPI": {"type": "object", "description": "this document"},
+}  # fmt: skip

@@ -1,0 +1,184 @@
+"""The disk cache (SPEC section 5), purpose-built: NOTES.md "Caching libraries" says
+why neither aiohttp-client-cache (bodies in memory, pickles, no bound, unsafe across
+processes) nor diskcache (an SQLite write per LRU read) fits file bodies.
+
+    entry.py   CacheEntry and the one-file format (header + body, os.replace'd whole)
+    store.py   the files, this process's index of them, the in-memory tier
+    fill.py    coalesced fills: one origin fetch per object, readers served as it grows
+    locks.py   the per-object flock that coalesces fills across worker processes
+    space.py   the max_size bound: a shared byte count and an LRU sweep
+    serve.py   answering from an entry or a fill: 200/206/304/416, HEAD, sendfile
+
+`Cache` ties them together for `delivery.deliver`, which decides per request between
+HIT, STALE, a fill (MISS / REVALIDATED) and BYPASS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ..config import CacheConfig
+from ..errors import BadPath
+from ..metrics import Metrics
+from ..origin import Origin
+from ..policy import normalise_path
+from .entry import CacheEntry, file_name
+from .fill import Fill, FillBroken, Outcome
+from .space import Space, remove_prefix
+from .store import DiskStore
+
+__all__ = ["Cache", "CacheEntry", "Fill", "FillBroken", "Freshness", "Outcome"]
+
+MAX_TOO_BIG = 10_000  # keys remembered as over max_object_size, per process
+
+
+class Freshness(enum.Enum):
+    FRESH = "fresh"  # within ttl (negative_ttl for a cached 404): a HIT
+    STALE_SERVE = "stale, serve"  # within stale_while_revalidate: serve, refresh behind
+    STALE = "stale"  # revalidate before answering
+
+
+class Cache:
+    """One process's view of the cache folder; `open()` before use, `close()` after."""
+
+    def __init__(self, config: CacheConfig) -> None:
+        self.config = config
+        self.store = DiskStore(config.dir)
+        self.space: Space
+        self.write_errors = 0  # disk full or write failed: served uncached (SPEC 5)
+        self.coalesced = 0  # requests that joined another's fill
+        self._fills: dict[str, Fill] = {}
+        self._too_big: dict[str, float] = {}  # key -> until (unix time)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.store.prepare)
+        self.space = Space(self.store, self.config.max_size)
+        self._spawn(self.space.rescan())
+
+    async def close(self) -> None:
+        """Stop fills still running (in-flight responses have drained by now): their
+        temp files are removed, nothing half-written is published."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.space.close()
+
+    @property
+    def evictions(self) -> int:
+        return self.space.evictions
+
+    def count_into(self, metrics: Metrics) -> None:
+        """Copy this process's counters into /metrics (SPEC section 10) at scrape time;
+        per-process counts, which the scrape sums across workers."""
+        metrics.counters["cache_evictions"] = {"": self.evictions}
+        metrics.counters["cache_coalesced"] = {"": self.coalesced}
+        metrics.counters["cache_write_errors"] = {"": self.write_errors}
+
+    # --- lookups ------------------------------------------------------------------
+
+    def lookup(self, key: str) -> CacheEntry | None:
+        return self.store.lookup(key)
+
+    def freshness(self, entry: CacheEntry, now: float) -> Freshness:
+        age = now - entry.stored_at
+        if entry.status != 200:
+            return Freshness.FRESH if age < self.config.negative_ttl else Freshness.STALE
+        if age < self.config.ttl:
+            return Freshness.FRESH
+        if age < self.config.ttl + self.config.stale_while_revalidate:
+            return Freshness.STALE_SERVE
+        return Freshness.STALE
+
+    def fresh(self, entry: CacheEntry, now: float) -> bool:
+        return self.freshness(entry, now) is Freshness.FRESH
+
+    def usable_on_error(self, entry: CacheEntry, now: float) -> bool:
+        """Within stale_if_error past its ttl: served when the origin fails."""
+        ttl = self.config.ttl if entry.status == 200 else self.config.negative_ttl
+        return now - entry.stored_at < ttl + self.config.stale_if_error
+
+    def forget(self, key: str) -> None:
+        self.store.forget(key)
+
+    # --- fills ----------------------------------------------------------------------
+
+    def fill(self, key: str, origin: Origin, path: str, previous: CacheEntry | None) -> Fill:
+        """The fill under way for `key`, else a new one: one origin fetch per object."""
+        fill = self._fills.get(key)
+        if fill is not None:
+            self.coalesced += 1
+            return fill
+        fill = self._fills[key] = Fill(self, key, origin, path, previous)
+        self._spawn(fill.run())
+        return fill
+
+    def finished(self, fill: Fill) -> None:
+        if self._fills.get(fill.key) is fill:
+            del self._fills[fill.key]
+
+    def too_big(self, key: str) -> None:
+        """Remember (for ttl) that `key` passes through, to skip a wasted full GET."""
+        if len(self._too_big) >= MAX_TOO_BIG:
+            self._too_big.clear()
+        self._too_big[key] = time.time() + self.config.ttl
+
+    def bypassed(self, key: str) -> bool:
+        until = self._too_big.get(key)
+        if until is None:
+            return False
+        if until > time.time():
+            return True
+        del self._too_big[key]
+        return False
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- purge (SPEC section 5: by public URL path or prefix) -------------------------
+
+    def purge(self, path: str) -> int:
+        """Remove the object at public URL path `path` (`/request/12345.svg`) from
+        this process and the disk; 1 if there was one, else 0."""
+        key = _public(path)
+        self._drop_local(lambda k: k == key)
+        size = self.store.remove(file_name(key))
+        self.space.freed(size)
+        return 1 if size else 0
+
+    async def purge_prefix(self, prefix: str) -> int:
+        """Remove every object whose public path starts with `prefix` (`/request/`);
+        the number removed from disk. Files are matched by the key in their header,
+        read in a worker thread: objects other processes stored are found too."""
+        prefix = _public(prefix)
+        self._drop_local(lambda k: k.startswith(prefix))
+        loop = asyncio.get_running_loop()
+        count, size = await loop.run_in_executor(None, remove_prefix, self.store, prefix)
+        self.space.freed(size)
+        return count
+
+    def _drop_local(self, matches: Callable[[str], bool]) -> None:
+        for key in [k for k in self.store.index if matches(k)]:
+            self.store.forget(key)
+        for key, fill in self._fills.items():
+            if matches(key):
+                fill.discard = True  # its readers finish; the object is not published
+        for key in [k for k in self._too_big if matches(k)]:
+            del self._too_big[key]
+
+
+def _public(path: str) -> str:
+    """Purge paths are as clients request them: percent-decoded like the pipeline's."""
+    try:
+        return normalise_path(path)
+    except BadPath:
+        return path

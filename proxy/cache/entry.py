@@ -1,0 +1,135 @@
+"""One cached object: its in-memory index record and its file format.
+
+A cached object is ONE file, header then body, so that a single `os.replace` publishes
+metadata and bytes together: no moment exists where a reader could pair one object's
+metadata with another's body (a separate sidecar would need two renames). Layout:
+
+    magic "KFCACHE1" | fill id u64 | stored_at f64 | meta length u32 | meta JSON | body
+
+- `fill id`: random per fill. A hit checks it against the index before sending, so an
+  object replaced by another worker process is never sent under stale headers.
+- `stored_at`: a fixed 8-byte field, so a revalidation (origin 304) refreshes it with
+  one `pwrite` instead of rewriting the object.
+- `meta`: the cache key (for purge by prefix), the status (200, or 404 for a cached
+  absence, SPEC section 5 `negative_ttl`), the body size and the origin's headers as it
+  sent them: Content-Type, Content-Encoding, ETag, Last-Modified (SPEC section 1: the
+  validators are the origin's, never recomputed here).
+
+File names are the sha256 of the cache key, fanned out over 256 folders
+(`objects/ab/ab12...`), like nginx's `levels=2`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+
+from ..conditional import Validators, parse_http_date
+
+MAGIC = b"KFCACHE1"
+PREFIX = struct.Struct("<8sQdI")  # magic, fill id, stored_at, meta length: 28 bytes
+STORED_AT_OFFSET = 16
+STORED_AT = struct.Struct("<d")
+MAX_META = 16 * 1024  # a header longer than this is not ours
+HEAD_READ = 4096  # one pread gets the whole header of nearly every object
+
+# The origin headers an entry keeps and sends on (Content-Length comes from the size).
+KEPT_HEADERS = ("Content-Type", "Content-Encoding", "ETag", "Last-Modified")
+
+
+def cache_key(route_prefix: str, object_path: str) -> str:
+    """Route prefix + normalised object path: the public, decoded URL path (SPEC 5).
+    Query parameters, and so auth parameters, never enter it: every key shares one copy.
+    The route's origin does not either, so repointing a route at another origin calls
+    for a purge of its prefix."""
+    return route_prefix + object_path
+
+
+def file_name(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    """What the index knows of one cached object, enough to answer a hit, a Range or a
+    conditional request without touching the disk (beyond reading the body)."""
+
+    key: str
+    name: str  # file name: sha256 of the key
+    status: int  # 200, or 404: the origin had no such object (negative caching)
+    size: int  # body bytes
+    headers: dict[str, str]  # KEPT_HEADERS as the origin sent them
+    stored_at: float  # unix time of the fetch or of the last revalidation
+    fill_id: int
+    body_offset: int  # where the body starts in the file
+    used: float = 0.0  # unix time of the last hit in this process (approximate LRU)
+    body: bytes | None = None  # in-memory copy, for small hot objects
+    validators: Validators = field(init=False)
+
+    def __post_init__(self) -> None:
+        modified = self.headers.get("Last-Modified")
+        self.validators = Validators(
+            self.size,
+            self.headers.get("ETag"),
+            parse_http_date(modified) if modified else None,
+        )
+
+    @property
+    def file_size(self) -> int:
+        return self.body_offset + self.size
+
+
+def encode_header(entry: CacheEntry) -> bytes:
+    """The bytes before the body; sets `entry.body_offset` to their length."""
+    meta = {"key": entry.key, "status": entry.status, "size": entry.size}
+    meta["headers"] = entry.headers
+    raw = json.dumps(meta, separators=(",", ":"), ensure_ascii=True).encode()
+    entry.body_offset = PREFIX.size + len(raw)
+    return PREFIX.pack(MAGIC, entry.fill_id, entry.stored_at, len(raw)) + raw
+
+
+def decode_header(head: bytes, key: str, name: str) -> CacheEntry | None:
+    """The entry a file's first bytes describe, or None if they are not a complete
+    header for `key` (another format, a hash collision, a damaged file)."""
+    if len(head) < PREFIX.size:
+        return None
+    magic, fill_id, stored_at, meta_length = PREFIX.unpack_from(head)
+    end = PREFIX.size + meta_length
+    if magic != MAGIC or meta_length > MAX_META or len(head) < end:
+        return None
+    try:
+        meta = json.loads(head[PREFIX.size : end])
+        headers = {k: str(v) for k, v in meta["headers"].items() if k in KEPT_HEADERS}
+        entry = CacheEntry(
+            str(meta["key"]), name, int(meta["status"]), int(meta["size"]), headers,
+            stored_at, fill_id, end,
+        )  # fmt: skip
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return entry if entry.key == key and entry.status in (200, 404) else None
+
+
+def header_key(head: bytes) -> str | None:
+    """The cache key a file's first bytes name (purge by prefix scans files with it)."""
+    if len(head) < PREFIX.size or head[:8] != MAGIC:
+        return None
+    meta_length = PREFIX.unpack_from(head)[3]
+    try:
+        return str(json.loads(head[PREFIX.size : PREFIX.size + meta_length])["key"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def same_fill(head: bytes, entry: CacheEntry) -> float | None:
+    """The file's stored_at if `head` (its first PREFIX.size bytes or more) belongs to
+    the fill `entry` was read from, else None: the object was replaced meanwhile."""
+    if len(head) < PREFIX.size:
+        return None
+    magic, fill_id, stored_at, _ = PREFIX.unpack_from(head)
+    return float(stored_at) if magic == MAGIC and fill_id == entry.fill_id else None
+
+
+def kept_headers(origin_headers: dict[str, str]) -> dict[str, str]:
+    return {name: origin_headers[name] for name in KEPT_HEADERS if name in origin_headers}

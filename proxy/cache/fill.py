@@ -1,0 +1,320 @@
+"""Coalesced fills: one origin fetch per object, however many requests want it.
+
+A `Fill` is a task of its own, not part of any request, so a client that disconnects
+does not stop it for the others. Requests that miss meanwhile `join()` it and are served
+from its temp file as it grows: each wakes on the fill's per-chunk event (no polling
+delay) and reads what it needs with pread, so its memory stays one chunk whatever the
+object's size, and a slow client never holds up the fill or the other clients.
+
+Steps (SPEC section 5):
+1. take the object's cross-process lock (locks.py); if another process held it, or
+   stored the object since this one looked, use its object (FOUND): one origin fetch
+   across all worker processes;
+2. GET the whole object from the origin (no Range: the cache wants all of it), with
+   If-None-Match / If-Modified-Since when revalidating a stale entry;
+3. 304 -> the entry is refreshed (REFRESHED); 404 -> a negative entry (ABSENT); a body
+   larger than `max_object_size`, or of unknown length -> pass-through (TOO_BIG);
+4. 200 -> reserve its size (space.py), write header and body to a uniquely named temp
+   file, and `os.replace` it into place only once the byte count matches Content-Length.
+
+An origin failure mid-body, a short body or a write error leaves no published object:
+the temp file is unlinked. Readers then see `FillBroken`; on a write error (disk full)
+they fetch the rest of their bytes from the origin themselves (serve.py), so the request
+still succeeds, uncached, and `write_errors` counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from ..errors import NotFound, OriginError, OriginTimeout, Unavailable
+from ..origin import Origin, OriginRequest, OriginResponse
+from .entry import CacheEntry, file_name, kept_headers
+from .locks import ATTEMPTS, KeyLock
+from .store import SMALL_OBJECT, TempObject
+
+if TYPE_CHECKING:
+    from . import Cache
+
+log = logging.getLogger("keyfront.cache")
+
+
+class Outcome(enum.Enum):
+    STORED = "stored"  # a 200 is being written: stream it from the fill
+    FOUND = "found"  # another process stored it meanwhile: serve the entry
+    REFRESHED = "refreshed"  # origin 304: the stale entry is fresh again
+    ABSENT = "absent"  # origin 404: a negative entry, answered 404
+    TOO_BIG = "too big"  # over max_object_size or of unknown length: pass through
+    UNCACHED = "uncached"  # the temp file could not be created: pass through
+
+
+class FillBroken(Exception):
+    """The fill stopped mid-body: `by_origin` (an origin failure: the response is cut
+    short) or a write error (readers fetch the rest from the origin)."""
+
+    def __init__(self, by_origin: bool) -> None:
+        super().__init__("origin failure" if by_origin else "cache write error")
+        self.by_origin = by_origin
+
+
+class _WriteError(Exception):
+    pass
+
+
+class Fill:
+    """One origin fetch of `key` into the cache; see the module docstring."""
+
+    def __init__(
+        self, cache: Cache, key: str, origin: Origin, path: str, previous: CacheEntry | None
+    ) -> None:
+        self.cache = cache
+        self.key = key
+        self.name = file_name(key)
+        self.origin = origin
+        self.path = path  # the object path below the route prefix, for the origin
+        self.previous = previous  # the stale entry being revalidated, if any
+        self.started: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.started.add_done_callback(_retrieve)
+        self.entry: CacheEntry | None = None
+        self.written = 0  # body bytes in the temp file
+        self.complete = False
+        self.broken: FillBroken | None = None
+        self.discard = False  # purged while filling: do not publish
+        self._temp: TempObject | None = None
+        self._readers = 0
+        self._finished = False
+        self._wake = asyncio.Event()
+
+    # --- readers --------------------------------------------------------------
+
+    def join(self) -> None:
+        """Register a reader before awaiting `started`: the temp file stays open until
+        every reader that joined has left."""
+        self._readers += 1
+
+    def leave(self) -> None:
+        self._readers -= 1
+        self._close_if_idle()
+
+    @property
+    def fd(self) -> int:
+        """The temp file (published or not), open while a reader is registered."""
+        assert self._temp is not None
+        return self._temp.fd
+
+    async def readable(self, position: int) -> int:
+        """Wait until body byte `position` is in the file; the bytes there now. Raises
+        FillBroken once nothing more will come."""
+        while self.written <= position and not self.complete:
+            if self.broken is not None:
+                raise self.broken
+            wake = self._wake
+            await wake.wait()
+        if self.written <= position:  # complete, yet short of it: only for a bad caller
+            raise FillBroken(by_origin=True)
+        return self.written
+
+    def _progress(self) -> None:
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    # --- the fill task -----------------------------------------------------------
+
+    async def run(self) -> None:
+        lock = KeyLock(self.cache.store.lock_path(self.name))
+        try:
+            await self._locked_run(lock)
+        except (OriginError, OriginTimeout) as exc:
+            self._fail(exc)
+        except _WriteError:
+            self.cache.write_errors += 1
+            self._fail(FillBroken(by_origin=False))
+        except asyncio.CancelledError:
+            self._fail(Unavailable("keyfront is shutting down"))
+            raise
+        except Exception:
+            log.exception("cache fill of %s failed", self.key)
+            self._fail(OriginError())
+        finally:
+            lock.release()
+            self._finish()
+
+    async def _locked_run(self, lock: KeyLock) -> None:
+        for _ in range(ATTEMPTS):
+            if lock.acquire():
+                break
+            await lock.released()  # another process is filling it: use what it stored
+            if self._found(self.cache.store.load(self.key)):
+                return
+        found = self.cache.store.load(self.key)  # stored by another process since?
+        if self._found(found):
+            return
+        base = found if found is not None and found.status == 200 else self.previous
+        try:
+            response = await self.origin.fetch(_request(self.path, base))
+        except NotFound:
+            self._store_absent()
+            return
+        try:
+            await self._receive(response, base)
+        finally:
+            await response.close()
+
+    def _found(self, found: CacheEntry | None) -> bool:
+        """Use `found` (FOUND) if it is a fresh object stored or revalidated since this
+        fill began, by another process."""
+        if found is None or not self.cache.fresh(found, time.time()):
+            return False
+        previous = self.previous
+        if previous is not None and (found.fill_id, found.stored_at) == (
+            previous.fill_id,
+            previous.stored_at,
+        ):
+            return False
+        self.entry = found
+        self._start(Outcome.FOUND)
+        return True
+
+    async def _receive(self, response: OriginResponse, base: CacheEntry | None) -> None:
+        if response.status == 304 and base is not None:
+            self.cache.store.refresh(base, time.time())
+            self.cache.store.remember(base)
+            self.entry = base
+            self._start(Outcome.REFRESHED)
+            return
+        if response.status != 200:
+            raise OriginError(f"the origin answered {response.status} to a full GET")
+        length = _content_length(response.headers)
+        if length is None or length > self.cache.config.max_object_size:
+            self.cache.too_big(self.key)
+            self._start(Outcome.TOO_BIG)
+            return
+        entry = self._new_entry(200, length, kept_headers(response.headers))
+        try:
+            self._temp = TempObject(self.cache.store, entry)
+        except OSError:
+            self.cache.write_errors += 1
+            self._start(Outcome.UNCACHED)
+            return
+        self.entry = entry
+        self.cache.space.reserve(entry.file_size)
+        self._start(Outcome.STORED)
+        try:
+            await self._write_body(response, entry, self._temp)
+        except BaseException:
+            self.cache.space.settle(entry.file_size, kept=False)
+            raise
+
+    def _new_entry(self, status: int, size: int, headers: dict[str, str]) -> CacheEntry:
+        fill_id = int.from_bytes(os.urandom(8), "little")
+        return CacheEntry(self.key, self.name, status, size, headers, time.time(), fill_id, 0)
+
+    async def _write_body(
+        self, response: OriginResponse, entry: CacheEntry, temp: TempObject
+    ) -> None:
+        """Origin chunks into the temp file, waking the readers after each."""
+        small = bytearray() if entry.size <= SMALL_OBJECT else None
+        async for chunk in body_chunks(response):
+            if self.written + len(chunk) > entry.size:
+                raise OriginError("the origin sent more than its Content-Length")
+            try:
+                temp.write(chunk)
+            except OSError as exc:
+                raise _WriteError() from exc
+            if small is not None:
+                small += chunk
+            self.written += len(chunk)
+            self._progress()
+        if self.written != entry.size:
+            raise OriginError("the origin's body was shorter than its Content-Length")
+        await self.cache.space.settled()  # publish after any sweep: see space.py
+        kept = not self.discard and self._publish(temp)
+        if kept:
+            self.cache.store.remember(entry, bytes(small) if small is not None else None)
+        self.cache.space.settle(entry.file_size, kept)
+        self.complete = True
+        self._progress()
+
+    def _publish(self, temp: TempObject) -> bool:
+        try:
+            self.cache.space.freed(temp.publish())
+        except OSError:
+            self.cache.write_errors += 1
+            return False
+        return True
+
+    def _store_absent(self) -> None:
+        """Origin 404: a header-only file with status 404, so that other processes see
+        it too; kept in the index even if it cannot be written."""
+        entry = self._new_entry(404, 0, {})
+        try:
+            temp = TempObject(self.cache.store, entry)
+        except OSError:
+            self.cache.write_errors += 1
+        else:
+            self.cache.space.reserve(entry.file_size)
+            self.cache.space.settle(entry.file_size, self._publish(temp))
+            temp.drop()
+            temp.close()
+        self.cache.store.remember(entry)
+        self.entry = entry
+        self._start(Outcome.ABSENT)
+
+    # --- ends ----------------------------------------------------------------------
+
+    def _start(self, outcome: Outcome) -> None:
+        if not self.started.done():
+            self.started.set_result(outcome)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.started.done():
+            self.started.set_exception(exc)
+        elif not self.complete:
+            broken = exc if isinstance(exc, FillBroken) else FillBroken(by_origin=True)
+            self.broken = broken
+            self._progress()
+
+    def _finish(self) -> None:
+        self._finished = True
+        self.cache.finished(self)
+        if self._temp is not None:
+            self._temp.drop()  # unless published
+        if not self.started.done():  # a bug, not an outcome: never leave readers hanging
+            self.started.set_exception(OriginError())
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if self._readers <= 0 and self._finished and self._temp is not None:
+            self._temp.close()
+
+
+def _request(path: str, base: CacheEntry | None) -> OriginRequest:
+    if base is None or base.status != 200:
+        return OriginRequest(path)
+    headers = base.headers
+    return OriginRequest(path, "GET", None, headers.get("ETag"), headers.get("Last-Modified"))
+
+
+async def body_chunks(response: OriginResponse) -> AsyncIterator[bytes]:
+    if response.data is not None:
+        yield response.data
+    elif response.stream is not None:
+        async for chunk in response.stream:
+            yield chunk
+
+
+def _content_length(headers: dict[str, str]) -> int | None:
+    value = headers.get("Content-Length", "")
+    return int(value) if value.isdigit() else None
+
+
+def _retrieve(future: asyncio.Future[Outcome]) -> None:
+    """A background refresh may have no reader: mark its exception as seen."""
+    if not future.cancelled():
+        future.exception()

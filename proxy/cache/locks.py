@@ -1,0 +1,99 @@
+"""Cross-process coalescing: one flock(2)'ed lock file per object being filled.
+
+Worker processes of one host share the cache folder (SPEC section 5). The process that
+fills an object holds an exclusive flock on `locks/ab/<sha256>` from before its origin
+request until after its `os.replace`. Another process that misses the same object
+finds the lock taken, waits for its release, then reads the published object from disk
+instead of asking the origin: N processes, one origin fetch.
+
+The wait is a blocking flock in a daemon thread that wakes the loop when the lock is
+released: no polling delay, nothing blocking the loop, and a process exiting meanwhile
+is not held up by the thread. Only a process that lost the race for a lock starts one
+(one thread per object being filled elsewhere).
+
+The gap: the waiting process serves its clients once the other has *finished*; it does
+not stream the object from the other process's temp file as it grows (its clients see
+a later first byte on a large object, never wrong bytes). The kernel releases a flock
+when its holder dies, so a crashed filler never leaves a key locked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import threading
+
+ATTEMPTS = 3  # a lock file unlinked (evicted) under us: open it afresh, a few times
+
+
+class KeyLock:
+    """The lock of one object; `acquire()` never blocks, `released()` waits."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = -1
+
+    def acquire(self) -> bool:
+        """True if this process now holds the lock (or could not lock at all, in which
+        case it fills unlocked: a duplicate fetch at worst, never a corrupt object:
+        every writer has its own temp file). False if another process holds it."""
+        for _ in range(ATTEMPTS):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError:
+                return True
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except OSError:
+                os.close(fd)
+                return True
+            if _still_linked(fd, self.path):
+                self._fd = fd
+                return True
+            os.close(fd)  # evicted between open and flock: that lock guards nothing
+        return True
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = -1
+
+    async def released(self) -> None:
+        """Return once the process holding the lock has let go of it."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return  # gone: nobody holds it any more
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        threading.Thread(target=_wait, args=(fd, loop, done), daemon=True).start()
+        await asyncio.shield(done)
+
+
+def _still_linked(fd: int, path: str) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except OSError:
+        return False
+
+
+def _wait(fd: int, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None]) -> None:
+    """In a daemon thread: block until the lock is free, then wake the loop."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+        loop.call_soon_threadsafe(_resolve, done)
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)

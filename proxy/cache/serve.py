@@ -1,0 +1,221 @@
+"""Answering a request from the cache: from a published entry (HIT, STALE,
+REVALIDATED) or from a fill as it grows (MISS).
+
+Conditionals, then Range, are judged on the entry's validators with the same pure
+functions the file origin uses (conditional.py), so both answer alike: 304 with the
+origin's ETag and Last-Modified, 206 for one range, 416, or 200.
+
+Body paths, fastest first (NOTES.md "Serving cache hits fast", "1 MB hits"):
+- a small body held in memory: one `web.Response`, headers and body in one write;
+- a small body on disk: one pread in the loop thread (~6 µs page-cached), then the same;
+- a large body: `loop.sendfile` on a prepared StreamResponse, zero-copy with the default
+  asyncio loop (0.87x nginx's CPU per 1 MB hit). Never `web.FileResponse`: ~300 µs of
+  executor hops a request, and it would replace the origin's ETag with its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..conditional import (
+    UNSATISFIABLE,
+    ByteRange,
+    not_modified,
+    parse_range,
+    unsatisfied_range,
+)
+from ..config import Route
+from ..errors import NotFound, Refusal
+from ..exchange import SERVER, Exchange
+from ..origin import Origin, OriginRequest, OriginResponse
+from .entry import CacheEntry
+from .fill import Fill, FillBroken, body_chunks
+from .store import SMALL_OBJECT, DiskStore
+
+CHUNK = 128 * 1024  # what a reader of a growing fill sends per write
+
+
+def base_headers(route: Route, exchange: Exchange) -> CIMultiDict[str]:
+    """The headers every delivered response carries (SPEC section 1)."""
+    out: CIMultiDict[str] = CIMultiDict()
+    out["Server"] = SERVER
+    out["Accept-Ranges"] = "bytes"
+    out["Cache-Control"] = route.cache_control
+    out["X-Cache"] = exchange.cache
+    out["X-Request-Id"] = exchange.request_id
+    out.update(exchange.headers)
+    return out
+
+
+def plan(
+    entry: CacheEntry, exchange: Exchange, route: Route
+) -> tuple[int, CIMultiDict[str], ByteRange | None]:
+    """Status, headers, and the body bytes a GET gets (None: no body), in RFC 9110
+    section 13.2.2's order: conditionals first, then Range."""
+    if entry.status != 200:
+        raise NotFound()  # a cached 404 (negative_ttl)
+    request_headers = exchange.request.headers
+    out = base_headers(route, exchange)
+    validators = entry.validators
+    inm, ims = request_headers.get("If-None-Match"), request_headers.get("If-Modified-Since")
+    if (inm is not None or ims is not None) and not_modified(inm, ims, validators):
+        out.update((k, v) for k, v in entry.headers.items() if k in ("ETag", "Last-Modified"))
+        return 304, out, None
+    size = entry.size
+    selected = parse_range(request_headers.get("Range"), size)
+    if selected is UNSATISFIABLE:
+        out["Content-Range"] = unsatisfied_range(size)
+        return 416, out, None
+    out.update(entry.headers)
+    if selected is None:
+        out["Content-Length"] = str(size)
+        return 200, out, ByteRange(0, size - 1)
+    out["Content-Length"] = str(selected.length)
+    out["Content-Range"] = selected.content_range(size)
+    return 206, out, selected
+
+
+async def from_entry(
+    exchange: Exchange, route: Route, entry: CacheEntry, store: DiskStore
+) -> web.StreamResponse | None:
+    """The answer from a published entry; None if its file vanished or was replaced
+    by another process meanwhile (the caller looks again)."""
+    status, headers, part = plan(entry, exchange, route)
+    if part is None or exchange.request.method == "HEAD":
+        return web.Response(status=status, headers=headers)
+    body = entry.body
+    if body is None and entry.size <= SMALL_OBJECT:
+        body = store.read_small(entry)
+        if body is None:
+            return None
+    if body is not None:
+        if part.length != len(body):
+            body = body[part.start : part.end + 1]
+        exchange.sent = len(body)
+        return web.Response(status=status, headers=headers, body=body)
+    file = store.open_body(entry)
+    if file is None:
+        return None
+    response = web.StreamResponse(status=status, headers=headers)
+    return await _sendfile(exchange, response, file, entry.body_offset, part)
+
+
+async def _sendfile(
+    exchange: Exchange, response: web.StreamResponse, file: io.FileIO, body: int, part: ByteRange
+) -> web.StreamResponse:
+    """Zero-copy from the file (whose body starts at `body`) to the socket.
+    `exchange.sent` is what the kernel took, also when the client leaves midway
+    (asyncio leaves the file position there)."""
+    request = exchange.request
+    offset = body + part.start
+    try:
+        await response.prepare(request)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return response
+        try:
+            await asyncio.get_running_loop().sendfile(transport, file, offset, part.length)
+        except (ConnectionError, RuntimeError):
+            exchange.sent = max(0, file.tell() - offset)
+            transport.abort()
+            return response
+        exchange.sent = part.length
+    finally:
+        file.close()
+    await response.write_eof()
+    return response
+
+
+async def from_fill(
+    exchange: Exchange, route: Route, fill: Fill, origin: Origin
+) -> web.StreamResponse:
+    """A MISS: the client's bytes from the fill's temp file as it grows. The caller
+    has joined the fill, so its file stays open until the caller leaves."""
+    assert fill.entry is not None
+    entry = fill.entry
+    status, headers, part = plan(entry, exchange, route)
+    if part is None or exchange.request.method == "HEAD":
+        return web.Response(status=status, headers=headers)
+    response = web.StreamResponse(status=status, headers=headers)
+    await response.prepare(exchange.request)
+    try:
+        position = await _copy_growing(exchange, response, fill, part)
+    except FillBroken as broken:
+        if broken.by_origin:
+            return _abort(exchange, response)
+        return await _rest_from_origin(exchange, response, origin, fill, part)
+    except ConnectionError:
+        return _abort(exchange, response)  # the client left; the fill goes on
+    if position <= part.end:
+        return _abort(exchange, response)
+    await response.write_eof()
+    return response
+
+
+async def _copy_growing(
+    exchange: Exchange, response: web.StreamResponse, fill: Fill, part: ByteRange
+) -> int:
+    """Send body bytes part.start..part.end as they reach the file: wake per chunk,
+    pread what is there (just written: in the page cache), write, repeat."""
+    assert fill.entry is not None
+    offset = fill.entry.body_offset
+    position, end = part.start, part.end + 1
+    while position < end:
+        available = await fill.readable(position)
+        size = min(CHUNK, available - position, end - position)
+        data = os.pread(fill.fd, size, offset + position)
+        if len(data) != size:
+            break
+        await response.write(data)
+        exchange.sent += size
+        position += size
+    return position
+
+
+async def _rest_from_origin(
+    exchange: Exchange, response: web.StreamResponse, origin: Origin, fill: Fill, part: ByteRange
+) -> web.StreamResponse:
+    """The cache could not write the object (disk full): fetch the bytes this client
+    still lacks from the origin with a Range, as long as it is the same object."""
+    assert fill.entry is not None
+    start = part.start + max(0, exchange.sent)
+    wanted = OriginRequest(fill.path, "GET", f"bytes={start}-{part.end}")
+    try:
+        fetched = await origin.fetch(wanted)
+    except Refusal:
+        return _abort(exchange, response)
+    try:
+        if fetched.status != 206 or not _same_object(fetched, fill.entry):
+            return _abort(exchange, response)
+        async for chunk in body_chunks(fetched):
+            await response.write(chunk)
+            exchange.sent += len(chunk)
+    except (Refusal, ConnectionError):
+        return _abort(exchange, response)
+    finally:
+        await fetched.close()
+    if exchange.sent != part.length:
+        return _abort(exchange, response)
+    await response.write_eof()
+    return response
+
+
+def _same_object(fetched: OriginResponse, entry: CacheEntry) -> bool:
+    for validator in ("ETag", "Last-Modified"):
+        if validator in entry.headers:
+            return fetched.headers.get(validator) == entry.headers[validator]
+    return False  # nothing to tell versions apart by: do not splice
+
+
+def _abort(exchange: Exchange, response: web.StreamResponse) -> web.StreamResponse:
+    """STYLE streaming rule: headers are out, so a failure cuts the connection and the
+    client sees a truncated transfer, never a short 'complete' one."""
+    transport = exchange.request.transport
+    if transport is not None:
+        transport.abort()
+    return response

@@ -1,0 +1,241 @@
+"""The `cache.max_size` bound (SPEC section 5): a shared byte count and an LRU sweep.
+
+The count lives in `<dir>/size`, an 8-byte counter updated under flock by every
+process sharing the folder, so N worker processes enforce one bound, not N. A fill
+*reserves* its object's size before writing the first byte (from Content-Length), and
+only publishes once any sweep under way has finished, so published objects stay within
+`max_size` and the excess is the objects being written, as SPEC section 5 allows. (Only
+when more fills than the bound holds finish during one sweep do they publish over it,
+until the sweep that their publication starts.)
+
+A sweep (one process at a time, `<dir>/sweep.lock`) lists the object files in a worker
+thread and unlinks the least recently used until the count is under LOW_WATER of the
+bound, so sweeps come once per ~10% of the bound written, not once per object. "Used"
+is this process's last hit when it has one, else the file's mtime (its store or
+revalidation time): approximate LRU, which SPEC allows. Worker processes behind one
+SO_REUSEPORT port see much the same traffic, so each one's hits are a fair sample.
+
+The counter can drift (a process killed mid-fill leaves its reservation counted):
+always upwards, which only evicts a little early, and every start-up rescans the folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import struct
+from collections.abc import Iterator
+
+from .entry import MAX_META, PREFIX, header_key
+from .store import FANOUT, DiskStore
+
+log = logging.getLogger("keyfront.cache")
+LOW_WATER = 0.9  # a sweep evicts down to this fraction of max_size
+_COUNTER = struct.Struct("<q")
+
+
+class Space:
+    def __init__(self, store: DiskStore, max_size: int) -> None:
+        self.store = store
+        self.max_size = max_size
+        self.evictions = 0  # objects evicted by this process's sweeps
+        self._fd = os.open(os.path.join(store.root, "size"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        self._sweep_lock = os.path.join(store.root, "sweep.lock")
+        self._sweep: asyncio.Task[None] | None = None
+        self._inflight = 0  # bytes this process has reserved and not yet settled
+
+    async def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweep
+        os.close(self._fd)
+
+    @property
+    def total(self) -> int:
+        return self._add(0)
+
+    def reserve(self, size: int) -> None:
+        """Count an object about to be written; sweep if that passes the bound."""
+        self._inflight += size
+        if self._add(size) > self.max_size:
+            self.sweep_soon()
+
+    def settle(self, size: int, kept: bool) -> None:
+        """A reserved object is published (kept) or abandoned. Fills that waited for one
+        sweep together can still leave the count over the bound: sweep again."""
+        self._inflight -= size
+        if not kept:
+            self._add(-size)
+        elif self.total > self.max_size:
+            self.sweep_soon()
+
+    def freed(self, size: int) -> None:
+        if size:
+            self._add(-size)
+
+    async def settled(self) -> None:
+        """Wait for a running sweep, so that a publish never lands on a full cache."""
+        if self._sweep is not None:
+            await asyncio.shield(self._sweep)
+
+    def sweep_soon(self) -> None:
+        if self._sweep is None or self._sweep.done():
+            self._sweep = asyncio.create_task(self._run_sweep())
+
+    async def _run_sweep(self) -> None:
+        """Evict down to LOW_WATER; again while objects reserved meanwhile keep the
+        count over the bound (a publish waits for this, so the bound holds)."""
+        with _try_lock(self._sweep_lock) as locked:
+            if not locked:
+                return  # another process is sweeping
+            excess = self.total - int(self.max_size * LOW_WATER)
+            while excess > 0 and await self._evict(excess):
+                total = self.total
+                excess = total - int(self.max_size * LOW_WATER) if total > self.max_size else 0
+
+    async def _evict(self, excess: int) -> bool:
+        """One pass: evict `excess` bytes of the least recently used; False if none."""
+        known = {e.name: e.used for e in self.store.index.values() if e.used}
+        loop = asyncio.get_running_loop()
+        try:
+            evicted, size = await loop.run_in_executor(None, _evict, self.store, known, excess)
+        except OSError as exc:
+            log.warning("cache sweep failed: %s", exc)
+            return False
+        self._add(-size)
+        self.evictions += len(evicted)
+        gone = set(evicted)
+        for key in [k for k, e in self.store.index.items() if e.name in gone]:
+            self.store.forget(key)
+        return bool(evicted)
+
+    async def rescan(self) -> None:
+        """At start-up, in a worker thread: count what is on disk (correcting any drift)
+        and remove what crashed processes left behind. What changed during the scan is
+        kept: the count becomes the scan plus the changes since it began."""
+        before = self.total
+        loop = asyncio.get_running_loop()
+        try:
+            size = await loop.run_in_executor(None, _scan, self.store)
+        except OSError as exc:
+            log.warning("cache scan failed: %s", exc)
+            return
+        if self._add(size - before) > self.max_size:
+            self.sweep_soon()
+
+    def _add(self, delta: int) -> int:
+        """Add to the shared count under flock: a few µs, held by nobody for longer."""
+        with _locked(self._fd):
+            raw = os.pread(self._fd, _COUNTER.size, 0)
+            total = max(0, (_COUNTER.unpack(raw)[0] if len(raw) == _COUNTER.size else 0) + delta)
+            if delta:
+                os.pwrite(self._fd, _COUNTER.pack(total), 0)
+        return total
+
+
+@contextlib.contextmanager
+def _locked(fd: int) -> Iterator[None]:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _try_lock(path: str) -> Iterator[bool]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _objects(store: DiskStore) -> Iterator[os.DirEntry[str]]:
+    for fan in FANOUT:
+        with os.scandir(os.path.join(store.objects, fan)) as entries:
+            yield from (e for e in entries if e.is_file(follow_symlinks=False))
+
+
+def _evict(store: DiskStore, known: dict[str, float], excess: int) -> tuple[list[str], int]:
+    """In a worker thread: unlink the least recently used objects until `excess` bytes
+    are freed. Returns the names removed and the bytes freed."""
+    candidates = []
+    for entry in _objects(store):
+        st = entry.stat(follow_symlinks=False)
+        candidates.append((max(known.get(entry.name, 0.0), st.st_mtime), entry.name))
+    candidates.sort()
+    evicted: list[str] = []
+    size = 0
+    for _, name in candidates:
+        if size >= excess:
+            break
+        freed = store.remove(name)
+        if freed:
+            evicted.append(name)
+            size += freed
+    return evicted, size
+
+
+def remove_prefix(store: DiskStore, prefix: str) -> tuple[int, int]:
+    """In a worker thread: unlink every object whose key starts with `prefix`; the
+    number removed and the bytes freed."""
+    count = size = 0
+    for entry in _objects(store):
+        try:
+            with open(entry.path, "rb") as file:
+                key = header_key(file.read(PREFIX.size + MAX_META))
+        except OSError:
+            continue
+        if key is not None and key.startswith(prefix):
+            freed = store.remove(entry.name)
+            count += 1 if freed else 0
+            size += freed
+    return count, size
+
+
+def _scan(store: DiskStore) -> int:
+    """In a worker thread: the bytes of published objects and of objects being written;
+    removes temp files of dead processes and lock files nobody holds whose object is
+    gone."""
+    size = sum(e.stat(follow_symlinks=False).st_size for e in _objects(store))
+    with os.scandir(store.tmp) as entries:
+        for entry in entries:
+            if _alive(entry.name):
+                size += entry.stat(follow_symlinks=False).st_size  # being written
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+    for fan in FANOUT:
+        with os.scandir(os.path.join(store.locks, fan)) as entries:
+            for entry in entries:
+                if not os.path.exists(store.path(entry.name)):
+                    _drop_unheld_lock(entry.path)
+    return size
+
+
+def _alive(temp_name: str) -> bool:
+    """Whether the process that named a temp file `<sha256>.<pid>.<n>` still runs."""
+    try:
+        pid = int(temp_name.split(".")[1])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _drop_unheld_lock(path: str) -> None:
+    with contextlib.suppress(OSError), _try_lock(path) as locked:
+        if locked:
+            os.unlink(path)

@@ -1,0 +1,246 @@
+"""Customers, keys and customer tokens: the actions behind `keyfront customers|keys` and
+the admin API (SPEC sections 2, 8, 9).
+
+A key's own settings may not exceed its customer's plan caps. A full key is shown once,
+by `minted_json` after a create or a roll: it is never stored. A customer token is
+likewise shown once and stored only as its SHA-256: tokens carry 256 random bits, so
+a plain hash is as good as a slow one and costs one lookup per admin call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ..config import KeyDefaults
+from ..errors import Conflict
+from ..keys import KEY_ID_ALPHABET, KeySigner, new_key_id
+from ..records import Customer, KeyRecord
+from ..referrers import is_path_pattern
+from ..store import CustomerToken, Store
+from ..units import Rate, format_size
+from . import Invalid, Missing, Refused
+
+# (key field, the customer's plan cap): a key's own setting may not exceed the cap.
+PLAN_CAPS = (
+    ("rate", "max_rate"),
+    ("burst", "max_burst"),
+    ("ip_rate", "max_rate"),
+    ("ip_burst", "max_burst"),
+    ("quota_requests", "quota_requests"),
+    ("quota_bytes", "quota_bytes"),
+)
+TOKEN_PREFIX = "kfc_"  # keyfront customer token: kfc_ + 43 base62 characters (256 bits)
+_TOKEN = re.compile(r"kfc_[0-9A-Za-z]{43}")
+
+
+def record_json(record: Customer | KeyRecord, reveal_secret: bool = False) -> dict[str, Any]:
+    """A record as JSON values: Rate as "10/s", lists, unix-second timestamps. The link
+    secret only when `reveal_secret` (the action set it); else `has_link_secret`."""
+    data: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        data[f.name] = str(value) if isinstance(value, Rate) else value
+        if isinstance(value, tuple):
+            data[f.name] = list(value)
+    if "link_secret" in data and not reveal_secret:
+        data["has_link_secret"] = data.pop("link_secret") is not None
+    return data
+
+
+# --- customers ---------------------------------------------------------------------
+
+
+async def find_customer(store: Store, customer_id: str, for_new_key: bool = False) -> Customer:
+    """The customer, or Missing; with `for_new_key`, only an active one (else Refused)."""
+    customer = await store.get_customer(customer_id)
+    if customer is None:
+        raise Missing(f"no such customer: {customer_id}")
+    if for_new_key and customer.status != "active":
+        raise Refused(f"customer {customer_id} is {customer.status}: it cannot get new keys")
+    return customer
+
+
+async def create_customer(store: Store, customer_id: str, settings: dict[str, Any]) -> Customer:
+    customer = Customer(customer_id, created_at=int(time.time()), **settings)
+    try:
+        await store.create_customer(customer)
+    except Conflict:
+        raise Refused(f"customer {customer_id} already exists") from None
+    return customer
+
+
+async def change_customer(store: Store, customer_id: str, changes: dict[str, Any]) -> Customer:
+    changed = dataclasses.replace(await find_customer(store, customer_id), **changes)
+    await store.put_customer(changed)
+    return changed
+
+
+# --- keys --------------------------------------------------------------------------
+
+
+async def find_key(
+    store: Store, key_id: str, to_change: bool = False, customer_id: str | None = None
+) -> KeyRecord:
+    """The key's record, or Missing; with `customer_id`, only that customer's (another
+    customer's key is Missing too); with `to_change`, only one not revoked."""
+    record = await store.get_key(key_id)
+    if record is None or customer_id not in (None, record.customer_id):
+        raise Missing(f"no such key: {key_id}")
+    if to_change and record.status == "revoked":
+        raise Refused(f"key {key_id} is revoked, which is final")
+    return record
+
+
+def check_plan_caps(changes: dict[str, Any], customer: Customer) -> list[str]:
+    """Raise Invalid for a setting above the customer's plan caps; the warnings the
+    settings deserve (a referrer pattern with a path)."""
+    for field, cap_name in PLAN_CAPS:
+        value, cap = changes.get(field), getattr(customer, cap_name)
+        if value is not None and cap is not None and _amount(value) > _amount(cap):
+            problem = f"{_shown(field, value)} exceeds customer {customer.customer_id}'s"
+            raise Invalid(field, f"{problem} plan cap {cap_name} {_shown(cap_name, cap)}")
+    return path_pattern_warnings(changes.get("referrers") or ())
+
+
+def _amount(value: Rate | int) -> float:
+    return value.per_second if isinstance(value, Rate) else value
+
+
+def _shown(name: str, value: Rate | int) -> str:
+    return format_size(value) if name == "quota_bytes" and isinstance(value, int) else str(value)
+
+
+def path_pattern_warnings(patterns: Iterable[str]) -> list[str]:
+    return [f"referrer pattern {pattern!r} names a path, but browsers send only the page's "
+            "origin on cross-origin requests (referrer policy strict-origin-when-cross-origin), "
+            "so it matches only pages that send a fuller referrer"
+            for pattern in patterns if is_path_pattern(pattern)]  # fmt: skip
+
+
+def within_plan(record: KeyRecord, customer: Customer, defaults: KeyDefaults) -> KeyRecord:
+    """For a key a customer manages itself: an unset field falls back to the configured
+    default, which may be above the plan (or unlimited); such a field takes the cap."""
+    filled: dict[str, Any] = {}
+    for field, cap_name in PLAN_CAPS:
+        if field.startswith("ip_"):
+            continue  # unset, there is no bucket per client IP: nothing to bound
+        cap, default = getattr(customer, cap_name), getattr(defaults, field)
+        unset, capped = getattr(record, field) is None, cap is not None
+        if unset and capped and (default is None or _amount(default) > _amount(cap)):
+            filled[field] = cap
+    return dataclasses.replace(record, **filled) if filled else record
+
+
+def _completed(record: KeyRecord, customer: Customer, bound: KeyDefaults | None) -> KeyRecord:
+    """The record to store: within the plan where `bound`; with a link secret generated
+    where it requires signed links and has none."""
+    if bound is not None:
+        record = within_plan(record, customer, bound)
+    if record.require_signed_links and not record.link_secret:
+        record = dataclasses.replace(record, link_secret=secrets.token_urlsafe(32))
+    return record
+
+
+async def create_key(
+    store: Store,
+    customer: Customer,
+    changes: dict[str, Any],
+    version: int,
+    bound: KeyDefaults | None = None,
+) -> KeyRecord:
+    """A new key of `customer` (found active, its changes checked by check_plan_caps).
+    With `bound` (the configured defaults), fields left to them stay within the plan."""
+    record = KeyRecord(new_key_id(), customer.customer_id, created_at=int(time.time()),
+                       version=version, **changes)  # fmt: skip
+    record = _completed(record, customer, bound)
+    await store.create_key(record)
+    return record
+
+
+async def change_key(
+    store: Store,
+    record: KeyRecord,
+    changes: dict[str, Any],
+    customer: Customer,
+    bound: KeyDefaults | None = None,
+) -> KeyRecord:
+    """The key with `changes` (checked by check_plan_caps), as for create_key."""
+    changed = _completed(dataclasses.replace(record, **changes), customer, bound)
+    await store.put_key(changed)
+    return changed
+
+
+async def revoke_key(store: Store, record: KeyRecord) -> KeyRecord:
+    revoked = dataclasses.replace(record, status="revoked")
+    await store.put_key(revoked)
+    return revoked
+
+
+async def roll_key(
+    store: Store, old: KeyRecord, grace: float, version: int
+) -> tuple[KeyRecord, KeyRecord]:
+    """A new key with the old one's settings (status and expiry included); the old one
+    expires after the grace period, unless it already expires sooner. (new, old)."""
+    await find_customer(store, old.customer_id, for_new_key=True)
+    now = int(time.time())
+    new = dataclasses.replace(old, key_id=new_key_id(), created_at=now, version=version)
+    await store.create_key(new)
+    retire_at = now + int(grace)
+    if old.expires_at is None or old.expires_at > retire_at:
+        old = dataclasses.replace(old, expires_at=retire_at)
+        await store.put_key(old)
+    return new, old
+
+
+def minted_json(signer: KeySigner, record: KeyRecord, **extra: Any) -> dict[str, Any]:
+    """The one time a full key is shown (create, roll), with its link secret."""
+    key = signer.mint(record.key_id, record.version)
+    return {"key": key, **record_json(record, reveal_secret=True), **extra}
+
+
+# --- customer tokens (SPEC section 9) ----------------------------------------------
+
+
+def token_json(token: CustomerToken) -> dict[str, Any]:
+    """A token as listed: never the token string (it is not stored)."""
+    return dataclasses.asdict(token)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def mint_token(store: Store, customer_id: str, name: str) -> tuple[str, CustomerToken]:
+    """A new token for the customer: (the token, shown once; its stored record)."""
+    await find_customer(store, customer_id)
+    token = TOKEN_PREFIX + "".join(secrets.choice(KEY_ID_ALPHABET) for _ in range(43))
+    token_id = "".join(secrets.choice(KEY_ID_ALPHABET) for _ in range(12))
+    record = CustomerToken(token_id, customer_id, name, int(time.time()))
+    await store.create_token(token_hash(token), record)
+    return token, record
+
+
+async def list_tokens(store: Store, customer_id: str) -> list[CustomerToken]:
+    await find_customer(store, customer_id)
+    return await store.list_tokens(customer_id)
+
+
+async def revoke_token(store: Store, customer_id: str, token_id: str) -> CustomerToken:
+    token = await store.delete_token(customer_id, token_id)
+    if token is None:
+        await find_customer(store, customer_id)
+        raise Missing(f"no such token: {token_id}")
+    return token
+
+
+async def token_holder(store: Store, token: str) -> CustomerToken | None:
+    """The stored token `token` names; None (without a store call) for a malformed one."""
+    if len(token) != len(TOKEN_PREFIX) + 43 or not _TOKEN.fullmatch(token):
+        return None
+    return await store.get_token(token_hash(token))

@@ -1,0 +1,77 @@
+"""Usage reports for `keyfront usage` and `GET /admin/v1/usage` (SPEC section 4).
+
+With a key, the key's rows (and, with a customer too, only if the key is that
+customer's); with a customer alone, the customer's totals; with neither, every
+customer's totals. `start` defaults to the start of this month (UTC), `end`
+(exclusive) to now. Hourly rows are kept 35 days, daily ones 400: by hour reads
+hourly rows, day and month read daily ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from ..store import Store
+from ..usage import FIELDS, Grain, Scope, UsageRow, month_start, summed
+from .actions import find_customer, find_key
+
+GRAINS = ("hour", "day", "month")
+
+
+async def usage_report(
+    store: Store,
+    *,
+    customer_id: str | None,
+    key_id: str | None,
+    start: int | None,
+    end: int | None,
+    grain: Grain,
+) -> list[dict[str, Any]]:
+    """The rows as JSON: the key or customer id, `start` (unix seconds), `period` (ISO),
+    the counts of FIELDS, and the `denied_<code>` counts that are not zero."""
+    now = int(time.time())
+    start = start if start is not None else month_start(now)
+    end = end if end is not None else now + 1
+    scope, ids = await _subjects(store, customer_id, key_id)
+    rows = summed(await store.read_usage(scope, ids, start, end, grain), grain)
+    return [_row_json(row) for row in rows]
+
+
+async def _subjects(
+    store: Store, customer_id: str | None, key_id: str | None
+) -> tuple[Scope, list[str]]:
+    if key_id:
+        await find_key(store, key_id, customer_id=customer_id)
+        return "key", [key_id]
+    if customer_id:
+        await find_customer(store, customer_id)
+        return "customer", [customer_id]
+    return "customer", [c.customer_id for c in await store.list_customers()]
+
+
+def _row_json(row: UsageRow) -> dict[str, Any]:
+    counts = {field: row.counts.get(field, 0) for field in FIELDS}
+    denied = {k: v for k, v in sorted(row.counts.items()) if k.startswith("denied_")}
+    period = datetime.fromtimestamp(row.start, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {row.scope: row.id, "start": row.start, "period": period, **counts, **denied}
+
+
+def usage_columns(data: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Column names and rows for a table or CSV: a column for every name any row has
+    (but `start`), zero where a row lacks it."""
+    columns = list(dict.fromkeys(k for row in data for k in row if k != "start"))
+    columns = columns or ["period", *FIELDS]
+    return columns, [{c: row.get(c, 0) for c in columns} for row in data]
+
+
+def usage_csv(data: list[dict[str, Any]]) -> str:
+    columns, rows = usage_columns(data)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

@@ -1,0 +1,241 @@
+"""The values of record settings, checked one way for the command line and the admin
+API (SPEC section 2).
+
+Each `parse_*` takes text and raises ValueError naming the problem (argparse shows it
+after the option's name). `read_settings` reads the settings of a JSON object through
+a table of `Setting`s and raises `Invalid` naming the field; the same tables give the
+admin API's OpenAPI schemas, so what is documented is what is accepted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..keys import is_key_id, key_id_of
+from ..referrers import validate_referrer_pattern
+from ..units import parse_duration, parse_rate, parse_size
+from . import Invalid
+
+MIN_LINK_SECRET = 16
+
+
+def parse_customer_id(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise ValueError(f"{text!r} is not a customer id (1-64 of A-Z a-z 0-9 _ . -)")
+    return text
+
+
+def parse_key_id(text: str) -> str:
+    """A key id, or the id of a full key string (for convenience)."""
+    key_id = key_id_of(text) or (text if is_key_id(text) else None)
+    if key_id is None:
+        raise ValueError(f"{text!r} is neither a key id nor a key")
+    return key_id
+
+
+def parse_positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def parse_cidr(text: str) -> str:
+    return str(ipaddress.ip_network(text, strict=False))
+
+
+def parse_path_prefix(text: str) -> str:
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r}: a path prefix starts with '/', e.g. /files/icons/")
+    return text
+
+
+def parse_referrer(text: str) -> str:
+    problem = validate_referrer_pattern(text)
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+def parse_link_secret(text: str) -> str:
+    if len(text) < MIN_LINK_SECRET:
+        raise ValueError(f"a link secret has at least {MIN_LINK_SECRET} characters")
+    return text
+
+
+def parse_expiry(text: str) -> int:
+    """Unix seconds from an ISO date or datetime (UTC unless it names a zone) or from a
+    duration from now (`30d`). A bare number is refused: seconds, or a timestamp?"""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        if text.strip().isdigit():
+            raise ValueError(f"{text!r}: write a duration with its unit (30d) or a date") from None
+        try:
+            return int(time.time() + parse_duration(text))
+        except ValueError:
+            raise ValueError(f"{text!r} is neither an ISO date nor a duration (30d)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return _future(int(moment.timestamp()), text)
+
+
+def parse_date(text: str) -> int:
+    """Unix seconds from an ISO date or datetime, UTC unless it names a zone."""
+    moment = datetime.fromisoformat(text)
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
+
+
+def _future(moment: int, given: object) -> int:
+    if moment <= time.time():
+        raise ValueError(f"{given!r} is in the past")
+    return moment
+
+
+# --- settings in JSON (the admin API) ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """A settable record field in JSON: its JSON Schema, how to read a value (raising
+    ValueError), and what null means (unset; `nullable=False`: refused)."""
+
+    schema: dict[str, Any]
+    read: Callable[[Any], Any]
+    nullable: bool = True
+    unset: Any = None
+
+
+def _expect(kind: type, what: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        # bool is an int to Python, not to JSON: true is no count, 1 is no flag.
+        if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+            raise ValueError(f"expected {what}, got {json_type(value)}")
+        return value
+
+    return check
+
+
+_string, _boolean = _expect(str, "a string"), _expect(bool, "true or false")
+_integer = _expect(int, "an integer")
+
+
+def json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    return names.get(type(value), "an array" if isinstance(value, list) else "an object")
+
+
+def _text(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    return lambda value: parse(_string(value))
+
+
+def _positive(value: Any) -> int:
+    if _integer(value) < 1:
+        raise ValueError(f"{value} is not a positive integer")
+    return int(value)
+
+
+def _size(value: Any) -> int:
+    return _positive(value) if not isinstance(value, str) else _positive(parse_size(value))
+
+
+def _grace(value: Any) -> float:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if _integer(value) < 0:
+        raise ValueError(f"{value} is negative")
+    return float(value)
+
+
+def _expiry(value: Any) -> int:
+    return parse_expiry(value) if isinstance(value, str) else _future(_integer(value), value)
+
+
+def _list_of(parse: Callable[[str], str]) -> Callable[[Any], tuple[str, ...]]:
+    def read(value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise ValueError(f"expected an array of strings, got {json_type(value)}")
+        return tuple(parse(_string(item)) for item in value)
+
+    return read
+
+
+def _choice(*choices: str) -> Setting:
+    def read(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return str(value)
+
+    return Setting({"enum": list(choices)}, read, nullable=False)
+
+
+def _nullable(*types: str, **more: Any) -> dict[str, Any]:
+    return {"type": [*types, "null"], **more}
+
+
+def _strings(parse: Callable[[str], str], description: str) -> Setting:
+    schema = {"type": ["array", "null"], "items": {"type": "string"}, "description": description}
+    return Setting(schema, _list_of(parse), unset=())
+
+
+NAME = Setting({"type": "string"}, _string, nullable=False)
+RATE = Setting(_nullable("string", examples=["10/s", "600/m"]), _text(parse_rate))
+COUNT = Setting(_nullable("integer", minimum=1), _positive)
+BYTES = Setting(_nullable("integer", "string", examples=[1073741824, "1GiB"]), _size)
+STATUS = _choice("active", "disabled")
+KEY_SETTINGS: dict[str, Setting] = {  # KeyRecord fields
+    "name": NAME,
+    "referrers": _strings(parse_referrer, "example.com, *.example.com, https://host/path/*"),
+    "allow_no_referrer": Setting(_nullable("boolean"), _boolean),
+    "ips": _strings(parse_cidr, "CIDRs, IPv4 and IPv6"),
+    "paths": _strings(parse_path_prefix, "path prefixes, each starting with /"),
+    "rate": RATE,
+    "burst": COUNT,
+    "ip_rate": RATE,
+    "ip_burst": COUNT,
+    "quota_requests": COUNT,
+    "quota_bytes": BYTES,
+    "expires_at": Setting(
+        _nullable("integer", "string", description="unix seconds, an ISO date, or 30d"), _expiry
+    ),
+    "require_signed_links": Setting({"type": "boolean"}, _boolean, nullable=False),
+    "link_secret": Setting(
+        _nullable("string", minLength=MIN_LINK_SECRET), _text(parse_link_secret)
+    ),
+}
+CUSTOMER_SETTINGS: dict[str, Setting] = {  # Customer fields: the plan caps
+    "name": NAME,
+    "max_rate": RATE,
+    "max_burst": COUNT,
+    "quota_requests": COUNT,
+    "quota_bytes": BYTES,
+}
+KEY_CHANGES = {**KEY_SETTINGS, "status": STATUS}
+CUSTOMER_CHANGES = {**CUSTOMER_SETTINGS, "status": STATUS}
+TOKEN_SETTINGS = {"name": NAME}
+DEFAULT_GRACE = "24h"  # `keys roll`: how long the replaced key keeps working
+GRACE_HELP = "how long the old key keeps working: 24h, or seconds (default 24h; 0: not at all)"
+ROLL_SETTINGS = {
+    "grace": Setting({"type": ["string", "integer"], "description": GRACE_HELP}, _grace, False)
+}
+
+
+def read_settings(body: Mapping[str, Any], settings: Mapping[str, Setting]) -> dict[str, Any]:
+    """The record fields a JSON object sets; Invalid names the first bad field."""
+    found: dict[str, Any] = {}
+    for name, value in body.items():
+        setting = settings.get(name)
+        if setting is None:
+            raise Invalid(name, "unknown field")
+        if value is None and not setting.nullable:
+            raise Invalid(name, "may not be null")
+        try:
+            found[name] = setting.unset if value is None else setting.read(value)
+        except ValueError as exc:
+            raise Invalid(name, str(exc)) from None
+    return found

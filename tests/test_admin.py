@@ -1,0 +1,597 @@
+"""The admin API (SPEC section 9) over HTTP, against keyfront running as a real process
+on both stores: who may call what, the actions and their JSON, plan caps, and the
+OpenAPI document. Customers and tokens are seeded with the real `keyfront` CLI."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import time
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from proxy.admin import ENDPOINTS, PREFIX, admin_app
+from proxy.config import AdminConfig, Config, KeysConfig
+from proxy.errors import Conflict
+from proxy.keys import KeySigner
+from proxy.store import CustomerToken, store_from_url
+
+from conftest import SECRET, KeyfrontProcess, RedisServer, start_keyfront
+
+SIGNER = KeySigner("pk", {1: SECRET})
+ADMIN_TOKEN = "operator-token-0123456789"
+ACME_CAPS = ("--max-rate", "10/s", "--max-burst", "20",
+             "--quota-requests", "1000", "--quota-bytes", "1GiB")  # fmt: skip
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        assert self.headers["Content-Type"].startswith("application/json"), self.headers
+        return json.loads(self.body)
+
+    @property
+    def code(self) -> str:
+        return str(self.json()["error"]["code"])
+
+
+def call(
+    base: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    token: str | None = ADMIN_TOKEN,
+    *,
+    scheme: str = "Bearer",
+) -> Reply:
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    headers = {"Authorization": f"{scheme} {token}"} if token else {}
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    try:
+        conn.request(method, path, body=data, headers=headers)
+        response = conn.getresponse()
+        return Reply(response.status, response.headers, response.read())
+    finally:
+        conn.close()
+
+
+@dataclass
+class Deployment:
+    """One keyfront on one store, with customers acme (plan caps) and globex, a token
+    for each, and a key of globex's that acme's token must never reach."""
+
+    kind: str
+    kf: KeyfrontProcess
+    tokens: dict[str, str]
+    globex_key: dict[str, Any]
+
+    def admin(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = ADMIN_TOKEN,
+        expect: int | None = None,
+    ) -> Reply:
+        reply = call(self.kf.admin_url, method, PREFIX + path, body, token)
+        if expect is not None:
+            assert reply.status == expect, (reply.status, reply.body)
+        return reply
+
+    def as_customer(self, customer: str, method: str, path: str, body: Any = None) -> Reply:
+        return self.admin(method, path, body, token=self.tokens[customer])
+
+    def fetch(self, key: str, path: str = "/files/a.txt") -> int:
+        return call(self.kf.url, "GET", f"{path}?key={key}", token=None).status
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("origin")
+    (root / "a.txt").write_bytes(b"a" * 100)
+    return root
+
+
+def config(store_url: str, files: Path, admin: str = f"admin: {{token: {ADMIN_TOKEN}}}") -> str:
+    return f"""
+store: {store_url}
+keys:
+  secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}
+{admin}
+usage: {{flush_interval: 100ms}}
+routes:
+  - {{prefix: /files/, origin: "file://{files}/"}}
+"""
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def deployment(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: RedisServer,
+    files: Path,
+) -> Iterator[Deployment]:
+    workdir = tmp_path_factory.mktemp(f"admin-{request.param}")
+    if request.param == "redis":
+        if redis_server.process.poll() is not None:
+            redis_server.start()
+        redis_server.cli("FLUSHALL")
+        store_url = redis_server.url
+    else:
+        store_url = f"sqlite://{workdir}/keyfront.db"
+    kf = start_keyfront(config(store_url, files), str(workdir))
+    kf.cli("customers", "create", "acme", *ACME_CAPS)
+    kf.cli("customers", "create", "globex")
+    tokens = {
+        c: json.loads(kf.cli("customers", "token", c, "--json").stdout)["token"]
+        for c in ("acme", "globex")
+    }
+    globex_key = json.loads(kf.cli("keys", "create", "--customer", "globex", "--json").stdout)
+    yield Deployment(request.param, kf, tokens, globex_key)
+    assert kf.stop() == 0
+
+
+# --- who may call what ------------------------------------------------------------------
+
+
+def concrete(path: str) -> str:
+    """A route's path with its parameters filled in (the values need not exist)."""
+    return re.sub(r"\{\w+\}", "acme", path.removeprefix(PREFIX))
+
+
+def routes(document: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(method, path, access) of every operation in the document."""
+    return [
+        (method.upper(), path, operation["x-access"])
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+    ]
+
+
+def test_wrong_or_missing_token_is_401_on_every_route(deployment: Deployment) -> None:
+    document = deployment.admin("GET", "/openapi.json", token=None, expect=200).json()
+    checked = 0
+    for method, path, access in routes(document):
+        if access == "public":
+            continue
+        for token in (None, "wrong-token", ADMIN_TOKEN[:-1], "kfc_" + "A" * 43):
+            reply = deployment.admin(method, concrete(path), {}, token=token)
+            assert (reply.status, reply.code) == (401, "unauthorized"), (method, path, token)
+            assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+            assert reply.json()["error"]["request_id"] == reply.headers["X-Request-Id"]
+        checked += 1
+    assert checked == len(ENDPOINTS) - 1
+    basic = call(deployment.kf.admin_url, "GET", f"{PREFIX}/keys", scheme="Basic")
+    assert basic.status == 401
+    assert deployment.admin("GET", "/keys", expect=200).headers["X-Request-Id"]
+
+
+def test_a_customer_token_gets_403_on_operator_routes(deployment: Deployment) -> None:
+    document = deployment.admin("GET", "/openapi.json", token=None).json()
+    operator_only = [(m, p) for m, p, access in routes(document) if access == "operator"]
+    assert len(operator_only) == 9
+    for method, path in operator_only:
+        reply = deployment.as_customer("acme", method, concrete(path), {})
+        assert (reply.status, reply.code) == (403, "forbidden"), (method, path)
+
+
+# Every route a customer token may call, aimed at globex's key or globex itself.
+OTHER_CUSTOMERS = [
+    ("GET", "/keys?customer=globex", None),
+    ("POST", "/keys", {"customer_id": "globex"}),
+    ("GET", "/keys/{globex}", None),
+    ("PATCH", "/keys/{globex}", {"name": "taken over", "status": "disabled"}),
+    ("POST", "/keys/{globex}/revoke", None),
+    ("POST", "/keys/{globex}/roll", {"grace": 0}),
+    ("GET", "/usage?customer=globex", None),
+    ("GET", "/usage?key={globex}", None),
+    ("GET", "/usage?customer=acme&key={globex}", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), OTHER_CUSTOMERS)
+def test_a_customer_token_cannot_reach_another_customers_keys_or_usage(
+    deployment: Deployment, method: str, path: str, body: Any
+) -> None:
+    globex = deployment.globex_key["key_id"]
+    before = deployment.admin("GET", "/keys?customer=globex", expect=200).json()
+    reply = deployment.as_customer("acme", method, path.replace("{globex}", globex), body)
+    assert (reply.status, reply.code) == (404, "not_found")
+    assert list(reply.json()) == ["error"]  # and nothing of globex's
+    assert deployment.admin("GET", "/keys?customer=globex").json() == before  # nothing changed
+    assert deployment.fetch(deployment.globex_key["key"]) == 200
+
+
+def test_a_customer_token_sees_only_its_own_keys_and_usage(deployment: Deployment) -> None:
+    mine = deployment.as_customer("acme", "POST", "/keys", {"name": "mine"}).json()
+    listed = deployment.as_customer("acme", "GET", "/keys").json()
+    assert mine["key_id"] in [k["key_id"] for k in listed]
+    assert {k["customer_id"] for k in listed} == {"acme"}
+    assert deployment.as_customer("acme", "GET", "/keys?customer=acme").json() == listed
+    totals = deployment.as_customer("acme", "GET", "/usage").json()
+    assert {row["customer"] for row in totals} <= {"acme"}
+    own = deployment.as_customer("acme", "GET", f"/usage?key={mine['key_id']}")
+    assert own.status == 200
+
+
+def test_a_customer_token_stays_within_its_plan_caps(deployment: Deployment) -> None:
+    for field, value in (
+        ("rate", "11/s"),
+        ("burst", 21),
+        ("ip_rate", "3600/m"),
+        ("quota_requests", 1001),
+        ("quota_bytes", "2GiB"),
+    ):
+        reply = deployment.as_customer("acme", "POST", "/keys", {field: value})
+        assert (reply.status, reply.json()["error"]["field"]) == (400, field)
+        assert "plan cap" in reply.json()["error"]["message"]
+    # Fields left to the configured defaults (20/s, burst 40, no quota) take the caps.
+    key = deployment.as_customer("acme", "POST", "/keys", {}).json()
+    caps = ("10/s", 20, 1000, 1024**3)
+    assert (key["rate"], key["burst"], key["quota_requests"], key["quota_bytes"]) == caps
+    path = f"/keys/{key['key_id']}"
+    assert deployment.as_customer("acme", "PATCH", path, {"burst": 30}).status == 400
+    cleared = deployment.as_customer("acme", "PATCH", path, {"quota_requests": None, "rate": "5/s"})
+    assert (cleared.json()["quota_requests"], cleared.json()["rate"]) == (1000, "5/s")
+    # The operator's own keys keep the CLI's rule: only the settings given are capped.
+    assert deployment.admin("POST", "/keys", {"customer_id": "acme"}).json()["rate"] is None
+
+
+def test_a_disabled_customers_token_is_refused(deployment: Deployment) -> None:
+    deployment.admin("POST", "/customers", {"customer_id": "initech"}, expect=201)
+    token = deployment.admin("POST", "/customers/initech/tokens", {}, expect=201).json()["token"]
+    assert deployment.admin("GET", "/keys", token=token).status == 200
+    deployment.admin("POST", "/customers/initech/disable", expect=200)
+    reply = deployment.admin("GET", "/keys", token=token)
+    assert (reply.status, reply.code) == (403, "forbidden")
+
+
+# --- customer tokens ------------------------------------------------------------------
+
+
+def test_tokens_are_shown_once_listed_without_the_secret_and_revocable(
+    deployment: Deployment,
+) -> None:
+    minted = deployment.admin("POST", "/customers/acme/tokens", {"name": "ci"}, expect=201).json()
+    assert minted["token"].startswith("kfc_") and minted["name"] == "ci"
+    assert deployment.admin("GET", "/keys", token=minted["token"]).status == 200
+    listed = deployment.admin("GET", "/customers/acme/tokens", expect=200).json()
+    assert {
+        "token_id": minted["token_id"],
+        "customer_id": "acme",
+        "name": "ci",
+        "created_at": minted["created_at"],
+    } in listed
+    assert minted["token"] not in json.dumps(listed)
+    deployment.admin("DELETE", f"/customers/acme/tokens/{minted['token_id']}", expect=200)
+    assert deployment.admin("GET", "/keys", token=minted["token"]).status == 401
+    again = deployment.admin("DELETE", f"/customers/acme/tokens/{minted['token_id']}")
+    assert again.status == 404
+    assert deployment.admin("GET", "/customers/nobody/tokens").status == 404
+
+
+def test_token_commands_on_the_command_line(deployment: Deployment) -> None:
+    kf = deployment.kf
+    minted = kf.cli("customers", "token", "globex", "--name", "deploy")
+    token = dict(line.split(":", 1) for line in minted.stdout.splitlines())["token"].strip()
+    assert "only this once" in minted.stderr
+    listed = json.loads(kf.cli("customers", "tokens", "globex", "--json").stdout)
+    token_id = next(t["token_id"] for t in listed if t["name"] == "deploy")
+    assert token not in kf.cli("customers", "tokens", "globex").stdout
+    assert deployment.admin("GET", "/keys", token=token).status == 200
+    revoked = kf.cli("customers", "revoke-token", "globex", token_id)
+    assert revoked.stdout.strip() == f"revoked token {token_id}"
+    assert deployment.admin("GET", "/keys", token=token).status == 401
+    assert kf.cli("customers", "revoke-token", "globex", token_id, check=False).returncode == 1
+
+
+# --- customers and keys ---------------------------------------------------------------
+
+
+def test_customers_create_list_get_patch_disable(deployment: Deployment) -> None:
+    created = deployment.admin(
+        "POST",
+        "/customers",
+        {"customer_id": "umbrella", "name": "U", "max_rate": "600/m"},
+        expect=201,
+    ).json()
+    assert (created["max_rate"], created["status"]) == ("600/m", "active")
+    assert abs(created["created_at"] - time.time()) < 5
+    duplicate = deployment.admin("POST", "/customers", {"customer_id": "umbrella"})
+    assert (duplicate.status, duplicate.code) == (409, "conflict")
+    for body, field in (
+        ({"customer_id": "bad id!"}, "customer_id"),
+        ({}, "customer_id"),
+        ({"customer_id": "x", "max_burst": 0}, "max_burst"),
+        ({"customer_id": "x", "colour": "red"}, "colour"),
+    ):
+        reply = deployment.admin("POST", "/customers", body)
+        assert (reply.status, reply.json()["error"]["field"]) == (400, field)
+    assert "umbrella" in [c["customer_id"] for c in deployment.admin("GET", "/customers").json()]
+    patched = deployment.admin("PATCH", "/customers/umbrella", {"max_burst": 5, "max_rate": None})
+    assert (patched.json()["max_burst"], patched.json()["max_rate"]) == (5, None)
+    assert deployment.admin("GET", "/customers/umbrella").json() == patched.json()
+    disabled = deployment.admin("POST", "/customers/umbrella/disable", expect=200).json()
+    assert disabled["status"] == "disabled"
+    refused = deployment.admin("POST", "/keys", {"customer_id": "umbrella"})
+    assert (refused.status, refused.code) == (409, "conflict")
+    assert deployment.admin("GET", "/customers/nobody").status == 404
+
+
+def test_keys_create_get_patch_and_serve_through_the_public_listener(
+    deployment: Deployment,
+) -> None:
+    created = deployment.admin(
+        "POST",
+        "/keys",
+        {
+            "customer_id": "acme",
+            "name": "site",
+            "referrers": ["*.example.com"],
+            "ips": ["10.1.2.3/8"],
+            "rate": "5/s",
+            "expires_at": "30d",
+            "require_signed_links": False,
+        },
+        expect=201,
+    ).json()
+    assert SIGNER.verify(created["key"]).key_id == created["key_id"]
+    assert created["ips"] == ["10.0.0.0/8"] and created["link_secret"] is None
+    assert abs(created["expires_at"] - (time.time() + 30 * 86400)) < 5
+    path = f"/keys/{created['key_id']}"
+    shown = deployment.admin("GET", path, expect=200).json()
+    assert "key" not in shown and shown["has_link_secret"] is False
+    assert created["key"] not in json.dumps(deployment.admin("GET", "/keys").json())
+    assert deployment.admin("GET", f"/keys/{created['key']}").json() == shown  # a full key too
+
+    plain = deployment.admin("POST", "/keys", {"customer_id": "acme"}).json()
+    assert deployment.fetch(plain["key"]) == 200
+    patched = deployment.admin(
+        "PATCH",
+        path,
+        {
+            "ips": [],
+            "referrers": ["a.example.com"],
+            "expires_at": None,
+            "require_signed_links": True,
+        },
+    ).json()
+    assert (patched["ips"], patched["referrers"], patched["expires_at"]) == (
+        [],
+        ["a.example.com"],
+        None,
+    )
+    assert len(patched["link_secret"]) >= 32  # set by this call, so shown
+    renamed = deployment.admin("PATCH", path, {"name": "n"}).json()
+    assert "link_secret" not in renamed and renamed["has_link_secret"] is True
+    for body, field in (
+        ({"ips": ["10.0.0.300/8"]}, "ips"),
+        ({"rate": "fast"}, "rate"),
+        ({"paths": ["files/"]}, "paths"),
+        ({"burst": True}, "burst"),
+        ({"expires_at": 5}, "expires_at"),
+        ({"status": "revoked"}, "status"),
+        ({"link_secret": "short"}, "link_secret"),
+    ):
+        reply = deployment.admin("PATCH", path, body)
+        assert (reply.status, reply.json()["error"]["field"]) == (400, field), body
+    for raw in ("not an object", b"{not json", b"\xff\xfe{", b""):
+        reply = deployment.admin("PATCH", path, raw)
+        assert (reply.status, reply.json()["error"]["field"]) == (400, "body"), raw
+    too_big = deployment.admin("PATCH", path, b'{"name": "' + b"x" * 2**20 + b'"}')
+    assert (too_big.status, too_big.code) == (413, "request_entity_too_large")
+    assert deployment.admin("GET", "/keys/" + "A" * 22).status == 404
+    assert deployment.admin("GET", "/keys?customer=nobody").status == 404
+
+
+def test_a_revoked_key_is_refused_within_one_second(deployment: Deployment) -> None:
+    key = deployment.admin("POST", "/keys", {"customer_id": "acme"}, expect=201).json()
+    assert deployment.fetch(key["key"]) == 200  # now in the record cache
+    revoked = deployment.admin("POST", f"/keys/{key['key_id']}/revoke", expect=200).json()
+    assert revoked["status"] == "revoked"
+    started = time.monotonic()
+    while deployment.fetch(key["key"]) != 403:
+        assert time.monotonic() - started < 1.0, "the revocation took more than 1 s"
+        time.sleep(0.02)
+    final = deployment.admin("PATCH", f"/keys/{key['key_id']}", {"status": "active"})
+    assert (final.status, final.code) == (409, "conflict")
+    assert deployment.admin("POST", f"/keys/{key['key_id']}/roll").status == 409
+
+
+def test_roll_mints_a_new_key_and_retires_the_old(deployment: Deployment) -> None:
+    old = deployment.admin(
+        "POST", "/keys", {"customer_id": "acme", "name": "site", "paths": ["/files/"]}
+    ).json()
+    rolled = deployment.admin(
+        "POST", f"/keys/{old['key_id']}/roll", {"grace": "1h"}, expect=201
+    ).json()
+    assert SIGNER.verify(rolled["key"]).key_id == rolled["key_id"] != old["key_id"]
+    assert (rolled["replaces"], rolled["name"], rolled["paths"]) == (
+        old["key_id"],
+        "site",
+        ["/files/"],
+    )
+    retired = deployment.admin("GET", f"/keys/{old['key_id']}").json()
+    assert abs(retired["expires_at"] - (time.time() + 3600)) < 5
+    assert retired["expires_at"] == rolled["replaced_expires_at"]
+    assert deployment.fetch(rolled["key"]) == deployment.fetch(old["key"]) == 200
+    default = deployment.admin("POST", f"/keys/{rolled['key_id']}/roll").json()  # 24h
+    assert abs(default["replaced_expires_at"] - (time.time() + 86400)) < 5
+    assert deployment.admin("POST", f"/keys/{old['key_id']}/roll", {"grace": -1}).status == 400
+
+
+# --- usage, purge -----------------------------------------------------------------------
+
+
+def test_usage_matches_keyfront_usage(deployment: Deployment) -> None:
+    key = deployment.as_customer("globex", "POST", "/keys", {}).json()
+    for _ in range(3):
+        assert deployment.fetch(key["key"]) == 200
+    query = f"/usage?key={key['key_id']}&by=hour"
+    deadline = time.monotonic() + 5
+    rows = deployment.admin("GET", query).json()
+    while sum(r["requests"] for r in rows) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        rows = deployment.admin("GET", query).json()
+    assert sum(r["requests"] for r in rows) == 3 and sum(r["bytes"] for r in rows) == 300
+    cli = deployment.kf.cli("usage", "--key", key["key_id"], "--by", "hour", "--format", "json")
+    assert json.loads(cli.stdout) == rows
+    assert deployment.as_customer("globex", "GET", query).json() == rows
+    csv = deployment.admin("GET", query + "&format=csv")
+    assert csv.headers["Content-Type"].startswith("text/csv")
+    assert csv.body.decode().splitlines()[0].startswith("key,period,requests,bytes")
+    for bad, field in (
+        ("by=week", "by"),
+        ("from=yesterday", "from"),
+        ("customer_id=x", "customer_id"),
+        ("key=!", "key"),
+    ):
+        reply = deployment.admin("GET", f"/usage?{bad}")
+        assert (reply.status, reply.json()["error"]["field"]) == (400, field)
+    month = deployment.admin("GET", "/usage?customer=globex&by=month&from=2020-01-01").json()
+    assert sum(r["requests"] for r in month) >= 3
+
+
+def test_purge_by_path_and_prefix_empties_the_cache(deployment: Deployment) -> None:
+    key = deployment.admin("POST", "/keys", {"customer_id": "acme"}, expect=201).json()["key"]
+    url = f"/files/a.txt?key={key}"
+
+    def cached() -> str:
+        return call(deployment.kf.url, "GET", url, token=None).headers["X-Cache"]
+
+    cached()
+    assert cached() == "HIT"
+    purged = deployment.admin("POST", "/purge", {"paths": ["/files/a.txt", "/files/b.txt"]})
+    assert (purged.status, purged.json()) == (200, {"purged": 1})
+    assert cached() == "MISS"
+    assert cached() == "HIT"
+    assert deployment.admin("POST", "/purge", {"prefix": "/files/"}).json() == {"purged": 1}
+    assert cached() == "MISS"
+    for body in ({}, {"paths": []}, {"paths": ["no-slash"]}, {"prefix": 1},
+                 {"paths": ["/a"], "prefix": "/b"}):  # fmt: skip
+        reply = deployment.admin("POST", "/purge", body)
+        assert (reply.status, reply.code) == (400, "bad_request"), body
+
+
+async def test_purge_without_a_cache_is_501(tmp_path: Path, aiohttp_client: Any) -> None:
+    store = store_from_url(f"sqlite://{tmp_path}/kf.db")
+    runtime = types.SimpleNamespace(config=_config(ADMIN_TOKEN), store=store, cache=None)
+    client = await aiohttp_client(_mounted(runtime))
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    response = await client.post(f"{PREFIX}/purge", json={"prefix": "/"}, headers=auth)
+    assert response.status == 501
+    assert (await response.json())["error"]["code"] == "not_implemented"
+
+
+# --- without admin.token, and the OpenAPI document -------------------------------------
+
+
+def test_without_an_admin_token_every_call_is_401(tmp_path: Path, files: Path) -> None:
+    """(On SQLite only: the check never reaches the store.)"""
+    store_url = f"sqlite://{tmp_path}/kf.db"
+    kf = start_keyfront(config(store_url, files, admin=""), str(tmp_path))
+    try:
+        kf.cli("customers", "create", "acme")
+        token = json.loads(kf.cli("customers", "token", "acme", "--json").stdout)["token"]
+        for endpoint in ENDPOINTS:
+            if endpoint.access == "public":
+                continue
+            for bearer in (ADMIN_TOKEN, token, None):
+                path = PREFIX + concrete(endpoint.path)
+                reply = call(kf.admin_url, endpoint.method, path, {}, bearer)
+                assert reply.status == 401, (endpoint.method, path)
+        assert call(kf.admin_url, "GET", f"{PREFIX}/openapi.json", token=None).status == 200
+    finally:
+        assert kf.stop() == 0
+
+
+def test_openapi_document_lists_every_route_and_nothing_else(deployment: Deployment) -> None:
+    reply = deployment.admin("GET", "/openapi.json", token=None, expect=200)
+    document = json.loads(reply.body)
+    assert document["openapi"].startswith("3.1")
+    documented = {(m, p) for m, p, _ in routes(document)}
+    app = _mounted(types.SimpleNamespace(config=_config(ADMIN_TOKEN), store=None))
+    registered = {
+        (r.method, r.resource.canonical)
+        for r in app.router.routes()
+        if r.resource is not None and r.resource.canonical.startswith(PREFIX) and r.method != "*"
+    }
+    assert documented == registered and len(documented) == len(ENDPOINTS)
+    _check_structure(document)
+
+
+def _check_structure(document: dict[str, Any]) -> None:
+    """What a validator checks that matters here: path parameters declared, every
+    operation answered, every $ref resolvable, operation ids unique."""
+    schemas = document["components"]["schemas"]
+    refs = re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(document))
+    assert refs and set(refs) <= set(schemas)
+    ids = [op["operationId"] for _, ops in document["paths"].items() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            declared = {p["name"] for p in operation["parameters"] if p["in"] == "path"}
+            assert declared == set(re.findall(r"\{(\w+)\}", path))
+            assert any(status.startswith("2") for status in operation["responses"])
+
+
+def _config(token: str) -> Config:
+    return Config(keys=KeysConfig(secrets={1: SECRET}), routes=(), admin=AdminConfig(token))
+
+
+def _mounted(runtime: Any) -> web.Application:
+    app = web.Application()
+    app.add_subapp(PREFIX, admin_app(runtime))
+    return app
+
+
+# --- token storage, on every store -----------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """(Not Redis Cluster: starting the session's cluster this early slows every later
+    module; the token methods use the same slot-keyed helpers as the rest of RedisStore,
+    which tests/test_store.py runs on the cluster.)"""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/kf.db"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    if server.process.poll() is not None:
+        server.start()
+    server.cli("-n", "5", "FLUSHDB")  # its own database: `deployment` keeps database 0
+    return server.url.removesuffix("/0") + "/5"
+
+
+async def test_tokens_are_stored_by_hash_only(store_url: str) -> None:
+    store = store_from_url(store_url)
+    await store.open()
+    try:
+        first = CustomerToken("t1", "acme", "ci", 100)
+        second = CustomerToken("t2", "acme", "", 200)
+        await store.create_token("a" * 64, second)
+        await store.create_token("b" * 64, first)
+        await store.create_token("c" * 64, CustomerToken("t3", "globex", "", 50))
+        with pytest.raises(Conflict):
+            await store.create_token("a" * 64, CustomerToken("t4", "acme", "", 300))
+        assert await store.get_token("b" * 64) == first
+        assert await store.get_token("d" * 64) is None
+        assert await store.list_tokens("acme") == [first, second]
+        assert await store.delete_token("globex", "t1") is None  # another customer's id
+        assert await store.delete_token("acme", "t1") == first
+        assert await store.get_token("b" * 64) is None
+        assert await store.list_tokens("acme") == [second]
+        assert await store.delete_token("acme", "t1") is None
+    finally:
+        await store.close()

@@ -1,0 +1,518 @@
+"""The disk cache (proxy/cache/) through `delivery.deliver_from`, in process: a real
+aiohttp server runs the delivery step, in front of a real HTTP origin server whose
+behaviour (slow, dying mid-body, failing, 304) the test controls. Asserts what a client
+sees (status, X-Cache, bytes) and what the origin saw (requests per object)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import resource
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import RawTestServer
+from multidict import CIMultiDict
+
+from proxy.cache import Cache
+from proxy.conditional import UNSATISFIABLE, http_date, parse_range
+from proxy.config import CacheConfig, OriginTimeouts, Route
+from proxy.delivery import deliver_from
+from proxy.errors import Refusal
+from proxy.exchange import Exchange, Target
+from proxy.origin.http import HttpOrigin
+
+KiB, MiB = 1024, 1024 * 1024
+PREFIX = "/c/"
+
+
+def blob(size: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+# --- a real HTTP origin with controllable behaviour -----------------------------------
+
+
+@dataclass
+class OriginBehaviour:
+    """Objects by name, served with a strong ETag and Last-Modified; honours
+    If-None-Match and single Ranges. `delay` trickles bodies in 64 KiB chunks, `die`
+    cuts the connection after that many bytes, `mode` makes it fail or hang."""
+
+    objects: dict[str, bytes] = field(default_factory=dict)
+    modified: dict[str, float] = field(default_factory=dict)
+    gets: Counter[str] = field(default_factory=Counter)
+    seen: list[dict[str, str]] = field(default_factory=list)
+    delay: float = 0.0
+    die: dict[str, int] = field(default_factory=dict)
+    mode: str = "up"  # up | error | hang
+
+    def put(self, name: str, body: bytes) -> None:
+        self.objects[name] = body
+        self.modified[name] = time.time() - 60
+
+    def etag(self, name: str) -> str:
+        return '"' + hashlib.sha256(self.objects[name]).hexdigest()[:16] + '"'
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        name = request.path.removeprefix("/")
+        if request.method == "GET":
+            self.gets[name] += 1
+            self.seen.append(dict(request.headers))
+        if self.mode == "error":
+            return web.Response(status=500)
+        if self.mode == "hang":
+            await asyncio.sleep(3)
+        if name not in self.objects:
+            return web.Response(status=404)
+        body = self.objects[name]
+        headers = {"ETag": self.etag(name), "Last-Modified": http_date(self.modified[name])}
+        if request.headers.get("If-None-Match") == headers["ETag"]:
+            return web.Response(status=304, headers=headers)
+        headers["Content-Type"] = "application/octet-stream"
+        status, part = 200, body
+        selected = parse_range(request.headers.get("Range"), len(body))
+        if selected is not None and selected is not UNSATISFIABLE:
+            status, part = 206, body[selected.start : selected.end + 1]
+            headers["Content-Range"] = selected.content_range(len(body))
+        return await self._send(request, status, headers, part, self.die.get(name))
+
+    async def _send(
+        self,
+        request: web.BaseRequest,
+        status: int,
+        headers: dict[str, str],
+        body: bytes,
+        die: int | None,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        for start in range(0, len(body), 64 * KiB):
+            if die is not None and start >= die:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            await response.write(body[start : start + 64 * KiB])
+        await response.write_eof()
+        return response
+
+
+# --- keyfront's delivery step behind a real server --------------------------------------
+
+
+@dataclass
+class Proxy:
+    url: str
+    cache: Cache
+    session: aiohttp.ClientSession
+
+    async def get(self, name: str, **headers: str) -> tuple[int, CIMultiDict[str], bytes]:
+        async with self.session.get(self.url + PREFIX + name, headers=headers) as response:
+            return response.status, response.headers.copy(), await response.read()
+
+    async def head(self, name: str) -> tuple[int, CIMultiDict[str]]:
+        async with self.session.head(self.url + PREFIX + name) as response:
+            return response.status, response.headers.copy()
+
+
+Start = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[tuple[OriginBehaviour, str]]:
+    behaviour = OriginBehaviour()
+    server = RawTestServer(behaviour.handle, host="127.0.0.1")
+    await server.start_server()
+    yield behaviour, str(server.make_url("/"))
+    await server.close()
+
+
+@pytest.fixture
+async def start(origin: tuple[OriginBehaviour, str], tmp_path: Path) -> AsyncIterator[Start]:
+    """Start a proxy (a Cache and the delivery step) on the cache folder `name`;
+    proxies started on one folder share it, as worker processes do."""
+    opened: list[tuple[RawTestServer, Cache, HttpOrigin, aiohttp.ClientSession]] = []
+
+    async def start_proxy(name: str = "cache", **settings: Any) -> Proxy:
+        config = CacheConfig(dir=str(tmp_path / name), **settings)
+        cache = Cache(config)
+        await cache.open()
+        route = Route(PREFIX, origin[1])
+        http_origin = HttpOrigin(route, OriginTimeouts(connect=1.0, first_byte=1.0, idle=1.0))
+        await http_origin.open()
+        target = Target(route, http_origin)
+
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            exchange = Exchange(request, "test")
+            try:
+                return await deliver_from(cache, exchange, target, request.path[len(PREFIX) :])
+            except Refusal as refusal:
+                return web.Response(status=refusal.status, headers={"X-Cache": exchange.cache})
+
+        server = RawTestServer(handle, host="127.0.0.1")
+        await server.start_server()
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        opened.append((server, cache, http_origin, session))
+        return Proxy(str(server.make_url("")).rstrip("/"), cache, session)
+
+    yield start_proxy
+    for server, cache, http_origin, session in opened:
+        await session.close()
+        await server.close()
+        await cache.close()
+        await http_origin.close()
+
+
+def objects_on_disk(cache: Cache) -> list[str]:
+    top = cache.store.objects
+    return [name for fan in os.listdir(top) for name in os.listdir(os.path.join(top, fan))]
+
+
+def disk_bytes(cache: Cache) -> int:
+    top = cache.store.objects
+    return sum(
+        os.path.getsize(os.path.join(top, fan, name))
+        for fan in os.listdir(top)
+        for name in os.listdir(os.path.join(top, fan))
+    )
+
+
+async def settle(cache: Cache) -> None:
+    """Wait (bounded) until no fill is writing and no sweep is running."""
+    for _ in range(250):
+        await cache.space.settled()
+        if not temp_files(cache) and cache.space.total <= cache.config.max_size:
+            await cache.space.settled()
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"temp files left: {temp_files(cache)}")
+
+
+def temp_files(cache: Cache) -> list[str]:
+    return os.listdir(cache.store.tmp)
+
+
+# --- hits and misses ---------------------------------------------------------------------
+
+
+async def test_miss_then_hit_keeps_the_origins_validators(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    behaviour, _ = origin
+    for name, size in (("small", 10 * KiB), ("large", 3 * MiB)):
+        body = blob(size)
+        behaviour.put(name, body)
+        proxy = await start()
+        first = await proxy.get(name)
+        second = await proxy.get(name)
+        assert (first[0], first[1]["X-Cache"], first[2]) == (200, "MISS", body)
+        assert (second[0], second[1]["X-Cache"], second[2]) == (200, "HIT", body)
+        for headers in (first[1], second[1]):
+            assert headers["ETag"] == behaviour.etag(name)
+            assert headers["Last-Modified"] == http_date(behaviour.modified[name])
+            assert headers["Content-Length"] == str(size)
+            assert headers["Accept-Ranges"] == "bytes"
+        assert behaviour.gets[name] == 1
+        assert "Range" not in behaviour.seen[-1]
+
+
+async def test_200_concurrent_cold_requests_make_one_origin_get(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    behaviour, _ = origin
+    body = blob(1 * MiB, seed=2)
+    behaviour.put("cold", body)
+    behaviour.delay = 0.01  # 16 chunks: the fill is still under way as requests arrive
+    proxy = await start()
+    replies = await asyncio.gather(*(proxy.get("cold") for _ in range(200)))
+    assert behaviour.gets["cold"] == 1
+    assert all(status == 200 and got == body for status, _, got in replies)
+    assert {headers["X-Cache"] for _, headers, _ in replies} <= {"MISS", "HIT"}
+    assert proxy.cache.coalesced >= 1
+
+
+async def test_range_head_and_conditionals_are_answered_from_the_cache(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    behaviour, _ = origin
+    for name, size in (("r-small", 20 * KiB), ("r-large", 3 * MiB)):
+        body = blob(size, seed=3)
+        behaviour.put(name, body)
+        proxy = await start()
+        assert (await proxy.get(name))[2] == body
+        status, headers, got = await proxy.get(name, Range="bytes=10-19")
+        assert (status, got, headers["Content-Range"]) == (206, body[10:20], f"bytes 10-19/{size}")
+        assert headers["X-Cache"] == "HIT"
+        assert (await proxy.get(name, Range="bytes=-5"))[::2] == (206, body[-5:])
+        assert (await proxy.get(name, Range=f"bytes={size - 100}-"))[2] == body[-100:]
+        assert (await proxy.get(name, Range=f"bytes={size}-"))[0] == 416
+        assert (await proxy.get(name, Range="bytes=oops"))[::2] == (200, body)
+        status, headers = await proxy.head(name)
+        assert (status, headers["Content-Length"]) == (200, str(size))
+        etag, modified = headers["ETag"], headers["Last-Modified"]
+        status, headers, got = await proxy.get(name, **{"If-None-Match": etag})
+        assert (status, got, headers["ETag"]) == (304, b"", etag)
+        assert (await proxy.get(name, **{"If-Modified-Since": modified}))[0] == 304
+        assert (await proxy.get(name, **{"If-None-Match": '"other"'}))[0] == 200
+        assert behaviour.gets[name] == 1
+
+
+async def test_ranges_on_a_miss_fetch_the_whole_object_once(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    behaviour, _ = origin
+    body = blob(2 * MiB, seed=4)
+    behaviour.put("ranged", body)
+    behaviour.delay = 0.005
+    proxy = await start()
+    ranges = [(0, 9), (MiB, MiB + 99), (2 * MiB - 10, 2 * MiB - 1), (5, 2 * MiB - 1)]
+    replies = await asyncio.gather(
+        *(proxy.get("ranged", Range=f"bytes={a}-{b}") for a, b in ranges), proxy.head("ranged")
+    )
+    for (a, b), (status, headers, got) in zip(ranges, replies, strict=False):
+        assert (status, got) == (206, body[a : b + 1])
+        assert headers["X-Cache"] == "MISS"
+    assert behaviour.gets["ranged"] == 1
+    assert "Range" not in behaviour.seen[0]  # the cache wants all of it
+
+
+# --- nothing partial is ever served as complete ------------------------------------------
+
+
+async def test_a_client_leaving_mid_download_leaves_a_correct_entry(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    behaviour, _ = origin
+    body = blob(2 * MiB, seed=5)
+    behaviour.put("left", body)
+    behaviour.delay = 0.01
+    proxy = await start()
+    async with proxy.session.get(proxy.url + PREFIX + "left") as response:
+        assert len(await response.content.readexactly(100 * KiB)) == 100 * KiB
+        response.close()  # the client goes away mid-body
+    status, _, got = await proxy.get("left")  # joins the fill, or hits its result
+    assert (status, got) == (200, body)
+    assert (await proxy.get("left"))[1]["X-Cache"] == "HIT"
+    assert behaviour.gets["left"] == 1
+    assert temp_files(proxy.cache) == []
+
+
+async def test_an_origin_dying_mid_body_leaves_no_entry(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    behaviour, _ = origin
+    body = blob(1 * MiB, seed=6)
+    behaviour.put("dies", body)
+    behaviour.die["dies"] = 512 * KiB
+    proxy = await start()
+    for attempt in (1, 2):
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await proxy.get("dies")  # truncated: never a short "complete" 200
+        assert behaviour.gets["dies"] == attempt  # nothing was cached
+    assert objects_on_disk(proxy.cache) == [] and temp_files(proxy.cache) == []
+    del behaviour.die["dies"]
+    assert (await proxy.get("dies"))[2] == body
+
+
+# --- freshness ---------------------------------------------------------------------------
+
+
+async def test_stale_entry_revalidated_by_304_is_refreshed(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    behaviour, _ = origin
+    behaviour.put("fresh", blob(30 * KiB))
+    proxy = await start(ttl=0.3, stale_while_revalidate=0.0)
+    assert (await proxy.get("fresh"))[1]["X-Cache"] == "MISS"
+    await asyncio.sleep(0.4)
+    status, headers, got = await proxy.get("fresh")
+    assert (status, headers["X-Cache"], got) == (200, "REVALIDATED", behaviour.objects["fresh"])
+    assert behaviour.seen[-1]["If-None-Match"] == behaviour.etag("fresh")
+    assert (await proxy.get("fresh"))[1]["X-Cache"] == "HIT"  # fresh again: no origin call
+    assert behaviour.gets["fresh"] == 2
+    behaviour.put("fresh", blob(40 * KiB, seed=9))  # changed at the origin
+    await asyncio.sleep(0.4)
+    status, headers, got = await proxy.get("fresh")
+    assert (headers["X-Cache"], got) == ("MISS", behaviour.objects["fresh"])
+
+
+async def test_stale_while_revalidate_serves_at_once_and_refreshes_once(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    behaviour, _ = origin
+    behaviour.put("swr", blob(10 * KiB))
+    proxy = await start(ttl=0.2, stale_while_revalidate=30.0)
+    await proxy.get("swr")
+    await asyncio.sleep(0.3)
+    behaviour.mode = "hang"  # the refresh takes its time; clients do not wait for it
+    replies = await asyncio.gather(*(proxy.get("swr") for _ in range(20)))
+    assert {(status, headers["X-Cache"]) for status, headers, _ in replies} == {(200, "STALE")}
+    assert behaviour.gets["swr"] == 2  # one background refresh for all 20
+
+
+async def test_stale_if_error_then_502_and_504(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    behaviour, _ = origin
+    behaviour.put("sie", blob(10 * KiB))
+    behaviour.put("sie-big", blob(1 * MiB))
+    proxy = await start(ttl=0.2, stale_while_revalidate=0.0, stale_if_error=0.6)
+    await proxy.get("sie")
+    await proxy.get("sie-big")
+    await asyncio.sleep(0.3)
+    behaviour.mode = "error"
+    for name in ("sie", "sie-big"):
+        status, headers, got = await proxy.get(name)
+        assert (status, headers["X-Cache"], got) == (200, "STALE", behaviour.objects[name])
+    await asyncio.sleep(0.6)  # past ttl + stale_if_error
+    assert (await proxy.get("sie"))[0] == 502
+    behaviour.mode = "hang"
+    assert (await proxy.get("sie"))[0] == 504
+
+
+async def test_origin_404_is_cached_for_negative_ttl(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    behaviour, _ = origin
+    proxy = await start(negative_ttl=0.3)
+    assert [(await proxy.get("nope"))[0] for _ in range(3)] == [404, 404, 404]
+    assert behaviour.gets["nope"] == 1
+    behaviour.put("nope", b"now it exists")
+    await asyncio.sleep(0.4)
+    assert (await proxy.get("nope"))[::2] == (200, b"now it exists")
+
+
+# --- bounds --------------------------------------------------------------------------------
+
+
+async def test_objects_over_max_object_size_pass_through_with_range(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    behaviour, _ = origin
+    body = blob(300 * KiB, seed=7)
+    behaviour.put("huge", body)
+    proxy = await start(max_object_size=256 * KiB)
+    for _ in range(2):
+        status, headers, got = await proxy.get("huge", Range="bytes=100-199")
+        assert (status, headers["X-Cache"], got) == (206, "BYPASS", body[100:200])
+        assert behaviour.seen[-1]["Range"] == "bytes=100-199"
+    assert (await proxy.get("huge"))[::2] == (200, body)
+    assert objects_on_disk(proxy.cache) == []
+
+
+async def test_the_size_bound_holds_while_three_times_it_streams_through(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    behaviour, _ = origin
+    size, max_size = 100 * KiB, 1 * MiB
+    proxy = await start(max_size=max_size)
+    names = [f"many/{i}" for i in range(3 * max_size // size)]
+    for i, name in enumerate(names):
+        behaviour.put(name, blob(size, seed=i))
+    for name in names[:20]:  # one after another: within the bound at every moment
+        assert (await proxy.get(name))[2] == behaviour.objects[name]
+        assert disk_bytes(proxy.cache) <= max_size  # the one being written is in tmp/
+        await settle(proxy.cache)
+        assert disk_bytes(proxy.cache) <= max_size
+    replies = await asyncio.gather(*(proxy.get(name) for name in names[20:]))  # all at once
+    assert [body for _, _, body in replies] == [behaviour.objects[n] for n in names[20:]]
+    await settle(proxy.cache)
+    assert disk_bytes(proxy.cache) <= max_size
+    assert proxy.cache.evictions > 0
+    assert (await proxy.get(names[-1]))[1]["X-Cache"] == "HIT"  # recent ones stay
+    status, headers, got = await proxy.get(names[0])  # evicted: fetched again, exact
+    assert (status, headers["X-Cache"], got) == (200, "MISS", behaviour.objects[names[0]])
+
+
+async def test_a_cache_that_cannot_write_serves_uncached_and_counts(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    behaviour, _ = origin
+    body = blob(200 * KiB, seed=8)
+    behaviour.put("nowrite", body)
+    proxy = await start()
+    os.rmdir(proxy.cache.store.tmp)
+    Path(proxy.cache.store.tmp).write_text("not a folder")  # every temp file fails
+    for _ in range(2):
+        status, headers, got = await proxy.get("nowrite")
+        assert (status, headers["X-Cache"], got) == (200, "BYPASS", body)
+    assert proxy.cache.write_errors == 2
+
+
+async def test_a_write_error_mid_body_finishes_the_response_from_the_origin(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    """A disk that fills up mid-object: the readers get the rest of their bytes from
+    the origin with a Range, and nothing is published."""
+    behaviour, _ = origin
+    body = blob(3 * MiB, seed=10)
+    behaviour.put("full", body)
+    behaviour.delay = 0.002
+    proxy = await start()
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 * MiB, hard))  # writes past 1 MiB fail
+    try:
+        replies = await asyncio.gather(*(proxy.get("full") for _ in range(3)))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert all((status, got) == (200, body) for status, _, got in replies)
+    assert proxy.cache.write_errors == 1
+    assert objects_on_disk(proxy.cache) == [] and temp_files(proxy.cache) == []
+    assert any(seen.get("Range", "").startswith("bytes=") for seen in behaviour.seen)
+
+
+# --- purge ------------------------------------------------------------------------------------
+
+
+async def test_purge_by_path_and_prefix(start: Start, origin: tuple[OriginBehaviour, str]) -> None:
+    behaviour, _ = origin
+    for name in ("a/1", "a/2", "b/1"):
+        behaviour.put(name, blob(5 * KiB))
+    proxy = await start()
+    for name in ("a/1", "a/2", "b/1"):
+        await proxy.get(name)
+    assert proxy.cache.purge(PREFIX + "a/1") == 1
+    assert (await proxy.get("a/1"))[1]["X-Cache"] == "MISS"
+    assert await proxy.cache.purge_prefix(PREFIX + "a/") == 2
+    assert (await proxy.get("a/2"))[1]["X-Cache"] == "MISS"
+    assert (await proxy.get("b/1"))[1]["X-Cache"] == "HIT"
+    assert proxy.cache.purge(PREFIX + "never/there") == 0
+
+
+# --- two processes' worth of caches on one folder ------------------------------------------------
+
+
+async def test_two_caches_on_one_folder_fetch_once(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    """Two Cache instances open the lock files separately, so their flocks exclude each
+    other exactly as two worker processes' do."""
+    behaviour, _ = origin
+    body = blob(1 * MiB, seed=11)
+    behaviour.put("shared", body)
+    behaviour.delay = 0.01
+    one, two = await start("shared"), await start("shared")
+    replies = await asyncio.gather(
+        *(proxy.get("shared") for _ in range(50) for proxy in (one, two))
+    )
+    assert all((status, got) == (200, body) for status, _, got in replies)
+    assert behaviour.gets["shared"] == 1
+    behaviour.put("later", b"stored by one")
+    await one.get("later")
+    assert (await two.get("later"))[1::1][0]["X-Cache"] == "HIT"  # found on disk
+    assert behaviour.gets["later"] == 1

@@ -1,0 +1,219 @@
+"""The disk cache end to end: keyfront as a real process (one and two workers) in front
+of a real HTTP origin that counts GETs per object and can trickle or die mid-body.
+Asserts what clients see (status, X-Cache, body bytes) and what the origin saw."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import random
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from conftest import HttpOriginServer, KeyfrontProcess, start_keyfront
+
+MiB = 1024 * 1024
+BIG = random.Random(21).randbytes(3 * MiB)  # past every in-memory path: sendfile
+MID = random.Random(23).randbytes(1 * MiB)
+SMALL = random.Random(22).randbytes(10_000)
+
+
+class BehaviourOrigin(HttpOriginServer):
+    """The counting origin of conftest, plus `trickle/<file>` (the file in 16 chunks
+    over ~0.8 s, so concurrent requests overlap the fill) and `die/<file>` (half the
+    file, then the connection is cut)."""
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info["path"]
+        kind, _, name = path.partition("/")
+        if kind not in ("trickle", "die"):
+            return await super()._serve(request)
+        if request.method == "GET":
+            self.gets[path] = self.gets.get(path, 0) + 1
+        body = Path(self.root, name).read_bytes()
+        response = web.StreamResponse(headers={"ETag": f'"{len(body)}-{name}"'})
+        response.content_length = len(body)
+        await response.prepare(request)
+        step = -(-len(body) // 16)
+        for start in range(0, len(body), step):
+            if kind == "die" and start >= len(body) // 2:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            await asyncio.sleep(0.05)
+            await response.write(body[start : start + step])
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BehaviourOrigin]:
+    root = tmp_path_factory.mktemp("cache-origin")
+    (root / "big.bin").write_bytes(BIG)
+    (root / "small.bin").write_bytes(SMALL)
+    (root / "mid.bin").write_bytes(MID)
+    server = BehaviourOrigin(str(root))
+    server.start()
+    yield server
+    server.stop()
+
+
+def config(tmp_path: Path, origin: BehaviourOrigin) -> str:
+    return f"""
+store: sqlite://{tmp_path}/kf.db
+keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
+routes:
+  - {{prefix: /k/, origin: "{origin.url}"}}
+  - {{prefix: /open/, origin: "{origin.url}", auth: none}}
+cache: {{dir: {tmp_path}/cache, max_size: 64MiB}}
+access_log: "off"
+"""
+
+
+@pytest.fixture(autouse=True)
+def count_afresh(origin: BehaviourOrigin) -> None:
+    origin.gets.clear()  # each test starts keyfront on an empty cache
+
+
+@pytest.fixture
+def keyfront(tmp_path: Path, origin: BehaviourOrigin) -> Iterator[KeyfrontProcess]:
+    kf = start_keyfront(config(tmp_path, origin), str(tmp_path))
+    yield kf
+    assert kf.stop() == 0
+
+
+def get(kf: KeyfrontProcess, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", kf.port, timeout=10)
+    try:
+        conn.request("HEAD" if headers.pop("method", "") else "GET", path, headers=headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+async def _many(url: str, count: int) -> list[tuple[int, str, bytes]]:
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> tuple[int, str, bytes]:
+            async with session.get(url) as response:
+                return response.status, response.headers["X-Cache"], await response.read()
+
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+
+def key_for(kf: KeyfrontProcess, customer: str = "acme") -> str:
+    kf.cli("customers", "create", customer, check=False)
+    created = kf.cli("keys", "create", "--customer", customer, "--rate", "1000/s", "--json")
+    return str(json.loads(created.stdout)["key"])
+
+
+# --- coalescing ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_200_concurrent_cold_requests_one_origin_get(
+    tmp_path: Path, origin: BehaviourOrigin, workers: int
+) -> None:
+    kf = start_keyfront(config(tmp_path, origin), str(tmp_path), "--workers", str(workers))
+    try:
+        if workers == 2:
+            _wait_for_workers(kf)
+        path = f"trickle/mid.bin?w={workers}"  # the query is not part of the cache key
+        replies = asyncio.run(_many(f"{kf.url}/open/{path}", 200))
+    finally:
+        assert kf.stop() == 0
+    assert origin.gets["trickle/mid.bin"] == 1
+    assert all(status == 200 and body == MID for status, _, body in replies)
+    if workers == 2:
+        # One worker filled (MISS); the other waited on its lock and read what it stored
+        # (HIT): SO_REUSEPORT spreads 200 connections over both.
+        assert {x_cache for _, x_cache, _ in replies} == {"MISS", "HIT"}
+
+
+def _wait_for_workers(kf: KeyfrontProcess) -> None:
+    """Until both workers answer on the shared port: each process has its own
+    X-Request-Id prefix, so two prefixes mean two listening workers."""
+    prefixes = set()
+    deadline = time.monotonic() + 10
+    while len(prefixes) < 2:
+        assert time.monotonic() < deadline, "the two workers did not both start"
+        _, headers, _ = get(kf, "/elsewhere")
+        prefixes.add(headers["X-Request-Id"].rpartition("-")[0])
+
+
+# --- X-Cache, Range, HEAD, 304, one copy for every key -------------------------------------
+
+
+def test_keyed_route_hits_share_one_copy_and_answer_range_head_304(
+    keyfront: KeyfrontProcess, origin: BehaviourOrigin
+) -> None:
+    first, second = key_for(keyfront), key_for(keyfront, "other")
+    status, headers, body = get(keyfront, f"/k/small.bin?key={first}")
+    assert (status, headers["X-Cache"], body) == (200, "MISS", SMALL)
+    status, headers, body = get(keyfront, "/k/small.bin", **{"X-API-Key": second})
+    assert (status, headers["X-Cache"], body) == (200, "HIT", SMALL)  # another key, one copy
+    assert headers["ETag"] and headers["Last-Modified"] and "RateLimit-Remaining" in headers
+    part = get(keyfront, f"/k/small.bin?key={first}", Range="bytes=100-199")
+    assert (part[0], part[1]["X-Cache"], part[2]) == (206, "HIT", SMALL[100:200])
+    head = get(keyfront, f"/k/small.bin?key={first}", method="HEAD")
+    assert (head[0], head[1]["Content-Length"], head[2]) == (200, str(len(SMALL)), b"")
+    not_modified = get(keyfront, f"/k/small.bin?key={first}", **{"If-None-Match": headers["ETag"]})
+    assert (not_modified[0], not_modified[2]) == (304, b"")
+    assert origin.gets["small.bin"] == 1
+    assert get(keyfront, "/k/small.bin?key=nonsense")[0] == 401  # the cache never skips checks
+
+
+def test_large_objects_are_byte_exact_through_sendfile(
+    keyfront: KeyfrontProcess, origin: BehaviourOrigin
+) -> None:
+    for expected in ("MISS", "HIT", "HIT"):
+        status, headers, body = get(keyfront, "/open/big.bin")
+        assert (status, headers["X-Cache"], len(body)) == (200, expected, len(BIG))
+        assert body == BIG
+    middle = get(keyfront, "/open/big.bin", Range=f"bytes={MiB}-{2 * MiB + 12}")
+    assert (middle[0], middle[2]) == (206, BIG[MiB : 2 * MiB + 13])
+    assert origin.gets["big.bin"] == 1
+
+
+# --- nothing partial is ever served as complete ---------------------------------------------
+
+
+def test_a_client_killed_mid_download_leaves_a_correct_entry(
+    keyfront: KeyfrontProcess, origin: BehaviourOrigin
+) -> None:
+    with socket.create_connection(("127.0.0.1", keyfront.port), timeout=10) as sock:
+        sock.sendall(b"GET /open/trickle/small.bin?killed=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.recv(100)  # headers on their way: the fill is under way
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    # RST, not FIN: the client is gone. The fill goes on for whoever comes next.
+    status, _, body = get(keyfront, "/open/trickle/small.bin")
+    assert (status, body) == (200, SMALL)
+    assert get(keyfront, "/open/trickle/small.bin")[1]["X-Cache"] == "HIT"
+    assert origin.gets["trickle/small.bin"] == 1
+    assert os.listdir(Path(keyfront.config_path).parent / "cache" / "tmp") == []
+
+
+def test_an_origin_killed_mid_body_leaves_no_entry(
+    keyfront: KeyfrontProcess, origin: BehaviourOrigin
+) -> None:
+    for attempt in (1, 2):
+        conn = http.client.HTTPConnection("127.0.0.1", keyfront.port, timeout=10)
+        conn.request("GET", "/open/die/big.bin")
+        response = conn.getresponse()
+        assert response.status == 200
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()  # truncated, never a short "complete" body
+        conn.close()
+        assert origin.gets["die/big.bin"] == attempt  # nothing was cached
+    cache = Path(keyfront.config_path).parent / "cache"
+    assert [p for p in (cache / "objects").rglob("*") if p.is_file()] == []
