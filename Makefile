@@ -15,13 +15,18 @@ test: install-test check-redis lint
 	$(BIN)/pytest
 
 lint: install-test
-	$(BIN)/ruff check proxy tests
-	$(BIN)/ruff format --check proxy tests
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff format --check proxy tests bench
 	$(BIN)/mypy --strict proxy
 
 format: install-test
-	$(BIN)/ruff format proxy tests
-	$(BIN)/ruff check --fix proxy tests
+	$(BIN)/ruff format proxy tests bench
+	$(BIN)/ruff check --fix proxy tests bench
+
+# keyfront against nginx, side by side (SPEC section 12; docs/performance.md). Installs
+# nginx, wrk and redis-server with apt-get when missing. BENCH_ARGS=--quick: 1 round.
+bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test

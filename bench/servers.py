@@ -1,0 +1,291 @@
+"""What the benchmark serves and who serves it: the objects, the origin, nginx (the
+reference of SPEC section 12), redis-server and the keyfront instances, all on
+127.0.0.1, all pinned to the server core."""
+
+from __future__ import annotations
+
+import base64
+import grp
+import hashlib
+import json
+import os
+import pwd
+import secrets
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .system import BenchError, Cores, Processes, free_port, wait_for_http, with_children
+
+OBJECTS = {"10k": ("obj-10k.bin", 10 * 1024), "1m": ("obj-1m.bin", 1024 * 1024)}
+SPARSE_2G = "sparse-2g.bin"  # a sparse file: 2 GiB of size, no disk
+REFERER = "https://www.example.com/page"  # allowed by both servers' referrer checks
+ALLOWED_REFERRERS = "*.example.com"
+CUSTOMER = "bench"
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    base: str  # http://127.0.0.1:port
+    store_pids: list[int] = field(default_factory=list)  # its redis-server, reported apart
+
+    def pids(self) -> list[int]:
+        return with_children(self.proc.pid)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One way of asking one server for an object: `path` holds `{name}`."""
+
+    label: str
+    server: Server
+    path: str
+
+    def url(self, name: str) -> str:
+        return self.server.base + self.path.format(name=name)
+
+
+def make_objects(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    for name, size in OBJECTS.values():
+        (folder / name).write_bytes(os.urandom(size))
+    with (folder / SPARSE_2G).open("wb") as sparse:
+        sparse.truncate(2 * 1024**3)
+
+
+def start_origin(procs: Processes, cores: Cores, folder: Path) -> str:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.origin", "--port", str(port), "--dir", str(folder)]
+    procs.start("origin", cores.wrap(cores.server, argv))
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(base + "/stats/ready")
+    return base
+
+
+def start_redis(procs: Processes, cores: Cores, folder: Path) -> tuple[int, int]:
+    """(port, pid) of a redis-server without persistence."""
+    folder.mkdir()
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(folder)]
+    proc = procs.start("redis", cores.wrap(cores.server, argv))
+    ping = ["redis-cli", "-p", str(port), "PING"]
+    for _ in range(100):
+        if (
+            subprocess.run(ping, check=False, capture_output=True, text=True).stdout.strip()
+            == "PONG"
+        ):
+            return port, proc.pid
+        procs.check_alive()
+        subprocess.run(["sleep", "0.05"], check=True)
+    raise BenchError("redis-server did not answer PING")
+
+
+# --- nginx: proxy_cache on disk + secure_link + valid_referers + limit_req ------------
+
+NGINX_CONF = """\
+{user}
+worker_processes 1;
+worker_rlimit_nofile 8192;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    client_body_temp_path {dir}/temp/body;
+    proxy_temp_path {dir}/temp/proxy;
+    fastcgi_temp_path {dir}/temp/fastcgi;
+    uwsgi_temp_path {dir}/temp/uwsgi;
+    scgi_temp_path {dir}/temp/scgi;
+    proxy_cache_path {dir}/cache levels=1:2 keys_zone=objects:10m max_size=4g
+                     inactive=1h use_temp_path=off;
+    # Per key, set far above any rate reached here: the check runs, it never refuses.
+    limit_req_zone $arg_kid zone=perkey:10m rate=1000000r/s;
+    upstream origin {{ server {origin}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=2048;
+        location /request/ {{
+            # The key: kid plus an MD5 MAC of it with a secret, checked without I/O.
+            secure_link $arg_key;
+            secure_link_md5 "$arg_kid {secret}";
+            if ($secure_link = "") {{ return 403; }}
+            valid_referers {referrers};
+            if ($invalid_referer) {{ return 403; }}
+            limit_req zone=perkey burst=1000000 nodelay;
+            proxy_pass http://origin/objects/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache objects;
+            proxy_cache_key $uri;
+            proxy_cache_valid 200 1h;
+            proxy_cache_lock on;
+            add_header X-Cache $upstream_cache_status always;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_key(key_id: str, secret: str) -> str:
+    """What nginx's secure_link_md5 expects in ?key=: base64url MD5, no padding."""
+    digest = hashlib.md5(f"{key_id} {secret}".encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def start_nginx(procs: Processes, cores: Cores, folder: Path, origin: str) -> Target:
+    for sub in ("cache", "temp"):
+        (folder / sub).mkdir(parents=True)
+    secret, key_id = secrets.token_hex(16), secrets.token_urlsafe(16)
+    port = free_port()
+    conf = NGINX_CONF.format(
+        user=_nginx_user(folder),
+        dir=folder,
+        port=port,
+        origin=origin.removeprefix("http://"),
+        secret=secret,
+        referrers=ALLOWED_REFERRERS,
+    )
+    (folder / "nginx.conf").write_text(conf)
+    argv = ["nginx", "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e"]
+    argv += [str(folder / "error.log"), "-g", "daemon off;"]
+    server = Server("nginx", procs.start("nginx", cores.wrap(cores.server, argv)), "")
+    server.base = f"http://127.0.0.1:{port}"
+    wait_for_http(server.base + "/")
+    path = f"/request/{{name}}?kid={key_id}&key={nginx_key(key_id, secret)}"
+    return Target("nginx", server, path)
+
+
+def _nginx_user(folder: Path) -> str:
+    """As root, nginx's worker runs as `nobody`: give it the folder it writes."""
+    if os.geteuid() != 0:
+        return ""
+    nobody = pwd.getpwnam("nobody")
+    for path in [folder, *folder.rglob("*")]:
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    return f"user {nobody.pw_name} {grp.getgrgid(nobody.pw_gid).gr_name};"
+
+
+# --- keyfront ------------------------------------------------------------------------
+
+
+@dataclass
+class Keyfront:
+    server: Server
+    key: str
+    config: Path
+
+
+def keyfront_config(
+    folder: Path, store: str, origin: str, objects: Path, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """A keyed and an `auth: none` route over the HTTP origin (the cached path once the
+    disk cache exists) and over the objects folder (what serves hits until then)."""
+    http = origin + "/objects/"
+    files = f"file://{objects}/"
+    config: dict[str, Any] = {
+        "listen": f"127.0.0.1:{free_port()}",
+        "admin_listen": f"127.0.0.1:{free_port()}",
+        "store": store,
+        "keys": {
+            "secrets": {1: secrets.token_urlsafe(24)},
+            # The limiter runs on every request but never refuses.
+            "defaults": {"rate": "10000000/s", "burst": 10000000},
+        },
+        "routes": [
+            {"prefix": "/request/", "origin": http},
+            {"prefix": "/open/", "origin": http, "auth": "none"},
+            {"prefix": "/files/", "origin": files},
+            {"prefix": "/files-open/", "origin": files, "auth": "none"},
+        ],
+        "cache": {"dir": str(folder / "cache")},
+        "access_log": "off",
+    }
+    return _merged(config, extra)
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for name, value in extra.items():
+        old = out.get(name)
+        both_maps = isinstance(old, dict) and isinstance(value, dict)
+        out[name] = _merged(old, value) if both_maps else value  # type: ignore[arg-type]
+    return out
+
+
+def keyfront_cli(config: Path, *args: str) -> str:
+    argv = [sys.executable, "-m", "proxy", "-c", str(config), *args]
+    done = subprocess.run(argv, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BenchError(f"keyfront {' '.join(args[:2])} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def config_accepted(folder: Path, extra: dict[str, Any]) -> bool:
+    """Whether this keyfront's config model knows `extra` (e.g. a metering switch)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "probe.yaml"
+    config = keyfront_config(
+        folder, f"sqlite://{folder}/probe.db", "http://127.0.0.1:1", folder, extra
+    )
+    path.write_text(yaml.safe_dump(config))
+    argv = [sys.executable, "-m", "proxy", "-c", str(path), "config", "check"]
+    return subprocess.run(argv, check=False, capture_output=True).returncode == 0
+
+
+def start_keyfront(
+    procs: Processes,
+    cores: Cores,
+    name: str,
+    folder: Path,
+    config: dict[str, Any],
+    *,
+    module: str = "proxy",
+) -> Keyfront:
+    """Write the config, create the customer and its key through the CLI, start
+    `keyfront serve` (through `python -m module`) pinned to the server core."""
+    folder.mkdir(parents=True)
+    path = folder / "keyfront.yaml"
+    path.write_text(yaml.safe_dump(config))
+    keyfront_cli(path, "customers", "create", CUSTOMER, "--name", "benchmark")
+    created = keyfront_cli(
+        path, "keys", "create", "--customer", CUSTOMER, "--referrer", ALLOWED_REFERRERS, "--json"
+    )
+    key = json.loads(created)["key"]
+    argv = [sys.executable, "-m", module, "serve", "-c", str(path)]
+    proc = procs.start(name, cores.wrap(cores.server, argv))
+    server = Server(name, proc, f"http://{config['listen']}")
+    wait_for_http(f"http://{config['admin_listen']}/healthz")
+    return Keyfront(server, key, path)
+
+
+def start_floor(procs: Processes, cores: Cores, objects: Path, loop: str) -> Target:
+    """bench/floor.py: aiohttp's low-level server, the 10 KB body from memory."""
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.floor", "--port", str(port), "--loop", loop]
+    argv += ["--body", str(objects / OBJECTS["10k"][0])]
+    name = f"aiohttp floor ({loop})"
+    proc = procs.start(f"floor-{loop}", cores.wrap(cores.server, argv))
+    server = Server(name, proc, f"http://127.0.0.1:{port}")
+    wait_for_http(server.base + "/")
+    return Target(name, server, "/{name}")
+
+
+def get(url: str, timeout: float = 30.0) -> tuple[int, dict[str, str], int]:
+    """Status, headers and body length of one GET with the benchmark's Referer."""
+    request = urllib.request.Request(url, headers={"Referer": REFERER})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), len(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), len(exc.read())

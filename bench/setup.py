@@ -1,0 +1,173 @@
+"""Start everything, decide what keyfront's "hit" is today, warm and check every URL."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .matrix import NGINX, Cell
+from .servers import (
+    OBJECTS,
+    Keyfront,
+    Target,
+    config_accepted,
+    get,
+    keyfront_config,
+    make_objects,
+    start_floor,
+    start_keyfront,
+    start_nginx,
+    start_origin,
+    start_redis,
+)
+from .system import BenchError, Cores, Processes
+
+KEYFRONT = "keyfront"  # redis:// store, every check on: SPEC section 12's configuration
+AUTH_OFF = "keyfront auth off"
+SQLITE = "keyfront sqlite"
+METERING_OFF = "keyfront metering off"
+FLOOR_PREFIX = "aiohttp floor"
+CELLS = (Cell("10k", 64), Cell("10k", 8), Cell("1m", 64), Cell("1m", 8))
+# (prefix of the keyed route, prefix of the auth: none route) by what serves keyfront's hits
+PREFIXES = {"cache": ("/request/", "/open/"), "file": ("/files/", "/files-open/")}
+TEN_KB_ONLY = (AUTH_OFF, FLOOR_PREFIX)  # variants whose point is the per-request cost
+
+
+@dataclass(frozen=True)
+class Options:
+    path: str  # "auto", "cache" or "file": what serves keyfront's hits
+    metering: bool  # compare metering on / off
+    metering_off_yaml: dict[str, Any]  # a config overlay for "off"; empty: bench.nometer
+    floor: bool  # measure the aiohttp floor too
+
+
+@dataclass
+class Bench:
+    root: Path
+    origin: str
+    redis_port: int
+    keyfront: Keyfront
+    mode: str  # "cache": the disk cache answers HIT; "file": the file:// route instead
+    targets: dict[str, Target]  # by label, nginx first
+    x_cache: dict[str, dict[str, str]] = field(default_factory=dict)  # label -> size -> X-Cache
+
+    def plan(self) -> list[tuple[Cell, list[Target]]]:
+        """The runs of one round; auth off and the floor only at 10 KB."""
+        plan = []
+        for cell in CELLS:
+            labels = [
+                label
+                for label in self.targets
+                if cell.size == "10k" or not label.startswith(TEN_KB_ONLY)
+            ]
+            plan.append((cell, [self.targets[label] for label in labels]))
+        return plan
+
+    def cold_targets(self) -> list[Target]:
+        """The HTTP-origin route of each server: where a cold object is fetched."""
+        kf = self.keyfront
+        keyed = Target(KEYFRONT, kf.server, f"/request/{{name}}?key={kf.key}")
+        return [self.targets[NGINX], keyed]
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """What every keyfront instance shares: the processes, cores, origin and objects."""
+
+    procs: Processes
+    cores: Cores
+    root: Path
+    origin: str
+    objects: Path
+
+    def keyfront(
+        self, name: str, store: str, extra: dict[str, Any] | None = None, module: str = "proxy"
+    ) -> Keyfront:
+        folder = self.root / name
+        config = keyfront_config(folder, store, self.origin, self.objects, extra or {})
+        return start_keyfront(self.procs, self.cores, name, folder, config, module=module)
+
+
+def set_up(procs: Processes, cores: Cores, root: Path, options: Options) -> Bench:
+    """Start the origin, Redis, nginx and the keyfront instances; warm and check them."""
+    objects = root / "objects"
+    make_objects(objects)
+    origin = start_origin(procs, cores, objects)
+    redis_port, redis_pid = start_redis(procs, cores, root / "redis")
+    redis = f"redis://127.0.0.1:{redis_port}"
+    nginx = start_nginx(procs, cores, root / "nginx", origin)
+    launch = Launcher(procs, cores, root, origin, objects)
+    kf = launch.keyfront("keyfront", f"{redis}/0")
+    instances = {
+        KEYFRONT: kf,
+        AUTH_OFF: kf,
+        SQLITE: launch.keyfront("keyfront-sqlite", f"sqlite://{root}/keyfront-sqlite.db"),
+        METERING_OFF: _metering_off(launch, f"{redis}/2", options) if options.metering else None,
+    }
+    for instance in (kf, instances[METERING_OFF]):
+        if instance is not None:
+            instance.server.store_pids = [redis_pid]  # its CPU is reported beside keyfront's
+    mode = options.path if options.path != "auto" else _detect_mode(kf)
+    targets = {NGINX: nginx} | _keyfront_targets(instances, *PREFIXES[mode])
+    if options.floor:
+        targets |= {t.label: t for t in _floors(procs, cores, objects)}
+    bench = Bench(root, origin, redis_port, kf, mode, targets)
+    bench.x_cache = {label: warm(target) for label, target in targets.items()}
+    if any(seen != "HIT" for seen in bench.x_cache[NGINX].values()):
+        raise BenchError(f"nginx's cache does not hit after warming: {bench.x_cache[NGINX]}")
+    return bench
+
+
+def _metering_off(launch: Launcher, store: str, options: Options) -> Keyfront | None:
+    """keyfront with metering off: through a config overlay if one is given and this
+    keyfront accepts it, else through the bench.nometer launcher."""
+    overlay = options.metering_off_yaml
+    if overlay:
+        if config_accepted(launch.root / "probe", overlay):
+            return launch.keyfront("keyfront-metering-off", store, overlay)
+        print(f"metering on/off skipped: keyfront refuses {overlay}", file=sys.stderr)
+        return None
+    return launch.keyfront("keyfront-metering-off", store, module="bench.nometer")
+
+
+def _floors(procs: Processes, cores: Cores, objects: Path) -> list[Target]:
+    loops = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
+    return [start_floor(procs, cores, objects, loop) for loop in loops]
+
+
+def _keyfront_targets(
+    instances: dict[str, Keyfront | None], keyed: str, public: str
+) -> dict[str, Target]:
+    targets = {}
+    for label, instance in instances.items():
+        if instance is not None:
+            path = (
+                f"{public}{{name}}" if label == AUTH_OFF else f"{keyed}{{name}}?key={instance.key}"
+            )
+            targets[label] = Target(label, instance.server, path)
+    return targets
+
+
+def _detect_mode(kf: Keyfront) -> str:
+    """ "cache" once keyfront's disk cache answers a repeated request with X-Cache: HIT."""
+    probe = Target(KEYFRONT, kf.server, f"/request/{{name}}?key={kf.key}")
+    return "cache" if set(warm(probe).values()) == {"HIT"} else "file"
+
+
+def warm(target: Target) -> dict[str, str]:
+    """GET every object twice (filling any cache), checking each answer is 200 with the
+    whole object; the X-Cache of the second answer, by object size. The floor serves
+    its 10 KB body at every path, so only 10 KB is asked of it."""
+    seen = {}
+    for size, (name, length) in OBJECTS.items():
+        if target.label.startswith(FLOOR_PREFIX) and size != "10k":
+            continue
+        for _ in range(2):
+            status, headers, got = get(target.url(name))
+            if status != 200 or got != length:
+                raise BenchError(f"{target.label}: {name} answered {status} with {got} bytes")
+        seen[size] = headers.get("X-Cache", "-")
+    return seen
