@@ -26,7 +26,6 @@ import time
 from typing import Literal
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from .cache import Cache, CacheEntry, Freshness, Outcome
 from .cache.entry import cache_key
@@ -140,7 +139,7 @@ async def pass_through(exchange: Exchange, target: Target, object_path: str) -> 
     )
     try:
         out = base_headers(target.route, exchange)
-        out.extend(fetched.headers)
+        out.update(fetched.headers)
         if fetched.stream is None:
             exchange.sent = len(fetched.data) if fetched.data else 0
             return web.Response(status=fetched.status, headers=out, body=fetched.data)
@@ -150,7 +149,7 @@ async def pass_through(exchange: Exchange, target: Target, object_path: str) -> 
 
 
 async def _stream(
-    exchange: Exchange, fetched: OriginResponse, headers: CIMultiDict[str]
+    exchange: Exchange, fetched: OriginResponse, headers: dict[str, str]
 ) -> web.StreamResponse:
     """STYLE streaming rule: once headers are sent, an origin failure aborts the
     connection, so the client sees a truncated transfer, never a short 'complete' one.

@@ -260,6 +260,10 @@ async def test_range_head_and_conditionals_are_answered_from_the_cache(
         assert (await proxy.get(name, Range=f"bytes={size - 100}-"))[2] == body[-100:]
         assert (await proxy.get(name, Range=f"bytes={size}-"))[0] == 416
         assert (await proxy.get(name, Range="bytes=oops"))[::2] == (200, body)
+        resumed = {"Range": "bytes=10-19", "If-Range": behaviour.etag(name)}
+        assert (await proxy.get(name, **resumed))[::2] == (206, body[10:20])
+        changed = {"Range": "bytes=10-19", "If-Range": '"another version"'}
+        assert (await proxy.get(name, **changed))[::2] == (200, body)  # never spliced
         status, headers = await proxy.head(name)
         assert (status, headers["Content-Length"]) == (200, str(size))
         etag, modified = headers["ETag"], headers["Last-Modified"]

@@ -11,6 +11,23 @@ processes) nor diskcache (an SQLite write per LRU read) fits file bodies.
 
 `Cache` ties them together for `delivery.deliver`, which decides per request between
 HIT, STALE, a fill (MISS / REVALIDATED) and BYPASS.
+
+Decisions where SPEC section 5 leaves room:
+- Freshness is `cache.ttl` from the fetch or the last revalidation; origin
+  Cache-Control is not consulted (SPEC: "unless the route respects" it, which no route
+  setting asks for yet). The stale windows count from the end of the ttl:
+  `stale_while_revalidate` and `stale_if_error` are extra seconds past it.
+- A miss fetches the whole object, whatever Range the client sent, and answers that
+  Range from the file as it fills; a range near the end of a large cold object waits
+  for the bytes before it (as nginx's proxy_cache without its slice module).
+- HEAD and conditional misses fill too (as nginx's `proxy_cache_convert_head`), and
+  are answered as soon as the origin's headers are known.
+- An object over `max_object_size` costs one cut-short GET, then is remembered for a
+  ttl so that its requests go straight through, with their Range.
+- An origin answer without Content-Length is not cached (its length cannot be checked).
+- No configured variant query parameters yet (none by default in SPEC).
+- Counters (`write_errors`, `coalesced`, `evictions`) are per process; `count_into`
+  hands them to /metrics.
 """
 
 from __future__ import annotations

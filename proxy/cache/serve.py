@@ -20,7 +20,6 @@ import io
 import os
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from ..conditional import (
     UNSATISFIABLE,
@@ -40,21 +39,24 @@ from .store import SMALL_OBJECT, DiskStore
 CHUNK = 128 * 1024  # what a reader of a growing fill sends per write
 
 
-def base_headers(route: Route, exchange: Exchange) -> CIMultiDict[str]:
-    """The headers every delivered response carries (SPEC section 1)."""
-    out: CIMultiDict[str] = CIMultiDict()
-    out["Server"] = SERVER
-    out["Accept-Ranges"] = "bytes"
-    out["Cache-Control"] = route.cache_control
-    out["X-Cache"] = exchange.cache
-    out["X-Request-Id"] = exchange.request_id
-    out.update(exchange.headers)
+def base_headers(route: Route, exchange: Exchange) -> dict[str, str]:
+    """The headers every delivered response carries (SPEC section 1). A plain dict:
+    aiohttp copies it into its own CIMultiDict once; every name here is canonical."""
+    out = {
+        "Server": SERVER,
+        "Accept-Ranges": "bytes",
+        "Cache-Control": route.cache_control,
+        "X-Cache": exchange.cache,
+        "X-Request-Id": exchange.request_id,
+    }
+    if exchange.headers:
+        out.update(exchange.headers)
     return out
 
 
 def plan(
     entry: CacheEntry, exchange: Exchange, route: Route
-) -> tuple[int, CIMultiDict[str], ByteRange | None]:
+) -> tuple[int, dict[str, str], ByteRange | None]:
     """Status, headers, and the body bytes a GET gets (None: no body), in RFC 9110
     section 13.2.2's order: conditionals first, then Range."""
     if entry.status != 200:
@@ -67,7 +69,10 @@ def plan(
         out.update((k, v) for k, v in entry.headers.items() if k in ("ETag", "Last-Modified"))
         return 304, out, None
     size = entry.size
-    selected = parse_range(request_headers.get("Range"), size)
+    wanted = request_headers.get("Range")
+    if wanted is not None and not _if_range_holds(request_headers.get("If-Range"), entry):
+        wanted = None
+    selected = parse_range(wanted, size)
     if selected is UNSATISFIABLE:
         out["Content-Range"] = unsatisfied_range(size)
         return 416, out, None
@@ -78,6 +83,18 @@ def plan(
     out["Content-Length"] = str(selected.length)
     out["Content-Range"] = selected.content_range(size)
     return 206, out, selected
+
+
+def _if_range_holds(if_range: str | None, entry: CacheEntry) -> bool:
+    """If-Range (RFC 9110 section 13.1.5): a range of a client's partial download is sent
+    only if the object is still the one it has (strong ETag match, or the same date);
+    else the whole object, so a resumed download never splices two versions."""
+    if if_range is None:
+        return True
+    if if_range.startswith(("W/", '"')):
+        etag = entry.headers.get("ETag")
+        return etag is not None and not etag.startswith("W/") and etag == if_range
+    return if_range == entry.headers.get("Last-Modified")
 
 
 async def from_entry(
