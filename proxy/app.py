@@ -127,8 +127,8 @@ async def startup(config: Config) -> Runtime:
     for origin in runtime.origins:
         await origin.open()
     await limiter.open()
-    runtime.tasks.append(asyncio.create_task(records.follow_changes()))
     await open_cache(runtime)
+    runtime.tasks.append(asyncio.create_task(follow_changes(store, records, runtime.cache)))
     signer = KeySigner(config.keys.prefix, config.keys.secrets)
     access_log = AccessLog(config.access_log)
     access_log.start()
@@ -172,6 +172,25 @@ async def open_cache(runtime: Runtime) -> None:
     runtime.cache = cache
     runtime.closers.append(cache.close)
     runtime.metrics.sources.append(cache.count_into)
+
+
+async def follow_changes(store: Store, records: RecordCache, cache: Cache | None) -> None:
+    """Apply the store's change feed until cancelled (run as a task). Record changes
+    drop cached key records (SPEC section 2); purges drop cached objects (SPEC section
+    5, proxy/manage/purge.py). A prefix purge scans the folder in a worker thread, so
+    it runs on its own: a revocation right behind it must not wait for the scan."""
+    prefix_purges: set[asyncio.Task[int]] = set()
+    async for change in store.changes():
+        if change.kind == "purge":
+            if cache is not None:
+                cache.purge(change.id)
+        elif change.kind == "purge_prefix":
+            if cache is not None:
+                task = asyncio.create_task(cache.purge_prefix(change.id))
+                prefix_purges.add(task)
+                task.add_done_callback(prefix_purges.discard)
+        else:
+            records.apply(change)
 
 
 def _gauges(records: RecordCache, usage: UsageMeter, metrics: Metrics) -> None:

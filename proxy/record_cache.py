@@ -117,20 +117,16 @@ class RecordCache:
             self._entries.popitem(last=False)
 
     def apply(self, change: Change) -> None:
-        """Drop what a change makes stale."""
+        """Drop what a change makes stale (app.follow_changes feeds it the store's
+        change feed; purges are the disk cache's business, not this one's)."""
         if change.kind == "key":
             self._entries.pop(change.id, None)
         elif change.kind == "customer":
             stale = [k for k, e in self._entries.items() if _customer_of(e) == change.id]
             for key_id in stale:
                 del self._entries[key_id]
-        else:
+        elif change.kind == "all":
             self._entries.clear()
-
-    async def follow_changes(self) -> None:
-        """Apply the store's change feed until cancelled (run as a task)."""
-        async for change in self._store.changes():
-            self.apply(change)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -217,3 +217,83 @@ def test_an_origin_killed_mid_body_leaves_no_entry(
         assert origin.gets["die/big.bin"] == attempt  # nothing was cached
     cache = Path(keyfront.config_path).parent / "cache"
     assert [p for p in (cache / "objects").rglob("*") if p.is_file()] == []
+
+
+# --- purge reaches every instance sharing the store (SPEC section 5) -----------------------
+
+ADMIN_TOKEN = "operator-token-0123456789"
+
+
+def two_instances(
+    tmp_path: Path, origin: BehaviourOrigin, store_url: str
+) -> tuple[KeyfrontProcess, KeyfrontProcess]:
+    """Two keyfront instances on one store, each with its own cache folder: two hosts."""
+    instances = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        body = config(folder, origin).replace(f"sqlite://{folder}/kf.db", store_url)
+        instances.append(start_keyfront(f"{body}admin: {{token: {ADMIN_TOKEN}}}\n", str(folder)))
+    return instances[0], instances[1]
+
+
+def misses_within(kf: KeyfrontProcess, path: str, seconds: float) -> float:
+    """Seconds until `path` is no longer a HIT on `kf` (the purge arrived); fails when
+    it is still one after `seconds`."""
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < seconds:
+        status, headers, body = get(kf, path)
+        assert status == 200
+        if headers["X-Cache"] != "HIT":
+            assert (headers["X-Cache"], body) == ("MISS", SMALL)
+            return elapsed
+        time.sleep(0.02)
+    pytest.fail(f"{path} still a HIT on the other instance after {seconds} s")
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_a_purge_reaches_another_instance_within_a_second(
+    tmp_path: Path, origin: BehaviourOrigin, request: pytest.FixtureRequest, store: str
+) -> None:
+    url = request.getfixturevalue("redis_url") if store == "redis" else f"sqlite://{tmp_path}/kf.db"
+    a, b = two_instances(tmp_path, origin, url)
+    try:
+        for kf in (a, b):
+            assert [get(kf, "/open/small.bin")[1]["X-Cache"] for _ in "12"] == ["MISS", "HIT"]
+        assert origin.gets["small.bin"] == 2  # one fill per instance: two hosts
+
+        # The admin API on A: A's folder loses the object at once, B's within a second.
+        reply = requests_post(a, "/admin/v1/purge", {"paths": ["/open/small.bin"]})
+        assert reply == (200, {"purged": 1})
+        assert misses_within(b, "/open/small.bin", 1.0) < 1.0
+        assert get(a, "/open/small.bin")[1]["X-Cache"] == "MISS"
+
+        # The command line, by prefix (it runs beside A, so A's folder counts it).
+        cli = a.cli("cache", "purge", "--prefix", "/open/", "--json")
+        assert json.loads(cli.stdout) == {"purged": 1, "announced": True}
+        for kf in (b, a):  # A too: its memory and index follow the same feed
+            assert misses_within(kf, "/open/small.bin", 1.0) < 1.0
+        assert origin.gets["small.bin"] == 6  # each purge cost each instance one refill
+    finally:
+        assert a.stop() == 0
+        assert b.stop() == 0
+
+
+def test_cache_purge_refuses_paths_and_prefix_together(keyfront: KeyfrontProcess) -> None:
+    both = keyfront.cli("cache", "purge", "/open/a", "--prefix", "/open/", check=False)
+    neither = keyfront.cli("cache", "purge", check=False)
+    relative = keyfront.cli("cache", "purge", "open/a", check=False)
+    for refused in (both, neither, relative):
+        assert refused.returncode == 2
+        assert "PATH" in refused.stderr or "path" in refused.stderr
+
+
+def requests_post(kf: KeyfrontProcess, path: str, body: object) -> tuple[int, object]:
+    conn = http.client.HTTPConnection("127.0.0.1", kf.admin_port, timeout=10)
+    try:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+        conn.request("POST", path, json.dumps(body), headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()

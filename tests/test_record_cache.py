@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.app import follow_changes
 from proxy.errors import KeyDisabled, KeyExpired, KeyRevoked, Unavailable
 from proxy.record_cache import RecordCache, status_refusal
 from proxy.records import Customer, KeyRecord
@@ -88,7 +89,7 @@ async def test_changes_evict_the_key_or_the_customers_keys(store: CountingStore)
 
 async def test_a_write_reaches_a_following_cache_within_a_second(store: CountingStore) -> None:
     cache = RecordCache(store, ttl=60, max_entries=10)
-    follower = asyncio.create_task(cache.follow_changes())
+    follower = asyncio.create_task(follow_changes(store, cache, None))
     await asyncio.sleep(0.05)
     await cache.load("k" * 22)
     started = time.monotonic()

@@ -253,6 +253,17 @@ async def test_a_change_reaches_another_instance_within_a_second(
         await arrives_within_a_second(feed, disable, "acme", kind="customer")
 
 
+async def test_an_announced_purge_reaches_another_instance_within_a_second(
+    store: Store, store_url: str
+) -> None:
+    # Paths are public URL paths, decoded: spaces, colons and non-ASCII travel intact.
+    async with opened(store_url) as reader, live_feed(reader, store) as feed:
+        path = "/request/a b:c/é.svg"
+        await arrives_within_a_second(feed, store.announce(Change("purge", path)), path, "purge")
+        prefix = Change("purge_prefix", "/request/")
+        await arrives_within_a_second(feed, store.announce(prefix), "/request/", "purge_prefix")
+
+
 async def test_changes_end_when_the_store_closes(store_url: str) -> None:
     async with opened(store_url) as writer:
         reader = store_from_url(store_url)

@@ -16,6 +16,7 @@ from aiohttp import web
 from ..config import KeyDefaults
 from ..manage import Invalid, Missing
 from ..manage import actions as act
+from ..manage.purge import purge as purge_everywhere
 from ..manage.usage import GRAINS, usage_csv, usage_report
 from ..manage.values import (
     CUSTOMER_CHANGES,
@@ -210,21 +211,15 @@ USAGE_QUERY = (
 )
 
 
-# --- purge: the adapter to the disk cache (proxy/cache) --------------------------------
-# `runtime.cache.purge(path)` and `purge_prefix(prefix)` count the objects removed from
-# this host's cache folder. A process without a cache answers 501. (SPEC section 5 wants
-# a purge to reach every instance sharing the store: that belongs to the cache, which
-# would announce purges as the store announces record changes.)
+# --- purge (proxy/manage/purge.py: this host's folder, then every instance) ------------
 
 
 async def purge(request: web.Request, caller: Caller) -> web.Response:
     paths, prefix = _purge_targets(await read_body(request))
-    cache = context(request).runtime.cache
-    if cache is None:
+    runtime = context(request).runtime
+    if runtime.cache is None:
         raise AdminError(501, "not_implemented", "this keyfront has no cache to purge")
-    purged = sum(cache.purge(path) for path in paths)
-    if prefix is not None:
-        purged += await cache.purge_prefix(prefix)
+    purged = await purge_everywhere(runtime.store, runtime.cache, paths, prefix)
     return reply({"purged": purged})
 
 

@@ -73,10 +73,13 @@ class Cache:
         self._too_big: dict[str, float] = {}  # key -> until (unix time)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def open(self) -> None:
+    async def open(self, rescan: bool = True) -> None:
+        """Prepare the folder. `rescan` recounts its bytes in the background, as each
+        server start does; a one-off command (`keyfront cache purge`) skips it."""
         await asyncio.get_running_loop().run_in_executor(None, self.store.prepare)
         self.space = Space(self.store, self.config.max_size)
-        self._spawn(self.space.rescan())
+        if rescan:
+            self._spawn(self.space.rescan())
 
     async def close(self) -> None:
         """Stop fills still running (in-flight responses have drained by now): their

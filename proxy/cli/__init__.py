@@ -1,4 +1,5 @@
-"""The command line (SPEC section 8): serve, config check, customers, keys, sign.
+"""The command line (SPEC section 8): serve, config check, customers, keys, usage, sign,
+cache purge.
 
     keyfront [-c FILE] [--json] GROUP [COMMAND] [options]    (-c and --json anywhere)
 
@@ -16,8 +17,8 @@ other command can show it. A link secret is printed only by the command that set
 An admin API token is printed once, by `customers token`: only its hash is stored.
 
 This module holds the command table, the parser built from it and `main()`; the
-commands live in `customers`, `keys` and `local`, their values and options in
-`values`, and what they print in `output`.
+commands live in `customers`, `keys`, `usage`, `cache` and `local`, their values and
+options in `values`, and what they print in `output`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..config import Config
 from ..errors import ConfigError, StoreError
 from ..manage import ManageError
 from ..store import Store, store_from_url
-from . import customers, keys, local, usage
+from . import cache, customers, keys, local, usage
 from .customers import CUSTOMER_ID, CUSTOMER_SETTINGS, CUSTOMER_UPDATE_ONLY
 from .keys import GRACE, KEY_ID, KEY_SETTINGS, KEY_UPDATE_ONLY, customer_option
 from .local import SERVE_OPTIONS, SIGN_OPTIONS, load_config
@@ -82,6 +83,7 @@ GROUPS = {
     "config": "the config file",
     "customers": "customers, plan caps and admin API tokens",
     "keys": "API keys",
+    "cache": "the disk cache",
 }
 COMMANDS: dict[tuple[str, str | None], Command] = {
     ("serve", None): Command("run the proxy", local.serve, SERVE_OPTIONS),
@@ -136,6 +138,11 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
         "usage per key or customer, by hour, day or month",
         stored(usage.usage_report_command),
         USAGE_OPTIONS,
+    ),
+    ("cache", "purge"): Command(
+        "remove objects from the cache of every instance",
+        stored(cache.cache_purge),
+        cache.PURGE_OPTIONS,
     ),
     ("sign", None): Command(
         "add expires and sig to a URL for a key that uses signed links", local.sign, SIGN_OPTIONS

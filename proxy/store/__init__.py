@@ -15,18 +15,21 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from ..records import Customer, KeyRecord
 from ..usage import Grain, Scope, UsageRow
 
-ChangeKind = Literal["key", "customer", "all"]
+ChangeKind = Literal["key", "customer", "all", "purge", "purge_prefix"]
+CHANGE_KINDS: frozenset[str] = frozenset(get_args(ChangeKind))
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """A record changed: every instance drops its cached copy. `all` drops everything
-    (sent after a lost subscription, when changes may have been missed)."""
+    """A record changed: every instance drops its cached copy. `all` drops every cached
+    record (sent after a lost subscription, when changes may have been missed).
+    `purge` / `purge_prefix` carry a cache purge (SPEC section 5) to every instance:
+    `id` is the public URL path or prefix."""
 
     kind: ChangeKind
     id: str = ""
@@ -136,6 +139,11 @@ class Store(abc.ABC):
         """Stored rows of `grain` (hour, else day) starting in [start, end)."""
 
     # change notification (SPEC section 2: a change reaches every instance within 1 s)
+    @abc.abstractmethod
+    async def announce(self, change: Change) -> None:
+        """Send a change that is not a record write (a cache purge) to every
+        instance's `changes()`, this one's included."""
+
     @abc.abstractmethod
     def changes(self) -> AsyncIterator[Change]:
         """Changes made by any instance, from now on, until the store closes. After a

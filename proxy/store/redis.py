@@ -36,7 +36,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from ..errors import Conflict, StoreError
 from ..records import Customer, KeyRecord
-from . import Change, ChangeKind, CustomerToken, Store
+from . import CHANGE_KINDS, Change, ChangeKind, CustomerToken, Store
 from .redis_usage import RedisUsage
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,9 @@ class RedisStore(RedisUsage, Store):
 
     # change notification
 
+    async def announce(self, change: Change) -> None:
+        await self._call(self._client.publish(CHANNEL, f"{change.kind}:{change.id}"))
+
     async def changes(self) -> AsyncIterator[Change]:
         """Changes published by any instance from now on. A lost subscription is
         retried with backoff (0.1 s doubling to 2 s); once it is back, Change("all")
@@ -315,7 +318,7 @@ def _change_of(message: dict[str, Any]) -> Change | None:
     if message["type"] != "message":
         return None  # our PING's answer
     kind, _, id_ = bytes(message["data"]).decode(errors="replace").partition(":")
-    if kind not in ("key", "customer", "all"):
+    if kind not in CHANGE_KINDS:
         log.debug("ignoring change %r", message["data"])  # e.g. from a newer keyfront
         return None
     return Change(cast(ChangeKind, kind), id_)

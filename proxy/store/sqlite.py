@@ -192,6 +192,13 @@ class SqliteStore(SqliteUsage, Store):
 
     # change notification
 
+    async def announce(self, change: Change) -> None:
+        def job() -> None:
+            with self._transaction() as conn:
+                self._log_change(conn, change.kind, change.id)
+
+        await self._run(job)
+
     async def changes(self) -> AsyncIterator[Change]:
         """Changes written by any process from now on. A failed poll is retried from
         the same place (rows are kept an hour), so nothing is missed; a gap in the
@@ -285,13 +292,15 @@ class SqliteStore(SqliteUsage, Store):
                     if creates:
                         raise Conflict(f"{kind} {params[0]!r} already exists") from exc
                     raise
-                now = time.time()
-                conn.execute(
-                    "INSERT INTO changes (kind, id, at) VALUES (?, ?, ?)", (kind, params[0], now)
-                )
-                self._prune(conn, now)
+                self._log_change(conn, kind, params[0])
 
         await self._run(job)
+
+    def _log_change(self, conn: sqlite3.Connection, kind: ChangeKind, id_: str) -> None:
+        """Append to the change feed, inside the caller's transaction."""
+        now = time.time()
+        conn.execute("INSERT INTO changes (kind, id, at) VALUES (?, ?, ?)", (kind, id_, now))
+        self._prune(conn, now)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -1,0 +1,55 @@
+"""`keyfront cache purge PATH... | --prefix PREFIX` (SPEC sections 5 and 8).
+
+The command removes the objects from this host's cache folder, if the folder exists here.
+It then announces the purge through the store, so every running instance drops the
+objects from memory and from its own disk (proxy/manage/purge.py). A host whose
+keyfront is stopped when the purge is announced does not see it. Run the command there
+too, or let those objects expire by `cache.ttl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..cache import Cache
+from ..config import Config
+from ..manage.purge import purge
+from ..manage.values import parse_path_prefix
+from ..store import Store
+from .output import Output, bad_option, warn
+from .values import Option
+
+PURGE_OPTIONS: list[Option] = [
+    ("paths", {"nargs": "*", "metavar": "PATH", "type": parse_path_prefix,
+               "help": "public URL paths, as clients request them: /request/12345.svg"}),
+    ("--prefix", {"type": parse_path_prefix, "help": "every object under it: /request/"}),
+]  # fmt: skip
+
+
+async def cache_purge(args: argparse.Namespace, config: Config, store: Store) -> Output:
+    if bool(args.paths) == (args.prefix is not None):
+        raise bad_option("PATH", "give paths or --prefix (one of the two)")
+    cache = await _this_hosts_cache(config)
+    try:
+        purged = await purge(store, cache, args.paths, args.prefix)
+    finally:
+        if cache is not None:
+            await cache.close()
+    where = f"{purged} object(s) removed from {config.cache.dir}" if cache else "no cache here"
+    data = {"purged": purged, "announced": True}
+    return Output(data, f"{where}; the purge is announced to every instance")
+
+
+async def _this_hosts_cache(config: Config) -> Cache | None:
+    """The cache folder on this host, if there is one we can use; the command does not
+    create one."""
+    if not os.path.isdir(config.cache.dir):
+        return None
+    cache = Cache(config.cache)
+    try:
+        await cache.open(rescan=False)
+    except OSError as exc:
+        warn(f"cannot use the cache folder {config.cache.dir} here ({exc}); announcing only")
+        return None
+    return cache

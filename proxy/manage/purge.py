@@ -1,0 +1,34 @@
+"""Purging cached objects (SPEC section 5): `keyfront cache purge` and POST
+/admin/v1/purge both come here.
+
+A purge is done in two steps. First the caller removes the objects from its own host's
+cache folder, so that the reply counts what was really removed there. Then it announces
+the purge through the store's change feed (`Store.announce`). Every keyfront instance
+and worker process follows that feed (app.follow_changes) and drops the objects from its
+memory tier, its index, any fill still running and its own disk. With SQLite the feed is
+the `changes` table; with Redis it is pub/sub. Either way the purge reaches every
+instance within a second.
+
+The caller also receives its own announcement. Purging a second time is harmless: the
+objects are already gone.
+"""
+
+from __future__ import annotations
+
+from ..cache import Cache
+from ..store import Change, Store
+
+
+async def purge(store: Store, cache: Cache | None, paths: list[str], prefix: str | None) -> int:
+    """Purge `paths` and the objects under `prefix` from every instance. Returns the
+    number of objects removed from this host's folder."""
+    purged = 0
+    if cache is not None:
+        purged = sum(cache.purge(path) for path in paths)
+        if prefix is not None:
+            purged += await cache.purge_prefix(prefix)
+    for path in paths:
+        await store.announce(Change("purge", path))
+    if prefix is not None:
+        await store.announce(Change("purge_prefix", prefix))
+    return purged
