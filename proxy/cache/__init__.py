@@ -6,6 +6,7 @@ processes) nor diskcache (an SQLite write per LRU read) fits file bodies.
     store.py   the files, this process's index of them, the in-memory tier
     fill.py    coalesced fills: one origin fetch per object, readers served as it grows
     locks.py   the per-object flock that coalesces fills across worker processes
+    share.py   other processes follow a fill as it grows, through a Unix socket
     space.py   the max_size bound: a shared byte count and an LRU sweep
     serve.py   answering from an entry or a fill: 200/206/304/416, HEAD, sendfile
 
@@ -46,6 +47,7 @@ from ..origin import Origin
 from ..policy import normalise_path
 from .entry import CacheEntry, file_name
 from .fill import Fill, FillBroken, Outcome
+from .share import FillSharing
 from .space import Space, remove_prefix
 from .store import DiskStore
 
@@ -72,6 +74,7 @@ class Cache:
         self._fills: dict[str, Fill] = {}
         self._too_big: dict[str, float] = {}  # key -> until (unix time)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.sharing = FillSharing(config.dir, self._fill_named)
 
     async def open(self, rescan: bool = True) -> None:
         """Prepare the folder. `rescan` recounts its bytes in the background, as each
@@ -80,10 +83,12 @@ class Cache:
         self.space = Space(self.store, self.config.max_size)
         if rescan:
             self._spawn(self.space.rescan())
+            await self.sharing.start()
 
     async def close(self) -> None:
         """Stop fills still running (in-flight responses have drained by now): their
         temp files are removed, nothing half-written is published."""
+        await self.sharing.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -139,6 +144,14 @@ class Cache:
         fill = self._fills[key] = Fill(self, key, origin, path, previous)
         self._spawn(fill.run())
         return fill
+
+    @property
+    def sharing_address(self) -> str:
+        """Where other processes follow this one's fills ("" when not shared)."""
+        return self.sharing.address if self.sharing.listening else ""
+
+    def _fill_named(self, name: str) -> Fill | None:
+        return next((f for f in self._fills.values() if f.name == name), None)
 
     def finished(self, fill: Fill) -> None:
         if self._fills.get(fill.key) is fill:

@@ -7,9 +7,9 @@ delay) and reads what it needs with pread, so its memory stays one chunk whateve
 object's size, and a slow client never holds up the fill or the other clients.
 
 Steps (SPEC section 5):
-1. take the object's cross-process lock (locks.py); if another process held it, or
-   stored the object since this one looked, use its object (FOUND): one origin fetch
-   across all worker processes;
+1. take the object's cross-process lock (locks.py); if another process holds it, follow
+   that process's fill as it grows (share.py), or once it is done use the object it
+   stored (FOUND): one origin fetch across all worker processes;
 2. GET the whole object from the origin (no Range: the cache wants all of it), with
    If-None-Match / If-Modified-Since when revalidating a stale entry;
 3. 304 -> the entry is refreshed (REFRESHED); 404 -> a negative entry (ABSENT); a body
@@ -37,6 +37,7 @@ from ..errors import NotFound, OriginError, OriginTimeout, Unavailable
 from ..origin import Origin, OriginRequest, OriginResponse
 from .entry import CacheEntry, file_name, kept_headers
 from .locks import ATTEMPTS, KeyLock
+from .share import FollowedFill, follow
 from .store import SMALL_OBJECT, TempObject
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ class Fill:
         self.complete = False
         self.broken: FillBroken | None = None
         self.discard = False  # purged while filling: do not publish
-        self._temp: TempObject | None = None
+        self._temp: TempObject | FollowedFill | None = None
         self._readers = 0
         self._finished = False
         self._wake = asyncio.Event()
@@ -148,8 +149,13 @@ class Fill:
     async def _locked_run(self, lock: KeyLock) -> None:
         for _ in range(ATTEMPTS):
             if lock.acquire():
+                lock.advertise(self.cache.sharing_address)
                 break
-            await lock.released()  # another process is filling it: use what it stored
+            # Another process is filling it: follow its fill as it grows, else wait for
+            # it to finish and use what it stored.
+            if await self._follow(lock):
+                return
+            await lock.released()
             if self._found(self.cache.store.load(self.key)):
                 return
         found = self.cache.store.load(self.key)  # stored by another process since?
@@ -165,6 +171,42 @@ class Fill:
             await self._receive(response, base)
         finally:
             await response.close()
+
+    async def _follow(self, lock: KeyLock) -> bool:
+        """Serve this fill's readers from another process's fill of the same object, as
+        it grows (share.py); False if there is none to follow."""
+        followed = await follow(lock.holder, self.cache.sharing_address, self.key, self.name)
+        if followed is None:
+            return False
+        self._temp, self.entry = followed, followed.entry
+        self._start(Outcome.STORED)
+        try:
+            async for written in followed.progress():
+                self.written = written
+                self._progress()
+        except (ConnectionError, ValueError):
+            # The filler stopped short (an origin failure, or it died): its bytes so far
+            # are good, and readers fetch the rest from the origin (serve.py).
+            self._fail(FillBroken(by_origin=False))
+            return True
+        self.complete = True
+        self._progress()
+        self.cache.store.load(self.key)  # index what the other process published
+        return True
+
+    async def storing(self) -> bool:
+        """Whether this process writes a body that others can follow (share.py): once
+        the origin has answered, True for a 200 being stored here."""
+        try:
+            outcome = await asyncio.shield(self.started)
+        except Exception:  # any failure means: nothing to follow
+            return False
+        return outcome is Outcome.STORED and isinstance(self._temp, TempObject)
+
+    @property
+    def temp_path(self) -> str:
+        """The temp file being written ("" once published or dropped)."""
+        return self._temp.path if isinstance(self._temp, TempObject) else ""
 
     def _found(self, found: CacheEntry | None) -> bool:
         """Use `found` (FOUND) if it is a fresh object stored or revalidated since this

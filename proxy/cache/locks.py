@@ -11,10 +11,10 @@ released: no polling delay, nothing blocking the loop, and a process exiting mea
 is not held up by the thread. Only a process that lost the race for a lock starts one
 (one thread per object being filled elsewhere).
 
-The gap: the waiting process serves its clients once the other has *finished*; it does
-not stream the object from the other process's temp file as it grows (its clients see
-a later first byte on a large object, never wrong bytes). The kernel releases a flock
-when its holder dies, so a crashed filler never leaves a key locked.
+While it holds the lock, the filler keeps in the lock file the address where other
+processes can follow its fill as it grows (share.py); the wait for the release is the
+fallback when there is nothing to follow. The kernel releases a flock when its holder
+dies, so a crashed filler never leaves a key locked.
 """
 
 from __future__ import annotations
@@ -57,6 +57,28 @@ class KeyLock:
                 return True
             os.close(fd)  # evicted between open and flock: that lock guards nothing
         return True
+
+    def advertise(self, address: str) -> None:
+        """Write where this fill can be followed (share.py) into the held lock file."""
+        if self._fd >= 0 and address:
+            with contextlib.suppress(OSError):  # then nobody follows: they wait instead
+                data = address.encode()
+                os.pwrite(self._fd, data, 0)
+                os.ftruncate(self._fd, len(data))
+
+    def holder(self) -> str:
+        """The address the holder advertised; "" if none (yet). A stale one, left by an
+        earlier holder, only makes the follower fall back to waiting."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return ""
+        try:
+            return os.pread(fd, 256, 0).decode(errors="replace")
+        except OSError:
+            return ""
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         if self._fd >= 0:
