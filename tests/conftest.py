@@ -98,10 +98,25 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
+    return empty_store_url("redis", redis_server, "")
+
+
+def empty_store_url(
+    kind: str, redis_server: RedisServer | None, folder: str, db: int | None = None
+) -> str:
+    """A store with nothing in it: "sqlite", a new file in `folder`; "redis", the
+    session's redis-server (restarted if a test stopped it), all of it flushed, or
+    only database `db` when one is given."""
+    if kind == "sqlite":
+        return f"sqlite://{folder}/keyfront.db"
+    assert redis_server is not None
     if redis_server.process.poll() is not None:
         redis_server.start()
-    redis_server.cli("FLUSHALL")
-    return redis_server.url
+    if db is None:
+        redis_server.cli("FLUSHALL")
+        return redis_server.url
+    redis_server.cli("-n", str(db), "FLUSHDB")
+    return f"{redis_server.url.removesuffix('/0')}/{db}"
 
 
 # --- a 3-master Redis Cluster (SPEC section 7: redis+cluster://) ------------------------

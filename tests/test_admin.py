@@ -23,7 +23,7 @@ from proxy.errors import Conflict
 from proxy.keys import KeySigner
 from proxy.store import CustomerToken, store_from_url
 
-from conftest import SECRET, KeyfrontProcess, RedisServer, start_keyfront
+from conftest import SECRET, KeyfrontProcess, RedisServer, empty_store_url, start_keyfront
 
 SIGNER = KeySigner("pk", {1: SECRET})
 ADMIN_TOKEN = "operator-token-0123456789"
@@ -124,13 +124,7 @@ def deployment(
     files: Path,
 ) -> Iterator[Deployment]:
     workdir = tmp_path_factory.mktemp(f"admin-{request.param}")
-    if request.param == "redis":
-        if redis_server.process.poll() is not None:
-            redis_server.start()
-        redis_server.cli("FLUSHALL")
-        store_url = redis_server.url
-    else:
-        store_url = f"sqlite://{workdir}/keyfront.db"
+    store_url = empty_store_url(request.param, redis_server, str(workdir))
     kf = start_keyfront(config(store_url, files), str(workdir))
     kf.cli("customers", "create", "acme", *ACME_CAPS)
     kf.cli("customers", "create", "globex")
@@ -565,13 +559,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """(Not Redis Cluster: starting the session's cluster this early slows every later
     module; the token methods use the same slot-keyed helpers as the rest of RedisStore,
     which tests/test_store.py runs on the cluster.)"""
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path}/kf.db"
-    server: RedisServer = request.getfixturevalue("redis_server")
-    if server.process.poll() is not None:
-        server.start()
-    server.cli("-n", "5", "FLUSHDB")  # its own database: `deployment` keeps database 0
-    return server.url.removesuffix("/0") + "/5"
+    server = request.getfixturevalue("redis_server") if request.param == "redis" else None
+    # Database 5 of its own: `deployment` keeps database 0.
+    return empty_store_url(request.param, server, str(tmp_path), db=5)
 
 
 async def test_tokens_are_stored_by_hash_only(store_url: str) -> None:

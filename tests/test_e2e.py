@@ -20,7 +20,14 @@ from proxy.policy import sign_link
 from proxy.records import Customer, KeyRecord
 from proxy.store import store_from_url
 
-from conftest import SECRET, HttpOriginServer, KeyfrontProcess, RedisServer, start_keyfront
+from conftest import (
+    SECRET,
+    HttpOriginServer,
+    KeyfrontProcess,
+    RedisServer,
+    empty_store_url,
+    start_keyfront,
+)
 
 SIGNER = KeySigner("pk", {1: SECRET})
 BIG = random.Random(7).randbytes(700_000)  # larger than any in-memory fast path
@@ -106,11 +113,7 @@ def deployment(
     files: Path,
 ) -> Iterator[Deployment]:
     workdir = tmp_path_factory.mktemp(f"kf-{request.param}")
-    if request.param == "redis":
-        redis_server.cli("FLUSHALL")
-        store_url = redis_server.url
-    else:
-        store_url = f"sqlite://{workdir}/keyfront.db"
+    store_url = empty_store_url(request.param, redis_server, str(workdir))
     origin = HttpOriginServer(str(files))
     origin.start()
     body = f"""
