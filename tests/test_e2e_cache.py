@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -222,6 +223,42 @@ def test_large_objects_are_byte_exact_through_sendfile(
     middle = get(keyfront, "/open/big.bin", Range=f"bytes={MiB}-{2 * MiB + 12}")
     assert (middle[0], middle[2]) == (206, BIG[MiB : 2 * MiB + 13])
     assert origin.gets["big.bin"] == 1
+
+
+def test_memory_hits_written_whole_frame_keep_alive_and_http_1_0_alike(
+    keyfront: KeyfrontProcess,
+) -> None:
+    # Small hits from memory are written as one byte string (proxy/wire.py). Two
+    # requests on one HTTP/1.1 connection must come back framed exactly as aiohttp
+    # frames them, and HTTP/1.0 (which takes aiohttp's own path) must match them.
+    get(keyfront, "/open/small.bin")  # warm
+    with socket.create_connection(("127.0.0.1", keyfront.port), timeout=5) as sock:
+        request = b"GET /open/small.bin HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.sendall(request * 2)
+        stream = sock.makefile("rb")
+        answers = [_read_response(stream) for _ in range(2)]
+    with socket.create_connection(("127.0.0.1", keyfront.port), timeout=5) as sock:
+        sock.sendall(b"GET /open/small.bin HTTP/1.0\r\n\r\n")
+        stream = sock.makefile("rb")
+        answers.append(_read_response(stream))
+        assert stream.read() == b""  # HTTP/1.0 without keep-alive: closed after it
+    for status_line, headers, body in answers:
+        assert status_line.split()[1] == b"200"
+        assert body == SMALL
+        names = [name.lower() for name, _ in headers]
+        assert sorted(set(names)) == sorted(names), "a header appears twice"
+        assert {"content-length", "date", "etag", "x-cache", "content-type"} <= set(names)
+    assert answers[0][1] and {n for n, _ in answers[0][1]} == {n for n, _ in answers[2][1]}
+
+
+def _read_response(stream: Any) -> tuple[bytes, list[tuple[str, str]], bytes]:
+    status_line = stream.readline()
+    headers = []
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers.append((name, value.strip()))
+    length = int(next(v for n, v in headers if n.lower() == "content-length"))
+    return status_line, headers, stream.read(length)
 
 
 # --- nothing partial is ever served as complete ---------------------------------------------

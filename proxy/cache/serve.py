@@ -32,6 +32,7 @@ from ..config import Route
 from ..errors import NotFound, Refusal
 from ..exchange import SERVER, Exchange
 from ..origin import Origin, OriginRequest, OriginResponse
+from ..wire import wire_response
 from .entry import CacheEntry
 from .fill import Fill, FillBroken, body_chunks
 from .store import SMALL_OBJECT, DiskStore
@@ -114,7 +115,8 @@ async def from_entry(
         if part.length != len(body):
             body = body[part.start : part.end + 1]
         exchange.sent = len(body)
-        return web.Response(status=status, headers=headers, body=body)
+        wire = wire_response(exchange.request, status, headers, body)
+        return wire or web.Response(status=status, headers=headers, body=body)
     file = store.open_body(entry)
     if file is None:
         return None
