@@ -37,6 +37,7 @@ from .policy import check_link, client_ip, cors_headers, normalise_path, preflig
 from .ratelimit import Limiter
 from .record_cache import CachedKey, RecordCache, status_refusal
 from .usage import UsageMeter
+from .wire import wire_response
 
 ALLOW = "GET, HEAD, OPTIONS"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -227,15 +228,14 @@ def preflight(exchange: Exchange, origin: str | None) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
-def refusal_response(refusal: Refusal, exchange: Exchange) -> web.Response:
+def refusal_response(refusal: Refusal, exchange: Exchange) -> web.StreamResponse:
     """The one place a Refusal becomes a response: SPEC's JSON error body. The key is
-    never echoed. RateLimit-* headers ride along once the limiter has decided."""
+    never echoed. RateLimit-* headers ride along once the limiter has decided. A flood
+    of garbage keys is answered here, so the response is written whole (wire.py)."""
     error = {"code": refusal.code, "message": refusal.message, "request_id": exchange.request_id}
+    body = json.dumps({"error": error}, separators=(",", ":")).encode()
     headers = {"Server": SERVER, "X-Request-Id": exchange.request_id, **exchange.headers}
     headers.update(refusal.headers)
-    return web.Response(
-        status=refusal.status,
-        body=json.dumps({"error": error}, separators=(",", ":")).encode(),
-        content_type="application/json",
-        headers=headers,
-    )
+    headers["Content-Type"] = "application/json"
+    wire = wire_response(exchange.request, refusal.status, headers, body)
+    return wire or web.Response(status=refusal.status, body=body, headers=headers)

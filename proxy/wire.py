@@ -9,7 +9,8 @@ writes the status line, the headers and the body in one `transport.write` instea
 It is used only where nothing else is needed. The request must be HTTP/1.1 and
 keep-alive, because aiohttp then keeps the connection open exactly as it would for its
 own response. The body must be in memory and complete, with no chunking and no
-compression. Everything else takes the ordinary path.
+compression, and the response must be one that carries a body (not HEAD, 204 or 304).
+Everything else takes the ordinary path.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def wire_response(
     docstring), or where a header value would break the framing."""
     if request.version != HttpVersion11 or not request.keep_alive:
         return None
+    if request.method == "HEAD" or status in (204, 304) or status < 200:
+        return None  # no body may follow these: aiohttp knows how to frame them
     lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
     if lines.count("\r") != len(headers) or lines.count("\n") != len(headers):
         return None  # a CR or LF inside a value: let aiohttp refuse it

@@ -251,14 +251,30 @@ def test_memory_hits_written_whole_frame_keep_alive_and_http_1_0_alike(
     assert answers[0][1] and {n for n, _ in answers[0][1]} == {n for n, _ in answers[2][1]}
 
 
-def _read_response(stream: Any) -> tuple[bytes, list[tuple[str, str]], bytes]:
+def test_refusals_written_whole_keep_head_bodiless(keyfront: KeyfrontProcess) -> None:
+    # Refusals (a garbage-key flood) go out whole too; HEAD must still carry no body,
+    # or the next response on the connection would be misread.
+    garbage = "/k/small.bin?key=pk_1_AAAAAAAAAAAAAAAAAAAAAA_" + "0" * 32
+    with socket.create_connection(("127.0.0.1", keyfront.port), timeout=5) as sock:
+        head = f"HEAD {garbage} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        sock.sendall(head + head.replace(b"HEAD", b"GET"))
+        stream = sock.makefile("rb")
+        status_line, headers, _ = _read_response(stream, body=False)
+        assert status_line.split()[1] == b"401"
+        status_line, headers, body = _read_response(stream)
+    assert status_line.split()[1] == b"401"
+    assert json.loads(body)["error"]["code"] == "key_invalid"
+    assert dict(headers)["Content-Type"] == "application/json"
+
+
+def _read_response(stream: Any, body: bool = True) -> tuple[bytes, list[tuple[str, str]], bytes]:
     status_line = stream.readline()
     headers = []
     while (line := stream.readline()) not in (b"\r\n", b""):
         name, _, value = line.decode().partition(":")
         headers.append((name, value.strip()))
     length = int(next(v for n, v in headers if n.lower() == "content-length"))
-    return status_line, headers, stream.read(length)
+    return status_line, headers, stream.read(length) if body else b""
 
 
 # --- nothing partial is ever served as complete ---------------------------------------------
