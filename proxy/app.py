@@ -38,6 +38,7 @@ from .exchange import Target
 from .keys import KeySigner
 from .metrics import Metrics
 from .origin import Origin, origin_from_url
+from .origin.metered import MeteredOrigin
 from .pipeline import Pipeline
 from .ratelimit import Limiter, LocalLimiter
 from .record_cache import RecordCache
@@ -118,11 +119,13 @@ async def startup(config: Config) -> Runtime:
     records = RecordCache(
         store, config.keys.record_cache_ttl, config.keys.record_cache_size, config.keys.defaults
     )
-    targets = [
-        Target(route, origin_from_url(route, config.origin_timeouts)) for route in config.routes
-    ]
-    limiter = limiter_for(config, store)
     metrics = Metrics(os.environ.get(METRICS_DIR_ENV), config.metrics.customer_labels)
+    targets = [
+        Target(route, MeteredOrigin(origin_from_url(route, config.origin_timeouts), route.prefix,
+                                    metrics))
+        for route in config.routes
+    ]  # fmt: skip
+    limiter = limiter_for(config, store)
     runtime = Runtime(config, store, [t.origin for t in targets], records, limiter, metrics)
     for origin in runtime.origins:
         await origin.open()

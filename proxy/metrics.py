@@ -7,7 +7,9 @@ microsecond), and prometheus-client only formats them when /metrics is scraped.
 
 Workers of one host: each writes its counters to `<dir>/<pid>.json` every second and
 at exit; the worker that answers a scrape sums every file with its own live counters
-(the directory is wiped by the supervisor at start). Labels are bounded: routes and
+(the directory is wiped by the supervisor at start). Host gauges (the shared cache
+folder's size and object count) are read by every worker alike: the largest is kept,
+not the sum. Labels are bounded: routes and
 codes come from config and the SPEC, customers only for the `metrics.customer_labels`
 busiest (others are summed as `other`), never a key id.
 """
@@ -52,8 +54,11 @@ class Metrics(Collector):
                 "origin_bytes",
             )
         }
-        self.durations: dict[str, list[float]] = {}  # route -> bucket counts + [sum, count]
-        self.gauges: dict[str, float] = {}
+        # Histograms by route: bucket counts, then +Inf, sum and count.
+        self.durations: dict[str, list[float]] = {}  # answering a request
+        self.origin_durations: dict[str, list[float]] = {}  # an origin's answer (headers)
+        self.gauges: dict[str, float] = {}  # per process: summed across workers
+        self.host_gauges: dict[str, float] = {}  # the host's (the cache folder): not summed
         # Called before each publish and scrape to copy in what other parts count
         # themselves (record cache hits, usage rows pending, cache size).
         self.sources: list[Callable[[Metrics], None]] = []
@@ -68,12 +73,12 @@ class Metrics(Collector):
     def request(self, route: str, status: int, cache: str, sent: int, seconds: float) -> None:
         self.count("requests", f"{route}\0{status}\0{cache}")
         self.count("response_bytes", route, sent)
-        hist = self.durations.get(route)
-        if hist is None:
-            hist = self.durations[route] = [0.0] * (len(DURATION_BUCKETS) + 3)  # +Inf, sum, count
-        hist[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
-        hist[-2] += seconds
-        hist[-1] += 1
+        _observe(self.durations, route, seconds)
+
+    def origin(self, route: str, status: str, seconds: float) -> None:
+        """One origin fetch answered (`status`: its HTTP status, or `error`/`timeout`)."""
+        self.count("origin_requests", f"{route}\0{status}")
+        _observe(self.origin_durations, route, seconds)
 
     # --- sharing between workers ---
 
@@ -105,7 +110,13 @@ class Metrics(Collector):
     def _snapshot(self) -> Snapshot:
         for source in self.sources:
             source(self)
-        return {"counters": self.counters, "durations": self.durations, "gauges": self.gauges}
+        return {
+            "counters": self.counters,
+            "durations": self.durations,
+            "origin_durations": self.origin_durations,
+            "gauges": self.gauges,
+            "host_gauges": self.host_gauges,
+        }
 
     def _merged(self) -> Snapshot:
         merged: Snapshot = json.loads(json.dumps(self._snapshot()))
@@ -126,7 +137,12 @@ class Metrics(Collector):
         yield _counter(
             "requests", "Requests answered.", ["route", "status", "cache"], c["requests"]
         )
-        yield _histogram(snap["durations"])
+        yield _histogram("request_duration_seconds", "Time to answer, by route.", snap["durations"])
+        yield _histogram(
+            "origin_duration_seconds",
+            "Time to an origin's answer (its headers), by route.",
+            snap["origin_durations"],
+        )
         yield _counter("response_bytes", "Body bytes sent.", ["route"], c["response_bytes"])
         yield _counter("denied", "Requests refused, by SPEC code.", ["code"], c["denied"])
         yield _counter(
@@ -148,7 +164,7 @@ class Metrics(Collector):
             yield _counter(
                 name, doc, ["customer"], _top(c[name], c["customer_requests"], self._top)
             )
-        for name, value in sorted(snap["gauges"].items()):
+        for name, value in sorted({**snap["gauges"], **snap["host_gauges"]}.items()):
             gauge = GaugeMetricFamily(f"keyfront_{name}", name.replace("_", " "))
             gauge.add_metric([], value)
             yield gauge
@@ -161,9 +177,12 @@ def _add(into: Snapshot, other: Snapshot) -> None:
             target[labels] = target.get(labels, 0) + value
     for name, value in other.get("gauges", {}).items():  # per-process gauges: summed
         into["gauges"][name] = into["gauges"].get(name, 0) + value
-    for route, hist in other.get("durations", {}).items():
-        mine = into["durations"].setdefault(route, [0.0] * len(hist))
-        into["durations"][route] = [a + b for a, b in zip(mine, hist, strict=True)]
+    for name, value in other.get("host_gauges", {}).items():  # each worker saw the same
+        into["host_gauges"][name] = max(into["host_gauges"].get(name, 0), value)
+    for kind in ("durations", "origin_durations"):
+        for route, hist in other.get(kind, {}).items():
+            mine = into[kind].setdefault(route, [0.0] * len(hist))
+            into[kind][route] = [a + b for a, b in zip(mine, hist, strict=True)]
 
 
 def _counter(
@@ -177,10 +196,17 @@ def _counter(
     return family
 
 
-def _histogram(durations: dict[str, list[float]]) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(
-        "keyfront_request_duration_seconds", "Time to answer, by route.", labels=["route"]
-    )
+def _observe(histograms: dict[str, list[float]], route: str, seconds: float) -> None:
+    hist = histograms.get(route)
+    if hist is None:
+        hist = histograms[route] = [0.0] * (len(DURATION_BUCKETS) + 3)  # +Inf, sum, count
+    hist[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+    hist[-2] += seconds
+    hist[-1] += 1
+
+
+def _histogram(name: str, doc: str, durations: dict[str, list[float]]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(f"keyfront_{name}", doc, labels=["route"])
     for route, hist in sorted(durations.items()):
         cumulative, buckets = 0.0, []
         for bound, count in zip([*map(str, DURATION_BUCKETS), "+Inf"], hist[:-2], strict=True):

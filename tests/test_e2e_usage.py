@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from conftest import RedisServer, start_keyfront
 from test_e2e_limits import config, provision  # one way to provision keys and configs
 
 UNLIMITED = Rate(1_000_000, 1.0)  # these tests count, they do not limit
+MiB = 1024 * 1024
 
 
 @pytest.fixture
@@ -97,3 +100,68 @@ async def test_sigterm_mid_traffic_counts_every_served_request(tmp_path: Path, f
     await traffic
     assert len(served) > 200
     assert _totals(kf.cli, key.split("_")[2]) == {"requests": len(served), "bytes": sum(served)}
+
+
+@pytest.mark.parametrize("path", ["cached", "pass-through"])
+async def test_a_download_cut_by_the_client_bills_the_bytes_sent(
+    tmp_path: Path, files: Path, path: str
+) -> None:
+    # SPEC section 4: `bytes` is body bytes actually sent. A client reads 1 MiB of a
+    # 48 MiB object and hangs up: the bill is what went out, which the kernel's socket
+    # buffers can put a few MiB past what the client read, never the whole object.
+    size, read = 48 * MiB, 1 * MiB
+    (files / "big.bin").write_bytes(os.urandom(size))
+    store_url = f"sqlite://{tmp_path}/kf.db"
+    key = await provision(store_url, rate=UNLIMITED, burst=UNLIMITED.count)
+    key_id = key.split("_")[2]
+    # The cached path answers from the disk cache (sendfile); with a small
+    # max_object_size the object streams from the origin instead (BYPASS).
+    cache = "1MiB" if path == "pass-through" else "64MiB"
+    extra = (
+        "usage: {flush_interval: 100ms}\n"
+        f"cache: {{dir: {tmp_path}/cache, max_object_size: {cache}}}"
+    )
+    kf = start_keyfront(config(store_url, files, extra), str(tmp_path))
+    try:
+        if path == "cached":  # warm the cache with one whole download
+            assert await asyncio.to_thread(_download, kf.port, key, size) == size
+        before = await _settled_totals(kf.cli, key_id)
+        assert await asyncio.to_thread(_download, kf.port, key, read) == read
+        after = await _settled_totals(kf.cli, key_id, changed_from=before)
+    finally:
+        assert kf.stop() == 0
+    assert after["requests"] - before["requests"] == 1
+    billed = after["bytes"] - before["bytes"]
+    assert read <= billed < 24 * MiB, f"billed {billed} bytes for a {read}-byte read"
+
+
+def _download(port: int, key: str, limit: int) -> int:
+    """GET big.bin, read up to `limit` body bytes, then close the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET /files/big.bin?key={key} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        stream = sock.makefile("rb")
+        while stream.readline() not in (b"\r\n", b""):
+            pass  # the headers
+        got = 0
+        while got < limit:
+            chunk = stream.read1(min(65536, limit - got))
+            if not chunk:
+                break
+            got += len(chunk)
+        return got
+
+
+async def _settled_totals(
+    kf_cli: object, key_id: str, changed_from: dict[str, int] | None = None
+) -> dict[str, int]:
+    """The key's totals once flushed: when they have changed from `changed_from` and
+    then stayed the same for half a second (the server may still be counting)."""
+    deadline = time.monotonic() + 10
+    last = _totals(kf_cli, key_id)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        now = _totals(kf_cli, key_id)
+        if now == last and (changed_from is None or now != changed_from):
+            return now
+        last = now
+    pytest.fail(f"usage did not settle: {last}")

@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import start_keyfront
+from proxy.keys import KeySigner, new_key_id
+from proxy.records import Customer, KeyRecord
+from proxy.store import store_from_url
 
+from conftest import SECRET, HttpOriginServer, start_keyfront
+
+# SPEC section 10, as prometheus_client's parser names the families (no _total).
 SPEC_NAMES = {
     "keyfront_requests",
     "keyfront_request_duration_seconds",
     "keyfront_response_bytes",
     "keyfront_denied",
+    "keyfront_origin_requests",
+    "keyfront_origin_duration_seconds",
+    "keyfront_origin_bytes",
+    "keyfront_cache_size_bytes",
+    "keyfront_cache_objects",
+    "keyfront_cache_evictions",
+    "keyfront_cache_coalesced",
+    "keyfront_cache_write_errors",
     "keyfront_key_cache",
+    "keyfront_store_errors",
     "keyfront_usage_pending",
     "keyfront_customer_requests",
     "keyfront_customer_bytes",
@@ -77,3 +93,113 @@ access_log: "off"
         assert all(key.split("_")[2] not in text for key in keys)  # never a key id
     finally:
         assert kf.stop() == 0
+
+
+def test_origin_fetches_and_the_cache_folder_are_counted_once_across_workers(
+    tmp_path: Path,
+) -> None:
+    # Two workers share one cache folder: the origin counts come from whichever worker
+    # fetched (summed), the folder's size and object count are the host's (not 2x).
+    (tmp_path / "origin").mkdir()
+    sizes = {"a.bin": 10_000, "b.bin": 200_000}
+    for name, size in sizes.items():
+        (tmp_path / "origin" / name).write_bytes(b"x" * size)
+    origin = HttpOriginServer(str(tmp_path / "origin"))
+    origin.start()
+    body = f"""
+store: sqlite://{tmp_path}/kf.db
+keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
+routes: [{{prefix: /o/, origin: "{origin.url}", auth: none}}]
+access_log: "off"
+"""
+    kf = start_keyfront(body, str(tmp_path), "--workers", "2")
+    try:
+        for path in ("a.bin", "a.bin", "b.bin", "b.bin", "missing.bin", "missing.bin"):
+            assert get(f"{kf.url}/o/{path}") == (404 if path == "missing.bin" else 200)
+        time.sleep(1.5)  # workers publish their counters every second
+        families = scrape(kf.admin_url)
+    finally:
+        assert kf.stop() == 0
+        origin.stop()
+    assert origin.gets == {"a.bin": 1, "b.bin": 1, "missing.bin": 1}
+    fetched = {
+        labels["status"]: v
+        for labels, v in families["keyfront_origin_requests"]
+        if labels["route"] == "/o/"
+    }
+    assert fetched == {"200": 2, "404": 1}
+    assert families["keyfront_origin_bytes"] == [({"route": "/o/"}, sum(sizes.values()))]
+    observed = dict((labels.get("le"), v) for labels, v in families[
+        "keyfront_origin_duration_seconds"] if labels.get("le") == "+Inf")  # fmt: skip
+    assert observed == {"+Inf": 3}
+    on_disk = [p.stat().st_size for p in (tmp_path / "cache" / "objects").rglob("*") if p.is_file()]
+    assert len(on_disk) == 3  # a, b and the cached 404
+    assert families["keyfront_cache_objects"] == [({}, 3)]
+    assert families["keyfront_cache_size_bytes"] == [({}, sum(on_disk))]
+
+
+def test_metrics_stay_bounded_with_ten_thousand_keys(tmp_path: Path) -> None:
+    # 10,000 keys of 200 customers each make a request: /metrics must not grow with
+    # them. Only the top `customer_labels` customers get a label; key ids never appear.
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "a.txt").write_bytes(b"a")
+    store_url = f"sqlite://{tmp_path}/kf.db"
+    keys = asyncio.run(_provision(store_url, customers=200, keys_each=50))
+    body = f"""
+store: {store_url}
+keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}, defaults: {{rate: null, burst: null}}}}
+routes: [{{prefix: /f/, origin: "file://{tmp_path}/files/"}}]
+metrics: {{customer_labels: 50}}
+access_log: "off"
+"""
+    kf = start_keyfront(body, str(tmp_path))
+    try:
+        statuses = asyncio.run(_get_each(kf.url, [f"/f/a.txt?key={key}" for key in keys]))
+        assert statuses == {200: len(keys)}
+        with urllib.request.urlopen(f"{kf.admin_url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    finally:
+        assert kf.stop() == 0
+    families = list(text_string_to_metric_families(text))
+    samples = [sample for family in families for sample in family.samples]
+    assert len(samples) < 300, f"{len(samples)} series for {len(keys)} keys"
+    customers = [s.labels["customer"] for s in samples if s.name.startswith("keyfront_customer_")]
+    assert len(set(customers)) == 51  # 50 customers and "other"
+    served = sum(s.value for s in samples if s.name == "keyfront_customer_requests_total")
+    assert served == len(keys)
+    key_ids = {key.split("_")[2] for key in keys}
+    assert not any(key_id in text for key_id in key_ids)
+
+
+async def _provision(store_url: str, customers: int, keys_each: int) -> list[str]:
+    """Customers and their keys straight through the store API (the CLI would take
+    minutes for 10,000 keys); the full keys, minted with the test secret."""
+    signer = KeySigner("pk", {1: SECRET})
+    store = store_from_url(store_url)
+    await store.open()
+    keys = []
+    try:
+        for c in range(customers):
+            await store.create_customer(Customer(f"c{c}"))
+            for _ in range(keys_each):
+                key_id = new_key_id()
+                await store.create_key(KeyRecord(key_id, f"c{c}", created_at=int(time.time())))
+                keys.append(signer.mint(key_id))
+    finally:
+        await store.close()
+    return keys
+
+
+async def _get_each(base: str, paths: list[str]) -> dict[int, int]:
+    """GET every path, 64 at a time; how many got each status."""
+    statuses: dict[int, int] = {}
+    gate = asyncio.Semaphore(64)
+    async with aiohttp.ClientSession(base) as session:
+
+        async def one(path: str) -> None:
+            async with gate, session.get(path) as response:
+                await response.read()
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+
+        await asyncio.gather(*(one(path) for path in paths))
+    return statuses

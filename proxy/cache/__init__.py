@@ -101,11 +101,15 @@ class Cache:
         return self.space.evictions
 
     def count_into(self, metrics: Metrics) -> None:
-        """Copy this process's counters into /metrics (SPEC section 10) at scrape time;
-        per-process counts, which the scrape sums across workers."""
+        """Copy this process's counters into /metrics (SPEC section 10) at scrape time:
+        per-process counts, which the scrape sums across workers, and the folder's
+        shared size and object count, which it does not (they are the host's)."""
         metrics.counters["cache_evictions"] = {"": self.evictions}
         metrics.counters["cache_coalesced"] = {"": self.coalesced}
         metrics.counters["cache_write_errors"] = {"": self.write_errors}
+        size, objects = self.space.counts()
+        metrics.host_gauges["cache_size_bytes"] = size
+        metrics.host_gauges["cache_objects"] = objects
 
     # --- lookups ------------------------------------------------------------------
 
@@ -196,7 +200,7 @@ class Cache:
         self._drop_local(lambda k: k.startswith(prefix))
         loop = asyncio.get_running_loop()
         count, size = await loop.run_in_executor(None, remove_prefix, self.store, prefix)
-        self.space.freed(size)
+        self.space.freed(size, count)
         return count
 
     def _drop_local(self, matches: Callable[[str], bool]) -> None:

@@ -1,7 +1,8 @@
 """The `cache.max_size` bound (SPEC section 5): a shared byte count and an LRU sweep.
 
-The count lives in `<dir>/size`, an 8-byte counter updated under flock by every
-process sharing the folder, so N worker processes enforce one bound, not N. A fill
+The count lives in `<dir>/size`: the bytes, then the number of published objects (8
+bytes each), updated under flock by every process sharing the folder, so N worker
+processes enforce one bound, not N, and /metrics reports the folder once, not N times. A fill
 *reserves* its object's size before writing the first byte (from Content-Length), and
 only publishes once any sweep under way has finished, so published objects stay within
 `max_size` and the excess is the objects being written, as SPEC section 5 allows. (Only
@@ -34,7 +35,7 @@ from .store import FANOUT, DiskStore
 
 log = logging.getLogger("keyfront.cache")
 LOW_WATER = 0.9  # a sweep evicts down to this fraction of max_size
-_COUNTER = struct.Struct("<q")
+_COUNTERS = struct.Struct("<qq")  # bytes (published and reserved), published objects
 
 
 class Space:
@@ -56,12 +57,16 @@ class Space:
 
     @property
     def total(self) -> int:
+        return self._add(0)[0]
+
+    def counts(self) -> tuple[int, int]:
+        """(bytes, published objects) in the folder, every process's: /metrics."""
         return self._add(0)
 
     def reserve(self, size: int) -> None:
         """Count an object about to be written; sweep if that passes the bound."""
         self._inflight += size
-        if self._add(size) > self.max_size:
+        if self._add(size)[0] > self.max_size:
             self.sweep_soon()
 
     def settle(self, size: int, kept: bool) -> None:
@@ -70,12 +75,14 @@ class Space:
         self._inflight -= size
         if not kept:
             self._add(-size)
-        elif self.total > self.max_size:
+        elif self._add(0, objects=1)[0] > self.max_size:
             self.sweep_soon()
 
-    def freed(self, size: int) -> None:
+    def freed(self, size: int, objects: int | None = None) -> None:
+        """Objects left the folder (replaced, purged): `size` bytes, `objects` of them
+        (one, if `size` says something was there)."""
         if size:
-            self._add(-size)
+            self._add(-size, -(1 if objects is None else objects))
 
     async def settled(self) -> None:
         """Wait for a running sweep, so that a publish never lands on a full cache."""
@@ -106,7 +113,7 @@ class Space:
         except OSError as exc:
             log.warning("cache sweep failed: %s", exc)
             return False
-        self._add(-size)
+        self._add(-size, -len(evicted))
         self.evictions += len(evicted)
         gone = set(evicted)
         for key in [k for k, e in self.store.index.items() if e.name in gone]:
@@ -117,24 +124,29 @@ class Space:
         """At start-up, in a worker thread: count what is on disk (correcting any drift)
         and remove what crashed processes left behind. What changed during the scan is
         kept: the count becomes the scan plus the changes since it began."""
-        before = self.total
+        before, before_objects = self._add(0)
         loop = asyncio.get_running_loop()
         try:
-            size = await loop.run_in_executor(None, _scan, self.store)
+            size, objects = await loop.run_in_executor(None, _scan, self.store)
         except OSError as exc:
             log.warning("cache scan failed: %s", exc)
             return
-        if self._add(size - before) > self.max_size:
+        if self._add(size - before, objects - before_objects)[0] > self.max_size:
             self.sweep_soon()
 
-    def _add(self, delta: int) -> int:
-        """Add to the shared count under flock: a few µs, held by nobody for longer."""
+    def _add(self, delta: int, objects: int = 0) -> tuple[int, int]:
+        """Add to the shared counts under flock: a few µs, held by nobody for longer.
+        (A file of the old 8-byte format reads as bytes only; the rescan fixes it.)"""
         with _locked(self._fd):
-            raw = os.pread(self._fd, _COUNTER.size, 0)
-            total = max(0, (_COUNTER.unpack(raw)[0] if len(raw) == _COUNTER.size else 0) + delta)
-            if delta:
-                os.pwrite(self._fd, _COUNTER.pack(total), 0)
-        return total
+            raw = os.pread(self._fd, _COUNTERS.size, 0)
+            if len(raw) == _COUNTERS.size:
+                total, count = _COUNTERS.unpack(raw)
+            else:
+                total, count = (int.from_bytes(raw[:8], "little", signed=True) if raw else 0), 0
+            total, count = max(0, total + delta), max(0, count + objects)
+            if delta or objects:
+                os.pwrite(self._fd, _COUNTERS.pack(total, count), 0)
+        return total, count
 
 
 @contextlib.contextmanager
@@ -203,11 +215,12 @@ def remove_prefix(store: DiskStore, prefix: str) -> tuple[int, int]:
     return count, size
 
 
-def _scan(store: DiskStore) -> int:
-    """In a worker thread: the bytes of published objects and of objects being written;
-    removes temp files of dead processes and lock files nobody holds whose object is
-    gone."""
-    size = sum(e.stat(follow_symlinks=False).st_size for e in _objects(store))
+def _scan(store: DiskStore) -> tuple[int, int]:
+    """In a worker thread: the bytes of published objects and of objects being written,
+    and the number of published objects; removes temp files of dead processes and lock
+    files nobody holds whose object is gone."""
+    sizes = [e.stat(follow_symlinks=False).st_size for e in _objects(store)]
+    size, objects = sum(sizes), len(sizes)
     with os.scandir(store.tmp) as entries:
         for entry in entries:
             if _alive(entry.name):
@@ -220,7 +233,7 @@ def _scan(store: DiskStore) -> int:
             for entry in entries:
                 if not os.path.exists(store.path(entry.name)):
                     _drop_unheld_lock(entry.path)
-    return size
+    return size, objects
 
 
 def _alive(temp_name: str) -> bool:
