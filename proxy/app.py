@@ -32,7 +32,6 @@ from .admin import PREFIX as ADMIN_PREFIX
 from .admin import admin_app
 from .cache import Cache
 from .config import Config
-from .delivery import use_cache
 from .errors import ConfigError, KeyfrontError
 from .exchange import Target
 from .keys import KeySigner
@@ -151,6 +150,7 @@ async def startup(config: Config) -> Runtime:
         access_log=access_log,
         usage=usage,
         metrics=metrics,
+        cache=runtime.cache,
     )
     runtime.public_handler = web.Server(pipeline.handle, access_log=None)
     runtime.public = await asyncio.get_running_loop().create_server(
@@ -171,7 +171,7 @@ async def open_cache(runtime: Runtime) -> None:
         await cache.open()
     except OSError as exc:
         raise ConfigError("cache.dir", f"cannot use {cache.store.root}: {exc}") from exc
-    use_cache(cache)
+    cache.variant_routes = tuple(r.prefix for r in runtime.config.routes if r.variant_params)
     runtime.cache = cache
     runtime.closers.append(cache.close)
     runtime.metrics.sources.append(cache.count_into)
@@ -181,19 +181,17 @@ async def follow_changes(store: Store, records: RecordCache, cache: Cache | None
     """Apply the store's change feed until cancelled (run as a task). Record changes
     drop cached key records (SPEC section 2); purges drop cached objects (SPEC section
     5, proxy/manage/purge.py). A prefix purge scans the folder in a worker thread, so
-    it runs on its own: a revocation right behind it must not wait for the scan."""
-    prefix_purges: set[asyncio.Task[int]] = set()
+    it runs on its own (so does a path purge, which scans for a path's variants): a
+    revocation right behind it must not wait for the scan."""
+    purges: set[asyncio.Task[int]] = set()
     async for change in store.changes():
-        if change.kind == "purge":
-            if cache is not None:
-                cache.purge(change.id)
-        elif change.kind == "purge_prefix":
-            if cache is not None:
-                task = asyncio.create_task(cache.purge_prefix(change.id))
-                prefix_purges.add(task)
-                task.add_done_callback(prefix_purges.discard)
-        else:
+        if change.kind not in ("purge", "purge_prefix"):
             records.apply(change)
+        elif cache is not None:
+            purge = cache.purge if change.kind == "purge" else cache.purge_prefix
+            task = asyncio.create_task(purge(change.id))
+            purges.add(task)
+            task.add_done_callback(purges.discard)
 
 
 def _gauges(records: RecordCache, usage: UsageMeter, metrics: Metrics) -> None:

@@ -80,6 +80,12 @@ class Route:
     auth: Literal["key", "none"] = "key"
     cache_control: str = "private, max-age=3600"
     s3: S3Settings | None = None
+    # SPEC section 5: the cache's freshness comes from cache.ttl unless the route
+    # respects the origin's Cache-Control (README "Decisions").
+    origin_cache_control: Literal["ignore", "respect"] = "ignore"
+    # SPEC section 5: query parameters that select a variant (e.g. w, format): part of
+    # the cache key and sent on to the origin. http(s) origins only.
+    variant_params: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +158,21 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
     source = os.path.abspath(path)
     tree = _interpolate(_read_yaml(source), "", env)
     config: Config = _CONFIG(tree, "", Path(source).parent)
+    _check_variants(config)
     return dataclasses.replace(config, source=source)
+
+
+def _check_variants(config: Config) -> None:
+    """Variant parameters may not be the parameters that carry the key or a signed
+    link: those never enter the cache key (SPEC section 5)."""
+    reserved = {config.keys.query_param, "expires", "sig"}
+    for i, route in enumerate(config.routes):
+        clash = reserved.intersection(route.variant_params)
+        if clash:
+            raise ConfigError(
+                f"routes[{i}].variant_params",
+                f"{sorted(clash)[0]!r} carries a key or a link signature, not a variant",
+            )
 
 
 def describe(config: Config) -> str:
@@ -428,11 +448,28 @@ def _routes(raw: Any, at: str, base: Path) -> tuple[Route, ...]:
         route: Route = _ROUTE(item, f"{at}[{i}]", base)
         if route.s3 is not None and not route.origin.startswith("s3://"):
             raise ConfigError(f"{at}[{i}].s3", "s3 settings are only allowed on an s3:// origin")
+        if route.variant_params and not route.origin.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{at}[{i}].variant_params",
+                "only an http(s):// origin can serve variants (a file or S3 object has one)",
+            )
         if route.prefix in (r.prefix for r in routes):
             first = [r.prefix for r in routes].index(route.prefix)
             raise ConfigError(f"{at}[{i}].prefix", f"{route.prefix} is used by {at}[{first}] too")
         routes.append(route)
     return tuple(routes)
+
+
+def _names(raw: Any, at: str, base: Path) -> tuple[str, ...]:
+    """A list of distinct query parameter names."""
+    _expect([] if raw is None else raw, list, "a list of query parameter names", at)
+    names: list[str] = []
+    for i, item in enumerate(raw or []):
+        name = _PARAM_NAME(item, f"{at}[{i}]", base)
+        if name in names:
+            raise ConfigError(f"{at}[{i}]", f"{name!r} is given twice")
+        names.append(name)
+    return tuple(names)
 
 
 def _access_log(raw: Any, at: str, base: Path) -> str:
@@ -449,6 +486,7 @@ _POSITIVE_SECONDS = _measure(parse_duration, "a duration (e.g. 50ms, 30s, 1h)", 
 _SIZE = _measure(parse_size, "a size (e.g. 10GiB, 512MiB)")
 _UNSET_IF_EMPTY = (None, "")  # `${VAR:-}` leaves an optional string unset
 _OPTIONAL_TEXT = _optional(_text(), _UNSET_IF_EMPTY)
+_PARAM_NAME = _text(r"[A-Za-z0-9_.~-]+", "a query parameter name ([A-Za-z0-9_.~-]+)")
 _ROUTE_PREFIX = r"(?!.*/\.\.?/)/(?:[A-Za-z0-9._~!$&'()*+,;=:@%-]+/)*"
 
 _S3 = _section(
@@ -464,6 +502,8 @@ _ROUTE = _section(
         "auth": _text("key|none", "key or none"),
         "cache_control": _text(),
         "s3": _S3,
+        "origin_cache_control": _text("ignore|respect", "ignore or respect"),
+        "variant_params": _names,
     },
     "prefix",
     "origin",

@@ -15,8 +15,8 @@
 
 Pass-through forwards the client's Range and conditionals, and streams with bounded
 memory. After the headers are out, a failure aborts the connection (STYLE "streaming
-rule"). The cache is installed per process by app.startup (`use_cache`): the
-pipeline's call, `deliver(exchange, target, object_path)`, has no room to pass it.
+rule"). A route's variant parameters (`variant_params`) go into the cache key and the
+origin request alike; a route without them never looks at the query.
 """
 
 from __future__ import annotations
@@ -27,46 +27,37 @@ from typing import Literal
 
 from aiohttp import web
 
-from .cache import Cache, CacheEntry, Freshness, Outcome
-from .cache.entry import cache_key
+from .cache import Cache, CacheEntry, Fill, Freshness, Outcome
+from .cache.entry import cache_key, variant_query
 from .cache.serve import base_headers, from_entry, from_fill
 from .errors import NotFound, OriginError, OriginTimeout
 from .exchange import Exchange, Target
 from .origin import OriginRequest, OriginResponse
 
-_cache: Cache | None = None
 
-
-def use_cache(cache: Cache | None) -> None:
-    """Install this process's cache (None: every request goes to the origin)."""
-    global _cache  # noqa: PLW0603 (one cache per process, set once at start-up)
-    _cache = cache
-
-
-async def deliver(exchange: Exchange, target: Target, object_path: str) -> web.StreamResponse:
-    """The response for a request that passed every check; see the module docstring."""
-    return await deliver_from(_cache, exchange, target, object_path)
-
-
-async def deliver_from(
+async def deliver(
     cache: Cache | None, exchange: Exchange, target: Target, object_path: str
 ) -> web.StreamResponse:
-    """`deliver` with the cache given (tests run two caches in one process)."""
+    """The response for a request that passed every check; see the module docstring.
+    `cache` is None when this process has none: every request goes to the origin."""
+    route = target.route
+    query = exchange.request.query if route.variant_params else None
+    variant = variant_query(route.variant_params, query) if query else ""
     if cache is None:
-        return await pass_through(exchange, target, object_path)
-    key = cache_key(target.route.prefix, object_path)
+        return await pass_through(exchange, target, object_path, variant)
+    key = cache_key(route.prefix, object_path, variant)
     if not cache.bypassed(key):
         for _ in range(2):  # again if the entry's file vanished (evicted, replaced)
-            response = await _from_cache(cache, exchange, target, key, object_path)
+            response = await _from_cache(cache, exchange, target, key, object_path, variant=variant)
             if response is not None:
                 return response
             cache.forget(key)
     exchange.cache = "BYPASS"
-    return await pass_through(exchange, target, object_path)
+    return await pass_through(exchange, target, object_path, variant)
 
 
 async def _from_cache(
-    cache: Cache, exchange: Exchange, target: Target, key: str, object_path: str
+    cache: Cache, exchange: Exchange, target: Target, key: str, object_path: str, *, variant: str
 ) -> web.StreamResponse | None:
     entry = cache.lookup(key)
     if entry is not None:
@@ -77,10 +68,22 @@ async def _from_cache(
             exchange.cache = "HIT"
             return await from_entry(exchange, target.route, entry, cache.store)
         if freshness is Freshness.STALE_SERVE:
-            cache.fill(key, target.origin, object_path, entry)  # one refresh, behind
+            _fill(cache, target, key, object_path, variant=variant, stale=entry)  # a refresh
             exchange.cache = "STALE"
             return await from_entry(exchange, target.route, entry, cache.store)
-    return await _through_fill(cache, exchange, target, key, object_path, stale=entry)
+    return await _through_fill(
+        cache, exchange, target, key, object_path, variant=variant, stale=entry
+    )
+
+
+def _fill(
+    cache: Cache, target: Target, key: str, object_path: str, *, variant: str,
+    stale: CacheEntry | None,
+) -> Fill:  # fmt: skip
+    """The object's one fill (cache/fill.py), started here if none is under way."""
+    respect = target.route.origin_cache_control == "respect"
+    request = OriginRequest(object_path, query=variant)
+    return cache.fill(key, target.origin, request, stale, respect=respect)
 
 
 async def _through_fill(
@@ -90,9 +93,10 @@ async def _through_fill(
     key: str,
     object_path: str,
     *,
+    variant: str,
     stale: CacheEntry | None,
 ) -> web.StreamResponse | None:
-    fill = cache.fill(key, target.origin, object_path, stale)
+    fill = _fill(cache, target, key, object_path, variant=variant, stale=stale)
     fill.join()
     try:
         try:
@@ -108,9 +112,9 @@ async def _through_fill(
         if outcome is Outcome.ABSENT:
             exchange.cache = "MISS"
             raise NotFound()
-        if outcome in (Outcome.TOO_BIG, Outcome.UNCACHED):
+        if outcome in (Outcome.PASS, Outcome.UNCACHED):
             exchange.cache = "BYPASS"
-            return await pass_through(exchange, target, object_path)
+            return await pass_through(exchange, target, object_path, variant)
         exchange.cache = "REVALIDATED" if outcome is Outcome.REFRESHED else "HIT"
         assert fill.entry is not None
         return await from_entry(exchange, target.route, fill.entry, cache.store)
@@ -121,7 +125,9 @@ async def _through_fill(
 # --- pass-through: straight from the origin, uncached ----------------------------------
 
 
-async def pass_through(exchange: Exchange, target: Target, object_path: str) -> web.StreamResponse:
+async def pass_through(
+    exchange: Exchange, target: Target, object_path: str, variant: str = ""
+) -> web.StreamResponse:
     """Fetch from the origin with the client's Range and conditionals and send it on:
     the body in one write when the origin has it in memory, else streamed chunk by
     chunk with bounded memory."""
@@ -135,6 +141,7 @@ async def pass_through(exchange: Exchange, target: Target, object_path: str) -> 
             headers.get("Range"),
             headers.get("If-None-Match"),
             headers.get("If-Modified-Since"),
+            variant,
         )
     )
     try:

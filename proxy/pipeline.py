@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from .accesslog import AccessLog
+from .cache import Cache
 from .config import Config
 from .delivery import deliver
 from .errors import (
@@ -71,6 +72,7 @@ class Pipeline:
         access_log: AccessLog,
         usage: UsageMeter,
         metrics: Metrics,
+        cache: Cache | None = None,
     ) -> None:
         self._signer = signer
         self._records = records
@@ -83,6 +85,7 @@ class Pipeline:
         self._log = access_log
         self._usage = usage
         self._metrics = metrics
+        self._cache = cache  # None: no disk cache, every request goes to the origin
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = self._request_ids(request.headers.get("X-Request-Id"))
@@ -122,7 +125,7 @@ class Pipeline:
             await self._limit(exchange)
         if origin:
             exchange.headers.update(cors_headers(origin))
-        return await deliver(exchange, target, object_path)
+        return await deliver(self._cache, exchange, target, object_path)
 
     def _target(self, raw_path: str) -> Target:
         for target in self._targets:

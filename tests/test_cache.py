@@ -1,4 +1,4 @@
-"""The disk cache (proxy/cache/) through `delivery.deliver_from`, in process: a real
+"""The disk cache (proxy/cache/) through `delivery.deliver`, in process: a real
 aiohttp server runs the delivery step, in front of a real HTTP origin server whose
 behaviour (slow, dying mid-body, failing, 304) the test controls. Asserts what a client
 sees (status, X-Cache, bytes) and what the origin saw (requests per object)."""
@@ -27,7 +27,7 @@ from multidict import CIMultiDict
 from proxy.cache import Cache
 from proxy.conditional import UNSATISFIABLE, http_date, parse_range
 from proxy.config import CacheConfig, OriginTimeouts, Route
-from proxy.delivery import deliver_from
+from proxy.delivery import deliver
 from proxy.errors import Refusal
 from proxy.exchange import Exchange, Target
 from proxy.origin.http import HttpOrigin
@@ -158,7 +158,7 @@ async def start(origin: tuple[OriginBehaviour, str], tmp_path: Path) -> AsyncIte
         async def handle(request: web.BaseRequest) -> web.StreamResponse:
             exchange = Exchange(request, "test")
             try:
-                return await deliver_from(cache, exchange, target, request.path[len(PREFIX) :])
+                return await deliver(cache, exchange, target, request.path[len(PREFIX) :])
             except Refusal as refusal:
                 return web.Response(status=refusal.status, headers={"X-Cache": exchange.cache})
 
@@ -490,12 +490,12 @@ async def test_purge_by_path_and_prefix(start: Start, origin: tuple[OriginBehavi
     proxy = await start()
     for name in ("a/1", "a/2", "b/1"):
         await proxy.get(name)
-    assert proxy.cache.purge(PREFIX + "a/1") == 1
+    assert await proxy.cache.purge(PREFIX + "a/1") == 1
     assert (await proxy.get("a/1"))[1]["X-Cache"] == "MISS"
     assert await proxy.cache.purge_prefix(PREFIX + "a/") == 2
     assert (await proxy.get("a/2"))[1]["X-Cache"] == "MISS"
     assert (await proxy.get("b/1"))[1]["X-Cache"] == "HIT"
-    assert proxy.cache.purge(PREFIX + "never/there") == 0
+    assert await proxy.cache.purge(PREFIX + "never/there") == 0
 
 
 # --- two processes' worth of caches on one folder ------------------------------------------------

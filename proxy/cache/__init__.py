@@ -14,10 +14,13 @@ processes) nor diskcache (an SQLite write per LRU read) fits file bodies.
 HIT, STALE, a fill (MISS / REVALIDATED) and BYPASS.
 
 Decisions where SPEC section 5 leaves room:
-- Freshness is `cache.ttl` from the fetch or the last revalidation; origin
-  Cache-Control is not consulted (SPEC: "unless the route respects" it, which no route
-  setting asks for yet). The stale windows count from the end of the ttl:
-  `stale_while_revalidate` and `stale_if_error` are extra seconds past it.
+- Freshness is `cache.ttl` from the fetch or the last revalidation, unless the route
+  says `origin_cache_control: respect`: then the origin's s-maxage / max-age / Expires
+  (freshness.py) set the entry's lifetime, `no-cache` makes it revalidate every time,
+  and `no-store` or `private` pass the request through (remembered for negative_ttl).
+  A 304 refreshes the entry's age, not its lifetime. The stale windows count from the
+  end of the lifetime: `stale_while_revalidate` and `stale_if_error` are extra seconds
+  past it, whatever the origin says of them.
 - A miss fetches the whole object, whatever Range the client sent, and answers that
   Range from the file as it fills; a range near the end of a large cold object waits
   for the bytes before it (as nginx's proxy_cache without its slice module).
@@ -26,7 +29,8 @@ Decisions where SPEC section 5 leaves room:
 - An object over `max_object_size` costs one cut-short GET, then is remembered for a
   ttl so that its requests go straight through, with their Range.
 - An origin answer without Content-Length is not cached (its length cannot be checked).
-- No configured variant query parameters yet (none by default in SPEC).
+- Variant query parameters (`variant_params`, http(s) routes) enter the key as
+  `?w=100&format=webp` in the route's order; a purge of a path removes its variants.
 - Counters (`write_errors`, `coalesced`, `evictions`) are per process; `count_into`
   hands them to /metrics.
 """
@@ -43,7 +47,7 @@ from typing import Any
 from ..config import CacheConfig
 from ..errors import BadPath
 from ..metrics import Metrics
-from ..origin import Origin
+from ..origin import Origin, OriginRequest
 from ..policy import normalise_path
 from .entry import CacheEntry, file_name
 from .fill import Fill, FillBroken, Outcome
@@ -53,7 +57,7 @@ from .store import DiskStore
 
 __all__ = ["Cache", "CacheEntry", "Fill", "FillBroken", "Freshness", "Outcome"]
 
-MAX_TOO_BIG = 10_000  # keys remembered as over max_object_size, per process
+MAX_PASSING = 10_000  # keys remembered as passing through, per process
 
 
 class Freshness(enum.Enum):
@@ -72,9 +76,12 @@ class Cache:
         self.write_errors = 0  # disk full or write failed: served uncached (SPEC 5)
         self.coalesced = 0  # requests that joined another's fill
         self._fills: dict[str, Fill] = {}
-        self._too_big: dict[str, float] = {}  # key -> until (unix time)
+        self._passing: dict[str, float] = {}  # key -> until (unix time)
         self._tasks: set[asyncio.Task[None]] = set()
         self.sharing = FillSharing(config.dir, self._fill_named)
+        # Prefixes of the routes with variant_params: a purge of a path there also
+        # removes the path's variants. Set by app.startup.
+        self.variant_routes: tuple[str, ...] = ()
 
     async def open(self, rescan: bool = True) -> None:
         """Prepare the folder. `rescan` recounts its bytes in the background, as each
@@ -120,9 +127,10 @@ class Cache:
         age = now - entry.stored_at
         if entry.status != 200:
             return Freshness.FRESH if age < self.config.negative_ttl else Freshness.STALE
-        if age < self.config.ttl:
+        ttl = self.config.ttl if entry.ttl is None else entry.ttl
+        if age < ttl:
             return Freshness.FRESH
-        if age < self.config.ttl + self.config.stale_while_revalidate:
+        if age < ttl + self.config.stale_while_revalidate:
             return Freshness.STALE_SERVE
         return Freshness.STALE
 
@@ -131,7 +139,10 @@ class Cache:
 
     def usable_on_error(self, entry: CacheEntry, now: float) -> bool:
         """Within stale_if_error past its ttl: served when the origin fails."""
-        ttl = self.config.ttl if entry.status == 200 else self.config.negative_ttl
+        if entry.status != 200:
+            ttl = self.config.negative_ttl
+        else:
+            ttl = self.config.ttl if entry.ttl is None else entry.ttl
         return now - entry.stored_at < ttl + self.config.stale_if_error
 
     def forget(self, key: str) -> None:
@@ -139,13 +150,22 @@ class Cache:
 
     # --- fills ----------------------------------------------------------------------
 
-    def fill(self, key: str, origin: Origin, path: str, previous: CacheEntry | None) -> Fill:
-        """The fill under way for `key`, else a new one: one origin fetch per object."""
+    def fill(
+        self,
+        key: str,
+        origin: Origin,
+        request: OriginRequest,
+        previous: CacheEntry | None,
+        *,
+        respect: bool = False,
+    ) -> Fill:
+        """The fill under way for `key`, else a new one: one origin fetch per object.
+        `respect`: the route takes freshness from the origin's Cache-Control."""
         fill = self._fills.get(key)
         if fill is not None:
             self.coalesced += 1
             return fill
-        fill = self._fills[key] = Fill(self, key, origin, path, previous)
+        fill = self._fills[key] = Fill(self, key, origin, request, previous, respect=respect)
         self._spawn(fill.run())
         return fill
 
@@ -161,19 +181,20 @@ class Cache:
         if self._fills.get(fill.key) is fill:
             del self._fills[fill.key]
 
-    def too_big(self, key: str) -> None:
-        """Remember (for ttl) that `key` passes through, to skip a wasted full GET."""
-        if len(self._too_big) >= MAX_TOO_BIG:
-            self._too_big.clear()
-        self._too_big[key] = time.time() + self.config.ttl
+    def pass_through(self, key: str, seconds: float) -> None:
+        """Remember for `seconds` that `key` passes through (too big, or the origin
+        forbids storing it), to skip a wasted full GET."""
+        if len(self._passing) >= MAX_PASSING:
+            self._passing.clear()
+        self._passing[key] = time.time() + seconds
 
     def bypassed(self, key: str) -> bool:
-        until = self._too_big.get(key)
+        until = self._passing.get(key)
         if until is None:
             return False
         if until > time.time():
             return True
-        del self._too_big[key]
+        del self._passing[key]
         return False
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -183,14 +204,18 @@ class Cache:
 
     # --- purge (SPEC section 5: by public URL path or prefix) -------------------------
 
-    def purge(self, path: str) -> int:
+    async def purge(self, path: str) -> int:
         """Remove the object at public URL path `path` (`/request/12345.svg`) from
-        this process and the disk; 1 if there was one, else 0."""
+        this process and the disk, with its variants on a route that has some
+        (`path?w=100`: found by a scan, as for a prefix); the number removed."""
         key = _public(path)
         self._drop_local(lambda k: k == key)
         size = self.store.remove(file_name(key))
         self.space.freed(size)
-        return 1 if size else 0
+        variants = 0
+        if key.startswith(self.variant_routes):
+            variants = await self.purge_prefix(key + "?")
+        return variants + (1 if size else 0)
 
     async def purge_prefix(self, prefix: str) -> int:
         """Remove every object whose public path starts with `prefix` (`/request/`);
@@ -209,8 +234,8 @@ class Cache:
         for key, fill in self._fills.items():
             if matches(key):
                 fill.discard = True  # its readers finish; the object is not published
-        for key in [k for k in self._too_big if matches(k)]:
-            del self._too_big[key]
+        for key in [k for k in self._passing if matches(k)]:
+            del self._passing[key]
 
 
 def _public(path: str) -> str:

@@ -11,9 +11,10 @@ metadata with another's body (a separate sidecar would need two renames). Layout
 - `stored_at`: a fixed 8-byte field, so a revalidation (origin 304) refreshes it with
   one `pwrite` instead of rewriting the object.
 - `meta`: the cache key (for purge by prefix), the status (200, or 404 for a cached
-  absence, SPEC section 5 `negative_ttl`), the body size and the origin's headers as it
+  absence, SPEC section 5 `negative_ttl`), the body size, the origin's headers as it
   sent them: Content-Type, Content-Encoding, ETag, Last-Modified (SPEC section 1: the
-  validators are the origin's, never recomputed here).
+  validators are the origin's, never recomputed here), and the freshness lifetime the
+  origin gave, when the route respects it (`ttl`; absent: the cache's `ttl`).
 
 File names are the sha256 of the cache key, fanned out over 256 folders
 (`objects/ab/ab12...`), like nginx's `levels=2`.
@@ -24,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
 from ..conditional import Validators, parse_http_date
 
@@ -39,12 +42,19 @@ HEAD_READ = 4096  # one pread gets the whole header of nearly every object
 KEPT_HEADERS = ("Content-Type", "Content-Encoding", "ETag", "Last-Modified")
 
 
-def cache_key(route_prefix: str, object_path: str) -> str:
-    """Route prefix + normalised object path: the public, decoded URL path (SPEC 5).
-    Query parameters, and so auth parameters, never enter it: every key shares one copy.
-    The route's origin does not either, so repointing a route at another origin calls
-    for a purge of its prefix."""
-    return route_prefix + object_path
+def cache_key(route_prefix: str, object_path: str, variant: str = "") -> str:
+    """Route prefix + normalised object path: the public, decoded URL path (SPEC 5),
+    then `?` and the route's variant parameters (`variant_query`) when the request has
+    any. Other query parameters, and so auth parameters, never enter it: every key
+    shares one copy. The route's origin does not either, so repointing a route at
+    another origin calls for a purge of its prefix."""
+    return f"{route_prefix}{object_path}?{variant}" if variant else route_prefix + object_path
+
+
+def variant_query(names: tuple[str, ...], query: Mapping[str, str]) -> str:
+    """The variant parameters a request carries, in the route's order, URL-encoded:
+    `w=100&format=webp`. The first value of each; absent ones are left out."""
+    return urlencode([(name, query[name]) for name in names if name in query])
 
 
 def file_name(key: str) -> str:
@@ -65,6 +75,7 @@ class CacheEntry:
     fill_id: int
     body_offset: int  # where the body starts in the file
     used: float = 0.0  # unix time of the last hit in this process (approximate LRU)
+    ttl: float | None = None  # the origin's lifetime (freshness.py); None: cache.ttl
     body: bytes | None = None  # in-memory copy, for small hot objects
     validators: Validators = field(init=False)
 
@@ -83,8 +94,10 @@ class CacheEntry:
 
 def encode_header(entry: CacheEntry) -> bytes:
     """The bytes before the body; sets `entry.body_offset` to their length."""
-    meta = {"key": entry.key, "status": entry.status, "size": entry.size}
+    meta: dict[str, object] = {"key": entry.key, "status": entry.status, "size": entry.size}
     meta["headers"] = entry.headers
+    if entry.ttl is not None:
+        meta["ttl"] = entry.ttl
     raw = json.dumps(meta, separators=(",", ":"), ensure_ascii=True).encode()
     entry.body_offset = PREFIX.size + len(raw)
     return PREFIX.pack(MAGIC, entry.fill_id, entry.stored_at, len(raw)) + raw
@@ -102,9 +115,10 @@ def decode_header(head: bytes, key: str, name: str) -> CacheEntry | None:
     try:
         meta = json.loads(head[PREFIX.size : end])
         headers = {k: str(v) for k, v in meta["headers"].items() if k in KEPT_HEADERS}
+        ttl = meta.get("ttl")
         entry = CacheEntry(
             str(meta["key"]), name, int(meta["status"]), int(meta["size"]), headers,
-            stored_at, fill_id, end,
+            stored_at, fill_id, end, ttl=None if ttl is None else float(ttl),
         )  # fmt: skip
     except (ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -13,7 +13,8 @@ Steps (SPEC section 5):
 2. GET the whole object from the origin (no Range: the cache wants all of it), with
    If-None-Match / If-Modified-Since when revalidating a stale entry;
 3. 304 -> the entry is refreshed (REFRESHED); 404 -> a negative entry (ABSENT); a body
-   larger than `max_object_size`, or of unknown length -> pass-through (TOO_BIG);
+   larger than `max_object_size`, of unknown length, or that a respected origin
+   Cache-Control forbids storing -> pass-through (PASS);
 4. 200 -> reserve its size (space.py), write header and body to a uniquely named temp
    file, and `os.replace` it into place only once the byte count matches Content-Length.
 
@@ -26,6 +27,7 @@ still succeeds, uncached, and `write_errors` counts it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import os
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING
 from ..errors import NotFound, OriginError, OriginTimeout, Unavailable
 from ..origin import Origin, OriginRequest, OriginResponse
 from .entry import CacheEntry, file_name, kept_headers
+from .freshness import lifetime, storable
 from .locks import ATTEMPTS, KeyLock
 from .share import FollowedFill, follow
 from .store import SMALL_OBJECT, TempObject
@@ -51,7 +54,7 @@ class Outcome(enum.Enum):
     FOUND = "found"  # another process stored it meanwhile: serve the entry
     REFRESHED = "refreshed"  # origin 304: the stale entry is fresh again
     ABSENT = "absent"  # origin 404: a negative entry, answered 404
-    TOO_BIG = "too big"  # over max_object_size or of unknown length: pass through
+    PASS = "pass"  # over max_object_size, of unknown length, or no-store: pass through
     UNCACHED = "uncached"  # the temp file could not be created: pass through
 
 
@@ -72,14 +75,22 @@ class Fill:
     """One origin fetch of `key` into the cache; see the module docstring."""
 
     def __init__(
-        self, cache: Cache, key: str, origin: Origin, path: str, previous: CacheEntry | None
+        self,
+        cache: Cache,
+        key: str,
+        origin: Origin,
+        request: OriginRequest,
+        previous: CacheEntry | None,
+        *,
+        respect: bool = False,
     ) -> None:
         self.cache = cache
         self.key = key
         self.name = file_name(key)
         self.origin = origin
-        self.path = path  # the object path below the route prefix, for the origin
+        self.request = request  # the object (and variant) to GET, without conditionals
         self.previous = previous  # the stale entry being revalidated, if any
+        self.respect = respect  # freshness from the origin's Cache-Control (freshness.py)
         self.started: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self.started.add_done_callback(_retrieve)
         self.entry: CacheEntry | None = None
@@ -163,7 +174,7 @@ class Fill:
             return
         base = found if found is not None and found.status == 200 else self.previous
         try:
-            response = await self.origin.fetch(_request(self.path, base))
+            response = await self.origin.fetch(_conditional(self.request, base))
         except NotFound:
             self._store_absent()
             return
@@ -232,12 +243,19 @@ class Fill:
             return
         if response.status != 200:
             raise OriginError(f"the origin answered {response.status} to a full GET")
+        config = self.cache.config
+        if self.respect and not storable(response.freshness):
+            self.cache.pass_through(self.key, config.negative_ttl)
+            self._start(Outcome.PASS)
+            return
         length = _content_length(response.headers)
-        if length is None or length > self.cache.config.max_object_size:
-            self.cache.too_big(self.key)
-            self._start(Outcome.TOO_BIG)
+        if length is None or length > config.max_object_size:
+            self.cache.pass_through(self.key, config.ttl)
+            self._start(Outcome.PASS)
             return
         entry = self._new_entry(200, length, kept_headers(response.headers))
+        if self.respect:
+            entry.ttl = lifetime(response.freshness, entry.stored_at)
         try:
             self._temp = TempObject(self.cache.store, entry)
         except OSError:
@@ -336,11 +354,14 @@ class Fill:
             self._temp.close()
 
 
-def _request(path: str, base: CacheEntry | None) -> OriginRequest:
+def _conditional(request: OriginRequest, base: CacheEntry | None) -> OriginRequest:
+    """The fill's GET, conditional on `base` when revalidating a stored object."""
     if base is None or base.status != 200:
-        return OriginRequest(path)
+        return request
     headers = base.headers
-    return OriginRequest(path, "GET", None, headers.get("ETag"), headers.get("Last-Modified"))
+    return dataclasses.replace(
+        request, if_none_match=headers.get("ETag"), if_modified_since=headers.get("Last-Modified")
+    )
 
 
 async def body_chunks(response: OriginResponse) -> AsyncIterator[bytes]:

@@ -16,6 +16,7 @@ Body paths, fastest first (NOTES.md "Serving cache hits fast", "1 MB hits"):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 
@@ -31,7 +32,7 @@ from ..conditional import (
 from ..config import Route
 from ..errors import NotFound, Refusal
 from ..exchange import SERVER, Exchange
-from ..origin import Origin, OriginRequest, OriginResponse
+from ..origin import Origin, OriginResponse
 from ..wire import wire_response
 from .entry import CacheEntry
 from .fill import Fill, FillBroken, body_chunks
@@ -203,7 +204,7 @@ async def _rest_from_origin(
     still lacks from the origin with a Range, as long as it is the same object."""
     assert fill.entry is not None
     start = part.start + max(0, exchange.sent)
-    wanted = OriginRequest(fill.path, "GET", f"bytes={start}-{part.end}")
+    wanted = dataclasses.replace(fill.request, range=f"bytes={start}-{part.end}")
     try:
         fetched = await origin.fetch(wanted)
     except Refusal:

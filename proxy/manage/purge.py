@@ -24,7 +24,7 @@ async def purge(store: Store, cache: Cache | None, paths: list[str], prefix: str
     number of objects removed from this host's folder."""
     purged = 0
     if cache is not None:
-        purged = sum(cache.purge(path) for path in paths)
+        purged = sum([await cache.purge(path) for path in paths])
         if prefix is not None:
             purged += await cache.purge_prefix(prefix)
     for path in paths:

@@ -26,6 +26,7 @@ class OriginRequest:
     range: str | None = None  # the client's Range header, forwarded as is
     if_none_match: str | None = None
     if_modified_since: str | None = None
+    query: str = ""  # the route's variant parameters, encoded (http(s) origins only)
 
 
 @dataclass(slots=True)
@@ -42,6 +43,9 @@ class OriginResponse:
     data: bytes | None = None
     stream: AsyncIterator[bytes] | None = None
     release: Callable[[], Awaitable[None]] | None = None  # frees the origin connection / file
+    # The origin's Cache-Control, Expires and Date: for a route that respects them when
+    # caching (SPEC section 5); never sent on to clients.
+    freshness: dict[str, str] | None = None
 
     async def close(self) -> None:
         if self.release is not None:

@@ -48,6 +48,7 @@ _ENTITY = (
     "Content-Range",
 )
 _KEPT = {200: _ENTITY, 206: _ENTITY, 304: ("ETag", "Last-Modified"), 416: ("Content-Range",)}
+_FRESHNESS = ("Cache-Control", "Expires", "Date")  # read by the cache, not passed on
 
 
 class HttpOrigin(Origin):
@@ -79,7 +80,8 @@ class HttpOrigin(Origin):
             self._session = None
 
     async def fetch(self, request: OriginRequest) -> OriginResponse:
-        response = await self._send(request.method, self.url(request.path), _forwarded(request))
+        url = self.url(request.path) + (f"?{request.query}" if request.query else "")
+        response = await self._send(request.method, url, _forwarded(request))
         try:
             return await self._answer(request, response)
         except BaseException:
@@ -124,17 +126,22 @@ class HttpOrigin(Origin):
         if status not in _PASSED:
             raise OriginError(f"the origin answered HTTP {status}")
         headers = _kept_headers(status, response.headers)
+        freshness = {k: response.headers[k] for k in _FRESHNESS if k in response.headers}
         if request.method == "HEAD" or status in (304, 416):
             response.release()
-            return OriginResponse(status, headers)
+            return OriginResponse(status, headers, freshness=freshness)
         length = response.content_length
         if length is not None and length <= SMALL_BODY:
             with _origin_failures("the body"):
                 data = await response.read()
             response.release()
-            return OriginResponse(status, headers, data=data)
+            return OriginResponse(status, headers, data=data, freshness=freshness)
         return OriginResponse(
-            status, headers, stream=ResponseBody(response), release=_releaser(response)
+            status,
+            headers,
+            stream=ResponseBody(response),
+            release=_releaser(response),
+            freshness=freshness,
         )
 
 
