@@ -138,3 +138,65 @@ async def test_unreachable_store_decides_locally_or_denies(
     assert [(await allow.check(key, "")).refusal is None for _ in range(3)] == [True, True, False]
     assert isinstance((await deny.check(key, "")).refusal, Unavailable)
     assert not allow.healthy
+
+
+# --- leases: a busy key decides most requests with no store call ---------------------------
+
+
+async def test_a_busy_key_decides_from_its_lease_without_store_calls(
+    deployment: tuple[Factory, list[int]],
+) -> None:
+    make, ports = deployment
+    limiter = make()
+    await limiter.open()
+    key = limits("l" * 22, rate=Rate(1_000_000, 1.0), burst=1_000_000)
+    await limiter.check(limits("z" * 22, rate=Rate(1, 1.0)), "")  # the script is loaded
+    before = _script_calls(ports)
+    decisions = []
+    for _ in range(50):  # 50 ticks of 8 concurrent requests, as 8 connections make
+        decisions += await asyncio.gather(*(limiter.check(key, "") for _ in range(8)))
+    calls = _script_calls(ports) - before
+    assert all(d.refusal is None for d in decisions)
+    assert calls < 50 / 2, f"{calls} script calls for 400 requests in 50 ticks"
+    remaining = [int(d.headers()["RateLimit-Remaining"]) for d in decisions]
+    assert min(remaining) >= 1_000_000 - 400 - 2 * 256 and max(remaining) <= 1_000_000
+
+
+async def test_leases_never_admit_past_the_shared_burst(
+    deployment: tuple[Factory, list[int]],
+) -> None:
+    # Two instances drain one bucket (burst 10,000, no refill to speak of) with leases:
+    # together they admit at most the burst, and leave little of it in lapsed leases.
+    make, _ = deployment
+    one, two = make(), make()
+    await one.open()
+    await two.open()
+    key = limits("m" * 22, rate=Rate(1, 3600.0), burst=10_000)
+
+    async def drain(limiter: SharedLimiter) -> int:
+        admitted = 0
+        for _ in range(800):
+            ticks = await asyncio.gather(*(limiter.check(key, "") for _ in range(8)))
+            admitted += sum(d.refusal is None for d in ticks)
+        return admitted
+
+    admitted = sum(await asyncio.gather(drain(one), drain(two)))
+    assert 10_000 - 2 * 2 * 100 <= admitted <= 10_000
+
+
+async def test_small_buckets_and_quota_keys_do_not_lease(
+    deployment: tuple[Factory, list[int]],
+) -> None:
+    # Below a burst of 100, or with a monthly quota, every tick asks Redis: exactness.
+    make, ports = deployment
+    limiter = make()
+    await limiter.open()
+    await limiter.check(limits("z" * 22, rate=Rate(1, 1.0)), "")  # the script is loaded
+    for key in (
+        limits("n" * 22, rate=Rate(1000, 1.0), burst=99),
+        limits("o" * 22, rate=Rate(1_000_000, 1.0), burst=1_000_000, quota_requests=10**9),
+    ):
+        before = _script_calls(ports)
+        for _ in range(10):
+            await asyncio.gather(*(limiter.check(key, "") for _ in range(4)))
+        assert _script_calls(ports) - before == 10
