@@ -17,7 +17,7 @@ import pytest
 
 from proxy.units import Rate
 
-from conftest import RedisServer, start_keyfront
+from conftest import RedisServer, empty_store_url, start_keyfront
 from test_e2e_limits import config, provision  # one way to provision keys and configs
 
 UNLIMITED = Rate(1_000_000, 1.0)  # these tests count, they do not limit
@@ -102,16 +102,19 @@ async def test_sigterm_mid_traffic_counts_every_served_request(tmp_path: Path, f
     assert _totals(kf.cli, key.split("_")[2]) == {"requests": len(served), "bytes": sum(served)}
 
 
-@pytest.mark.parametrize("path", ["cached", "pass-through"])
+@pytest.mark.parametrize(
+    ("store", "path"), [("sqlite", "cached"), ("sqlite", "pass-through"), ("redis", "cached")]
+)
 async def test_a_download_cut_by_the_client_bills_the_bytes_sent(
-    tmp_path: Path, files: Path, path: str
+    tmp_path: Path, files: Path, request: pytest.FixtureRequest, store: str, path: str
 ) -> None:
     # SPEC section 4: `bytes` is body bytes actually sent. A client reads 1 MiB of a
     # 48 MiB object and hangs up: the bill is what went out, which the kernel's socket
     # buffers can put a few MiB past what the client read, never the whole object.
     size, read = 48 * MiB, 1 * MiB
     (files / "big.bin").write_bytes(os.urandom(size))
-    store_url = f"sqlite://{tmp_path}/kf.db"
+    redis = request.getfixturevalue("redis_server") if store == "redis" else None
+    store_url = empty_store_url(store, redis, str(tmp_path))
     key = await provision(store_url, rate=UNLIMITED, burst=UNLIMITED.count)
     key_id = key.split("_")[2]
     # The cached path answers from the disk cache (sendfile); with a small
