@@ -181,7 +181,7 @@ class Cache:
         if self._fills.get(fill.key) is fill:
             del self._fills[fill.key]
 
-    def pass_through(self, key: str, seconds: float) -> None:
+    def bypass_for(self, key: str, seconds: float) -> None:
         """Remember for `seconds` that `key` passes through (too big, or the origin
         forbids storing it), to skip a wasted full GET."""
         if len(self._passing) >= MAX_PASSING:

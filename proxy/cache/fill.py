@@ -245,12 +245,12 @@ class Fill:
             raise OriginError(f"the origin answered {response.status} to a full GET")
         config = self.cache.config
         if self.respect and not storable(response.freshness):
-            self.cache.pass_through(self.key, config.negative_ttl)
+            self.cache.bypass_for(self.key, config.negative_ttl)
             self._start(Outcome.PASS)
             return
         length = _content_length(response.headers)
         if length is None or length > config.max_object_size:
-            self.cache.pass_through(self.key, config.ttl)
+            self.cache.bypass_for(self.key, config.ttl)
             self._start(Outcome.PASS)
             return
         entry = self._new_entry(200, length, kept_headers(response.headers))

@@ -16,9 +16,8 @@ or `NONE\n` when it is not writing a body (a 304, a 404, an object too big), or
 `UNKNOWN\n` when it has no fill of that name (a stale address). The follower opens the
 temp file itself and preads it as the lines arrive, just as the filler's own readers do.
 Bytes are never polled for: each side waits on a socket. `FollowedFill` holds the
-descriptor. Linux keeps an unlinked file's bytes for as long
-as a descriptor is open, so the temp file can be published (renamed) or dropped while
-the follower reads it.
+descriptor. Linux keeps an unlinked file's bytes for as long as a descriptor is open,
+so the temp file can be published (renamed) or dropped while the follower reads it.
 
 Every failure of this path (a dead address, a temp file already published or dropped,
 NONE, an address still UNKNOWN after a few re-reads) sends the follower back to what it
