@@ -6,6 +6,7 @@ sees (status, X-Cache, bytes) and what the origin saw (requests per object)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -182,12 +183,15 @@ def objects_on_disk(cache: Cache) -> list[str]:
 
 
 def disk_bytes(cache: Cache) -> int:
+    """The published objects' bytes. A sweep may unlink a file between the listing and
+    its stat (it runs in a worker thread): that file no longer counts."""
     top = cache.store.objects
-    return sum(
-        os.path.getsize(os.path.join(top, fan, name))
-        for fan in os.listdir(top)
-        for name in os.listdir(os.path.join(top, fan))
-    )
+    total = 0
+    for fan in os.listdir(top):
+        for name in os.listdir(os.path.join(top, fan)):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.path.getsize(os.path.join(top, fan, name))
+    return total
 
 
 async def settle(cache: Cache) -> None:
