@@ -91,6 +91,9 @@ class WireResponse(web.StreamResponse):
             raise ConnectionResetError("the client has gone")
         if transport in await _TICK_WRITES.write(transport, self._data):
             raise ConnectionResetError("the client left before its response was written")
+        # Backpressure, as aiohttp's own writes have it: a client that does not read
+        # holds its next pipelined request here instead of growing the buffer.
+        await request.writer.drain()
 
     async def write_eof(self, data: bytes = b"") -> None:
         return

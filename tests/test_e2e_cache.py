@@ -258,6 +258,31 @@ def test_memory_hits_written_whole_frame_keep_alive_and_http_1_0_alike(
     assert answers[0][1] and {n for n, _ in answers[0][1]} == {n for n, _ in answers[2][1]}
 
 
+def test_a_client_that_does_not_read_holds_its_pipelined_requests(
+    keyfront: KeyfrontProcess,
+) -> None:
+    # 5,000 pipelined GETs of a 10 KB hit, none read yet: 50 MB of answers. Whole
+    # responses must still respect backpressure, so keyfront's memory stays flat while
+    # the client reads nothing; then every answer arrives, in full.
+    get(keyfront, "/open/small.bin")  # warm
+    before = _rss(keyfront.process.pid)
+    count = 5000
+    with socket.create_connection(("127.0.0.1", keyfront.port), timeout=20) as sock:
+        sock.sendall(b"GET /open/small.bin HTTP/1.1\r\nHost: x\r\n\r\n" * count)
+        time.sleep(1.0)
+        grown = _rss(keyfront.process.pid) - before
+        stream = sock.makefile("rb")
+        bodies = [_read_response(stream)[2] for _ in range(count)]
+    assert grown < 16 * MiB, f"keyfront grew {grown / MiB:.0f} MiB for an unread client"
+    assert all(body == SMALL for body in bodies)
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        kib = next(line.split()[1] for line in status if line.startswith("VmRSS:"))
+    return int(kib) * 1024
+
+
 def test_refusals_written_whole_keep_head_bodiless(keyfront: KeyfrontProcess) -> None:
     # Refusals (a garbage-key flood) go out whole too; HEAD must still carry no body,
     # or the next response on the connection would be misread.
