@@ -97,9 +97,9 @@ class WireResponse(web.StreamResponse):
 def wire_response(
     request: web.BaseRequest, status: int, headers: dict[str, str], body: bytes
 ) -> web.StreamResponse | None:
-    """`body` and `headers` (canonical names; Date, and Content-Length if missing, are added) as
-    one WireResponse; None where the ordinary path must answer (see the module
-    docstring), or where a header value would break the framing."""
+    """`body` and `headers` (canonical names) as one WireResponse, with Date added, and
+    Content-Length if missing. None where the ordinary path must answer (see the
+    module docstring), or where a header value would break the framing."""
     if request.version != HttpVersion11 or not request.keep_alive:
         return None
     if request.method == "HEAD" or status in (204, 304) or status < 200:
