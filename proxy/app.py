@@ -312,8 +312,12 @@ def supervise(config: Config, count: int) -> int:
         for i, proc in enumerate(procs):
             if proc.poll() is not None and not stopping:
                 log.error("worker %d exited with %s; restarting it", i, proc.returncode)
-                time.sleep(1.0)
+                time.sleep(1.0)  # a worker that dies at once must not spin the host
+                if stopping:
+                    continue  # a signal came during the pause: nothing to restart
                 procs[i] = _spawn_worker(config, i, count)
+                if stopping:  # it came between the check and the spawn: pass it on
+                    procs[i].send_signal(signal.SIGTERM)
         if stopping and all(p.poll() is not None for p in procs):
             shutil.rmtree(metrics_dir, ignore_errors=True)
             return max(p.returncode or 0 for p in procs)

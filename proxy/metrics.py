@@ -177,8 +177,11 @@ def _add(into: Snapshot, other: Snapshot) -> None:
             target[labels] = target.get(labels, 0) + value
     for name, value in other.get("gauges", {}).items():  # per-process gauges: summed
         into["gauges"][name] = into["gauges"].get(name, 0) + value
-    for name, value in other.get("host_gauges", {}).items():  # each worker saw the same
-        into["host_gauges"][name] = max(into["host_gauges"].get(name, 0), value)
+    # The host's gauges (the cache folder) are read live by the answering worker; another
+    # worker's copy is up to a second old, or frozen forever if that worker died, so it
+    # only stands in for a gauge the answering worker does not have.
+    for name, value in other.get("host_gauges", {}).items():
+        into["host_gauges"].setdefault(name, value)
     for kind in ("durations", "origin_durations"):
         for route, hist in other.get(kind, {}).items():
             mine = into[kind].setdefault(route, [0.0] * len(hist))

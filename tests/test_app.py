@@ -89,6 +89,30 @@ def test_workers_share_the_port(tmp_path: Path, origin: HttpOriginServer) -> Non
         assert kf.stop() == 0
 
 
+def test_sigterm_during_a_worker_restart_stops_the_supervisor(
+    tmp_path: Path, origin: HttpOriginServer
+) -> None:
+    # A worker dies; the supervisor pauses 1 s before restarting it. A SIGTERM in that
+    # pause must still stop everything, the restarted worker included.
+    kf = start_keyfront(config_body(tmp_path, origin.url), str(tmp_path), "--workers", "2")
+    try:
+        deadline = time.monotonic() + 10
+        while len(_children(kf.process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first, second = _children(kf.process.pid)
+        os.kill(int(first), signal.SIGKILL)
+        time.sleep(0.5)  # the supervisor has seen it die (it polls every 0.1 s)
+        kf.process.send_signal(signal.SIGTERM)
+        assert kf.process.wait(10) == 0
+        assert not os.path.exists(f"/proc/{second}")
+    finally:
+        if kf.process.poll() is None:
+            for child in _children(kf.process.pid):
+                os.kill(int(child), signal.SIGKILL)
+            kf.process.kill()
+            kf.process.wait(5)
+
+
 def _children(pid: int) -> list[str]:
     path = f"/proc/{pid}/task/{pid}/children"
     with open(path) as f:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import random
 import resource
+import shutil
 import signal
 import time
 from collections import Counter
@@ -524,3 +525,34 @@ async def test_two_caches_on_one_folder_fetch_once(
     await one.get("later")
     assert (await two.get("later"))[1::1][0]["X-Cache"] == "HIT"  # found on disk
     assert behaviour.gets["later"] == 1
+
+
+async def test_workers_starting_together_count_the_folder_once(
+    start: Start, origin: tuple[OriginBehaviour, str], tmp_path: Path
+) -> None:
+    """Each server start recounts the folder unless another process already runs on it:
+    two started together on a folder whose count drifted (here: lost) must not both add
+    their recount."""
+    behaviour, _ = origin
+    first = await start("original")
+    for name, size in (("a", 10 * KiB), ("b", 300 * KiB)):
+        behaviour.put(name, blob(size))
+        assert (await first.get(name))[0] == 200
+    await settle(first.cache)
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "original", copy)
+    for stale in ("size", "users"):
+        (copy / stale).unlink(missing_ok=True)
+    caches = [Cache(CacheConfig(dir=str(copy))) for _ in range(2)]
+    await asyncio.gather(*(cache.open() for cache in caches))
+    try:
+        expected = (disk_bytes(caches[0]), 2)
+        for _ in range(100):  # the recount runs in the background
+            if caches[0].space.counts() == expected:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # a second recount would land by now
+        assert [cache.space.counts() for cache in caches] == [expected, expected]
+    finally:
+        for cache in caches:
+            await cache.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import urllib.request
 from pathlib import Path
@@ -12,6 +13,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.keys import KeySigner, new_key_id
+from proxy.metrics import Metrics
 from proxy.records import Customer, KeyRecord
 from proxy.store import store_from_url
 
@@ -203,3 +205,28 @@ async def _get_each(base: str, paths: list[str]) -> dict[int, int]:
 
         await asyncio.gather(*(one(path) for path in paths))
     return statuses
+
+
+def test_the_cache_gauges_are_the_answering_workers_live_reading(tmp_path: Path) -> None:
+    # A worker that died left its last snapshot behind, cache gauges included; its
+    # counters still count (they were served), but its reading of the shared cache
+    # folder is stale and must not hide the live one, larger or smaller.
+    dead = Metrics(str(tmp_path))
+    dead.host_gauges.update(cache_objects=9, cache_size_bytes=90_000)
+    dead.count("requests", "/f/\x00200\x00HIT", 4)
+    dead.publish()
+    (tmp_path / "1.json").write_bytes((tmp_path / f"{os.getpid()}.json").read_bytes())
+    (tmp_path / f"{os.getpid()}.json").unlink()
+
+    live = Metrics(str(tmp_path))
+    live.sources.append(lambda m: m.host_gauges.update(cache_objects=2, cache_size_bytes=20))
+    live.count("requests", "/f/\x00200\x00HIT", 1)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in live.collect()
+        for s in family.samples
+    }
+    assert samples[("keyfront_cache_objects", ())] == 2
+    assert samples[("keyfront_cache_size_bytes", ())] == 20
+    hits = (("cache", "HIT"), ("route", "/f/"), ("status", "200"))
+    assert samples[("keyfront_requests_total", hits)] == 5  # counters still sum

@@ -17,7 +17,11 @@ revalidation time): approximate LRU, which SPEC allows. Worker processes behind 
 SO_REUSEPORT port see much the same traffic, so each one's hits are a fair sample.
 
 The counter can drift (a process killed mid-fill leaves its reservation counted):
-always upwards, which only evicts a little early, and every start-up rescans the folder.
+always upwards, which only evicts a little early, and a start-up recounts the folder.
+Only the first process to start on it does (an exclusive flock on `<dir>/users`, which
+every server process then holds shared): workers started beside a running one, or
+together, would otherwise add their recount to the live count, which the others keep
+changing meanwhile, and count the folder twice.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Space:
         self._sweep_lock = os.path.join(store.root, "sweep.lock")
         self._sweep: asyncio.Task[None] | None = None
         self._inflight = 0  # bytes this process has reserved and not yet settled
+        self._users: int | None = None  # `users`, flocked from rescan() on
 
     async def close(self) -> None:
         if self._sweep is not None:
@@ -54,6 +59,8 @@ class Space:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweep
         os.close(self._fd)
+        if self._users is not None:
+            os.close(self._users)  # and with it the flock
 
     @property
     def total(self) -> int:
@@ -121,9 +128,27 @@ class Space:
         return bool(evicted)
 
     async def rescan(self) -> None:
-        """At start-up, in a worker thread: count what is on disk (correcting any drift)
-        and remove what crashed processes left behind. What changed during the scan is
-        kept: the count becomes the scan plus the changes since it began."""
+        """At a server's start-up: recount the folder if no other process uses it, then
+        hold `users` shared for as long as this process runs."""
+        self._users = os.open(
+            os.path.join(self.store.root, "users"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
+        try:
+            fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # others run here and keep the count live
+            await _hold_shared(self._users)
+            return
+        try:
+            await self._recount()
+        finally:
+            # Linux converts a flock by dropping it first: another process can take it
+            # exclusively in between, and a blocking wait would stall the event loop.
+            await _hold_shared(self._users)
+
+    async def _recount(self) -> None:
+        """In a worker thread: count what is on disk (correcting any drift) and remove
+        what crashed processes left behind. What changed during the scan is kept: the
+        count becomes the scan plus the changes since it began."""
         before, before_objects = self._add(0)
         loop = asyncio.get_running_loop()
         try:
@@ -156,6 +181,16 @@ def _locked(fd: int) -> Iterator[None]:
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+async def _hold_shared(fd: int) -> None:
+    """Take a shared flock on `fd`, polling while a recount holds it exclusively."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            await asyncio.sleep(0.2)
 
 
 @contextlib.contextmanager
