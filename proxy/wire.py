@@ -94,12 +94,33 @@ class WireResponse(web.StreamResponse):
         return
 
 
+class SentResponse(WireResponse):
+    """A response its handler has already written to the transport (a head from
+    `wire_head`, then a file's bytes): aiohttp only learns that it is complete."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status, b"")
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        self._eof_sent = True
+        self._keep_alive = True
+
+
 def wire_response(
     request: web.BaseRequest, status: int, headers: dict[str, str], body: bytes
 ) -> web.StreamResponse | None:
     """`body` and `headers` (canonical names) as one WireResponse, with Date added, and
     Content-Length if missing. None where the ordinary path must answer (see the
     module docstring), or where a header value would break the framing."""
+    head = wire_head(request, status, headers, len(body))
+    return None if head is None else WireResponse(status, head + body)
+
+
+def wire_head(
+    request: web.BaseRequest, status: int, headers: dict[str, str], length: int
+) -> bytes | None:
+    """The status line and headers of a response with a body of `length` bytes, as
+    `wire_response` writes them; None where the ordinary path must answer."""
     if request.version != HttpVersion11 or not request.keep_alive:
         return None
     if request.method == "HEAD" or status in (204, 304) or status < 200:
@@ -109,12 +130,12 @@ def wire_response(
         return None  # a CR or LF inside a value: let aiohttp refuse it
     if "Content-Type" not in headers:
         lines += "Content-Type: application/octet-stream\r\n"  # aiohttp's default too
-    if headers.get("Content-Length", str(len(body))) != str(len(body)):
+    if headers.get("Content-Length", str(length)) != str(length):
         return None  # a bug: never frame a body with another length
     if "Content-Length" not in headers:
-        lines += f"Content-Length: {len(body)}\r\n"
+        lines += f"Content-Length: {length}\r\n"
     head = f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n{lines}Date: {http_date()}\r\n\r\n"
-    return WireResponse(status, head.encode() + body)
+    return head.encode()
 
 
 _date = (0, "")

@@ -13,6 +13,7 @@ import random
 import resource
 import shutil
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -556,3 +557,43 @@ async def test_workers_starting_together_count_the_folder_once(
     finally:
         for cache in caches:
             await cache.close()
+
+
+async def test_large_hits_reach_a_slow_reader_whole_and_in_order(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    """A large hit goes out as one sendfile when the socket takes it all; a client that
+    reads slowly takes only part of it, and the rest must follow, before the next
+    pipelined response on the same connection."""
+    behaviour, _ = origin
+    bodies = {"slow-a": blob(8 * MiB, seed=21), "slow-b": blob(5 * MiB, seed=22)}
+    for name, body in bodies.items():
+        behaviour.put(name, body)
+    proxy = await start()
+    for name in bodies:
+        assert (await proxy.get(name))[1]["X-Cache"] == "MISS"
+    host, port = proxy.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KiB)
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=16 * KiB)
+    try:
+        names = ["slow-a", "slow-b", "slow-a"]
+        writer.write(
+            b"".join(f"GET {PREFIX}{n} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for n in names)
+        )
+        for name in names:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            lines = head.decode().split("\r\n")
+            fields = dict(line.split(": ", 1) for line in lines[1:] if line)
+            assert lines[0] == "HTTP/1.1 200 OK"
+            assert (fields["X-Cache"], fields["Content-Length"]) == ("HIT", str(len(bodies[name])))
+            got = bytearray()
+            while len(got) < len(bodies[name]):
+                want = min(64 * KiB, len(bodies[name]) - len(got))
+                got += await asyncio.wait_for(reader.readexactly(want), 10)
+                if len(got) < MiB:
+                    await asyncio.sleep(0.001)  # slow at first: the socket fills up
+            assert bytes(got) == bodies[name]
+    finally:
+        writer.close()
