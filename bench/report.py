@@ -10,7 +10,16 @@ from dataclasses import dataclass, field
 from . import scenarios
 from .matrix import DISTURBED, NGINX, Cell, Results, cpu, main_table, ratio_table, rps
 from .servers import Target
-from .setup import AUTH_OFF, CELLS, FLOOR_PREFIX, KEYFRONT, METERING_OFF, SQLITE, Bench
+from .setup import (
+    ASYNCIO_LOOP,
+    AUTH_OFF,
+    CELLS,
+    FLOOR_PREFIX,
+    KEYFRONT,
+    METERING_OFF,
+    SQLITE,
+    Bench,
+)
 from .system import loadavg, machine
 
 TEN_KB_C64, TEN_KB_C8, ONE_MB_C64, ONE_MB_C8 = CELLS
@@ -19,7 +28,8 @@ COMPARISONS = (
     ("every check on / auth off", KEYFRONT, AUTH_OFF),
     ("Redis bucket / SQLite store (in-process bucket)", KEYFRONT, SQLITE),
     ("metering on / off", KEYFRONT, METERING_OFF),
-    ("keyfront / aiohttp floor (asyncio)", KEYFRONT, FLOOR_ASYNCIO),
+    ("keyfront: uvloop (default) / asyncio loop", KEYFRONT, ASYNCIO_LOOP),
+    ("keyfront / aiohttp floor (uvloop)", KEYFRONT, FLOOR_UVLOOP),
     ("aiohttp floor: uvloop / asyncio", FLOOR_UVLOOP, FLOOR_ASYNCIO),
 )
 Row = tuple[str, str, str]  # a SPEC target, what was measured, whether it is met

@@ -29,6 +29,7 @@ KEYFRONT = "keyfront"  # redis:// store, every check on: SPEC section 12's confi
 AUTH_OFF = "keyfront auth off"
 SQLITE = "keyfront sqlite"
 METERING_OFF = "keyfront metering off"
+ASYNCIO_LOOP = "keyfront asyncio loop"  # event_loop: asyncio (the default is uvloop)
 FLOOR_PREFIX = "aiohttp floor"
 CELLS = (Cell("10k", 64), Cell("10k", 8), Cell("1m", 64), Cell("1m", 8))
 # (prefix of the keyed route, prefix of the auth: none route) by what serves keyfront's hits
@@ -106,8 +107,9 @@ def set_up(procs: Processes, cores: Cores, root: Path, options: Options) -> Benc
         AUTH_OFF: kf,
         SQLITE: launch.keyfront("keyfront-sqlite", f"sqlite://{root}/keyfront-sqlite.db"),
         METERING_OFF: _metering_off(launch, f"{redis}/2", options) if options.metering else None,
+        ASYNCIO_LOOP: _asyncio_loop(launch, f"{redis}/3"),
     }
-    for instance in (kf, instances[METERING_OFF]):
+    for instance in (kf, instances[METERING_OFF], instances[ASYNCIO_LOOP]):
         if instance is not None:
             instance.server.store_pids = [redis_pid]  # its CPU is reported beside keyfront's
     mode = options.path if options.path != "auto" else _detect_mode(kf)
@@ -131,6 +133,15 @@ def _metering_off(launch: Launcher, store: str, options: Options) -> Keyfront | 
         print(f"metering on/off skipped: keyfront refuses {overlay}", file=sys.stderr)
         return None
     return launch.keyfront("keyfront-metering-off", store, module="bench.nometer")
+
+
+def _asyncio_loop(launch: Launcher, store: str) -> Keyfront | None:
+    """keyfront on asyncio's own loop, beside the default uvloop; None where this
+    keyfront has no `event_loop` setting."""
+    overlay = {"event_loop": "asyncio"}
+    if not config_accepted(launch.root / "probe-loop", overlay):
+        return None
+    return launch.keyfront("keyfront-asyncio", store, overlay)
 
 
 def _floors(procs: Processes, cores: Cores, objects: Path) -> list[Target]:

@@ -135,6 +135,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     shutdown_timeout: float = 30.0
     access_log: str = "-"  # "-" (stdout), a file path, or "off"
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"  # not in SPEC: README "Decisions"
     source: str = ""  # the file it was loaded from (for messages and worker processes)
 
 
@@ -553,6 +554,7 @@ _CONFIG = _section(
         "metrics": _section(MetricsConfig, {"customer_labels": _integer(0)}),
         "shutdown_timeout": _SECONDS,
         "access_log": _access_log,
+        "event_loop": _text("uvloop|asyncio", "uvloop or asyncio"),
     },
     "keys",
     "routes",

@@ -182,6 +182,7 @@ def test_every_value_of_every_kind(tmp_path: Path) -> None:
         "metrics": {"customer_labels": 0},
         "shutdown_timeout": 0,
         "access_log": "logs/access.log",
+        "event_loop": "asyncio",
     }
     data["keys"] |= {"prefix": "acme", "query_param": "api_key", "record_cache_size": 10}
     data["keys"]["defaults"] = {"rate": "600/m", "burst": 5, "quota_bytes": "1.5KB"}
@@ -194,6 +195,7 @@ def test_every_value_of_every_kind(tmp_path: Path) -> None:
     assert config.workers == 4
     assert config.store == "rediss://user:pw@redis.example:6380/2"
     assert config.on_store_error == "deny"
+    assert config.event_loop == "asyncio"
     nets = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
     assert config.trusted_proxies == nets
     assert config.keys.prefix == "acme"
@@ -391,6 +393,7 @@ BROKEN: list[tuple[str, Change, str, str]] = [
     ("workers bool", put("workers", True), "workers", "got a boolean"),
     ("workers float", put("workers", 1.5), "workers", "got a number"),
     ("on_store_error", put("on_store_error", "ignore"), "on_store_error", "allow or deny"),
+    ("event_loop", put("event_loop", "trio"), "event_loop", "uvloop or asyncio"),
     ("bad cidr", put("trusted_proxies", ["10.0.0.0/8", "ten"]), "trusted_proxies[1]", "CIDR"),
     ("cidrs not list", put("trusted_proxies", "10.0.0.0/8"), "trusted_proxies", "a list"),
     ("missing keys", drop("keys"), "keys", "required field is missing"),

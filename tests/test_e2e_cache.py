@@ -452,3 +452,40 @@ def requests_post(kf: KeyfrontProcess, path: str, body: object) -> tuple[int, ob
         return response.status, json.loads(response.read())
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_large_hits_reach_a_slow_reader_on_either_event_loop(
+    tmp_path: Path, origin: BehaviourOrigin, loop: str
+) -> None:
+    # A large hit leaves in one sendfile when the socket takes it all. A slow reader's
+    # socket takes part; asyncio's loop sends the rest with loop.sendfile, uvloop (which
+    # has none) in chunks. Either way the bytes arrive whole, before the next
+    # pipelined response.
+    kf = start_keyfront(config(tmp_path, origin) + f"event_loop: {loop}\n", str(tmp_path))
+    try:
+        with open(f"/proc/{kf.process.pid}/maps") as maps:
+            assert ("uvloop" in maps.read()) == (loop == "uvloop")
+        assert get(kf, "/open/big.bin")[1]["X-Cache"] == "MISS"
+        sock = socket.create_connection(("127.0.0.1", kf.port), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        with sock:
+            sock.sendall(b"GET /open/big.bin HTTP/1.1\r\nHost: t\r\n\r\n" * 2)
+            reader = sock.makefile("rb")
+            for _ in range(2):
+                status = reader.readline()
+                fields = {}
+                while (line := reader.readline()) != b"\r\n":
+                    name, _, value = line.decode().partition(": ")
+                    fields[name] = value.strip()
+                assert status == b"HTTP/1.1 200 OK\r\n"
+                assert (fields["X-Cache"], fields["Content-Length"]) == ("HIT", str(len(BIG)))
+                got = bytearray()
+                while len(got) < len(BIG):
+                    got += reader.read(min(64 * 1024, len(BIG) - len(got)))
+                    if len(got) < MiB:
+                        time.sleep(0.002)  # slow at first: keyfront's socket fills up
+                assert bytes(got) == BIG
+    finally:
+        assert kf.stop() == 0
+    assert origin.gets == {"big.bin": 1}

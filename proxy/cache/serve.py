@@ -9,8 +9,9 @@ Body paths, fastest first (NOTES.md "Serving cache hits fast", "1 MB hits"):
 - a small body held in memory: one `web.Response`, headers and body in one write;
 - a small body on disk: one pread in the loop thread (~6 µs page-cached), then the same;
 - a large body: its head as bytes (wire.py), then one `os.sendfile` in the loop thread,
-  and `loop.sendfile` only for what the socket did not take. Never `web.FileResponse`:
-  ~300 µs of executor hops a request, and it would replace the origin's ETag with its own.
+  and `loop.sendfile` (or, on uvloop, chunked reads) only for what the socket did not
+  take. Never `web.FileResponse`: ~300 µs of executor hops a request, and it would
+  replace the origin's ETag with its own.
 """
 
 from __future__ import annotations
@@ -135,9 +136,8 @@ async def _sendfile(
 ) -> web.StreamResponse:
     """Zero-copy from the file (whose body starts at `at`) to the socket, after the
     head, written as bytes (wire.py) where it can be: first one `os.sendfile` straight
-    away, then `loop.sendfile` for whatever the socket did not take. `exchange.sent` is
-    what the kernel took, also when the client leaves midway (asyncio leaves the file
-    position there)."""
+    away, then `_send_rest` for whatever the socket did not take. `exchange.sent` is
+    what the kernel took, also when the client leaves midway."""
     request = exchange.request
     offset = at + part.start
     head = wire_head(request, status, headers, part.length)
@@ -153,13 +153,10 @@ async def _sendfile(
         if transport is None or transport.is_closing():
             return response
         try:
-            sent = _send_now(transport, file, offset, part.length)
-            exchange.sent = sent
-            if sent < part.length:
-                loop = asyncio.get_running_loop()
-                await loop.sendfile(transport, file, offset + sent, part.length - sent)
+            exchange.sent = _send_now(transport, file, offset, part.length)
+            if exchange.sent < part.length:
+                await _send_rest(exchange, transport, file, offset, part.length)
         except (ConnectionError, RuntimeError):
-            exchange.sent = max(exchange.sent, file.tell() - offset)
             transport.abort()
             return response
         exchange.sent = part.length
@@ -184,6 +181,31 @@ def _send_now(transport: asyncio.BaseTransport, file: io.FileIO, offset: int, co
         return os.sendfile(sock.fileno(), file.fileno(), offset, count)
     except (BlockingIOError, InterruptedError):
         return 0
+
+
+async def _send_rest(
+    exchange: Exchange, transport: asyncio.Transport, file: io.FileIO, offset: int, length: int
+) -> None:
+    """The bytes from `offset + exchange.sent` on, to a socket that did not take them
+    at once: by `loop.sendfile` (zero-copy) on asyncio's loop; in CHUNK reads written
+    as the client drains them on uvloop, which has no `loop.sendfile`."""
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sendfile(transport, file, offset + exchange.sent, length - exchange.sent)
+        return
+    except NotImplementedError:
+        pass  # uvloop: nothing was sent
+    except (ConnectionError, RuntimeError):
+        exchange.sent = max(exchange.sent, file.tell() - offset)  # asyncio leaves it there
+        raise
+    writer = exchange.request.writer
+    while exchange.sent < length:
+        data = os.pread(file.fileno(), min(CHUNK, length - exchange.sent), offset + exchange.sent)
+        if not data or transport.is_closing():
+            raise ConnectionResetError("the file shrank or the client left")
+        transport.write(data)
+        exchange.sent += len(data)
+        await writer.drain()
 
 
 async def from_fill(

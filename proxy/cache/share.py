@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
@@ -66,7 +67,7 @@ class FillSharing:
         if not sys.platform.startswith("linux"):
             return
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=self.address)
+            self._server = await asyncio.start_unix_server(self._serve, sock=_bound(self.address))
         except OSError as exc:
             log.warning("cache fills are not shared across processes: %s", exc)
 
@@ -185,9 +186,13 @@ async def follow(holder: Callable[[], str], own: str, key: str, name: str) -> Fo
 async def _ask(address: str, key: str, name: str) -> FollowedFill | object | None:
     """The fill of `name` at `address`, None (nothing to follow there) or UNKNOWN (that
     process has no such fill, or is gone)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
     try:
-        reader, writer = await asyncio.open_unix_connection(address)
+        await asyncio.get_running_loop().sock_connect(sock, address)
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
     except OSError:
+        sock.close()
         return UNKNOWN  # that process has exited, or shares no fills
     fd = -1
     answer: object | None = None
@@ -209,3 +214,17 @@ async def _ask(address: str, key: str, name: str) -> FollowedFill | object | Non
     with contextlib.suppress(ConnectionError):
         await writer.wait_closed()
     return answer
+
+
+def _bound(address: str) -> socket.socket:
+    """A listening socket on an abstract address. Made here, not by asyncio from the
+    path: uvloop refuses abstract paths (EINVAL) but serves a socket bound to one."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(address)
+        sock.listen(64)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock

@@ -149,8 +149,7 @@ class RespConnection(asyncio.Protocol):
         return bool(self._waiters) and self._loop.time() - self._progress > STALL_LIMIT
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
