@@ -11,6 +11,7 @@ Every refusal is a `Refusal` raised by its step and rendered once, by
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -235,10 +236,18 @@ def refusal_response(refusal: Refusal, exchange: Exchange) -> web.StreamResponse
     """The one place a Refusal becomes a response: SPEC's JSON error body. The key is
     never echoed. RateLimit-* headers ride along once the limiter has decided. A flood
     of garbage keys is answered here, so the response is written whole (wire.py)."""
-    error = {"code": refusal.code, "message": refusal.message, "request_id": exchange.request_id}
-    body = json.dumps({"error": error}, separators=(",", ":")).encode()
+    body = f'{_error_head(refusal.code, refusal.message)}"{exchange.request_id}"}}}}'.encode()
     headers = {"Server": SERVER, "X-Request-Id": exchange.request_id, **exchange.headers}
     headers.update(refusal.headers)
     headers["Content-Type"] = "application/json"
     wire = wire_response(exchange.request, refusal.status, headers, body)
     return wire or web.Response(status=refusal.status, body=body, headers=headers)
+
+
+@functools.lru_cache(maxsize=1024)
+def _error_head(code: str, message: str) -> str:
+    """SPEC's JSON error body up to its request id, which needs no escaping (RequestIds
+    lets only [A-Za-z0-9._:-] through): the json.dumps of the whole body was ~4 µs of
+    each refusal, and codes and messages repeat."""
+    error = json.dumps({"code": code, "message": message}, separators=(",", ":"))
+    return f'{{"error":{error[:-1]},"request_id":'

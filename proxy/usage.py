@@ -2,8 +2,9 @@
 
 Per key and per customer, per hour (UTC): `requests` (served 2xx/3xx), `bytes` (body
 bytes actually sent), `hits`, `misses`, `not_modified`, and `denied_<code>` for
-refused requests. Counted in process (a dict increment per request, no I/O) and
-flushed every `usage.flush_interval` and at shutdown as one batch with a unique id.
+refused requests. Counted in process, once per request in the key's row (a dict
+increment, no I/O); a customer's rows are its keys' rows summed at flush. Flushed every
+`usage.flush_interval` and at shutdown as one batch with a unique id.
 The store applies a batch at most once (SQLite: one transaction that records the id;
 Redis: one script per row that sets a marker with the counts), so a flush that fails
 half-way is retried whole without counting anything twice. While the store is down
@@ -67,7 +68,7 @@ class UsageMeter:
         self._ledger = ledger
         self._interval = flush_interval
         self._max_pending = max_pending
-        self._pending: dict[tuple[Scope, str, int], dict[str, int]] = {}
+        self._pending: dict[tuple[str, str, int], dict[str, int]] = {}  # key, customer, hour
         self._retry: tuple[str, list[UsageRow]] | None = None  # a batch the store refused
         self._batches = 0
         self._prefix = f"{os.getpid()}-{os.urandom(4).hex()}"
@@ -84,28 +85,17 @@ class UsageMeter:
         record = exchange.entry.record if exchange.entry is not None else None
         if record is None:
             return  # no key to bill: refused before the record (metrics count those)
-        hour = int(time.time()) // 3600 * 3600
-        scopes: tuple[tuple[Scope, str], ...] = (
-            ("key", record.key_id),
-            ("customer", record.customer_id),
-        )
-        for scope, id_ in scopes:
-            counts = self._row(scope, id_, hour)
-            if counts is None:
-                return
-            _count(counts, status, exchange.sent, exchange.cache, code)
-
-    def _row(self, scope: Scope, id_: str, hour: int) -> dict[str, int] | None:
-        counts = self._pending.get((scope, id_, hour))
+        row = (record.key_id, record.customer_id, int(time.time()) // 3600 * 3600)
+        counts = self._pending.get(row)
         if counts is None:
             if self.pending >= self._max_pending:
                 if self.dropped == 0:
                     log.error("usage buffer full (%d rows): new counts are dropped until the "
                               "store answers", self._max_pending)  # fmt: skip
                 self.dropped += 1
-                return None
-            counts = self._pending[(scope, id_, hour)] = {}
-        return counts
+                return
+            counts = self._pending[row] = {}
+        _count(counts, status, exchange.sent, exchange.cache, code)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._flush_forever())
@@ -133,7 +123,14 @@ class UsageMeter:
             if not self._pending:
                 return
             pending, self._pending = self._pending, {}
-            rows = [UsageRow(s, i, h, c) for (s, i, h), c in pending.items()]
+            rows = [UsageRow("key", key, hour, c) for (key, _, hour), c in pending.items()]
+            rows += summed(
+                (
+                    UsageRow("customer", customer, hour, c)
+                    for (_, customer, hour), c in pending.items()
+                ),
+                "hour",
+            )
             self._batches += 1
             self._retry = (f"{self._prefix}-{self._batches}", rows)
         batch_id, rows = self._retry

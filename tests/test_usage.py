@@ -64,14 +64,17 @@ async def test_counts_survive_an_unreachable_store_and_are_not_doubled(tmp_path:
     dead = store_from_url(f"redis://127.0.0.1:{free_port()}/0")
     await dead.open()
     meter = UsageMeter(dead, 1.0, max_pending=3)
-    meter._pending[("key", "k1", HOUR)] = {"requests": 5, "bytes": 50}
+    meter._pending[("k1", "acme", HOUR)] = {"requests": 5, "bytes": 50}
+    meter._pending[("k2", "acme", HOUR)] = {"requests": 1, "bytes": 7}
     with pytest.raises(StoreError):
         await meter.flush()
-    assert meter.pending == 1
+    assert meter.pending == 3  # two key rows and their customer's, kept for the retry
     meter._ledger = good
     await meter.flush()
     await meter.flush()
     rows = await good.read_usage("key", ["k1"], HOUR, HOUR + 1, "hour")
     assert rows[0].counts == {"requests": 5, "bytes": 50}
+    customer = await good.read_usage("customer", ["acme"], HOUR, HOUR + 1, "hour")
+    assert customer[0].counts == {"requests": 6, "bytes": 57}  # summed over its keys
     await good.close()
     await dead.close()
