@@ -6,19 +6,21 @@ with their count as its cost, and the calls of a tick leave in one socket write
 (store/resp.py): redis-py costs 100-160 µs of client CPU per call, this ~10 µs per
 call and one call per hot key per tick (NOTES.md "Redis").
 
-Leases: a busy key's requests mostly decide with no await at all. When a tick calls
-the script for a key's own bucket, it asks for a few tokens more than the tick's
-requests need, and this instance keeps the extra as a lease. The next requests take a
-token from the lease, synchronously. When half the lease is spent, a refill of twice
-its size rides along in the next tick's call, without holding up any request. Leased tokens are real
-tokens, taken from the shared bucket, so leasing never lets a key past its global
-limit. A lease holds at most 1% of the bucket's burst (LEASE_SHARE), and at most
-LEASE_MAX tokens. Unspent tokens lapse after LEASE_LIFE: when a key's traffic stops, an
-instance can leave at most twice that unused. Keys with a monthly quota, a per-IP
-bucket or a customer bucket do not lease, so that their counts stay exact. Small
-buckets (burst under 100) do not lease either. Measured on 10 KB keyed hits (3
-interleaved rounds, same session): at 8 connections 15.0k -> 19.3k req/s (59.6 -> 50.3
-µs of CPU each), at 64 within 2% (docs/performance.md, "Checks ≤ 10%").
+Leases: a busy key's requests mostly decide with no await at all. When a tick calls the
+script for a key's own bucket, it asks for a few tokens more than the tick's requests
+need, and this instance keeps the extra as a lease. The next requests take a token from
+the lease, synchronously. When half the lease is spent, a refill of twice its size rides
+along in the next tick's call, without holding up any request; a lease that runs dry
+before its refill lands also grows, never shrinks (it once restarted at a token or two,
+and a busy key then made a script call every ~25 requests). Leased tokens are real
+tokens, taken from the shared bucket, so leasing never lets a key past its global limit.
+A lease holds at most 1% of the bucket's burst (LEASE_SHARE), and at most LEASE_MAX
+tokens. Unspent tokens lapse after LEASE_LIFE: when a key's traffic stops, an instance
+can leave at most twice that unused. Keys with a monthly quota, a per-IP bucket or a
+customer bucket do not lease, so that their counts stay exact. Small buckets (burst
+under 100) do not lease either. Measured on 10 KB keyed hits (3 interleaved rounds, same
+session): at 8 connections 15.0k -> 19.3k req/s (59.6 -> 50.3 µs of CPU each), at 64
+within 2% (docs/performance.md, "Checks ≤ 10%").
 
 A circuit breaker keeps the request path off a failing store: the first failure or
 timeout (`store_timeout`) opens it, and requests are then decided by the fallback
@@ -205,8 +207,11 @@ class SharedLimiter(Limiter):
         waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         batch = self._batch(bucket, quota)
         batch.waiters.append(waiter)
-        if leasing:  # a tick's demand, twice over, within the lease bounds
-            batch.lease = min(_lease_size(bucket), max(batch.lease, 2 * len(batch.waiters)))
+        if leasing:  # a tick's demand twice over, or a live lease that ran dry doubled
+            held = self._leases.get(bucket.id)
+            dry = 2 * held.size if held is not None and held.until > time.monotonic() else 0
+            wanted = max(batch.lease, 2 * len(batch.waiters), dry)
+            batch.lease = min(_lease_size(bucket), wanted)
         return waiter
 
     def _batch(self, bucket: Bucket, quota: KeyLimits | None) -> Batch:
@@ -275,7 +280,8 @@ class SharedLimiter(Limiter):
         if lease is None or lease.until <= now:
             lease = self._leases[bucket_id] = Lease(0, left, now, batch.lease)
         lease.tokens += max(0, granted)
-        lease.left, lease.until, lease.size = left, now + LEASE_LIFE, batch.lease
+        # Never smaller: a refill and a dry tick's call can land in either order.
+        lease.left, lease.until, lease.size = left, now + LEASE_LIFE, max(lease.size, batch.lease)
         lease.refilling = False
 
     # --- bytes for the byte quota, for keys with no request in flight ---

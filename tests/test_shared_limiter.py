@@ -13,7 +13,7 @@ from proxy.config import KeyDefaults
 from proxy.errors import QuotaExceeded, RateLimited, Unavailable
 from proxy.ratelimit import KeyLimits, LocalLimiter
 from proxy.records import Customer, KeyRecord
-from proxy.shared_limiter import SharedLimiter
+from proxy.shared_limiter import LEASE_MAX, SharedLimiter
 from proxy.store.resp import resp_client_from_url
 from proxy.units import Rate
 
@@ -160,6 +160,27 @@ async def test_a_busy_key_decides_from_its_lease_without_store_calls(
     assert calls < 50 / 2, f"{calls} script calls for 400 requests in 50 ticks"
     remaining = [int(d.headers()["RateLimit-Remaining"]) for d in decisions]
     assert min(remaining) >= 1_000_000 - 400 - 2 * 256 and max(remaining) <= 1_000_000
+
+
+async def test_a_lease_that_runs_dry_grows_instead_of_starting_over(
+    deployment: tuple[Factory, list[int]],
+) -> None:
+    # Requests can spend a lease before its refill's reply is read. The one that then
+    # waits for Redis asks for a tick's demand (a token or two), and that smaller grant
+    # must not shrink the lease back: it keeps growing to LEASE_MAX, and a script call
+    # serves about LEASE_MAX / 2 requests (it served 25 when leases started over).
+    make, ports = deployment
+    limiter = make()
+    await limiter.open()
+    key = limits("g" * 22, rate=Rate(10_000_000, 1.0), burst=10_000_000)
+    await limiter.check(limits("z" * 22, rate=Rate(1, 1.0)), "")  # the script is loaded
+    before = _script_calls(ports)
+    for i in range(19_200):  # one busy connection; the loop polls for I/O now and then
+        await limiter.check(key, "")
+        if i % 50 == 0:
+            await asyncio.sleep(0)
+    calls = _script_calls(ports) - before
+    assert calls <= 19_200 / (LEASE_MAX / 2) + 20, f"{calls} script calls for 19,200 requests"
 
 
 async def test_leases_never_admit_past_the_shared_burst(
