@@ -194,6 +194,9 @@ async def _ask(address: str, key: str, name: str) -> FollowedFill | object | Non
     except OSError:
         sock.close()
         return UNKNOWN  # that process has exited, or shares no fills
+    except BaseException:  # cancelled: the socket is nobody's yet
+        sock.close()
+        raise
     fd = -1
     answer: object | None = None
     try:
