@@ -13,6 +13,7 @@ from .servers import Target
 from .setup import (
     ASYNCIO_LOOP,
     AUTH_OFF,
+    BASELINE,
     CELLS,
     FLOOR_PREFIX,
     KEYFRONT,
@@ -31,6 +32,7 @@ COMPARISONS = (
     ("keyfront: uvloop (default) / asyncio loop", KEYFRONT, ASYNCIO_LOOP),
     ("keyfront / aiohttp floor (uvloop)", KEYFRONT, FLOOR_UVLOOP),
     ("aiohttp floor: uvloop / asyncio", FLOOR_UVLOOP, FLOOR_ASYNCIO),
+    ("this checkout / --baseline checkout", KEYFRONT, BASELINE),
 )
 Row = tuple[str, str, str]  # a SPEC target, what was measured, whether it is met
 

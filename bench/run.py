@@ -84,6 +84,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="config overlay that turns metering off (default: the bench.nometer launcher)",
     )
     add("--no-floor", dest="floor", action="store_false", help="skip the aiohttp floor")
+    add(
+        "--baseline",
+        metavar="PYTHON",
+        help="also run another checkout's keyfront (its venv's python), interleaved, to "
+        "judge a change against its parent in one run",
+    )
     add("--client-core", type=int, default=0)
     add("--server-core", type=int, default=1)
     add("--markdown", type=Path, metavar="FILE", help="also write the report here")
@@ -92,7 +98,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.rounds, args.duration = 1, 3.0
     args.options = Options(
-        args.keyfront_path, args.metering, yaml.safe_load(args.metering_off_yaml) or {}, args.floor
+        args.keyfront_path,
+        args.metering,
+        yaml.safe_load(args.metering_off_yaml) or {},
+        args.floor,
+        args.baseline,
     )
     return args
 

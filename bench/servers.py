@@ -223,8 +223,8 @@ def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def keyfront_cli(config: Path, *args: str) -> str:
-    argv = [sys.executable, "-m", "proxy", "-c", str(config), *args]
+def keyfront_cli(config: Path, *args: str, python: str = sys.executable) -> str:
+    argv = [python, "-m", "proxy", "-c", str(config), *args]
     done = subprocess.run(argv, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         raise BenchError(f"keyfront {' '.join(args[:2])} failed: {done.stderr.strip()}")
@@ -251,18 +251,21 @@ def start_keyfront(
     config: dict[str, Any],
     *,
     module: str = "proxy",
+    python: str = sys.executable,
 ) -> Keyfront:
     """Write the config, create the customer and its key through the CLI, start
-    `keyfront serve` (through `python -m module`) pinned to the server core."""
+    `keyfront serve` (through `python -m module`) pinned to the server core. `python`
+    may be another checkout's virtualenv (`--baseline`)."""
     folder.mkdir(parents=True)
     path = folder / "keyfront.yaml"
     path.write_text(yaml.safe_dump(config))
-    keyfront_cli(path, "customers", "create", CUSTOMER, "--name", "benchmark")
+    keyfront_cli(path, "customers", "create", CUSTOMER, "--name", "benchmark", python=python)
     created = keyfront_cli(
-        path, "keys", "create", "--customer", CUSTOMER, "--referrer", ALLOWED_REFERRERS, "--json"
-    )
+        path, "keys", "create", "--customer", CUSTOMER, "--referrer", ALLOWED_REFERRERS, "--json",
+        python=python,
+    )  # fmt: skip
     key = json.loads(created)["key"]
-    argv = [sys.executable, "-m", module, "serve", "-c", str(path)]
+    argv = [python, "-m", module, "serve", "-c", str(path)]
     proc = procs.start(name, cores.wrap(cores.server, argv))
     server = Server(name, proc, f"http://{config['listen']}")
     wait_for_http(f"http://{config['admin_listen']}/healthz")

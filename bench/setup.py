@@ -30,6 +30,7 @@ AUTH_OFF = "keyfront auth off"
 SQLITE = "keyfront sqlite"
 METERING_OFF = "keyfront metering off"
 ASYNCIO_LOOP = "keyfront asyncio loop"  # event_loop: asyncio (the default is uvloop)
+BASELINE = "keyfront baseline"  # --baseline: another checkout, to judge a change in one run
 FLOOR_PREFIX = "aiohttp floor"
 CELLS = (Cell("10k", 64), Cell("10k", 8), Cell("1m", 64), Cell("1m", 8))
 # (prefix of the keyed route, prefix of the auth: none route) by what serves keyfront's hits
@@ -43,6 +44,7 @@ class Options:
     metering: bool  # compare metering on / off
     metering_off_yaml: dict[str, Any]  # a config overlay for "off"; empty: bench.nometer
     floor: bool  # measure the aiohttp floor too
+    baseline: str | None = None  # another checkout's venv python (`--baseline`)
 
 
 @dataclass
@@ -85,11 +87,18 @@ class Launcher:
     objects: Path
 
     def keyfront(
-        self, name: str, store: str, extra: dict[str, Any] | None = None, module: str = "proxy"
+        self,
+        name: str,
+        store: str,
+        extra: dict[str, Any] | None = None,
+        module: str = "proxy",
+        python: str = sys.executable,
     ) -> Keyfront:
         folder = self.root / name
         config = keyfront_config(folder, store, self.origin, self.objects, extra or {})
-        return start_keyfront(self.procs, self.cores, name, folder, config, module=module)
+        return start_keyfront(
+            self.procs, self.cores, name, folder, config, module=module, python=python
+        )
 
 
 def set_up(procs: Processes, cores: Cores, root: Path, options: Options) -> Bench:
@@ -108,8 +117,13 @@ def set_up(procs: Processes, cores: Cores, root: Path, options: Options) -> Benc
         SQLITE: launch.keyfront("keyfront-sqlite", f"sqlite://{root}/keyfront-sqlite.db"),
         METERING_OFF: _metering_off(launch, f"{redis}/2", options) if options.metering else None,
         ASYNCIO_LOOP: _asyncio_loop(launch, f"{redis}/3"),
+        BASELINE: (
+            launch.keyfront("keyfront-baseline", f"{redis}/4", python=options.baseline)
+            if options.baseline
+            else None
+        ),
     }
-    for instance in (kf, instances[METERING_OFF], instances[ASYNCIO_LOOP]):
+    for instance in (kf, instances[METERING_OFF], instances[ASYNCIO_LOOP], instances[BASELINE]):
         if instance is not None:
             instance.server.store_pids = [redis_pid]  # its CPU is reported beside keyfront's
     mode = options.path if options.path != "auto" else _detect_mode(kf)
