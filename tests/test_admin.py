@@ -585,3 +585,80 @@ async def test_tokens_are_stored_by_hash_only(store_url: str) -> None:
         assert await store.delete_token("acme", "t1") is None
     finally:
         await store.close()
+
+
+# --- issue 12 item 11: the operator's suspension is the operator's to lift -------------
+
+
+def _fetch_until(deployment: Deployment, key: str, status: int) -> None:
+    started = time.monotonic()
+    while deployment.fetch(key) != status:
+        assert time.monotonic() - started < 2.0, f"the key never answered {status}"
+        time.sleep(0.02)
+
+
+def test_only_the_operator_lifts_its_own_suspension(deployment: Deployment) -> None:
+    key = deployment.as_customer("globex", "POST", "/keys", {}).json()
+    path = f"/keys/{key['key_id']}"
+    assert deployment.fetch(key["key"]) == 200
+    suspended = deployment.admin("PATCH", path, {"status": "disabled"}, expect=200).json()
+    assert (suspended["status"], suspended["disabled_by"]) == ("disabled", "operator")
+    _fetch_until(deployment, key["key"], 403)
+    reply = call(deployment.kf.url, "GET", f"/files/a.txt?key={key['key']}", token=None)
+    assert reply.code == "key_disabled"
+    # The customer's token may neither re-enable it nor take the suspension over.
+    for status in ("active", "disabled"):
+        refused = deployment.as_customer("globex", "PATCH", path, {"status": status})
+        assert (refused.status, refused.code) == (403, "forbidden"), status
+        assert "operator" in refused.json()["error"]["message"]
+    shown = deployment.as_customer("globex", "GET", path).json()
+    assert (shown["status"], shown["disabled_by"]) == ("disabled", "operator")
+    assert deployment.fetch(key["key"]) == 403
+    # A roll by the customer keeps the suspension on the new key.
+    rolled = deployment.as_customer("globex", "POST", f"{path}/roll", {"grace": 0}).json()
+    assert (rolled["status"], rolled["disabled_by"]) == ("disabled", "operator")
+    assert deployment.fetch(rolled["key"]) == 403
+    # Other settings stay the customer's to change; the operator lifts the suspension.
+    path = f"/keys/{rolled['key_id']}"
+    deployment.as_customer("globex", "PATCH", path, {"name": "renamed"})
+    lifted = deployment.admin("PATCH", path, {"status": "active"}, expect=200).json()
+    assert (lifted["status"], lifted["disabled_by"]) == ("active", None)
+    _fetch_until(deployment, rolled["key"], 200)
+
+
+def test_a_customer_disables_and_re_enables_its_own_key(deployment: Deployment) -> None:
+    key = deployment.as_customer("globex", "POST", "/keys", {}).json()
+    path = f"/keys/{key['key_id']}"
+    off = deployment.as_customer("globex", "PATCH", path, {"status": "disabled"}).json()
+    assert (off["status"], off["disabled_by"]) == ("disabled", "customer")
+    _fetch_until(deployment, key["key"], 403)
+    on = deployment.as_customer("globex", "PATCH", path, {"status": "active"}).json()
+    assert (on["status"], on["disabled_by"]) == ("active", None)
+    _fetch_until(deployment, key["key"], 200)
+    # The operator may take over a customer's own disabling: it becomes a suspension.
+    deployment.as_customer("globex", "PATCH", path, {"status": "disabled"})
+    taken = deployment.admin("PATCH", path, {"status": "disabled"}, expect=200).json()
+    assert taken["disabled_by"] == "operator"
+    assert deployment.as_customer("globex", "PATCH", path, {"status": "active"}).status == 403
+
+
+def test_the_command_line_suspends_and_lifts_as_the_operator(deployment: Deployment) -> None:
+    key = deployment.as_customer("globex", "POST", "/keys", {}).json()
+    path = f"/keys/{key['key_id']}"
+    out = deployment.kf.cli("keys", "update", key["key_id"], "--status", "disabled", "--json")
+    assert json.loads(out.stdout)["disabled_by"] == "operator"
+    assert deployment.as_customer("globex", "PATCH", path, {"status": "active"}).status == 403
+    deployment.kf.cli("keys", "update", key["key_id"], "--status", "active")
+    assert deployment.as_customer("globex", "GET", path).json()["disabled_by"] is None
+
+
+def test_a_key_disabled_before_disabled_by_existed_stays_the_operators() -> None:
+    from proxy.manage import Forbidden
+    from proxy.manage.actions import status_change
+    from proxy.records import KeyRecord
+
+    legacy = KeyRecord.from_json('{"key_id": "k", "customer_id": "c", "status": "disabled"}')
+    assert legacy.disabled_by is None and legacy.suspended
+    with pytest.raises(Forbidden):
+        status_change(legacy, {"status": "active"}, "customer")
+    assert status_change(legacy, {"status": "active"}, "operator") == {"disabled_by": None}

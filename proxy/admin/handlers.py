@@ -32,7 +32,7 @@ from ..manage.values import (
     parse_path_prefix,
     read_settings,
 )
-from ..records import KeyRecord
+from ..records import DisabledBy, KeyRecord
 from ..units import parse_duration
 from .http import AdminError, Caller, Param, context, read_body, reply
 
@@ -127,7 +127,8 @@ async def patch_key(request: web.Request, caller: Caller) -> web.Response:
     changes = read_settings(await read_body(request), KEY_CHANGES)
     customer = await act.find_customer(store, record.customer_id)
     warnings = act.check_plan_caps(changes, customer)
-    changed = await act.change_key(store, record, changes, customer, _bound(request, caller))
+    by: DisabledBy = "operator" if caller.customer_id is None else "customer"
+    changed = await act.change_key(store, record, changes, customer, _bound(request, caller), by=by)
     shown = act.record_json(changed, reveal_secret=changed.link_secret != record.link_secret)
     return reply(_warned(shown, warnings))
 

@@ -20,11 +20,11 @@ from typing import Any
 from ..config import KeyDefaults
 from ..errors import Conflict
 from ..keys import KEY_ID_ALPHABET, KeySigner, new_key_id
-from ..records import Customer, KeyRecord
+from ..records import Customer, DisabledBy, KeyRecord
 from ..referrers import is_path_pattern
 from ..store import CustomerToken, Store
 from ..units import Rate, format_size
-from . import Invalid, Missing, Refused
+from . import Forbidden, Invalid, Missing, Refused
 
 # (key field, the customer's plan cap): a key's own setting may not exceed the cap.
 PLAN_CAPS = (
@@ -169,11 +169,28 @@ async def change_key(
     changes: dict[str, Any],
     customer: Customer,
     bound: KeyDefaults | None = None,
+    *,
+    by: DisabledBy = "operator",
 ) -> KeyRecord:
-    """The key with `changes` (checked by check_plan_caps), as for create_key."""
+    """The key with `changes` (checked by check_plan_caps), as for create_key, made
+    `by` the operator or the customer's own token (see `status_change`)."""
+    changes = {**changes, **status_change(record, changes, by)}
     changed = _completed(dataclasses.replace(record, **changes), customer, bound)
     await store.put_key(changed)
     return changed
+
+
+def status_change(record: KeyRecord, changes: dict[str, Any], by: DisabledBy) -> dict[str, Any]:
+    """`disabled_by` for a change of `status` (issue 12 item 11): the operator's
+    suspension is separate from the customer's own switch, and only the operator lifts
+    it; the operator may take over a customer's own disabling."""
+    status = changes.get("status")
+    if status is None:
+        return {}
+    if by == "customer" and record.suspended:
+        raise Forbidden(f"key {record.key_id} is suspended by the operator: only the "
+                        "operator can change its status")  # fmt: skip
+    return {"disabled_by": by if status == "disabled" else None}
 
 
 async def revoke_key(store: Store, record: KeyRecord) -> KeyRecord:
