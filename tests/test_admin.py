@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import time
 import types
@@ -662,3 +663,42 @@ def test_a_key_disabled_before_disabled_by_existed_stays_the_operators() -> None
     with pytest.raises(Forbidden):
         status_change(legacy, {"status": "active"}, "customer")
     assert status_change(legacy, {"status": "active"}, "operator") == {"disabled_by": None}
+
+
+# --- issue 12 item 7: usage over an absurd range is clamped and bounded ----------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (the machine is shared: CPU time,
+    not wall time, is what the report costs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_usage_over_an_absurd_range_is_clamped_to_retention(deployment: Deployment) -> None:
+    pid = deployment.kf.process.pid
+    far = "9" * 30  # unix seconds far past any date
+    for query, most in (
+        ("from=0&by=hour", 35 * 24 + 1),  # hourly rows are kept 35 days
+        ("from=0&by=day", 401),  # daily ones 400
+        ("from=0&by=month", 15),
+        (f"from=0&to={far}&by=hour", 35 * 24 + 2),
+        (f"to={far}&by=day", 32),
+        ("from=1970-01-01&to=9999-12-31&by=hour", 35 * 24 + 2),
+    ):
+        before = _cpu_seconds(pid)
+        reply = deployment.as_customer("globex", "GET", f"/usage?{query}")
+        spent = _cpu_seconds(pid) - before
+        assert reply.status == 200, (query, reply.body)
+        assert len(reply.json()) <= most, query
+        assert spent < 0.5, (query, spent)  # was 9 s on Redis for from=0&by=hour
+
+
+def test_usage_refuses_an_unreadable_date_and_an_unbounded_answer(deployment: Deployment) -> None:
+    for query, field in (
+        ("from=-5", "from"),
+        ("to=99999-01-01", "to"),
+        ("from=1e400", "from"),
+    ):
+        reply = deployment.as_customer("globex", "GET", f"/usage?{query}")
+        assert (reply.status, reply.json()["error"]["field"]) == (400, field), query

@@ -187,8 +187,10 @@ async def usage(request: web.Request, caller: Caller) -> web.Response:
 
 
 def _moment(text: str) -> int:
-    """Unix seconds, or an ISO date or datetime (UTC unless it names a zone)."""
-    return int(text) if text.isdigit() else parse_date(text)
+    """Unix seconds, or an ISO date or datetime (UTC unless it names a zone). Any
+    number of seconds is taken (the report clamps it); int() refuses more than 4,300
+    digits, which is a 400 too."""
+    return int(text) if text.isascii() and text.isdigit() else parse_date(text)
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[str], Any]:
