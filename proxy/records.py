@@ -30,8 +30,9 @@ class Customer:
     created_at: int = 0  # unix seconds
     max_rate: Rate | None = None  # plan caps: a key's own settings may not exceed them
     max_burst: int | None = None
-    quota_requests: int | None = None  # per calendar month (UTC)
+    quota_requests: int | None = None  # per calendar month (UTC), one pool for all its keys
     quota_bytes: int | None = None
+    max_keys: int | None = None  # live keys (not revoked, not expired); None: see actions
 
     def to_json(self) -> str:
         return _dump(self)

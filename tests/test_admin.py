@@ -702,3 +702,53 @@ def test_usage_refuses_an_unreadable_date_and_an_unbounded_answer(deployment: De
     ):
         reply = deployment.as_customer("globex", "GET", f"/usage?{query}")
         assert (reply.status, reply.json()["error"]["field"]) == (400, field), query
+
+
+# --- issue 12: a cap on a customer's live keys (SPEC section 2: max_keys) -----------------
+
+
+def test_max_keys_caps_live_keys_for_tokens_and_the_operator(deployment: Deployment) -> None:
+    created = deployment.admin("POST", "/customers", {"customer_id": "capped", "max_keys": 2})
+    assert created.json()["max_keys"] == 2
+    token = deployment.admin("POST", "/customers/capped/tokens", {}, expect=201).json()["token"]
+    first = deployment.admin("POST", "/keys", {}, token=token, expect=201).json()
+    deployment.admin("POST", "/keys", {}, token=token, expect=201)
+    for caller in (token, ADMIN_TOKEN):
+        full = deployment.admin("POST", "/keys", {"customer_id": "capped"}, token=caller)
+        assert (full.status, full.code) == (409, "conflict")
+        assert "max_keys 2" in full.json()["error"]["message"]
+    cli = deployment.kf.cli("keys", "create", "--customer", "capped", check=False)
+    assert cli.returncode == 1 and "max_keys 2" in cli.stderr
+    # A roll replaces a key: the retiring one does not count, for one roll at a time.
+    rolled = deployment.admin("POST", f"/keys/{first['key_id']}/roll", {}, token=token)
+    assert rolled.status == 201
+    again = deployment.admin("POST", f"/keys/{rolled.json()['key_id']}/roll", {}, token=token)
+    assert (again.status, again.code) == (409, "conflict")
+    # Revoked keys are not live; the operator raises the cap.
+    deployment.admin("POST", f"/keys/{first['key_id']}/revoke", token=token, expect=200)
+    deployment.admin("POST", "/keys", {}, token=token, expect=409)  # the roll's new key
+    deployment.kf.cli("customers", "update", "capped", "--max-keys", "4")
+    deployment.admin("POST", "/keys", {}, token=token, expect=201)
+    shown = json.loads(deployment.kf.cli("customers", "show", "capped", "--json").stdout)
+    assert shown["max_keys"] == 4
+    bad = deployment.admin("PATCH", "/customers/capped", {"max_keys": 0})
+    assert (bad.status, bad.json()["error"]["field"]) == (400, "max_keys")
+
+
+async def test_a_customer_token_is_capped_by_default(tmp_path: Path, files: Path) -> None:
+    store_url = f"sqlite://{tmp_path}/kf.db"
+    admin = f"admin: {{token: {ADMIN_TOKEN}, customer_max_keys: 2}}"
+    kf = start_keyfront(config(store_url, files, admin), str(tmp_path))
+    try:
+        kf.cli("customers", "create", "open")
+        token = json.loads(kf.cli("customers", "token", "open", "--json").stdout)["token"]
+        for _ in range(2):
+            assert call(kf.admin_url, "POST", PREFIX + "/keys", {}, token).status == 201
+        full = call(kf.admin_url, "POST", PREFIX + "/keys", {}, token)
+        assert (full.status, full.code) == (409, "conflict")
+        assert "admin.customer_max_keys 2" in full.json()["error"]["message"]
+        # The operator's own customers are not capped unless their record says so.
+        assert call(kf.admin_url, "POST", PREFIX + "/keys", {"customer_id": "open"}).status == 201
+        assert kf.cli("keys", "create", "--customer", "open").returncode == 0
+    finally:
+        assert kf.stop() == 0

@@ -114,7 +114,8 @@ async def create_key(request: web.Request, caller: Caller) -> web.Response:
     changes = read_settings(body, KEY_SETTINGS)
     warnings = act.check_plan_caps(changes, customer)
     version, bound = admin.config.keys.signing_version, _bound(request, caller)
-    record = await act.create_key(admin.store, customer, changes, version, bound)
+    record = await act.create_key(admin.store, customer, changes, version, bound,
+                                  default_max_keys=_default_max_keys(request, caller))  # fmt: skip
     return reply(_warned(act.minted_json(admin.signer, record), warnings), 201)
 
 
@@ -143,7 +144,8 @@ async def roll_key(request: web.Request, caller: Caller) -> web.Response:
     settings = read_settings(await read_body(request, optional=True), ROLL_SETTINGS)
     grace = settings.get("grace", parse_duration(DEFAULT_GRACE))
     old = await _key(request, caller, to_change=True)
-    new, old = await act.roll_key(admin.store, old, grace, admin.config.keys.signing_version)
+    new, old = await act.roll_key(admin.store, old, grace, admin.config.keys.signing_version,
+                                  default_max_keys=_default_max_keys(request, caller))  # fmt: skip
     extra = {"replaces": old.key_id, "replaced_expires_at": old.expires_at}
     return reply(act.minted_json(admin.signer, new, **extra), 201)
 
@@ -161,6 +163,12 @@ def _bound(request: web.Request, caller: Caller) -> KeyDefaults | None:
     """A customer's own keys stay within its plan even where they leave a field to the
     configured defaults (manage.actions.within_plan); the operator's need not."""
     return context(request).config.keys.defaults if caller.customer_id is not None else None
+
+
+def _default_max_keys(request: web.Request, caller: Caller) -> int | None:
+    """A customer token's keys are capped even where its customer sets no max_keys (a
+    token is a credential on the internet; the operator is not)."""
+    return context(request).config.admin.customer_max_keys if caller.customer_id else None
 
 
 def _warned(data: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
