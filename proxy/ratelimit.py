@@ -437,6 +437,8 @@ class LocalLimiter(Limiter):
         """The synchronous decision: no I/O at all. Every bucket and quota is checked,
         narrowest first, before any is spent: a refused request spends nothing."""
         stages = limits.stages(client_ip)
+        if len(stages) == 1 and stages[0].quota_owner is None and len(stages[0].buckets) == 1:
+            return self._take_one(limits, stages[0].buckets[0])  # the common case
         for stage in stages:
             for bucket in stage.buckets:
                 if not self.buckets.admits(bucket):
@@ -456,6 +458,14 @@ class LocalLimiter(Limiter):
             if stage.quota_owner is not None:
                 self.quotas.count(stage.quota_owner, 1, 0)
         return decision(limits.bucket, key_tokens)
+
+    def _take_one(self, limits: KeyLimits, bucket: Bucket) -> Decision:
+        """One bucket and nothing else: one take() is all or nothing already."""
+        admitted, tokens = self.buckets.take(bucket)
+        key_tokens = tokens if bucket is limits.bucket else 0.0
+        if admitted:
+            return decision(limits.bucket, key_tokens)
+        return decision(limits.bucket, key_tokens, RateLimited, retry_after_tokens(bucket, tokens))
 
     def sent(self, limits: KeyLimits, nbytes: int) -> None:
         for stage in limits.stages_fixed:
