@@ -1,13 +1,18 @@
 """Rate limits and monthly quotas: SPEC section 3, checks 9 and 10 of section 1.
 
 A key's limits (`KeyLimits`) are resolved once per record load: its own bucket
-(`rate`, `burst`, else `keys.defaults`), an optional bucket per (key, client IP), the
-customer's plan-cap bucket, and its monthly quotas. Two limiters decide:
+(`rate`, `burst`, else `keys.defaults`), an optional bucket per (key, client IP or
+IPv6 /64), the customer's plan-cap bucket, its monthly quotas and its customer's pooled
+monthly quota. They are grouped in `Stage`s, one per Redis hash slot, narrowest first:
+the key's (per-IP bucket, key bucket, key quota) then the customer's (its bucket and
+quota). A request is admitted only when every bucket and quota admits it, and a refused
+request spends none of them (issue 12 item 6). Two limiters decide:
 
 - `LocalLimiter`: buckets in this process. The SQLite store's limiter (each of N
   workers holds 1/N of every rate and burst), and every limiter's fallback.
-- `SharedLimiter` (limiter_redis.py): one Lua script per bucket in Redis, the calls of
-  one loop tick coalesced, behind a circuit breaker that falls back to a LocalLimiter.
+- `SharedLimiter` (shared_limiter.py): one Lua script call per stage in Redis, the
+  calls of one loop tick coalesced, behind a circuit breaker that falls back to a
+  LocalLimiter.
 
 Both return a `Decision`, whose headers go on every keyed response.
 """

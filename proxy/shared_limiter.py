@@ -1,10 +1,22 @@
 """Rate limits shared by every instance through Redis (SPEC section 3).
 
-One Lua script (store/bucket.lua) decides a bucket atomically on the server's clock.
-The requests of one loop tick that share a bucket are coalesced into one script call
-with their count as its cost, and the calls of a tick leave in one socket write
+One Lua script (store/bucket.lua) decides a stage (ratelimit.Stage: the buckets and
+quota of one Redis hash slot) atomically on the server's clock, all or nothing. The
+requests of one loop tick that share a stage are coalesced into one script call with
+their count as its cost, and the calls of a tick leave in one socket write
 (store/resp.py): redis-py costs 100-160 µs of client CPU per call, this ~10 µs per
 call and one call per hot key per tick (NOTES.md "Redis").
+
+A refusal never spends another's tokens or quota (issue 12 item 6). Within a stage the
+script sees to it: a request refused by its per-IP bucket takes nothing from the key's
+bucket or quota. A key's stage and its customer's live in different hash slots (Redis
+Cluster cannot run one script over both), so the two are called in the same tick, in
+parallel (still one round trip), and when one admits a request the other refused, its
+token and count go back with the next tick's call (`refund`). Until then, about one
+round trip, they are held: a client refused at high rate holds a few of its customer's
+tokens at any moment, never spends them. The alternative, the customer's call only
+after the key's admitted, would be exact but cost a second round trip on every request
+of a customer with a plan cap or a pooled quota.
 
 Leases: a busy key's requests mostly decide with no await at all. When a tick calls the
 script for a key's own bucket, it asks for a few tokens more than the tick's requests
