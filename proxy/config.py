@@ -63,6 +63,9 @@ class KeysConfig:
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     token: str | None = None  # None: the admin API answers 401 to everything
+    # Live keys a customer token may hold when its customer record sets no max_keys
+    # (issue 12): bounds what one token can write to the store. None: no cap.
+    customer_max_keys: int | None = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,7 +545,13 @@ _CONFIG = _section(
         "on_store_error": _text("allow|deny", "allow or deny"),
         "trusted_proxies": _networks,
         "keys": _KEYS,
-        "admin": _section(AdminConfig, {"token": _optional(_SECRET, _UNSET_IF_EMPTY)}),
+        "admin": _section(
+            AdminConfig,
+            {
+                "token": _optional(_SECRET, _UNSET_IF_EMPTY),
+                "customer_max_keys": _optional(_integer(1)),
+            },
+        ),
         "routes": _routes,
         "cache": _CACHE,
         "origin_timeouts": _section(

@@ -209,10 +209,10 @@ class Pipeline:
             metrics.count("customer_bytes", customer, exchange.sent)
 
     def _count(self, exchange: Exchange) -> None:
-        """Bytes sent count against the key's monthly byte quota."""
+        """Bytes sent count against the monthly byte quotas (the key's, its customer's)."""
         entry = exchange.entry
-        if entry is not None and entry.limits is not None and entry.limits.quota_bytes:
-            self._limiter.sent(entry.limits.key_id, exchange.sent)
+        if entry is not None and entry.limits is not None and entry.limits.counts_bytes:
+            self._limiter.sent(entry.limits, exchange.sent)
 
 
 def _bearer(headers: Mapping[str, str]) -> str | None:

@@ -1,13 +1,18 @@
 """Rate limits and monthly quotas: SPEC section 3, checks 9 and 10 of section 1.
 
 A key's limits (`KeyLimits`) are resolved once per record load: its own bucket
-(`rate`, `burst`, else `keys.defaults`), an optional bucket per (key, client IP), the
-customer's plan-cap bucket, and its monthly quotas. Two limiters decide:
+(`rate`, `burst`, else `keys.defaults`), an optional bucket per (key, client IP or
+IPv6 /64), the customer's plan-cap bucket, its monthly quotas and its customer's pooled
+monthly quota. They are grouped in `Stage`s, one per Redis hash slot, narrowest first:
+the key's (per-IP bucket, key bucket, key quota) then the customer's (its bucket and
+quota). A request is admitted only when every bucket and quota admits it, and a refused
+request spends none of them (issue 12 item 6). Two limiters decide:
 
 - `LocalLimiter`: buckets in this process. The SQLite store's limiter (each of N
   workers holds 1/N of every rate and burst), and every limiter's fallback.
-- `SharedLimiter` (limiter_redis.py): one Lua script per bucket in Redis, the calls of
-  one loop tick coalesced, behind a circuit breaker that falls back to a LocalLimiter.
+- `SharedLimiter` (shared_limiter.py): one Lua script call per stage in Redis, the
+  calls of one loop tick coalesced, behind a circuit breaker that falls back to a
+  LocalLimiter.
 
 Both return a `Decision`, whose headers go on every keyed response.
 """
@@ -18,10 +23,11 @@ import abc
 import asyncio
 import calendar
 import contextlib
+import ipaddress
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .config import KeyDefaults
@@ -41,6 +47,35 @@ class Bucket:
 
 
 @dataclass(frozen=True, slots=True)
+class Stage:
+    """Buckets and a monthly quota that share one Redis hash slot, so that one script
+    call decides them all or nothing: a request takes a token from every bucket and
+    counts against the quota only when every one of them admits it (issue 12 item 6).
+
+    A key's stage holds its per-IP bucket (narrowest first), its own bucket and its
+    quota, all tagged {key_id}; its customer's stage holds the customer's bucket and
+    pooled quota, tagged {c:customer_id}. `id` names the stage for coalescing."""
+
+    id: str
+    buckets: tuple[Bucket, ...]  # narrowest first
+    quota_owner: str | None = None  # the quota counters' id: a key id, or c:<customer id>
+    quota_requests: int | None = None
+    quota_bytes: int | None = None
+    key_index: int = -1  # where the key's own bucket is in `buckets` (headers), -1: none
+
+    @property
+    def quota_id(self) -> str:
+        """The Redis hash of this month's counters is quota_id + ":YYYYMM"."""
+        return f"kf:q:{{{self.quota_owner}}}"
+
+
+def customer_quota_owner(customer_id: str) -> str:
+    """A customer's quota counters sit beside its keys' (in the SQLite quota table);
+    a key id is base62, so the colon keeps the two apart."""
+    return f"c:{customer_id}"
+
+
+@dataclass(frozen=True, slots=True)
 class KeyLimits:
     key_id: str
     bucket: Bucket | None  # the key's own; its state fills the RateLimit-* headers
@@ -49,32 +84,69 @@ class KeyLimits:
     customer_bucket: Bucket | None
     quota_requests: int | None
     quota_bytes: int | None
+    customer_id: str = ""
+    customer_quota_requests: int | None = None  # one pool for all the customer's keys
+    customer_quota_bytes: int | None = None
+    # Built once per record load by __post_init__: a request without a per-IP bucket
+    # allocates nothing to find its stages.
+    stages_fixed: tuple[Stage, ...] = field(init=False, compare=False, repr=False)
+    customer_stages: tuple[Stage, ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        key_stage = self._key_stage(None)
+        customer = self._customer_stage()
+        object.__setattr__(self, "customer_stages", customer)
+        object.__setattr__(self, "stages_fixed", (key_stage, *customer) if key_stage else customer)
 
     @property
     def has_quota(self) -> bool:
         return self.quota_requests is not None or self.quota_bytes is not None
 
     @property
+    def has_customer_quota(self) -> bool:
+        return self.customer_quota_requests is not None or self.customer_quota_bytes is not None
+
+    @property
+    def counts_bytes(self) -> bool:
+        """Bytes sent count against a monthly byte quota (the key's or its customer's)."""
+        return bool(self.quota_bytes) or bool(self.customer_quota_bytes)
+
+    @property
     def unlimited(self) -> bool:
         """No bucket, no quota: checks 9 and 10 have nothing to decide."""
-        return (
-            self.bucket is None
-            and self.ip_rate is None
-            and self.customer_bucket is None
-            and not self.has_quota
-        )
+        return not self.stages_fixed and self.ip_rate is None
 
-    def buckets(self, client_ip: str) -> list[Bucket]:
-        """The buckets one request must pass; the key's own first."""
-        found = [self.bucket] if self.bucket else []
-        if self.ip_rate is not None:
-            ip_bucket = Bucket(
-                f"kf:b:{{{self.key_id}}}:ip:{client_ip}", self.ip_rate.per_second, self.ip_burst
-            )
-            found.append(ip_bucket)
-        if self.customer_bucket:
-            found.append(self.customer_bucket)
-        return found
+    def stages(self, client_ip: str) -> tuple[Stage, ...]:
+        """The stages one request must pass, narrowest first: the key's (with its
+        per-IP bucket when it has one), then its customer's."""
+        if self.ip_rate is None:
+            return self.stages_fixed
+        key_stage = self._key_stage(client_ip)
+        assert key_stage is not None  # it holds the per-IP bucket
+        return (key_stage, *self.customer_stages)
+
+    def _key_stage(self, client_ip: str | None) -> Stage | None:
+        buckets = [self.bucket] if self.bucket else []
+        if client_ip is not None and self.ip_rate is not None:
+            # Narrowest first (issue 12 item 6); IPv6 by /64 (client_prefix).
+            bucket_id = f"kf:b:{{{self.key_id}}}:ip:{client_prefix(client_ip)}"
+            buckets.insert(0, Bucket(bucket_id, self.ip_rate.per_second, self.ip_burst))
+        if not buckets and not self.has_quota:
+            return None
+        owner = self.key_id if self.has_quota else None
+        key_index = len(buckets) - 1 if self.bucket else -1
+        stage_id = "|".join(b.id for b in buckets) or f"kf:q:{{{self.key_id}}}"
+        return Stage(stage_id, tuple(buckets), owner, self.quota_requests, self.quota_bytes,
+                     key_index)  # fmt: skip
+
+    def _customer_stage(self) -> tuple[Stage, ...]:
+        if self.customer_bucket is None and not self.has_customer_quota:
+            return ()
+        buckets = (self.customer_bucket,) if self.customer_bucket else ()
+        owner = customer_quota_owner(self.customer_id) if self.has_customer_quota else None
+        stage_id = buckets[0].id if buckets else f"kf:q:{{{owner}}}"
+        return (Stage(stage_id, buckets, owner, self.customer_quota_requests,
+                      self.customer_quota_bytes),)  # fmt: skip
 
     @classmethod
     def of(cls, record: KeyRecord, customer: Customer | None, defaults: KeyDefaults) -> KeyLimits:
@@ -94,7 +166,37 @@ class KeyLimits:
             customer_bucket,
             _first(record.quota_requests, defaults.quota_requests),
             _first(record.quota_bytes, defaults.quota_bytes),
+            record.customer_id,
+            customer.quota_requests if customer else None,
+            customer.quota_bytes if customer else None,
         )
+
+
+_prefixes: dict[str, str] = {}
+
+
+def client_prefix(ip: str) -> str:
+    """What a per-IP bucket is per: an IPv4 address, an IPv6 /64 (one subscriber's
+    network: rotating addresses within it is free, issue 12), an IPv4-mapped IPv6
+    address as its IPv4 address. Cached per process like policy._ip_values."""
+    if ":" not in ip:
+        return ip  # IPv4 (or unparsable, as given): the common case, no parse
+    try:
+        return _prefixes[ip]
+    except KeyError:
+        pass
+    try:
+        address = ipaddress.IPv6Address(ip)
+    except ValueError:
+        prefix = ip[:64]
+    else:
+        mapped = address.ipv4_mapped
+        prefix = str(mapped) if mapped else f"{int(address) >> 64:x}/64"
+    if len(ip) <= 64:
+        if len(_prefixes) >= 4096:
+            _prefixes.clear()  # cheaper than LRU bookkeeping on every hit
+        _prefixes[ip] = prefix
+    return prefix
 
 
 def _bucket(bucket_id: str, rate: Rate | None, burst: int | None) -> Bucket | None:
@@ -182,24 +284,51 @@ class Limiter(abc.ABC):
         the request against the quota. The Decision's refusal is set when refused."""
 
     @abc.abstractmethod
-    def sent(self, key_id: str, nbytes: int) -> None:
-        """Count body bytes sent, for the monthly byte quota. Never blocks."""
+    def sent(self, limits: KeyLimits, nbytes: int) -> None:
+        """Count body bytes sent, for the monthly byte quotas (the key's and its
+        customer's). Never blocks."""
 
 
 class LocalBuckets:
-    """Token buckets in this process: the monotonic clock, no I/O, ~0.5 µs a take."""
+    """Token buckets in this process: the monotonic clock, no I/O, ~0.5 µs a take.
 
-    def __init__(self, scale: float = 1.0) -> None:
+    The table holds one entry per recently active bucket (per key, per key and client
+    IP or /64, per customer). A bucket that has refilled is dropped (a missing bucket
+    starts full, so that changes no decision); past `max_buckets` the fullest go first,
+    so clients that rotate addresses cannot grow it without bound (issue 12)."""
+
+    def __init__(self, scale: float = 1.0, max_buckets: int = 100_000) -> None:
         self._scale = scale  # 1/N when N workers share the limit without a shared store
+        self._max = max_buckets
         self._state: dict[str, list[float]] = {}  # id -> [tokens, at, full again at]
         self._last_sweep = time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def level(self, bucket: Bucket) -> float:
+        """The bucket's tokens now, scaled back to the whole bucket; takes none."""
+        rate, burst = bucket.rate * self._scale, max(1.0, bucket.burst * self._scale)
+        state = self._state.get(bucket.id)
+        if state is None:
+            return burst / self._scale
+        return min(burst, state[0] + (time.monotonic() - state[1]) * rate) / self._scale
+
+    def admits(self, bucket: Bucket) -> bool:
+        """A take() now would admit one request."""
+        return self.level(bucket) * self._scale >= 1.0
 
     def take(self, bucket: Bucket, cost: int = 1) -> tuple[int, float]:
         """(admitted of `cost`, tokens left), the tokens scaled back to the whole bucket."""
         rate, burst = bucket.rate * self._scale, max(1.0, bucket.burst * self._scale)
         now = time.monotonic()
         state = self._state.get(bucket.id)
-        tokens = burst if state is None else min(burst, state[0] + (now - state[1]) * rate)
+        if state is None:
+            tokens = burst
+            if len(self._state) >= self._max:
+                self._sweep(now)
+        else:
+            tokens = min(burst, state[0] + (now - state[1]) * rate)
         admitted = min(cost, int(tokens))
         tokens -= admitted
         self._state[bucket.id] = [tokens, now, now + (burst - tokens) / rate]
@@ -208,11 +337,15 @@ class LocalBuckets:
         return admitted, tokens / self._scale
 
     def _sweep(self, now: float) -> None:
-        # A bucket that has refilled is dropped: a missing bucket starts full, so this
-        # changes no decision and bounds memory by the recently active buckets.
         self._last_sweep = now
         for bucket_id in [k for k, state in self._state.items() if state[2] <= now]:
             del self._state[bucket_id]
+        if len(self._state) >= self._max:
+            # Still full: forget the tenth nearest to full. Each starts over full, the
+            # least generous error available without unbounded memory.
+            nearest = sorted(self._state.items(), key=lambda item: item[1][2])
+            for bucket_id, _ in nearest[: max(1, len(nearest) // 10)]:
+                del self._state[bucket_id]
 
 
 class QuotaLedger(Protocol):
@@ -221,15 +354,16 @@ class QuotaLedger(Protocol):
     async def add_quota_usage(
         self, month: str, deltas: dict[str, tuple[int, int]], read: Iterable[str]
     ) -> dict[str, tuple[int, int]]:
-        """Add (requests, bytes) per key id to `month`'s counters; return the totals of
-        the keys in `deltas` and `read`."""
+        """Add (requests, bytes) per owner (a key id, or c:<customer id>) to `month`'s
+        counters; return the totals of the owners in `deltas` and `read`."""
         ...
 
 
 class LocalQuotas:
     """Monthly counters as last read from the ledger (shared by every process on the
     host), plus what this process counted since. Synced every `usage.flush_interval`,
-    so a quota is enforced to within about one interval of traffic."""
+    so a quota is enforced to within about one interval of traffic. Counters are per
+    owner: a key id, or c:<customer id> for a customer's pooled quota."""
 
     def __init__(self, ledger: QuotaLedger | None) -> None:
         self._ledger = ledger
@@ -237,19 +371,23 @@ class LocalQuotas:
         self._totals: dict[str, tuple[int, int]] = {}
         self._pending: dict[str, list[int]] = {}
 
-    def exhausted(self, limits: KeyLimits) -> bool:
-        requests, nbytes = self._totals.get(limits.key_id, (0, 0))
-        pending = self._pending.get(limits.key_id)
+    def exhausted(self, stage: Stage) -> bool:
+        """No request of `stage` may start: its quota is spent."""
+        owner = stage.quota_owner
+        if owner is None:
+            return False
+        requests, nbytes = self._totals.get(owner, (0, 0))
+        pending = self._pending.get(owner)
         if pending:
             requests, nbytes = requests + pending[0], nbytes + pending[1]
-        if limits.quota_bytes is not None and nbytes >= limits.quota_bytes:
+        if stage.quota_bytes is not None and nbytes >= stage.quota_bytes:
             return True
-        return limits.quota_requests is not None and requests >= limits.quota_requests
+        return stage.quota_requests is not None and requests >= stage.quota_requests
 
-    def count(self, key_id: str, requests: int, nbytes: int) -> None:
-        pending = self._pending.get(key_id)
+    def count(self, owner: str, requests: int, nbytes: int) -> None:
+        pending = self._pending.get(owner)
         if pending is None:
-            self._pending[key_id] = [requests, nbytes]
+            self._pending[owner] = [requests, nbytes]
         else:
             pending[0] += requests
             pending[1] += nbytes
@@ -266,8 +404,8 @@ class LocalQuotas:
         try:
             self._totals = await self._ledger.add_quota_usage(month, deltas, self._totals)
         except StoreError:
-            for key_id, (requests, nbytes) in deltas.items():  # kept for the next try
-                self.count(key_id, requests, nbytes)
+            for owner, (requests, nbytes) in deltas.items():  # kept for the next try
+                self.count(owner, requests, nbytes)
 
 
 class LocalLimiter(Limiter):
@@ -301,21 +439,40 @@ class LocalLimiter(Limiter):
         return self.decide(limits, client_ip)
 
     def decide(self, limits: KeyLimits, client_ip: str) -> Decision:
-        """The synchronous decision: no I/O at all."""
-        key_tokens = 0.0
-        for bucket in limits.buckets(client_ip):
-            admitted, tokens = self.buckets.take(bucket)
-            if bucket is limits.bucket:
-                key_tokens = tokens
-            if not admitted:
-                wait = retry_after_tokens(bucket, tokens)
-                return decision(limits.bucket, key_tokens, RateLimited, wait)
-        if limits.has_quota:
-            if self.quotas.exhausted(limits):
+        """The synchronous decision: no I/O at all. Every bucket and quota is checked,
+        narrowest first, before any is spent: a refused request spends nothing."""
+        stages = limits.stages(client_ip)
+        if len(stages) == 1 and stages[0].quota_owner is None and len(stages[0].buckets) == 1:
+            return self._take_one(limits, stages[0].buckets[0])  # the common case
+        for stage in stages:
+            for bucket in stage.buckets:
+                if not self.buckets.admits(bucket):
+                    key_tokens = self.buckets.level(limits.bucket) if limits.bucket else 0.0
+                    wait = retry_after_tokens(bucket, self.buckets.level(bucket))
+                    return decision(limits.bucket, key_tokens, RateLimited, wait)
+            if self.quotas.exhausted(stage):
+                key_tokens = self.buckets.level(limits.bucket) if limits.bucket else 0.0
                 wait = seconds_to_month_end(time.time())
                 return decision(limits.bucket, key_tokens, QuotaExceeded, wait)
-            self.quotas.count(limits.key_id, 1, 0)
+        key_tokens = 0.0
+        for stage in stages:
+            for bucket in stage.buckets:
+                tokens = self.buckets.take(bucket)[1]
+                if bucket is limits.bucket:
+                    key_tokens = tokens
+            if stage.quota_owner is not None:
+                self.quotas.count(stage.quota_owner, 1, 0)
         return decision(limits.bucket, key_tokens)
 
-    def sent(self, key_id: str, nbytes: int) -> None:
-        self.quotas.count(key_id, 0, nbytes)
+    def _take_one(self, limits: KeyLimits, bucket: Bucket) -> Decision:
+        """One bucket and nothing else: one take() is all or nothing already."""
+        admitted, tokens = self.buckets.take(bucket)
+        key_tokens = tokens if bucket is limits.bucket else 0.0
+        if admitted:
+            return decision(limits.bucket, key_tokens)
+        return decision(limits.bucket, key_tokens, RateLimited, retry_after_tokens(bucket, tokens))
+
+    def sent(self, limits: KeyLimits, nbytes: int) -> None:
+        for stage in limits.stages_fixed:
+            if stage.quota_owner is not None and stage.quota_bytes is not None:
+                self.quotas.count(stage.quota_owner, 0, nbytes)

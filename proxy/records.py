@@ -15,6 +15,7 @@ from .units import Rate, parse_rate
 
 KeyStatus = Literal["active", "disabled", "revoked"]
 CustomerStatus = Literal["active", "disabled"]
+DisabledBy = Literal["operator", "customer"]
 KEY_STATUSES: tuple[str, ...] = ("active", "disabled", "revoked")
 CUSTOMER_STATUSES: tuple[str, ...] = ("active", "disabled")
 
@@ -29,8 +30,9 @@ class Customer:
     created_at: int = 0  # unix seconds
     max_rate: Rate | None = None  # plan caps: a key's own settings may not exceed them
     max_burst: int | None = None
-    quota_requests: int | None = None  # per calendar month (UTC)
+    quota_requests: int | None = None  # per calendar month (UTC), one pool for all its keys
     quota_bytes: int | None = None
+    max_keys: int | None = None  # live keys (not revoked, not expired); None: see actions
 
     def to_json(self) -> str:
         return _dump(self)
@@ -63,6 +65,15 @@ class KeyRecord:
     link_secret: str | None = None
     require_signed_links: bool = False
     version: int = 0  # the signing-secret version of the key string (for `keys roll`)
+    # Who set status "disabled" (issue 12 item 11): a customer token may lift only its
+    # own disabling, never the operator's suspension. None while active.
+    disabled_by: DisabledBy | None = None
+
+    @property
+    def suspended(self) -> bool:
+        """Disabled by the operator: only an operator (token or CLI) lifts it. A key
+        disabled before `disabled_by` existed counts as suspended, the safe reading."""
+        return self.status == "disabled" and self.disabled_by != "customer"
 
     def to_json(self) -> str:
         return _dump(self)

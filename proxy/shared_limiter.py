@@ -1,10 +1,22 @@
 """Rate limits shared by every instance through Redis (SPEC section 3).
 
-One Lua script (store/bucket.lua) decides a bucket atomically on the server's clock.
-The requests of one loop tick that share a bucket are coalesced into one script call
-with their count as its cost, and the calls of a tick leave in one socket write
+One Lua script (store/bucket.lua) decides a stage (ratelimit.Stage: the buckets and
+quota of one Redis hash slot) atomically on the server's clock, all or nothing. The
+requests of one loop tick that share a stage are coalesced into one script call with
+their count as its cost, and the calls of a tick leave in one socket write
 (store/resp.py): redis-py costs 100-160 µs of client CPU per call, this ~10 µs per
 call and one call per hot key per tick (NOTES.md "Redis").
+
+A refusal never spends another's tokens or quota (issue 12 item 6). Within a stage the
+script sees to it: a request refused by its per-IP bucket takes nothing from the key's
+bucket or quota. A key's stage and its customer's live in different hash slots (Redis
+Cluster cannot run one script over both), so the two are called in the same tick, in
+parallel (still one round trip), and when one admits a request the other refused, its
+token and count go back with the next tick's call (`refund`). Until then, about one
+round trip, they are held: a client refused at high rate holds a few of its customer's
+tokens at any moment, never spends them. The alternative, the customer's call only
+after the key's admitted, would be exact but cost a second round trip on every request
+of a customer with a plan cap or a pooled quota.
 
 Leases: a busy key's requests mostly decide with no await at all. When a tick calls the
 script for a key's own bucket, it asks for a few tokens more than the tick's requests
@@ -48,6 +60,7 @@ from .ratelimit import (
     KeyLimits,
     Limiter,
     LocalLimiter,
+    Stage,
     decision,
     month_of,
     retry_after_tokens,
@@ -65,25 +78,26 @@ QUOTA_RETENTION = 40 * 86400  # seconds a month's quota counters outlive the mon
 LEASE_SHARE = 100  # a lease holds at most burst / LEASE_SHARE tokens (1% of the bucket)
 LEASE_MAX = 256  # and at most this many
 LEASE_LIFE = 0.05  # seconds: unspent leased tokens lapse
+MAX_LEASES = 10_000  # past this many, lapsed leases are dropped when a new one starts
 
 
 @dataclass(slots=True)  # not frozen: one per request, and a frozen __init__ is slower
 class Outcome:
-    """One request's share of a coalesced bucket call."""
+    """One request's share of a coalesced stage call."""
 
     admitted: bool
-    tokens: float
+    levels: list[float]  # each bucket's tokens after the call, shared by its waiters
     quota_exhausted: bool
 
 
 @dataclass(slots=True)
 class Batch:
-    """The requests of one tick that share a bucket."""
+    """The requests of one tick that share a stage (its buckets and quota)."""
 
-    bucket: Bucket
-    quota: KeyLimits | None  # set on the key's own bucket when the key has quotas
+    stage: Stage
     waiters: list[asyncio.Future[Outcome]] = field(default_factory=list)
     lease: int = 0  # tokens asked for beyond the waiters', to keep as a lease
+    refund: int = 0  # requests this stage admitted that another stage refused
 
 
 @dataclass(slots=True)
@@ -126,7 +140,7 @@ class SharedLimiter(Limiter):
         self._fallback = fallback
         self._batches: dict[str, Batch] = {}
         self._leases: dict[str, Lease] = {}  # bucket id -> the lease held here
-        self._bytes: dict[str, int] = {}  # key id -> bytes sent, not yet in the quota
+        self._bytes: dict[str, int] = {}  # quota owner -> bytes sent, not yet counted
         self.healthy = True
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -150,79 +164,90 @@ class SharedLimiter(Limiter):
     async def check(self, limits: KeyLimits, client_ip: str) -> Decision:
         if not self.healthy:
             return self._degraded(limits, client_ip)
-        buckets = limits.buckets(client_ip)
-        leasing = len(buckets) == 1 and not limits.has_quota and _lease_size(buckets[0]) > 0
+        stages = limits.stages(client_ip)
+        if not stages:
+            return decision(None, 0.0)
+        first = stages[0]
+        leasing = len(stages) == 1 and _leases(first)
         if leasing:
-            lease = self._leases.get(buckets[0].id)
+            lease = self._leases.get(first.id)
             if lease is not None and lease.tokens > 0 and lease.until > time.monotonic():
-                return self._spend(buckets[0], lease)  # no await: the common case
-        if limits.has_quota and limits.bucket is None:
-            # Quota without a key bucket: an unlimited bucket carries the quota.
-            buckets.insert(0, Bucket(f"kf:b:{{{limits.key_id}}}", 1e9, 10**9))
-        quota = limits if limits.has_quota else None
+                return self._spend(first, lease)  # no await: the common case
         # No asyncio.timeout here: one timer per tick bounds every waiter (see _flush);
         # a timeout context per request cost ~15% of a 10 KB hit.
         try:
-            if len(buckets) == 1:  # the common case: the key's own bucket
-                outcomes = [await self._ask(buckets[0], quota, leasing)]
-            else:
-                waits = [self._ask(b, quota if i == 0 else None) for i, b in enumerate(buckets)]
+            if len(stages) == 1:  # the common case: the key's own stage
+                outcomes = [await self._ask(first, leasing)]
+            else:  # the key's stage and its customer's, in the same tick
+                waits = [self._ask(stage) for stage in stages]
                 outcomes = [await wait for wait in waits]
         except (StoreError, TimeoutError) as exc:
             self._trip(exc)
             return self._degraded(limits, client_ip)
-        return self._decide(limits, buckets, outcomes)
+        if len(outcomes) > 1 and not all(o.admitted for o in outcomes):
+            self._refund(stages, outcomes)
+        return self._decide(limits, stages, outcomes)
+
+    def _refund(self, stages: tuple[Stage, ...], outcomes: list[Outcome]) -> None:
+        """A request refused by one stage gives back what another admitted (a
+        customer's bucket sits in another Redis Cluster slot than its key's, so the
+        two cannot be one script): the refund rides the next tick's call. Until it
+        lands, about one round trip, the tokens are held, never lost."""
+        for stage, outcome in zip(stages, outcomes, strict=True):
+            if outcome.admitted:
+                self._batch(stage).refund += 1
 
     def _decide(
-        self, limits: KeyLimits, buckets: list[Bucket], outcomes: list[Outcome]
+        self, limits: KeyLimits, stages: tuple[Stage, ...], outcomes: list[Outcome]
     ) -> Decision:
-        key_tokens = outcomes[0].tokens if limits.bucket else 0.0
-        for bucket, outcome in zip(buckets, outcomes, strict=True):
+        first = stages[0]
+        key_tokens = outcomes[0].levels[first.key_index] if first.key_index >= 0 else 0.0
+        for stage, outcome in zip(stages, outcomes, strict=True):
             if outcome.quota_exhausted:
                 wait = seconds_to_month_end(time.time())
                 return decision(limits.bucket, key_tokens, QuotaExceeded, wait)
             if not outcome.admitted:
-                wait = retry_after_tokens(bucket, outcome.tokens)
+                wait = _retry_after(stage, outcome.levels)
                 return decision(limits.bucket, key_tokens, RateLimited, wait)
         return decision(limits.bucket, key_tokens, None)
 
-    def _spend(self, bucket: Bucket, lease: Lease) -> Decision:
+    def _spend(self, stage: Stage, lease: Lease) -> Decision:
+        bucket = stage.buckets[0]
         lease.tokens -= 1
         if lease.tokens <= lease.size // 2 and not lease.refilling:
             lease.refilling = True
             # Rides along in the next tick; a lease spent this fast may be larger.
-            self._batch(bucket, None).lease = min(_lease_size(bucket), 2 * lease.size)
+            self._batch(stage).lease = min(_lease_size(bucket), 2 * lease.size)
         return decision(bucket, min(bucket.burst, lease.left + lease.tokens))
 
-    def sent(self, key_id: str, nbytes: int) -> None:
+    def sent(self, limits: KeyLimits, nbytes: int) -> None:
         if nbytes > 0:
-            self._bytes[key_id] = self._bytes.get(key_id, 0) + nbytes
-        self._fallback.sent(key_id, nbytes)
+            for stage in limits.stages_fixed:
+                owner = stage.quota_owner
+                if owner is not None and stage.quota_bytes is not None:
+                    self._bytes[owner] = self._bytes.get(owner, 0) + nbytes
+        self._fallback.sent(limits, nbytes)
 
-    # --- coalescing: one script call per bucket per loop tick ---
+    # --- coalescing: one script call per stage per loop tick ---
 
-    def _ask(
-        self, bucket: Bucket, quota: KeyLimits | None, leasing: bool = False
-    ) -> asyncio.Future[Outcome]:
+    def _ask(self, stage: Stage, leasing: bool = False) -> asyncio.Future[Outcome]:
         waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        batch = self._batch(bucket, quota)
+        batch = self._batch(stage)
         batch.waiters.append(waiter)
         if leasing:  # a tick's demand twice over, or a live lease that ran dry doubled
-            held = self._leases.get(bucket.id)
+            held = self._leases.get(stage.id)
             dry = 2 * held.size if held is not None and held.until > time.monotonic() else 0
             wanted = max(batch.lease, 2 * len(batch.waiters), dry)
-            batch.lease = min(_lease_size(bucket), wanted)
+            batch.lease = min(_lease_size(stage.buckets[0]), wanted)
         return waiter
 
-    def _batch(self, bucket: Bucket, quota: KeyLimits | None) -> Batch:
-        """This tick's batch for `bucket`; the first of a tick schedules the flush."""
-        batch = self._batches.get(bucket.id)
+    def _batch(self, stage: Stage) -> Batch:
+        """This tick's batch for `stage`; the first of a tick schedules the flush."""
+        batch = self._batches.get(stage.id)
         if batch is None:
             if not self._batches:
                 asyncio.get_running_loop().call_soon(self._flush)
-            batch = self._batches[bucket.id] = Batch(bucket, quota)
-        elif quota is not None:
-            batch.quota = quota
+            batch = self._batches[stage.id] = Batch(stage)
         return batch
 
     def _flush(self) -> None:
@@ -230,24 +255,26 @@ class SharedLimiter(Limiter):
         now = time.time()
         tick = Tick(len(batches))
         for batch in batches.values():
-            key_id = batch.quota.key_id if batch.quota else None
-            nbytes = self._bytes.pop(key_id, 0) if key_id else 0
+            owner = batch.stage.quota_owner
+            nbytes = self._bytes.pop(owner, 0) if owner is not None else 0
             cost = len(batch.waiters) + batch.lease
-            reply = self._call(batch.bucket, cost, batch.quota, nbytes, now)
+            reply = self._call(batch.stage, cost, batch.refund, nbytes, now)
             reply.add_done_callback(functools.partial(self._settle, batch, tick, nbytes))
         waiters = [waiter for batch in batches.values() for waiter in batch.waiters]
         tick.timer = asyncio.get_running_loop().call_later(self._timeout, _expire, waiters)
 
     def _call(
-        self, bucket: Bucket, cost: int, quota: KeyLimits | None, nbytes: int, now: float
+        self, stage: Stage, cost: int, refund: int, nbytes: int, now: float
     ) -> asyncio.Future[object]:
-        keys = [bucket.id]
+        keys = [bucket.id for bucket in stage.buckets]
         limits = (-1, -1)
-        if quota is not None:
-            keys.append(f"kf:q:{{{quota.key_id}}}:{month_of(now)}")
-            limits = (_or_none(quota.quota_requests), _or_none(quota.quota_bytes))
+        if stage.quota_owner is not None:
+            keys.append(f"{stage.quota_id}:{month_of(now)}")
+            limits = (_or_none(stage.quota_requests), _or_none(stage.quota_bytes))
         ttl = int(seconds_to_month_end(now)) + QUOTA_RETENTION
-        args = [bucket.rate, bucket.burst, cost, limits[0], limits[1], nbytes, ttl]
+        args: list[float] = [len(stage.buckets), cost, refund, limits[0], limits[1], nbytes, ttl]
+        for bucket in stage.buckets:
+            args += (bucket.rate, bucket.burst)
         return self._client.evalsha(SCRIPT_SHA, SCRIPT, keys, args)
 
     def _settle(self, batch: Batch, tick: Tick, nbytes: int, reply: asyncio.Future[object]) -> None:
@@ -256,35 +283,37 @@ class SharedLimiter(Limiter):
             tick.timer.cancel()
         error = reply.exception() if not reply.cancelled() else StoreError("cancelled")
         if error is not None:
-            if nbytes and batch.quota:  # not counted: keep for the next call
-                self.sent(batch.quota.key_id, nbytes)
+            owner = batch.stage.quota_owner
+            if nbytes and owner is not None:  # not counted: keep for the next call
+                self._bytes[owner] = self._bytes.get(owner, 0) + nbytes
             for waiter in batch.waiters:
                 if not waiter.done():
                     waiter.set_exception(StoreError(str(error)))
             return
-        admitted, tokens_milli, _, _, exhausted = cast(list[int], reply.result())
+        admitted, exhausted, _, _, *milli = cast(list[int], reply.result())
+        levels = [tokens / 1000 for tokens in milli]
         for i, waiter in enumerate(batch.waiters):
             if not waiter.done():
-                waiter.set_result(
-                    Outcome(i < admitted, tokens_milli / 1000, bool(exhausted) and i >= admitted)
-                )
+                waiter.set_result(Outcome(i < admitted, levels, bool(exhausted) and i >= admitted))
         if batch.lease:
-            self._grant(batch, admitted - len(batch.waiters), tokens_milli / 1000)
+            self._grant(batch, admitted - len(batch.waiters), levels[0])
 
     def _grant(self, batch: Batch, granted: int, left: float) -> None:
         """Keep the tokens admitted beyond the waiters' as the bucket's lease (a
         waiter that timed out meanwhile leaves its token unused: never over-admits)."""
-        bucket_id = batch.bucket.id
-        lease = self._leases.get(bucket_id)
+        stage_id = batch.stage.id
+        lease = self._leases.get(stage_id)
         now = time.monotonic()
         if lease is None or lease.until <= now:
-            lease = self._leases[bucket_id] = Lease(0, left, now, batch.lease)
+            if lease is None and len(self._leases) >= MAX_LEASES:
+                self._leases = {k: v for k, v in self._leases.items() if v.until > now}
+            lease = self._leases[stage_id] = Lease(0, left, now, batch.lease)
         lease.tokens += max(0, granted)
         # Never smaller: a refill and a dry tick's call can land in either order.
         lease.left, lease.until, lease.size = left, now + LEASE_LIFE, max(lease.size, batch.lease)
         lease.refilling = False
 
-    # --- bytes for the byte quota, for keys with no request in flight ---
+    # --- bytes for the byte quotas, for owners with no request in flight ---
 
     async def _flush_bytes_forever(self) -> None:
         while True:
@@ -297,12 +326,12 @@ class SharedLimiter(Limiter):
     async def _flush_bytes(self) -> None:
         pending, self._bytes = self._bytes, {}
         now = time.time()
-        for key_id, nbytes in pending.items():
-            quota = KeyLimits(key_id, None, None, 1, None, None, None)
+        for owner, nbytes in pending.items():
+            stage = Stage(f"kf:q:{{{owner}}}", (), owner)
             try:
-                await self._call(Bucket(f"kf:b:{{{key_id}}}", 1.0, 1), 0, quota, nbytes, now)
+                await self._call(stage, 0, 0, nbytes, now)
             except StoreError:
-                self._bytes[key_id] = self._bytes.get(key_id, 0) + nbytes
+                self._bytes[owner] = self._bytes.get(owner, 0) + nbytes
                 raise
 
     # --- the circuit breaker ---
@@ -325,15 +354,30 @@ class SharedLimiter(Limiter):
         self._tasks.append(asyncio.create_task(self._probe()))
 
     async def _probe(self) -> None:
-        probe = Bucket("kf:b:{probe}", 1.0, 1)
+        probe = Stage("kf:b:{probe}", (Bucket("kf:b:{probe}", 1.0, 1),))
         while not self.healthy:
             await asyncio.sleep(PROBE_INTERVAL)
             with contextlib.suppress(StoreError, TimeoutError):
                 async with asyncio.timeout(max(self._timeout, 0.5)):
                     await self._client.ensure_connected()
-                    await self._call(probe, 0, None, 0, time.time())
+                    await self._call(probe, 0, 0, 0, time.time())
                     self.healthy = True
                     log.warning("rate-limit store answers again: shared limits resume")
+
+
+def _leases(stage: Stage) -> bool:
+    """Only a lone bucket without a quota leases: the others' counts stay exact."""
+    return (
+        len(stage.buckets) == 1 and stage.quota_owner is None and _lease_size(stage.buckets[0]) > 0
+    )
+
+
+def _retry_after(stage: Stage, levels: list[float]) -> float:
+    """Seconds until every bucket of the stage has a whole token again."""
+    waits = [
+        retry_after_tokens(b, t) for b, t in zip(stage.buckets, levels, strict=True) if t < 1.0
+    ]
+    return max(waits, default=1.0)
 
 
 def _lease_size(bucket: Bucket) -> int:

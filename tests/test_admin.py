@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import time
 import types
@@ -585,3 +586,172 @@ async def test_tokens_are_stored_by_hash_only(store_url: str) -> None:
         assert await store.delete_token("acme", "t1") is None
     finally:
         await store.close()
+
+
+# --- issue 12 item 11: the operator's suspension is the operator's to lift -------------
+
+
+def _fetch_until(deployment: Deployment, key: str, status: int) -> None:
+    started = time.monotonic()
+    while deployment.fetch(key) != status:
+        assert time.monotonic() - started < 2.0, f"the key never answered {status}"
+        time.sleep(0.02)
+
+
+def test_only_the_operator_lifts_its_own_suspension(deployment: Deployment) -> None:
+    key = deployment.as_customer("globex", "POST", "/keys", {}).json()
+    path = f"/keys/{key['key_id']}"
+    assert deployment.fetch(key["key"]) == 200
+    suspended = deployment.admin("PATCH", path, {"status": "disabled"}, expect=200).json()
+    assert (suspended["status"], suspended["disabled_by"]) == ("disabled", "operator")
+    _fetch_until(deployment, key["key"], 403)
+    reply = call(deployment.kf.url, "GET", f"/files/a.txt?key={key['key']}", token=None)
+    assert reply.code == "key_disabled"
+    # The customer's token may neither re-enable it nor take the suspension over.
+    for status in ("active", "disabled"):
+        refused = deployment.as_customer("globex", "PATCH", path, {"status": status})
+        assert (refused.status, refused.code) == (403, "forbidden"), status
+        assert "operator" in refused.json()["error"]["message"]
+    shown = deployment.as_customer("globex", "GET", path).json()
+    assert (shown["status"], shown["disabled_by"]) == ("disabled", "operator")
+    assert deployment.fetch(key["key"]) == 403
+    # A roll by the customer keeps the suspension on the new key.
+    rolled = deployment.as_customer("globex", "POST", f"{path}/roll", {"grace": 0}).json()
+    assert (rolled["status"], rolled["disabled_by"]) == ("disabled", "operator")
+    assert deployment.fetch(rolled["key"]) == 403
+    # Other settings stay the customer's to change; the operator lifts the suspension.
+    path = f"/keys/{rolled['key_id']}"
+    deployment.as_customer("globex", "PATCH", path, {"name": "renamed"})
+    lifted = deployment.admin("PATCH", path, {"status": "active"}, expect=200).json()
+    assert (lifted["status"], lifted["disabled_by"]) == ("active", None)
+    _fetch_until(deployment, rolled["key"], 200)
+
+
+def test_a_customer_disables_and_re_enables_its_own_key(deployment: Deployment) -> None:
+    key = deployment.as_customer("globex", "POST", "/keys", {}).json()
+    path = f"/keys/{key['key_id']}"
+    off = deployment.as_customer("globex", "PATCH", path, {"status": "disabled"}).json()
+    assert (off["status"], off["disabled_by"]) == ("disabled", "customer")
+    _fetch_until(deployment, key["key"], 403)
+    on = deployment.as_customer("globex", "PATCH", path, {"status": "active"}).json()
+    assert (on["status"], on["disabled_by"]) == ("active", None)
+    _fetch_until(deployment, key["key"], 200)
+    # The operator may take over a customer's own disabling: it becomes a suspension.
+    deployment.as_customer("globex", "PATCH", path, {"status": "disabled"})
+    taken = deployment.admin("PATCH", path, {"status": "disabled"}, expect=200).json()
+    assert taken["disabled_by"] == "operator"
+    assert deployment.as_customer("globex", "PATCH", path, {"status": "active"}).status == 403
+
+
+def test_the_command_line_suspends_and_lifts_as_the_operator(deployment: Deployment) -> None:
+    key = deployment.as_customer("globex", "POST", "/keys", {}).json()
+    path = f"/keys/{key['key_id']}"
+    out = deployment.kf.cli("keys", "update", key["key_id"], "--status", "disabled", "--json")
+    assert json.loads(out.stdout)["disabled_by"] == "operator"
+    assert deployment.as_customer("globex", "PATCH", path, {"status": "active"}).status == 403
+    deployment.kf.cli("keys", "update", key["key_id"], "--status", "active")
+    assert deployment.as_customer("globex", "GET", path).json()["disabled_by"] is None
+
+
+def test_a_key_disabled_before_disabled_by_existed_stays_the_operators() -> None:
+    from proxy.manage import Forbidden
+    from proxy.manage.actions import status_change
+    from proxy.records import KeyRecord
+
+    legacy = KeyRecord.from_json('{"key_id": "k", "customer_id": "c", "status": "disabled"}')
+    assert legacy.disabled_by is None and legacy.suspended
+    with pytest.raises(Forbidden):
+        status_change(legacy, {"status": "active"}, "customer")
+    assert status_change(legacy, {"status": "active"}, "operator") == {"disabled_by": None}
+
+
+# --- issue 12 item 7: usage over an absurd range is clamped and bounded ----------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (the machine is shared: CPU time,
+    not wall time, is what the report costs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_usage_over_an_absurd_range_is_clamped_to_retention(deployment: Deployment) -> None:
+    pid = deployment.kf.process.pid
+    far = "9" * 30  # unix seconds far past any date
+    for query, most in (
+        ("from=0&by=hour", 35 * 24 + 1),  # hourly rows are kept 35 days
+        ("from=0&by=day", 401),  # daily ones 400
+        ("from=0&by=month", 15),
+        (f"from=0&to={far}&by=hour", 35 * 24 + 2),
+        (f"to={far}&by=day", 32),
+        ("from=1970-01-01&to=9999-12-31&by=hour", 35 * 24 + 2),
+    ):
+        before = _cpu_seconds(pid)
+        reply = deployment.as_customer("globex", "GET", f"/usage?{query}")
+        spent = _cpu_seconds(pid) - before
+        assert reply.status == 200, (query, reply.body)
+        assert len(reply.json()) <= most, query
+        assert spent < 0.5, (query, spent)  # was 9 s on Redis for from=0&by=hour
+    cli = deployment.kf.cli("usage", "--customer", "globex", "--from", "1970-01-01", "--to",
+                            "9999-12-31", "--by", "hour", "--format", "json")  # fmt: skip
+    assert len(json.loads(cli.stdout)) <= 35 * 24 + 2
+
+
+def test_usage_refuses_an_unreadable_date_and_an_unbounded_answer(deployment: Deployment) -> None:
+    for query, field in (
+        ("from=-5", "from"),
+        ("to=99999-01-01", "to"),
+        ("from=1e400", "from"),
+    ):
+        reply = deployment.as_customer("globex", "GET", f"/usage?{query}")
+        assert (reply.status, reply.json()["error"]["field"]) == (400, field), query
+
+
+# --- issue 12: a cap on a customer's live keys (SPEC section 2: max_keys) -----------------
+
+
+def test_max_keys_caps_live_keys_for_tokens_and_the_operator(deployment: Deployment) -> None:
+    created = deployment.admin("POST", "/customers", {"customer_id": "capped", "max_keys": 2})
+    assert created.json()["max_keys"] == 2
+    token = deployment.admin("POST", "/customers/capped/tokens", {}, expect=201).json()["token"]
+    first = deployment.admin("POST", "/keys", {}, token=token, expect=201).json()
+    deployment.admin("POST", "/keys", {}, token=token, expect=201)
+    for caller in (token, ADMIN_TOKEN):
+        full = deployment.admin("POST", "/keys", {"customer_id": "capped"}, token=caller)
+        assert (full.status, full.code) == (409, "conflict")
+        assert "max_keys 2" in full.json()["error"]["message"]
+    cli = deployment.kf.cli("keys", "create", "--customer", "capped", check=False)
+    assert cli.returncode == 1 and "max_keys 2" in cli.stderr
+    # A roll replaces a key: the retiring one does not count, for one roll at a time.
+    rolled = deployment.admin("POST", f"/keys/{first['key_id']}/roll", {}, token=token)
+    assert rolled.status == 201
+    again = deployment.admin("POST", f"/keys/{rolled.json()['key_id']}/roll", {}, token=token)
+    assert (again.status, again.code) == (409, "conflict")
+    # Revoked keys are not live; the operator raises the cap.
+    deployment.admin("POST", f"/keys/{first['key_id']}/revoke", token=token, expect=200)
+    deployment.admin("POST", "/keys", {}, token=token, expect=409)  # the roll's new key
+    deployment.kf.cli("customers", "update", "capped", "--max-keys", "4")
+    deployment.admin("POST", "/keys", {}, token=token, expect=201)
+    shown = json.loads(deployment.kf.cli("customers", "show", "capped", "--json").stdout)
+    assert shown["max_keys"] == 4
+    bad = deployment.admin("PATCH", "/customers/capped", {"max_keys": 0})
+    assert (bad.status, bad.json()["error"]["field"]) == (400, "max_keys")
+
+
+async def test_a_customer_token_is_capped_by_default(tmp_path: Path, files: Path) -> None:
+    store_url = f"sqlite://{tmp_path}/kf.db"
+    admin = f"admin: {{token: {ADMIN_TOKEN}, customer_max_keys: 2}}"
+    kf = start_keyfront(config(store_url, files, admin), str(tmp_path))
+    try:
+        kf.cli("customers", "create", "open")
+        token = json.loads(kf.cli("customers", "token", "open", "--json").stdout)["token"]
+        for _ in range(2):
+            assert call(kf.admin_url, "POST", PREFIX + "/keys", {}, token).status == 201
+        full = call(kf.admin_url, "POST", PREFIX + "/keys", {}, token)
+        assert (full.status, full.code) == (409, "conflict")
+        assert "admin.customer_max_keys 2" in full.json()["error"]["message"]
+        # The operator's own customers are not capped unless their record says so.
+        assert call(kf.admin_url, "POST", PREFIX + "/keys", {"customer_id": "open"}).status == 201
+        assert kf.cli("keys", "create", "--customer", "open").returncode == 0
+    finally:
+        assert kf.stop() == 0

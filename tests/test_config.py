@@ -415,6 +415,18 @@ BROKEN: list[tuple[str, Change, str, str]] = [
     ("empty query param", put("keys.query_param", ""), "keys.query_param", "query parameter"),
     ("cache size zero", put("keys.record_cache_size", 0), "keys.record_cache_size", "at least 1"),
     ("short admin token", put("admin.token", "short"), "admin.token", "at least 16"),
+    (
+        "no keys per customer",
+        put("admin.customer_max_keys", 0),
+        "admin.customer_max_keys",
+        "at least 1",
+    ),
+    (
+        "keys per customer text",
+        put("admin.customer_max_keys", "many"),
+        "admin.customer_max_keys",
+        "an integer",
+    ),
     ("missing routes", drop("routes"), "routes", "required field is missing"),
     ("empty routes", put("routes", []), "routes", "at least one route"),
     ("routes mapping", put("routes", {"prefix": "/"}), "routes", "a list of routes"),
@@ -630,3 +642,12 @@ def test_the_example_configs_in_the_repository_load() -> None:
     for path in (root / "local.yaml", root / "redis.yaml"):
         config = load(str(path), environ)
         assert config.source == os.path.abspath(path)
+
+
+def test_customer_max_keys_defaults_to_1000_and_null_lifts_it(tmp_path: Path) -> None:
+    assert load_dict(tmp_path, minimal()).admin.customer_max_keys == 1000
+    lifted = load_dict(tmp_path, minimal() | {"admin": {"customer_max_keys": None}})
+    assert lifted.admin.customer_max_keys is None
+    assert load_dict(
+        tmp_path, minimal() | {"admin": {"customer_max_keys": 5}}
+    ).admin == AdminConfig(customer_max_keys=5)

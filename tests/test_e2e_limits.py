@@ -4,6 +4,7 @@ SQLite and on one shared redis-server, and a redis-server killed mid-traffic."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from proxy.records import Customer, KeyRecord
 from proxy.store import store_from_url
 from proxy.units import Rate
 
-from conftest import SECRET, KeyfrontProcess, RedisServer, start_keyfront
+from conftest import SECRET, KeyfrontProcess, RedisServer, empty_store_url, start_keyfront
 
 SIGNER = KeySigner("pk", {1: SECRET})
 RATE, BURST, SECONDS = 100, 50, 10.0
@@ -203,5 +204,93 @@ async def test_rate_headers_and_quota_refusal(tmp_path: Path, files: Path, redis
         assert b'"quota_exceeded"' in refused[2]
         assert int(refused[1]["Retry-After"]) > 60  # until the month ends
         assert "RateLimit-Remaining" in refused[1]
+    finally:
+        assert kf.stop() == 0
+
+
+# --- issue 12 item 6: a refused client spends nobody else's allowance -------------------
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    server = request.getfixturevalue("redis_server") if request.param == "redis" else None
+    return empty_store_url(request.param, server, str(tmp_path))
+
+
+async def _provision_customer(store_url: str, customer: Customer, *keys: KeyRecord) -> list[str]:
+    store = store_from_url(store_url)
+    await store.open()
+    try:
+        await store.create_customer(customer)
+        for record in keys:
+            await store.create_key(record)
+    finally:
+        await store.close()
+    return [SIGNER.mint(record.key_id) for record in keys]
+
+
+async def _codes(session: aiohttp.ClientSession, url: str, ip: str, times: int) -> list[str]:
+    """The outcome of each of `times` requests from client `ip` (through the trusted
+    proxy 127.0.0.1): "ok", or the refusal's code."""
+    codes = []
+    for _ in range(times):
+        async with session.get(url, headers={"X-Forwarded-For": ip}) as response:
+            body = await response.read()
+            codes.append("ok" if response.status == 200 else json.loads(body)["error"]["code"])
+    return codes
+
+
+async def test_a_refused_client_spends_no_one_elses_tokens_nor_the_quota(
+    tmp_path: Path, files: Path, store_url: str
+) -> None:
+    slow, per_ip = Rate(1, 60.0), {"ip_rate": Rate(1, 60.0), "ip_burst": 2}
+    now = int(time.time())
+    bucket, quota, pooled_a, pooled_b = (new_key_id() for _ in range(4))
+    keys = await _provision_customer(
+        store_url,
+        Customer("acme", max_rate=slow, max_burst=8),
+        KeyRecord(bucket, "acme", created_at=now, rate=slow, burst=6, **per_ip),  # type: ignore[arg-type]
+    )
+    keys += await _provision_customer(
+        store_url,
+        Customer("initech"),
+        KeyRecord(quota, "initech", created_at=now, quota_requests=4, **per_ip),  # type: ignore[arg-type]
+    )
+    pooled = await _provision_customer(
+        store_url,
+        Customer("pool", quota_requests=5),
+        KeyRecord(pooled_a, "pool", created_at=now),
+        KeyRecord(pooled_b, "pool", created_at=now),
+    )
+    extra = "trusted_proxies: [127.0.0.1/32]\nusage: {flush_interval: 100ms}"
+    kf = start_keyfront(config(store_url, files, extra), str(tmp_path))
+    try:
+        async with aiohttp.ClientSession() as session:
+            # The key's bucket holds 6, its customer's 8: client 1's refusals take neither.
+            url = f"{kf.url}/files/a.txt?key={keys[0]}"
+            assert await _codes(session, url, "10.0.0.1", 12) == ["ok"] * 2 + ["rate_limited"] * 10
+            assert await _codes(session, url, "10.0.0.2", 3) == ["ok"] * 2 + ["rate_limited"]
+            assert await _codes(session, url, "2001:db8::1", 2) == ["ok"] * 2  # the key's 6
+            assert await _codes(session, url, "10.0.0.4", 1) == ["rate_limited"]  # the key's own
+
+            # A monthly quota of 4: client 1's refusals do not count against it.
+            url = f"{kf.url}/files/a.txt?key={keys[1]}"
+            assert await _codes(session, url, "10.1.0.1", 12) == ["ok"] * 2 + ["rate_limited"] * 10
+            assert await _codes(session, url, "10.1.0.2", 2) == ["ok"] * 2
+            assert await _codes(session, url, "10.1.0.3", 1) == ["quota_exceeded"]
+
+            # A customer's quota of 5 is one pool for both its keys (SPEC section 2).
+            served = [await _codes(session, f"{kf.url}/files/a.txt?key={k}", "10.2.0.1", 3)
+                      for k in pooled]  # fmt: skip
+            assert served == [["ok"] * 3, ["ok"] * 2 + ["quota_exceeded"]]
+        deadline = time.monotonic() + 5
+        while True:
+            out = kf.cli("usage", "--key", quota, "--by", "month", "--format", "json").stdout
+            rows = json.loads(out)
+            if (rows and rows[0].get("denied_quota_exceeded")) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        billed = (rows[0]["requests"], rows[0]["denied_rate_limited"])
+        assert billed == (4, 10)  # the refused requests are seen, not billed
     finally:
         assert kf.stop() == 0

@@ -34,11 +34,10 @@ def test_limits_fall_back_to_the_defaults() -> None:
 
 def test_optional_buckets_share_the_keys_hash_tag() -> None:
     both = limits(ip_rate=Rate(2, 1.0), customer=Customer("acme", max_rate=Rate(100, 1.0)))
-    ids = [b.id for b in both.buckets("10.0.0.1")]
-    assert ids == [
-        "kf:b:{" + "k" * 22 + "}",
-        "kf:b:{" + "k" * 22 + "}:ip:10.0.0.1",
-        "kf:b:{c:acme}",
+    ids = [[b.id for b in stage.buckets] for stage in both.stages("10.0.0.1")]
+    assert ids == [  # narrowest first; one stage per hash slot
+        ["kf:b:{" + "k" * 22 + "}:ip:10.0.0.1", "kf:b:{" + "k" * 22 + "}"],
+        ["kf:b:{c:acme}"],
     ]
 
 
@@ -99,9 +98,9 @@ def test_byte_quota_counts_bytes_sent() -> None:
     limiter = LocalLimiter()
     key = limits(quota_bytes=1000)
     assert limiter.decide(key, "").refusal is None
-    limiter.sent(key.key_id, 999)
+    limiter.sent(key, 999)
     assert limiter.decide(key, "").refusal is None
-    limiter.sent(key.key_id, 1)
+    limiter.sent(key, 1)
     assert isinstance(limiter.decide(key, "").refusal, QuotaExceeded)
 
 
@@ -143,3 +142,86 @@ def test_accuracy_over_a_window(burst: int) -> None:
         last = time.monotonic()
     expected = 200 * (last - first) + burst
     assert 0.5 * expected <= admitted <= 1.01 * expected + 1
+
+
+# --- issue 12 item 6: a refusal never spends someone else's tokens or quota -------------
+
+
+def test_an_ip_refusal_spends_neither_the_key_nor_the_customer_bucket() -> None:
+    limiter = LocalLimiter()
+    customer = Customer("acme", max_rate=Rate(1, 60.0), max_burst=4)
+    key = limits(rate=Rate(1, 60.0), burst=4, ip_rate=Rate(1, 60.0), ip_burst=2, customer=customer)
+    assert [limiter.decide(key, "10.0.0.1").refusal is None for _ in range(12)] == [True] * 2 + [
+        False
+    ] * 10
+    assert [limiter.decide(key, "10.0.0.2").refusal is None for _ in range(3)] == [
+        True,
+        True,
+        False,
+    ]
+    refused = limiter.decide(key, "10.0.0.3").refusal  # the key's bucket, at last
+    assert isinstance(refused, RateLimited) and refused.headers["RateLimit-Remaining"] == "0"
+
+
+def test_an_ip_refusal_spends_no_quota() -> None:
+    limiter = LocalLimiter()
+    key = limits(
+        rate=Rate(1000, 1.0), burst=1000, ip_rate=Rate(1, 60.0), ip_burst=2, quota_requests=4
+    )
+    assert sum(limiter.decide(key, "10.0.0.1").refusal is None for _ in range(12)) == 2
+    assert sum(limiter.decide(key, "10.0.0.2").refusal is None for _ in range(2)) == 2
+    assert isinstance(limiter.decide(key, "10.0.0.3").refusal, QuotaExceeded)
+
+
+def test_a_customer_refusal_spends_no_key_tokens() -> None:
+    limiter = LocalLimiter()
+    capped = Customer("acme", max_rate=Rate(1, 60.0), max_burst=2)
+    key = limits(rate=Rate(1, 60.0), burst=3, customer=capped)
+    assert [limiter.decide(key, "").refusal is None for _ in range(6)] == [True] * 2 + [False] * 4
+    uncapped = limits(rate=Rate(1, 60.0), burst=3)  # the same key, its customer's cap lifted
+    assert [limiter.decide(uncapped, "").refusal is None for _ in range(2)] == [True, False]
+
+
+def test_a_customer_quota_is_one_pool_for_all_its_keys() -> None:
+    limiter = LocalLimiter()
+    customer = Customer("acme", quota_requests=5)
+    one = KeyLimits.of(KeyRecord("a" * 22, "acme"), customer, KeyDefaults(None, None))
+    two = KeyLimits.of(KeyRecord("b" * 22, "acme"), customer, KeyDefaults(None, None))
+    assert not one.unlimited
+    served = [limiter.decide(k, "").refusal is None for k in (one, two, one, two, one, two)]
+    assert served == [True] * 5 + [False]
+    assert isinstance(limiter.decide(one, "").refusal, QuotaExceeded)
+
+
+def test_a_customer_byte_quota_counts_every_keys_bytes() -> None:
+    limiter = LocalLimiter()
+    customer = Customer("acme", quota_bytes=1000)
+    one = KeyLimits.of(KeyRecord("a" * 22, "acme"), customer, KeyDefaults(None, None))
+    two = KeyLimits.of(KeyRecord("b" * 22, "acme"), customer, KeyDefaults(None, None))
+    assert limiter.decide(one, "").refusal is None
+    limiter.sent(one, 600)
+    assert limiter.decide(two, "").refusal is None
+    limiter.sent(two, 400)
+    assert isinstance(limiter.decide(two, "").refusal, QuotaExceeded)
+    assert isinstance(limiter.decide(one, "").refusal, QuotaExceeded)
+
+
+# --- per-IP buckets: IPv6 by /64, and a bounded table --------------------------------------
+
+
+def test_ipv6_clients_share_a_bucket_per_64() -> None:
+    limiter = LocalLimiter()
+    key = limits(rate=Rate(1000, 1.0), burst=1000, ip_rate=Rate(1, 60.0), ip_burst=2)
+    rotating = [f"2001:db8:0:1::{i:x}" for i in range(1, 6)]
+    assert [limiter.decide(key, ip).refusal is None for ip in rotating] == [True] * 2 + [False] * 3
+    assert limiter.decide(key, "2001:db8:0:2::1").refusal is None  # another /64
+    mapped = [limiter.decide(key, ip).refusal is None for ip in ("10.0.0.9", "::ffff:10.0.0.9")]
+    assert mapped == [True, True]
+    assert limiter.decide(key, "10.0.0.9").refusal is not None  # one bucket for both forms
+
+
+def test_the_bucket_table_is_bounded() -> None:
+    buckets = LocalBuckets(max_buckets=1000)
+    for i in range(5000):  # slow buckets: none refills within the test
+        buckets.take(Bucket(f"b{i}", rate=0.001, burst=2))
+    assert len(buckets) <= 1000

@@ -122,7 +122,7 @@ async def test_request_and_byte_quotas(deployment: tuple[Factory, list[int]]) ->
     assert isinstance(outcomes[3].refusal, QuotaExceeded)
     by_bytes = limits("h" * 22, quota_bytes=1000)  # a quota and no bucket
     assert (await limiter.check(by_bytes, "")).refusal is None
-    limiter.sent(by_bytes.key_id, 1000)
+    limiter.sent(by_bytes, 1000)
     assert isinstance((await limiter.check(by_bytes, "")).refusal, QuotaExceeded)
 
 
@@ -221,3 +221,70 @@ async def test_small_buckets_and_quota_keys_do_not_lease(
         for _ in range(10):
             await asyncio.gather(*(limiter.check(key, "") for _ in range(4)))
         assert _script_calls(ports) - before == 10
+
+
+# --- issue 12 item 6: a refusal never spends someone else's tokens or quota -------------
+
+
+async def test_an_ip_refusal_spends_neither_the_key_nor_its_quota(
+    deployment: tuple[Factory, list[int]],
+) -> None:
+    make, _ = deployment
+    limiter = make()
+    await limiter.open()
+    key = limits("p" * 22, rate=Rate(1, 60.0), burst=4, ip_rate=Rate(1, 60.0), ip_burst=2,
+                 quota_requests=3)  # fmt: skip
+    one = await asyncio.gather(*(limiter.check(key, "10.0.0.1") for _ in range(12)))
+    assert [d.refusal is None for d in one] == [True] * 2 + [False] * 10
+    assert all(isinstance(d.refusal, RateLimited) for d in one[2:])
+    assert (await limiter.check(key, "10.0.0.2")).refusal is None  # 3 of the quota
+    assert isinstance((await limiter.check(key, "10.0.0.3")).refusal, QuotaExceeded)
+
+
+async def test_a_customer_refusal_gives_the_key_its_tokens_back(
+    deployment: tuple[Factory, list[int]],
+) -> None:
+    make, _ = deployment
+    limiter = make()
+    await limiter.open()
+    capped = Customer("acme", max_rate=Rate(1, 60.0), max_burst=2, quota_requests=100)
+    key = limits("q" * 22, capped, rate=Rate(1, 60.0), burst=3, quota_requests=100)
+    decided = await asyncio.gather(*(limiter.check(key, "") for _ in range(6)))
+    assert [d.refusal is None for d in decided] == [True] * 2 + [False] * 4
+    await asyncio.sleep(0.05)  # the refunds ride the next tick
+    uncapped = limits("q" * 22, rate=Rate(1, 60.0), burst=3, quota_requests=3)
+    assert [(await limiter.check(uncapped, "")).refusal is None for _ in range(2)] == [True, False]
+
+
+async def test_an_ip_refusal_spends_nothing_of_the_customer(
+    deployment: tuple[Factory, list[int]],
+) -> None:
+    make, _ = deployment
+    limiter = make()
+    await limiter.open()
+    customer = Customer("acme", max_rate=Rate(1, 60.0), max_burst=4, quota_requests=4)
+    key = limits("r" * 22, customer, rate=Rate(100, 1.0), burst=100, ip_rate=Rate(1, 60.0),
+                 ip_burst=2)  # fmt: skip
+    for _ in range(3):  # one client, refused, refused again
+        await asyncio.gather(*(limiter.check(key, "10.0.0.1") for _ in range(4)))
+        await asyncio.sleep(0.02)
+    assert [(await limiter.check(key, "10.0.0.2")).refusal is None for _ in range(2)] == [True] * 2
+    assert isinstance((await limiter.check(key, "10.0.0.3")).refusal, RateLimited)
+
+
+async def test_a_customer_quota_is_one_pool_for_all_its_keys(
+    deployment: tuple[Factory, list[int]],
+) -> None:
+    make, _ = deployment
+    limiter = make()
+    await limiter.open()
+    customer = Customer("pooled", quota_requests=5, quota_bytes=10_000)
+    keys = [KeyLimits.of(KeyRecord(c * 22, "pooled"), customer, DEFAULTS) for c in "st"]
+    served = [(await limiter.check(keys[i % 2], "")).refusal is None for i in range(7)]
+    assert served == [True] * 5 + [False] * 2
+    bytes_only = Customer("bytes", quota_bytes=1000)
+    keys = [KeyLimits.of(KeyRecord(c * 22, "bytes"), bytes_only, DEFAULTS) for c in "uv"]
+    assert (await limiter.check(keys[0], "")).refusal is None
+    limiter.sent(keys[0], 600)
+    limiter.sent(keys[1], 400)
+    assert isinstance((await limiter.check(keys[1], "")).refusal, QuotaExceeded)

@@ -78,3 +78,32 @@ async def test_counts_survive_an_unreachable_store_and_are_not_doubled(tmp_path:
     assert customer[0].counts == {"requests": 6, "bytes": 57}  # summed over its keys
     await good.close()
     await dead.close()
+
+
+# --- issue 12 item 7: reports are clamped to retention and bounded ---------------------
+
+
+def test_a_report_range_is_clamped_to_what_the_store_keeps() -> None:
+    from proxy.manage.usage import report_range
+
+    now = 1_800_000_000
+    start, end = report_range(0, 10**30, "hour", now)
+    assert (start, end) == ((now - 35 * 86400) // 3600 * 3600, now + 1)
+    start, _ = report_range(0, None, "day", now)
+    assert start == (now - 400 * 86400) // 86400 * 86400
+    assert report_range(now - 60, now - 30, "hour", now) == (now - 60, now - 30)
+
+
+async def test_a_report_of_too_many_rows_is_refused(store: Store) -> None:
+    from proxy.manage import Invalid
+    from proxy.manage.usage import MAX_ROWS, usage_report
+    from proxy.records import Customer
+
+    customers = MAX_ROWS // (35 * 24) + 1  # every customer, by hour, over 35 days
+    for i in range(customers):
+        await store.create_customer(Customer(f"c{i}"))
+    with pytest.raises(Invalid) as refused:
+        await usage_report(store, customer_id=None, key_id=None, start=0, end=None, grain="hour")
+    assert refused.value.field == "from" and str(MAX_ROWS) in refused.value.message
+    one = await usage_report(store, customer_id="c0", key_id=None, start=0, end=None, grain="hour")
+    assert one == []

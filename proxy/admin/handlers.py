@@ -32,7 +32,7 @@ from ..manage.values import (
     parse_path_prefix,
     read_settings,
 )
-from ..records import KeyRecord
+from ..records import DisabledBy, KeyRecord
 from ..units import parse_duration
 from .http import AdminError, Caller, Param, context, read_body, reply
 
@@ -114,7 +114,8 @@ async def create_key(request: web.Request, caller: Caller) -> web.Response:
     changes = read_settings(body, KEY_SETTINGS)
     warnings = act.check_plan_caps(changes, customer)
     version, bound = admin.config.keys.signing_version, _bound(request, caller)
-    record = await act.create_key(admin.store, customer, changes, version, bound)
+    record = await act.create_key(admin.store, customer, changes, version, bound,
+                                  default_max_keys=_default_max_keys(request, caller))  # fmt: skip
     return reply(_warned(act.minted_json(admin.signer, record), warnings), 201)
 
 
@@ -127,7 +128,8 @@ async def patch_key(request: web.Request, caller: Caller) -> web.Response:
     changes = read_settings(await read_body(request), KEY_CHANGES)
     customer = await act.find_customer(store, record.customer_id)
     warnings = act.check_plan_caps(changes, customer)
-    changed = await act.change_key(store, record, changes, customer, _bound(request, caller))
+    by: DisabledBy = "operator" if caller.customer_id is None else "customer"
+    changed = await act.change_key(store, record, changes, customer, _bound(request, caller), by=by)
     shown = act.record_json(changed, reveal_secret=changed.link_secret != record.link_secret)
     return reply(_warned(shown, warnings))
 
@@ -142,7 +144,8 @@ async def roll_key(request: web.Request, caller: Caller) -> web.Response:
     settings = read_settings(await read_body(request, optional=True), ROLL_SETTINGS)
     grace = settings.get("grace", parse_duration(DEFAULT_GRACE))
     old = await _key(request, caller, to_change=True)
-    new, old = await act.roll_key(admin.store, old, grace, admin.config.keys.signing_version)
+    new, old = await act.roll_key(admin.store, old, grace, admin.config.keys.signing_version,
+                                  default_max_keys=_default_max_keys(request, caller))  # fmt: skip
     extra = {"replaces": old.key_id, "replaced_expires_at": old.expires_at}
     return reply(act.minted_json(admin.signer, new, **extra), 201)
 
@@ -160,6 +163,12 @@ def _bound(request: web.Request, caller: Caller) -> KeyDefaults | None:
     """A customer's own keys stay within its plan even where they leave a field to the
     configured defaults (manage.actions.within_plan); the operator's need not."""
     return context(request).config.keys.defaults if caller.customer_id is not None else None
+
+
+def _default_max_keys(request: web.Request, caller: Caller) -> int | None:
+    """A customer token's keys are capped even where its customer sets no max_keys (a
+    token is a credential on the internet; the operator is not)."""
+    return context(request).config.admin.customer_max_keys if caller.customer_id else None
 
 
 def _warned(data: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
@@ -186,8 +195,10 @@ async def usage(request: web.Request, caller: Caller) -> web.Response:
 
 
 def _moment(text: str) -> int:
-    """Unix seconds, or an ISO date or datetime (UTC unless it names a zone)."""
-    return int(text) if text.isdigit() else parse_date(text)
+    """Unix seconds, or an ISO date or datetime (UTC unless it names a zone). Any
+    number of seconds is taken (the report clamps it); int() refuses more than 4,300
+    digits, which is a 400 too."""
+    return int(text) if text.isascii() and text.isdigit() else parse_date(text)
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[str], Any]:

@@ -113,6 +113,10 @@ _FIELD_TYPES: dict[str, dict[str, Any]] = {  # a record field's annotation -> it
     "tuple[str, ...]": {"type": "array", "items": STRING},
     "KeyStatus": {"enum": list(KEY_STATUSES)},
     "CustomerStatus": {"enum": list(CUSTOMER_STATUSES)},
+    "DisabledBy | None": {
+        "enum": ["operator", "customer", None],
+        "description": "who disabled the key; only the operator lifts its own suspension",
+    },
 }
 
 

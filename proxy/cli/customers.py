@@ -18,19 +18,24 @@ from ..manage.actions import (
     revoke_token,
     token_json,
 )
-from ..manage.values import parse_customer_id
+from ..manage.values import parse_customer_id, parse_positive
 from ..records import CUSTOMER_STATUSES, Customer
 from ..store import Store
 from .output import Output, fields_text, record_output, table
 from .values import QUOTA_OPTIONS, Option, bucket_options, given_settings
 
 CUSTOMER_ID: Option = ("customer_id", {"type": parse_customer_id, "metavar": "ID"})
-CUSTOMER_SETTINGS: list[Option] = [("--name", {}), *bucket_options("max-"), *QUOTA_OPTIONS]
+CUSTOMER_SETTINGS: list[Option] = [
+    ("--name", {}),
+    *bucket_options("max-"),
+    *QUOTA_OPTIONS,
+    ("--max-keys", {"type": parse_positive, "metavar": "N", "help": "live keys at most"}),
+]
 CUSTOMER_UPDATE_ONLY: list[Option] = [("--status", {"choices": CUSTOMER_STATUSES})]
 TOKEN_OPTIONS: list[Option] = [CUSTOMER_ID, ("--name", {"default": ""})]
 TOKEN_ID: list[Option] = [CUSTOMER_ID, ("token_id", {"metavar": "TOKEN_ID"})]
 CUSTOMER_COLUMNS = (
-    "customer_id name status max_rate max_burst quota_requests quota_bytes created_at"
+    "customer_id name status max_rate max_burst quota_requests quota_bytes max_keys created_at"
 )
 
 

@@ -73,7 +73,7 @@ KEY_CLEARS: dict[str, dict[str, Any]] = {  # flag dest -> the fields it clears
     "no_expiry": {"expires_at": None},
     "clear_ip_rate": {"ip_rate": None, "ip_burst": None},
 }
-KEY_COLUMNS = "key_id customer_id name status rate burst expires_at created_at"
+KEY_COLUMNS = "key_id customer_id name status disabled_by rate burst expires_at created_at"
 
 
 def customer_option(required: bool) -> Option:

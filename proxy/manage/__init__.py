@@ -9,6 +9,7 @@ A refused action raises a ManageError; each front end renders it its own way:
 
     ManageError
     ├── Invalid   400 bad_request  exit 2   a bad value; names the field
+    ├── Forbidden 403 forbidden    exit 1   a customer token lifting the operator's suspension
     ├── Missing   404 not_found    exit 1   no such customer, key or token
     └── Refused   409 conflict     exit 1   the id exists; a revoked key; a disabled customer
 """
@@ -36,6 +37,10 @@ class Invalid(ManageError):
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem
+
+
+class Forbidden(ManageError):
+    status, code = 403, "forbidden"
 
 
 class Missing(ManageError):

@@ -20,11 +20,11 @@ from typing import Any
 from ..config import KeyDefaults
 from ..errors import Conflict
 from ..keys import KEY_ID_ALPHABET, KeySigner, new_key_id
-from ..records import Customer, KeyRecord
+from ..records import Customer, DisabledBy, KeyRecord
 from ..referrers import is_path_pattern
 from ..store import CustomerToken, Store
 from ..units import Rate, format_size
-from . import Invalid, Missing, Refused
+from . import Forbidden, Invalid, Missing, Refused
 
 # (key field, the customer's plan cap): a key's own setting may not exceed the cap.
 PLAN_CAPS = (
@@ -153,14 +153,70 @@ async def create_key(
     changes: dict[str, Any],
     version: int,
     bound: KeyDefaults | None = None,
+    *,
+    default_max_keys: int | None = None,
 ) -> KeyRecord:
     """A new key of `customer` (found active, its changes checked by check_plan_caps).
-    With `bound` (the configured defaults), fields left to them stay within the plan."""
+    With `bound` (the configured defaults), fields left to them stay within the plan;
+    only while the customer has fewer live keys than its cap (`key_cap`)."""
+    cap = key_cap(customer, default_max_keys)
+    await _make_room(store, customer, cap)
     record = KeyRecord(new_key_id(), customer.customer_id, created_at=int(time.time()),
                        version=version, **changes)  # fmt: skip
     record = _completed(record, customer, bound)
     await store.create_key(record)
+    await _keep_within(store, customer, cap, record)
     return record
+
+
+# --- a cap on live keys (SPEC section 2: max_keys; issue 12) ---------------------------
+
+
+def key_cap(customer: Customer, default: int | None) -> tuple[int, str] | None:
+    """How many live keys `customer` may hold, and the setting that says so: its own
+    `max_keys`, else `default` (the admin API gives a customer token's calls the
+    configured admin.customer_max_keys; the operator's have none)."""
+    if customer.max_keys is not None:
+        return customer.max_keys, "max_keys"
+    return (default, "admin.customer_max_keys") if default is not None else None
+
+
+async def live_keys(store: Store, customer_id: str, excluding: str | None = None) -> int:
+    """Keys neither revoked nor expired (a disabled key is live: it can be enabled)."""
+    now = time.time()
+    return sum(
+        1
+        for key in await store.list_keys(customer_id)
+        if key.status != "revoked"
+        and (key.expires_at is None or key.expires_at > now)
+        and key.key_id != excluding
+    )
+
+
+async def _make_room(
+    store: Store, customer: Customer, cap: tuple[int, str] | None, excluding: str | None = None
+) -> None:
+    if cap is not None and await live_keys(store, customer.customer_id, excluding) >= cap[0]:
+        raise _full(customer, cap)
+
+
+async def _keep_within(
+    store: Store,
+    customer: Customer,
+    cap: tuple[int, str] | None,
+    new: KeyRecord,
+    excluding: str | None = None,
+) -> None:
+    """Concurrent creations can each find room for one: a key created past the cap is
+    revoked at once (nobody has seen it) and the call refused, so the cap holds."""
+    if cap is not None and await live_keys(store, customer.customer_id, excluding) > cap[0]:
+        await store.put_key(dataclasses.replace(new, status="revoked"))
+        raise _full(customer, cap)
+
+
+def _full(customer: Customer, cap: tuple[int, str]) -> Refused:
+    return Refused(f"customer {customer.customer_id} has {cap[0]} live keys, its cap "
+                   f"({cap[1]} {cap[0]}): revoke one first")  # fmt: skip
 
 
 async def change_key(
@@ -169,11 +225,28 @@ async def change_key(
     changes: dict[str, Any],
     customer: Customer,
     bound: KeyDefaults | None = None,
+    *,
+    by: DisabledBy = "operator",
 ) -> KeyRecord:
-    """The key with `changes` (checked by check_plan_caps), as for create_key."""
+    """The key with `changes` (checked by check_plan_caps), as for create_key, made
+    `by` the operator or the customer's own token (see `status_change`)."""
+    changes = {**changes, **status_change(record, changes, by)}
     changed = _completed(dataclasses.replace(record, **changes), customer, bound)
     await store.put_key(changed)
     return changed
+
+
+def status_change(record: KeyRecord, changes: dict[str, Any], by: DisabledBy) -> dict[str, Any]:
+    """`disabled_by` for a change of `status` (issue 12 item 11): the operator's
+    suspension is separate from the customer's own switch, and only the operator lifts
+    it; the operator may take over a customer's own disabling."""
+    status = changes.get("status")
+    if status is None:
+        return {}
+    if by == "customer" and record.suspended:
+        raise Forbidden(f"key {record.key_id} is suspended by the operator: only the "
+                        "operator can change its status")  # fmt: skip
+    return {"disabled_by": by if status == "disabled" else None}
 
 
 async def revoke_key(store: Store, record: KeyRecord) -> KeyRecord:
@@ -183,14 +256,24 @@ async def revoke_key(store: Store, record: KeyRecord) -> KeyRecord:
 
 
 async def roll_key(
-    store: Store, old: KeyRecord, grace: float, version: int
+    store: Store,
+    old: KeyRecord,
+    grace: float,
+    version: int,
+    *,
+    default_max_keys: int | None = None,
 ) -> tuple[KeyRecord, KeyRecord]:
     """A new key with the old one's settings (status and expiry included); the old one
-    expires after the grace period, unless it already expires sooner. (new, old)."""
-    await find_customer(store, old.customer_id, for_new_key=True)
+    expires after the grace period, unless it already expires sooner. (new, old).
+    Under a cap on live keys the old one does not count (it is on its way out), so a
+    customer holds at most one key more than its cap while a roll's grace runs."""
+    customer = await find_customer(store, old.customer_id, for_new_key=True)
+    cap = key_cap(customer, default_max_keys)
+    await _make_room(store, customer, cap, excluding=old.key_id)
     now = int(time.time())
     new = dataclasses.replace(old, key_id=new_key_id(), created_at=now, version=version)
     await store.create_key(new)
+    await _keep_within(store, customer, cap, new, excluding=old.key_id)
     retire_at = now + int(grace)
     if old.expires_at is None or old.expires_at > retire_at:
         old = dataclasses.replace(old, expires_at=retire_at)

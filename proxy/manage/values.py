@@ -214,6 +214,7 @@ CUSTOMER_SETTINGS: dict[str, Setting] = {  # Customer fields: the plan caps
     "max_burst": COUNT,
     "quota_requests": COUNT,
     "quota_bytes": BYTES,
+    "max_keys": COUNT,
 }
 KEY_CHANGES = {**KEY_SETTINGS, "status": STATUS}
 CUSTOMER_CHANGES = {**CUSTOMER_SETTINGS, "status": STATUS}
