@@ -254,8 +254,15 @@ async def shutdown(runtime: Runtime) -> None:
 RUNTIME = web.AppKey("runtime", Runtime)
 
 
+# The admin API's largest request is a key with its lists (manage/values.py MAX_ITEMS:
+# 256 referrer patterns, CIDRs and path prefixes): ~60 KB at the most. aiohttp's default
+# is 1 MiB; a smaller cap bounds what one customer token makes the loop parse (issue 12
+# item 3). Larger bodies get 413.
+ADMIN_MAX_BODY = 64 * 1024
+
+
 async def start_admin(runtime: Runtime) -> web.AppRunner:
-    app = web.Application()
+    app = web.Application(client_max_size=ADMIN_MAX_BODY)
     app[RUNTIME] = runtime
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -54,7 +54,7 @@ class RequestIds:
         self._counter = itertools.count(1)
 
     def __call__(self, incoming: str | None) -> str:
-        if incoming and _SANE_REQUEST_ID.fullmatch(incoming):
+        if incoming and len(incoming) <= 128 and _SANE_REQUEST_ID.fullmatch(incoming):
             return incoming
         return f"{self._prefix}-{next(self._counter):x}"
 

@@ -192,6 +192,9 @@ def _ip_values(ip: str) -> tuple[tuple[int, int], ...]:
     return values
 
 
+MAX_HOPS = 16
+
+
 def client_ip(peer: str | None, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]) -> str:
     """The client address: the peer, unless the peer is a trusted proxy, then the
     nearest untrusted hop of X-Forwarded-For, read right to left (each proxy appends
@@ -204,7 +207,9 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: tuple[IPNetw
     except ValueError:
         return peer
     hop = peer
-    for entry in reversed(forwarded_for.split(",")):
+    # At most MAX_HOPS from the right, bounding the work a long header can cause
+    # (issue 12 item 3); a chain of trusted proxies longer than that is not a deployment.
+    for entry in reversed(forwarded_for.rsplit(",", MAX_HOPS)[-MAX_HOPS:]):
         try:
             addr = ipaddress.ip_address(entry.strip())
         except ValueError:
