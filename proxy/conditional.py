@@ -63,7 +63,7 @@ def unsatisfied_range(size: int) -> str:
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_LONGEST_DATE = 40  # RFC 850 form, the longest, is 33 characters; anything longer is junk
+LONGEST_DATE = 40  # RFC 850 form, the longest, is 33 characters; anything longer is junk
 
 
 def http_date(timestamp: float) -> str:
@@ -85,7 +85,7 @@ def _http_date(second: int) -> str:
 def parse_http_date(value: str) -> float | None:
     """Unix seconds of an HTTP-date in any of the three forms RFC 9110 section 5.6.7
     obliges a recipient to accept; None if it is not one."""
-    if len(value) > _LONGEST_DATE:
+    if len(value) > LONGEST_DATE:
         return None
     return _parse_http_date(value)
 
@@ -128,8 +128,6 @@ def not_modified(if_none_match: str | None, if_modified_since: str | None, v: Va
 
 
 def _etag_matches(if_none_match: str, etag: str | None) -> bool:
-    if len(if_none_match) > _LONGEST_ETAG_LIST:
-        return False  # ignored, as a malformed one is: the object is sent
     if if_none_match.strip(" \t") == "*":
         return True
     if etag is None:
@@ -143,14 +141,16 @@ def _etag_matches(if_none_match: str, etag: str | None) -> bool:
 
 def etag_list(header: str) -> list[str] | None:
     """The opaque tags (without quotes or W/) of an If-None-Match list, or None if it is
-    malformed. Linear in the header's length; the caller bounds that."""
+    malformed or too long to consider (then it is ignored: the object is sent)."""
+    if len(header) > _LONGEST_ETAG_LIST:
+        return None
     parts = header.split('"')
     if len(parts) % 2 == 0:
         return None  # a quote left open
     tags = parts[1::2]
-    for index, gap in enumerate(parts[0::2]):
-        if index < len(tags):
-            gap = gap.removesuffix("W/")  # the next tag's weakness marker
+    for index, between in enumerate(parts[0::2]):
+        # Before a tag, the gap may end in its weakness marker.
+        gap = between.removesuffix("W/") if index < len(tags) else between
         if gap.strip(_SEPARATORS):
             return None  # anything but commas and blanks between tags
         if 0 < index < len(tags) and "," not in gap:
