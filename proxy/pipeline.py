@@ -233,11 +233,11 @@ _detail_logged: dict[str, float] = {}
 
 def _log_detail(refusal: Refusal, exchange: Exchange) -> None:
     """A 5xx refusal's detail (an origin's status, S3's error code) goes to the log, not
-    to the client; one line per code and second, so a dead origin or store under
-    full traffic does not flood the log (the metrics count every one)."""
-    now = exchange.started
-    if now - _detail_logged.get(refusal.code, -1.0) >= 1.0:
-        _detail_logged[refusal.code] = now
+    to the client; one line per code, route and second, so a dead origin or store
+    under full traffic does not flood the log (the metrics count every one)."""
+    now, which = exchange.started, f"{refusal.code} {exchange.route}"
+    if now - _detail_logged.get(which, -1.0) >= 1.0:
+        _detail_logged[which] = now
         log.warning("%s %s %s: %s", exchange.request_id, refusal.code, exchange.path, refusal)
 
 
