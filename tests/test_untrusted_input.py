@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proxy.admin.handlers import _moment
 from proxy.cache.entry import CacheEntry
 from proxy.cache.freshness import lifetime, storable
 from proxy.cache.serve import _if_range_holds
@@ -120,6 +121,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "key settings": _json(KEY_SETTINGS),
     "customer settings": _json(CUSTOMER_SETTINGS),
     "roll settings": _json(ROLL_SETTINGS),
+    "usage from/to": _swallow(_moment),
 }
 
 # Hand-written: the shapes that make a backtracking regex go quadratic or worse, at the

@@ -186,8 +186,13 @@ async def usage(request: web.Request, caller: Caller) -> web.Response:
 
 
 def _moment(text: str) -> int:
-    """Unix seconds, or an ISO date or datetime (UTC unless it names a zone)."""
-    return int(text) if text.isdigit() else parse_date(text)
+    """Unix seconds, or an ISO date or datetime (UTC unless it names a zone). At most
+    12 digits (year 33658), so int() never sees a few thousand (issue 12 item 3)."""
+    if text.isascii() and text.isdigit():
+        if len(text) > 12:
+            raise ValueError(f"{text[:16]!r}...: too large")
+        return int(text)
+    return parse_date(text)
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[str], Any]:
