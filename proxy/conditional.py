@@ -128,6 +128,8 @@ def not_modified(if_none_match: str | None, if_modified_since: str | None, v: Va
 
 
 def _etag_matches(if_none_match: str, etag: str | None) -> bool:
+    if if_none_match == etag and etag is not None:
+        return True  # what browsers send: the one ETag they were given, as it was given
     if if_none_match.strip(" \t") == "*":
         return True
     if etag is None:
