@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proxy.accesslog import referrer_host
 from proxy.admin.handlers import _moment
 from proxy.cache.entry import CacheEntry
 from proxy.cache.freshness import lifetime, storable
@@ -99,6 +100,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "X-Request-Id": RequestIds(),
     "Referer": lambda t: RULES.allows(t, None),
     "Origin": lambda t: (RULES.allows(None, t), cors_headers(t)),
+    "Referer in the access log": referrer_host,
     # paths, keys, signed links
     "path": _swallow(normalise_path),
     "key": _swallow(SIGNER.verify),
