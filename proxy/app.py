@@ -35,6 +35,7 @@ from .config import Config
 from .errors import ConfigError, KeyfrontError
 from .exchange import Target
 from .keys import KeySigner
+from .listener import KeyfrontAppRunner, KeyfrontServer
 from .metrics import Metrics
 from .origin import Origin, origin_from_url
 from .origin.metered import MeteredOrigin
@@ -164,7 +165,7 @@ async def startup(config: Config) -> Runtime:
         metrics=metrics,
         cache=runtime.cache,
     )
-    runtime.public_handler = web.Server(pipeline.handle, access_log=None)
+    runtime.public_handler = KeyfrontServer(pipeline.handle, access_log=None)
     runtime.public = await asyncio.get_running_loop().create_server(
         runtime.public_handler,
         config.listen.host,
@@ -254,14 +255,21 @@ async def shutdown(runtime: Runtime) -> None:
 RUNTIME = web.AppKey("runtime", Runtime)
 
 
+# The admin API's largest request is a key with its lists (manage/values.py MAX_ITEMS:
+# 256 referrer patterns, CIDRs and path prefixes): ~60 KB at the most. aiohttp's default
+# is 1 MiB; a smaller cap bounds what one customer token makes the loop parse (issue 12
+# item 3). Larger bodies get 413.
+ADMIN_MAX_BODY = 64 * 1024
+
+
 async def start_admin(runtime: Runtime) -> web.AppRunner:
-    app = web.Application()
+    app = web.Application(client_max_size=ADMIN_MAX_BODY)
     app[RUNTIME] = runtime
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
     app.add_subapp(ADMIN_PREFIX, admin_app(runtime))  # the admin API (SPEC section 9)
-    runner = web.AppRunner(app, access_log=None)
+    runner = KeyfrontAppRunner(app, access_log=None)
     await runner.setup()
     listen = runtime.config.admin_listen
     await web.TCPSite(runner, listen.host, listen.port, reuse_port=True).start()

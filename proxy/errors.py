@@ -2,6 +2,8 @@
 
     KeyfrontError
     ├── Refusal                     a request answered with an error response (SPEC section 1)
+    │   ├── 500 Refusal             internal_error    (an unexpected failure: a bug)
+    │   ├── 400 BadRequest          bad_request       (malformed HTTP, refused by aiohttp)
     │   ├── 400 BadPath             bad_path
     │   ├── 401 KeyMissing          key_missing
     │   ├── 401 KeyInvalid          key_invalid
@@ -26,8 +28,11 @@
     │   └── Conflict                a create whose id already exists
     └── ConfigError                 a bad config; names the field path
 
-A Refusal carries its HTTP status and SPEC error code; `pipeline.refusal_response`
-is the one place that renders it.
+A Refusal carries its HTTP status, SPEC error code and a fixed public message;
+`pipeline.refusal_response` is the one place that renders it. What went wrong in
+detail (an origin's status and error code, a folder's path) is the `detail` given at
+the raise: it goes to the log, never to the client (issue 12: "S3 answered HTTP 403
+AccessDenied" reached public clients).
 """
 
 from __future__ import annotations
@@ -42,10 +47,14 @@ class Refusal(KeyfrontError):
     code = "internal_error"
     message = "internal error"
 
-    def __init__(self, message: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message or self.message)
-        self.message = message or self.message
+    def __init__(self, detail: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail or self.message)  # str(refusal): the detail, for logs
+        self.detail = detail
         self.headers = headers or {}
+
+
+class BadRequest(Refusal):
+    status, code, message = 400, "bad_request", "the request is not valid HTTP"
 
 
 class BadPath(Refusal):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import logging
 import os
 import re
 import time
@@ -26,6 +27,7 @@ from .cache import Cache
 from .config import Config
 from .delivery import deliver
 from .errors import (
+    BadRequest,
     KeyMissing,
     KeyUnknown,
     MethodNotAllowed,
@@ -41,6 +43,7 @@ from .record_cache import CachedKey, RecordCache, status_refusal
 from .usage import UsageMeter
 from .wire import wire_response
 
+log = logging.getLogger("keyfront")
 ALLOW = "GET, HEAD, OPTIONS"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -54,7 +57,7 @@ class RequestIds:
         self._counter = itertools.count(1)
 
     def __call__(self, incoming: str | None) -> str:
-        if incoming and _SANE_REQUEST_ID.fullmatch(incoming):
+        if incoming and len(incoming) <= 128 and _SANE_REQUEST_ID.fullmatch(incoming):
             return incoming
         return f"{self._prefix}-{next(self._counter):x}"
 
@@ -98,7 +101,17 @@ class Pipeline:
             return response
         except Refusal as refusal:
             status, code = refusal.status, refusal.code
+            if status >= 500:
+                _log_detail(refusal, exchange)
             return refusal_response(refusal, exchange)
+        except Exception:
+            # SPEC section 1: a bug answers 500 internal_error with the request id, and
+            # is logged with its traceback; once bytes are out, only an abort is left.
+            log.exception("%s internal_error", exchange.request_id)
+            if request.writer.output_size > 0:
+                raise
+            status, code = 500, "internal_error"
+            return refusal_response(Refusal(), exchange)
         finally:
             self._count(exchange)
             self._usage.record(exchange, status, code)
@@ -215,6 +228,19 @@ class Pipeline:
             self._limiter.sent(entry.limits, exchange.sent)
 
 
+_detail_logged: dict[str, float] = {}
+
+
+def _log_detail(refusal: Refusal, exchange: Exchange) -> None:
+    """A 5xx refusal's detail (an origin's status, S3's error code) goes to the log, not
+    to the client; one line per code, route and second, so a dead origin or store
+    under full traffic does not flood the log (the metrics count every one)."""
+    now, which = exchange.started, f"{refusal.code} {exchange.route}"
+    if now - _detail_logged.get(which, -1.0) >= 1.0:
+        _detail_logged[which] = now
+        log.warning("%s %s %s: %s", exchange.request_id, refusal.code, exchange.path, refusal)
+
+
 def _bearer(headers: Mapping[str, str]) -> str | None:
     value = headers.get("Authorization")
     if value and value[:7].lower() == "bearer ":
@@ -233,15 +259,35 @@ def preflight(exchange: Exchange, origin: str | None) -> web.Response:
 
 
 def refusal_response(refusal: Refusal, exchange: Exchange) -> web.StreamResponse:
-    """The one place a Refusal becomes a response: SPEC's JSON error body. The key is
-    never echoed. RateLimit-* headers ride along once the limiter has decided. A flood
-    of garbage keys is answered here, so the response is written whole (wire.py)."""
-    body = f'{_error_head(refusal.code, refusal.message)}"{exchange.request_id}"}}}}'.encode()
+    """The one place a Refusal becomes a response: SPEC's JSON error body, with the
+    refusal's fixed message (never its detail). The key is never echoed. RateLimit-*
+    headers ride along once the limiter has decided. A flood of garbage keys is
+    answered here, so the response is written whole (wire.py)."""
+    body = _error_body(refusal, exchange.request_id)
     headers = {"Server": SERVER, "X-Request-Id": exchange.request_id, **exchange.headers}
     headers.update(refusal.headers)
     headers["Content-Type"] = "application/json"
     wire = wire_response(exchange.request, refusal.status, headers, body)
     return wire or web.Response(status=refusal.status, body=body, headers=headers)
+
+
+def error_page(status: int, request_id: str) -> web.Response:
+    """The answer to what aiohttp refuses before any handler runs (a malformed request
+    line or header, one too long) or to a failure escaping a handler, on either
+    listener: the SPEC error body and `Server: keyfront`, in place of aiohttp's text
+    page, which names its and Python's versions and echoes the request line, key and
+    all (issue 12 item 9). Its connection is closed after it."""
+    refusal = BadRequest() if status < 500 else Refusal()
+    headers = {"Server": SERVER, "X-Request-Id": request_id, "Content-Type": "application/json"}
+    response = web.Response(
+        status=refusal.status, body=_error_body(refusal, request_id), headers=headers
+    )
+    response.force_close()
+    return response
+
+
+def _error_body(refusal: Refusal, request_id: str) -> bytes:
+    return f'{_error_head(refusal.code, refusal.message)}"{request_id}"}}}}'.encode()
 
 
 @functools.lru_cache(maxsize=1024)

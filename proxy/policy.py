@@ -30,7 +30,7 @@ from .errors import (
     ReferrerNotAllowed,
 )
 from .records import KeyRecord
-from .referrers import ReferrerRules, is_path_pattern, validate_referrer_pattern
+from .referrers import MAX_URL, ReferrerRules, is_path_pattern, validate_referrer_pattern
 
 # The referrer names are re-exported: callers import the whole per-key policy from here.
 __all__ = [
@@ -192,6 +192,9 @@ def _ip_values(ip: str) -> tuple[tuple[int, int], ...]:
     return values
 
 
+MAX_HOPS = 16
+
+
 def client_ip(peer: str | None, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]) -> str:
     """The client address: the peer, unless the peer is a trusted proxy, then the
     nearest untrusted hop of X-Forwarded-For, read right to left (each proxy appends
@@ -204,7 +207,9 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: tuple[IPNetw
     except ValueError:
         return peer
     hop = peer
-    for entry in reversed(forwarded_for.split(",")):
+    # At most MAX_HOPS from the right, bounding the work a long header can cause
+    # (issue 12 item 3); a chain of trusted proxies longer than that is not a deployment.
+    for entry in reversed(forwarded_for.rsplit(",", MAX_HOPS)[-MAX_HOPS:]):
         try:
             addr = ipaddress.ip_address(entry.strip())
         except ValueError:
@@ -283,11 +288,19 @@ _cors_cache: dict[str, Mapping[str, str]] = {}
 
 def _allow_origin(origin: str) -> dict[str, str]:
     # No credentials header: keys travel in the URL or headers, never in cookies. A
-    # "null" origin (any sandboxed frame, from any site) is not echoed.
+    # "null" origin (any sandboxed frame, from any site) is not echoed, nor is one no
+    # browser sends: browsers serialise origins in ASCII (punycode hosts), and a
+    # non-UTF-8 byte in it made a 500 when echoed (issue 12 item 9).
     headers = {"Vary": "Origin"}
-    if origin != "null":
+    if origin != "null" and _echoable(origin):
         headers["Access-Control-Allow-Origin"] = origin
     return headers
+
+
+def _echoable(origin: str) -> bool:
+    return (
+        len(origin) <= MAX_URL and origin.isascii() and origin.isprintable() and " " not in origin
+    )
 
 
 def cors_headers(origin: str) -> Mapping[str, str]:

@@ -29,6 +29,10 @@ _PATTERN_PATH = re.compile(r"/[!-~]*")
 
 Url = tuple[str, str, int | None, str]  # scheme, canonical host, effective port, path
 _MAX_CACHED_URL = 1024  # bounds the cache's memory: 4096 x 1 KiB
+# Browsers cap Referer at 4 KiB (Chrome, Firefox); a longer one is unparsable before
+# any regex sees it (issue 12 item 3). The regexes are linear anyway: each quantified
+# class is followed by a character it cannot match.
+MAX_URL = 4096
 _url_cache: dict[str, Url | None] = {}  # per process; the same pages refer over and over
 
 
@@ -47,6 +51,8 @@ def _parse_url(value: str) -> Url | None:
 
 
 def _parse_url_uncached(value: str) -> Url | None:
+    if len(value) > MAX_URL:
+        return None
     match = _URL.fullmatch(value)
     if match is None:
         return None
@@ -114,6 +120,8 @@ class _Pattern:
 
 def _compile_pattern(text: str) -> _Pattern:
     """Raises ValueError with a message fit for the CLI."""
+    if len(text) > MAX_URL:
+        raise ValueError(f"a pattern has at most {MAX_URL} characters")
     written, sep, rest = text.strip().partition("://")
     if not sep:
         written, rest = "", written

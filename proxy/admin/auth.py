@@ -40,7 +40,10 @@ async def authenticate(request: web.Request, access: Access) -> Caller:
 
 
 def _bearer(request: web.Request) -> str | None:
+    """The token; None for one that no token can be: tokens are short ASCII, and a
+    non-UTF-8 byte made the constant-time compare raise, a 500 (issue 12 item 9)."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
+    token = value.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 256 or not token.isascii():
         return None
-    return value.strip()
+    return token

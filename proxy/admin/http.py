@@ -133,9 +133,16 @@ async def read_body(request: web.Request, optional: bool = False) -> dict[str, A
     if optional and not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
     except ValueError:  # UnicodeDecodeError included
         raise Invalid("body", "not valid JSON") from None
+    except RecursionError:  # [[[[...: nesting deeper than the interpreter's stack
+        raise Invalid("body", "nested too deeply") from None
     if not isinstance(body, dict):
         raise Invalid("body", "must be a JSON object")
     return body
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are Python's extensions to JSON (RFC 8259 has no such numbers)."""
+    raise ValueError(f"{name} is not a JSON number")

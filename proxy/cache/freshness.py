@@ -27,6 +27,17 @@ def directives(cache_control: str) -> dict[str, str]:
     return found
 
 
+# RFC 9111 section 1.2.2: a delta-seconds too large to represent is taken as 2^31.
+_MAX_DELTA = 2**31
+
+
+def _delta_seconds(value: str) -> float:
+    """max-age's value; a bad one makes the answer stale (RFC 9111 section 4.2.1)."""
+    if not value.isascii() or not value.isdigit():
+        return 0.0
+    return float(_MAX_DELTA if len(value) > 10 else min(int(value), _MAX_DELTA))
+
+
 def storable(headers: Mapping[str, str] | None) -> bool:
     said = directives((headers or {}).get("Cache-Control", ""))
     return "no-store" not in said and "private" not in said
@@ -41,7 +52,7 @@ def lifetime(headers: Mapping[str, str] | None, now: float | None = None) -> flo
     for name in ("s-maxage", "max-age"):
         if name in said:
             value = said[name]
-            return float(value) if value.isdigit() else 0.0  # a bad value: stale (RFC 9111)
+            return _delta_seconds(value)
     expires = headers.get("Expires")
     if expires is None:
         return None

@@ -23,7 +23,7 @@ from ..keys import KEY_ID_ALPHABET, KeySigner, new_key_id
 from ..records import Customer, DisabledBy, KeyRecord
 from ..referrers import is_path_pattern
 from ..store import CustomerToken, Store
-from ..units import Rate, format_size
+from ..units import MAX_DURATION, Rate, format_size
 from . import Forbidden, Invalid, Missing, Refused
 
 # (key field, the customer's plan cap): a key's own setting may not exceed the cap.
@@ -266,17 +266,24 @@ async def roll_key(
     """A new key with the old one's settings (status and expiry included); the old one
     expires after the grace period, unless it already expires sooner. (new, old).
     Under a cap on live keys the old one does not count (it is on its way out), so a
-    customer holds at most one key more than its cap while a roll's grace runs."""
+    customer holds at most one key more than its cap while a roll's grace runs.
+
+    Both records are built and checked before the first write: a bad grace used to
+    fail after the new key was stored, leaving a key nobody was shown (issue 12 item 10)."""
+    if not 0 <= grace <= MAX_DURATION:  # also NaN; the parsers already bound it
+        raise Invalid("grace", f"{grace!r} is not between 0 s and a century")
     customer = await find_customer(store, old.customer_id, for_new_key=True)
     cap = key_cap(customer, default_max_keys)
     await _make_room(store, customer, cap, excluding=old.key_id)
     now = int(time.time())
     new = dataclasses.replace(old, key_id=new_key_id(), created_at=now, version=version)
+    retire_at = now + int(grace)
+    retire = old.expires_at is None or old.expires_at > retire_at
+    if retire:
+        old = dataclasses.replace(old, expires_at=retire_at)
     await store.create_key(new)
     await _keep_within(store, customer, cap, new, excluding=old.key_id)
-    retire_at = now + int(grace)
-    if old.expires_at is None or old.expires_at > retire_at:
-        old = dataclasses.replace(old, expires_at=retire_at)
+    if retire:
         await store.put_key(old)
     return new, old
 

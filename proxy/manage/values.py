@@ -19,14 +19,26 @@ from typing import Any
 
 from ..keys import is_key_id, key_id_of
 from ..referrers import validate_referrer_pattern
-from ..units import parse_duration, parse_rate, parse_size
+from ..units import MAX_DURATION, parse_duration, parse_rate, parse_size
 from . import Invalid
 
 MIN_LINK_SECRET = 16
+# Bounds on what the CLI and admin API accept (issue 12 item 10: a 400-digit number was
+# an OverflowError and a 500 after the write). Text is measured before it is parsed.
+MAX_COUNT = 2**53 - 1  # exact in JSON and in a float; fits SQLite's 64-bit integers
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
+MAX_TEXT = 1024  # a name, a path prefix, a link secret, a date
+MAX_ITEMS = 256  # referrer patterns, CIDRs or path prefixes of one key
+
+
+def _short(text: str, limit: int = MAX_TEXT) -> str:
+    if len(text) > limit:
+        raise ValueError(f"at most {limit} characters")
+    return text
 
 
 def parse_customer_id(text: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+    if len(text) > 64 or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
         raise ValueError(f"{text!r} is not a customer id (1-64 of A-Z a-z 0-9 _ . -)")
     return text
 
@@ -40,17 +52,23 @@ def parse_key_id(text: str) -> str:
 
 
 def parse_positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{text!r} is not a positive integer")
-    return int(text)
+    if len(text) > 20 or not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{_short(text, 40)!r} is not a positive integer")
+    return _at_most(int(text), MAX_COUNT)
+
+
+def _at_most(value: int, limit: int) -> int:
+    if value > limit:
+        raise ValueError(f"{value} is too large (at most {limit})")
+    return value
 
 
 def parse_cidr(text: str) -> str:
-    return str(ipaddress.ip_network(text, strict=False))
+    return str(ipaddress.ip_network(_short(text, 64), strict=False))
 
 
 def parse_path_prefix(text: str) -> str:
-    if not text.startswith("/"):
+    if not _short(text).startswith("/"):
         raise ValueError(f"{text!r}: a path prefix starts with '/', e.g. /files/icons/")
     return text
 
@@ -63,7 +81,7 @@ def parse_referrer(text: str) -> str:
 
 
 def parse_link_secret(text: str) -> str:
-    if len(text) < MIN_LINK_SECRET:
+    if len(_short(text)) < MIN_LINK_SECRET:
         raise ValueError(f"a link secret has at least {MIN_LINK_SECRET} characters")
     return text
 
@@ -72,7 +90,7 @@ def parse_expiry(text: str) -> int:
     """Unix seconds from an ISO date or datetime (UTC unless it names a zone) or from a
     duration from now (`30d`). A bare number is refused: seconds, or a timestamp?"""
     try:
-        moment = datetime.fromisoformat(text)
+        moment = datetime.fromisoformat(_short(text, 64))
     except ValueError:
         if text.strip().isdigit():
             raise ValueError(f"{text!r}: write a duration with its unit (30d) or a date") from None
@@ -87,13 +105,15 @@ def parse_expiry(text: str) -> int:
 
 def parse_date(text: str) -> int:
     """Unix seconds from an ISO date or datetime, UTC unless it names a zone."""
-    moment = datetime.fromisoformat(text)
+    moment = datetime.fromisoformat(_short(text, 64))
     return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
 
 
 def _future(moment: int, given: object) -> int:
     if moment <= time.time():
         raise ValueError(f"{given!r} is in the past")
+    if moment > MAX_TIMESTAMP:
+        raise ValueError(f"{given!r} is after the year 9999")
     return moment
 
 
@@ -121,8 +141,21 @@ def _expect(kind: type, what: str) -> Callable[[Any], Any]:
     return check
 
 
-_string, _boolean = _expect(str, "a string"), _expect(bool, "true or false")
-_integer = _expect(int, "an integer")
+_any_string, _boolean = _expect(str, "a string"), _expect(bool, "true or false")
+_any_integer = _expect(int, "an integer")
+
+
+def _string(value: Any) -> str:
+    return _short(_any_string(value))
+
+
+def _integer(value: Any) -> int:
+    """An integer that fits the store (SQLite: 64 bits) and JSON (53 bits), either sign."""
+    number = _any_integer(value)
+    if abs(number) > MAX_COUNT:
+        raise ValueError(f"{'-' if number < 0 else ''}{len(str(abs(number)))} digits: too large "
+                         f"(at most {MAX_COUNT})")  # fmt: skip
+    return int(number)
 
 
 def json_type(value: Any) -> str:
@@ -149,6 +182,8 @@ def _grace(value: Any) -> float:
         return parse_duration(value)
     if _integer(value) < 0:
         raise ValueError(f"{value} is negative")
+    if value > MAX_DURATION:
+        raise ValueError(f"{value} is more than a century")
     return float(value)
 
 
@@ -160,6 +195,8 @@ def _list_of(parse: Callable[[str], str]) -> Callable[[Any], tuple[str, ...]]:
     def read(value: Any) -> tuple[str, ...]:
         if not isinstance(value, list):
             raise ValueError(f"expected an array of strings, got {json_type(value)}")
+        if len(value) > MAX_ITEMS:
+            raise ValueError(f"at most {MAX_ITEMS} items")
         return tuple(parse(_string(item)) for item in value)
 
     return read

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from ..conditional import single_range
+from ..conditional import LONGEST_DATE, etag_list, single_range
 from ..config import OriginTimeouts, Route
 from ..errors import NotFound, OriginError, OriginTimeout
 from . import Origin, OriginRequest, OriginResponse
@@ -177,14 +177,24 @@ def _origin_failures(waiting_for: str) -> Iterator[None]:
 
 
 def _forwarded(request: OriginRequest) -> dict[str, str]:
+    """The client's Range and conditionals, as far as keyfront would honour them: a
+    malformed one is not passed on (the origin answers in full, as keyfront would)."""
     headers = {}
     if (wanted := single_range(request.range)) is not None:
         headers["Range"] = wanted
-    if request.if_none_match is not None:
+    if request.if_none_match is not None and _forwardable(request.if_none_match):
         headers["If-None-Match"] = request.if_none_match
-    if request.if_modified_since is not None:
-        headers["If-Modified-Since"] = request.if_modified_since
+    since = request.if_modified_since
+    if since is not None and since.isascii() and len(since) <= LONGEST_DATE:
+        headers["If-Modified-Since"] = since
     return headers
+
+
+def _forwardable(if_none_match: str) -> bool:
+    """A list keyfront can parse, in ASCII (a non-UTF-8 byte cannot be re-encoded for
+    the origin: issue 12 item 9)."""
+    value = if_none_match
+    return value.isascii() and (value.strip() == "*" or etag_list(value) is not None)
 
 
 def _kept_headers(status: int, origin: Mapping[str, str]) -> dict[str, str]:
