@@ -262,3 +262,15 @@ def test_purges_by_public_path_reach_each_nested_route(keyfront: KeyfrontProcess
     assert json.loads(cli.stdout)["purged"] == 2  # a.txt and same.txt; plan.txt was gone
     assert get(keyfront, "/pub/a.txt")[1] == "MISS"
     assert get(keyfront, "/pub/secret/plan.txt", key)[1] == "MISS"
+
+
+def test_a_purge_by_path_resolves_variants_as_requests_do(keyfront: KeyfrontProcess) -> None:
+    """With a query, a purge removes the one entry a request with that query uses;
+    without one, the path and all its variants, from the command line too (which
+    knew no route's variants before: it removed the bare path only)."""
+    for query in ("", "?w=100", "?w=200"):
+        assert get(keyfront, f"/v/a.txt{query}")[:2] == (200, "MISS")
+    assert admin_purge(keyfront, {"paths": ["/v/a.txt?w=100&utm=x"]}) == (200, {"purged": 1})
+    assert get(keyfront, "/v/a.txt?w=200")[1] == "HIT"
+    cli = keyfront.cli("cache", "purge", "/v/a.txt", "--json")
+    assert json.loads(cli.stdout)["purged"] == 2  # the bare path and w=200
