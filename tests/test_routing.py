@@ -53,6 +53,9 @@ def test_the_key_space_names_the_route_and_its_origin() -> None:
     }
     assert len(spaces) == 9
     assert key_space(a) == key_space(Route("/obj/", "http://a.example/base/", auth="none"))
+    # Credentials change who may read, not what is read; nor do they belong in a file.
+    with_password = key_space(Route("/obj/", "http://user:pw@a.example/base/"))
+    assert with_password == key_space(a) and "pw" not in with_password
 
 
 _SEGMENT = st.text(st.characters(exclude_characters="/\n\r\x00", codec="utf-8"), min_size=1)

@@ -92,7 +92,8 @@ class Cache:
         self._passing: dict[str, float] = {}  # key -> until (unix time)
         self._tasks: set[asyncio.Task[None]] = set()
         self.sharing = FillSharing(config.dir, self._fill_named)
-        self._routes = Routes((route.prefix, (route, key_space(route))) for route in routes)
+        self._spaces = tuple((route, key_space(route)) for route in routes)
+        self._routes = Routes((route.prefix, (route, space)) for route, space in self._spaces)
 
     async def open(self, rescan: bool = True) -> None:
         """Prepare the folder. `rescan` recounts its bytes in the background, as each
@@ -222,7 +223,6 @@ class Cache:
         objects removed from disk."""
         path, _, query = path.partition("?")
         public = _public(path)
-        self._drop_local(lambda k: public_path(k) == public)  # any origin's, any variant
         found = self._routes.match(public)
         if found is None:
             return 0
@@ -230,23 +230,34 @@ class Cache:
         object_path = public[len(route.prefix) :]
         variant = variant_query(route.variant_params, _first_values(query)) if query else ""
         key = cache_key(space, object_path, variant)
+        self._drop_key(key)
         size = self.store.remove(file_name(key))
         self.space.freed(size)
         variants = 0
         if route.variant_params and not query:
+            self._drop_local(lambda k: k.startswith(key + SEPARATOR))
             variants = await self._remove(lambda k: k.startswith(key + SEPARATOR))
         return variants + (1 if size else 0)
 
     async def purge_prefix(self, prefix: str) -> int:
         """Remove every object whose public path starts with `prefix` (`/request/`);
-        the number removed from disk."""
+        the number removed from disk. On disk, entries of every route and origin the
+        folder ever held, and of the old key format, are matched by public path."""
         prefix = _public(prefix)
+        keys = self._key_prefixes(prefix)  # this process holds current keys only
+        self._drop_local(lambda k: k.startswith(keys))
+        return await self._remove(lambda k: public_path(k).startswith(prefix))
 
-        def matches(key: str) -> bool:
-            return public_path(key).startswith(prefix)
-
-        self._drop_local(matches)
-        return await self._remove(matches)
+    def _key_prefixes(self, public: str) -> tuple[str, ...]:
+        """The starts of the current keys whose public path starts with `public`: a
+        route inside it whole, or the part of the route it names."""
+        starts = []
+        for route, space in self._spaces:
+            if route.prefix.startswith(public):
+                starts.append(space)
+            elif public.startswith(route.prefix):
+                starts.append(space + public[len(route.prefix) :])
+        return tuple(starts)
 
     async def _remove(self, matches: Callable[[str], bool]) -> int:
         """Unlink the files whose key `matches`; the number removed. Files are matched
@@ -256,6 +267,14 @@ class Cache:
         count, size = await loop.run_in_executor(None, remove_matching, self.store, matches)
         self.space.freed(size, count)
         return count
+
+    def _drop_key(self, key: str) -> None:
+        """`_drop_local` of one key, without a scan."""
+        self.store.forget(key)
+        fill = self._fills.get(key)
+        if fill is not None:
+            fill.discard = True
+        self._passing.pop(key, None)
 
     def _drop_local(self, matches: Callable[[str], bool]) -> None:
         for key in [k for k in self.store.index if matches(k)]:

@@ -96,6 +96,11 @@ def origin_identity(route: Route) -> str:
     normalised it (absolute, ending in "/"), and for S3 the endpoint too: a bucket name
     is unique only within one endpoint. Credentials and region are left out: they
     change who may read, not what is read."""
+    if route.origin.startswith(("http://", "https://")):
+        scheme, rest = route.origin.split("://", 1)
+        host, slash, path = rest.partition("/")
+        # user:password@ is left out too: it would land in every cache file's header.
+        return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
     if not route.origin.startswith("s3://"):
         return route.origin
     endpoint = route.s3.endpoint_url if route.s3 is not None else None
