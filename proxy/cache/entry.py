@@ -11,11 +11,11 @@ metadata with another's body (a separate sidecar would need two renames). Layout
 - `stored_at`: a fixed 8-byte field, so a revalidation (origin 304) refreshes it with
   one `pwrite` instead of rewriting the object.
 - `meta`: the cache key (route, origin and object path: `cache_key`; read back by a
-  purge by prefix), the status (200, or 404 for a cached
-  absence, SPEC section 5 `negative_ttl`), the body size, the origin's headers as it
-  sent them: Content-Type, Content-Encoding, ETag, Last-Modified (SPEC section 1: the
-  validators are the origin's, never recomputed here), and the freshness lifetime the
-  origin gave, when the route respects it (`ttl`; absent: the cache's `ttl`).
+  purge by prefix), the status (200, or 404 for a cached absence, SPEC section 5
+  `negative_ttl`), the body size, the origin's headers as it sent them: Content-Type,
+  Content-Encoding, ETag, Last-Modified (SPEC section 1: the validators are the
+  origin's, never recomputed here), and the freshness lifetime the origin gave, when
+  the route respects it (`ttl`; absent: the cache's `ttl`).
 
 File names are the sha256 of the cache key, fanned out over 256 folders
 (`objects/ab/ab12...`), like nginx's `levels=2`.
@@ -46,10 +46,10 @@ KEPT_HEADERS = ("Content-Type", "Content-Encoding", "ETag", "Last-Modified")
 
 def cache_key(space: str, object_path: str, variant: str = "") -> str:
     """`routing.key_space(route)` (route prefix and origin identity) + the normalised
-    object path (decoded, below the prefix), then
-    the route's variant parameters (`variant_query`) when the request has any. Other
-    query parameters, and so auth parameters, never enter it: every key shares one
-    copy. One concatenation: this runs on every cached request."""
+    object path (decoded, below the prefix), then the route's variant parameters
+    (`variant_query`) when the request has any. Other query parameters, and so auth
+    parameters, never enter it: every key shares one copy. One concatenation: this
+    runs on every cached request."""
     return f"{space}{object_path}{SEPARATOR}{variant}" if variant else space + object_path
 
 
