@@ -179,12 +179,11 @@ async def startup(config: Config) -> Runtime:
 
 async def open_cache(runtime: Runtime) -> None:
     """The disk cache for this process; a folder it cannot use stops start-up."""
-    cache = Cache(runtime.config.cache)
+    cache = Cache(runtime.config.cache, runtime.config.routes)
     try:
         await cache.open()
     except OSError as exc:
         raise ConfigError("cache.dir", f"cannot use {cache.store.root}: {exc}") from exc
-    cache.variant_routes = tuple(r.prefix for r in runtime.config.routes if r.variant_params)
     runtime.cache = cache
     runtime.closers.append(cache.close)
     runtime.metrics.sources.append(cache.count_into)

@@ -491,7 +491,9 @@ _SIZE = _measure(parse_size, "a size (e.g. 10GiB, 512MiB)")
 _UNSET_IF_EMPTY = (None, "")  # `${VAR:-}` leaves an optional string unset
 _OPTIONAL_TEXT = _optional(_text(), _UNSET_IF_EMPTY)
 _PARAM_NAME = _text(r"[A-Za-z0-9_.~-]+", "a query parameter name ([A-Za-z0-9_.~-]+)")
-_ROUTE_PREFIX = r"(?!.*/\.\.?/)/(?:[A-Za-z0-9._~!$&'()*+,;=:@%-]+/)*"
+# Compared with decoded request paths (routing.py), so written decoded: no "%" escape,
+# which would never match (issue 12 item 1), and nothing a path could not hold.
+_ROUTE_PREFIX = r"(?!.*/\.\.?/)/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]+/)*"
 
 _S3 = _section(
     S3Settings,
@@ -501,7 +503,9 @@ _S3 = _section(
 _ROUTE = _section(
     Route,
     {
-        "prefix": _text(_ROUTE_PREFIX, "a path that starts and ends with / (e.g. /files/)"),
+        "prefix": _text(
+            _ROUTE_PREFIX, "a path that starts and ends with / (e.g. /files/), written unescaped"
+        ),
         "origin": _origin,
         "auth": _text("key|none", "key or none"),
         "cache_control": _text(),

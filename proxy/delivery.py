@@ -45,7 +45,7 @@ async def deliver(
     variant = variant_query(route.variant_params, query) if query else ""
     if cache is None:
         return await pass_through(exchange, target, object_path, variant)
-    key = cache_key(route.prefix, object_path, variant)
+    key = cache_key(target.key_space, object_path, variant)
     if not cache.bypassed(key):
         for _ in range(2):  # again if the entry's file vanished (evicted, replaced)
             response = await _from_cache(cache, exchange, target, key, object_path, variant=variant)

@@ -11,16 +11,21 @@ from aiohttp import web
 from .config import Route
 from .origin import Origin
 from .record_cache import CachedKey
+from .routing import key_space
 
 SERVER = "keyfront"  # not aiohttp's default, which names its and Python's versions
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A configured route and its origin."""
+    """A configured route and its origin; `key_space` starts its cache keys."""
 
     route: Route
     origin: Origin
+    key_space: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_space", key_space(self.route))
 
 
 @dataclass(slots=True)

@@ -1,6 +1,6 @@
 """The request pipeline: one handler that reads top to bottom, in SPEC section 1's order.
 
-    route -> method -> path (check 11) -> key (1, 2) -> record (3) -> status (4)
+    path (check 11) -> route -> method -> key (1, 2) -> record (3) -> status (4)
     -> signed link (5) -> referrer (6) -> IP (7) -> path scope (8)
     -> [rate, quota: 9, 10] -> origin -> stream -> [count]
 
@@ -40,6 +40,7 @@ from .metrics import Metrics
 from .policy import check_link, client_ip, cors_headers, normalise_path, preflight_headers
 from .ratelimit import Limiter
 from .record_cache import CachedKey, RecordCache, status_refusal
+from .routing import Routes
 from .usage import UsageMeter
 from .wire import wire_response
 
@@ -83,8 +84,7 @@ class Pipeline:
         self._limiter = limiter
         self._key_param = config.keys.query_param
         self._trusted = config.trusted_proxies
-        # Longest prefix first, so /files/big/ wins over /files/.
-        self._targets = sorted(targets, key=lambda t: len(t.route.prefix), reverse=True)
+        self._routes = Routes((target.route.prefix, target) for target in targets)
         self._request_ids = RequestIds()
         self._log = access_log
         self._usage = usage
@@ -123,11 +123,15 @@ class Pipeline:
     async def _serve(self, exchange: Exchange) -> web.StreamResponse:
         request = exchange.request
         raw_path = exchange.path = request.raw_path.partition("?")[0]
-        target = self._target(raw_path)
+        # Check 11 runs first (it needs no I/O), and the route is picked on the decoded
+        # path that the object path, the path scopes and signed links are read from:
+        # on the raw one, /pub/secre%74/x took route /pub/ to /pub/secret/'s object
+        # (issue 12 item 1).
+        path = normalise_path(raw_path)
+        target = self._target(path)
         exchange.route = target.route.prefix
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             raise MethodNotAllowed(headers={"Allow": ALLOW})
-        path = normalise_path(raw_path)  # check 11 runs first: it needs no I/O
         object_path = path[len(target.route.prefix) :]
         if not object_path:
             raise NotFound()
@@ -141,11 +145,11 @@ class Pipeline:
             exchange.headers.update(cors_headers(origin))
         return await deliver(self._cache, exchange, target, object_path)
 
-    def _target(self, raw_path: str) -> Target:
-        for target in self._targets:
-            if raw_path.startswith(target.route.prefix):
-                return target
-        raise NotFound()
+    def _target(self, path: str) -> Target:
+        target = self._routes.match(path)
+        if target is None:
+            raise NotFound()
+        return target
 
     async def _record(self, exchange: Exchange) -> CachedKey:
         """Checks 1-3: a key, well-formed and signed, whose record exists. Only a

@@ -53,9 +53,11 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # ---- Path normalisation (SPEC check 11) ----------------------------------------------
 
-# In the raw path: a "%" that is not an escape (RFC 3986 2.1), or an encoded "/", which
-# would move segment boundaries once decoded.
-_BAD_RAW = re.compile(r"%(?![0-9A-Fa-f]{2})|%2[fF]")
+# In the raw path: a "%" that is not an escape (RFC 3986 2.1); an encoded "/", which
+# would move segment boundaries once decoded; an encoded "?" or "#", or a bare "#" (a
+# fragment, which no client sends): decoded into an object path, `a%3Fw=100` read as
+# the variant `a?w=100` of `a` (issue 12 item 2). No object name holds "?" or "#".
+_BAD_RAW = re.compile(r"%(?![0-9A-Fa-f]{2})|%2[fF3]|%3[fF]|#")
 # In the decoded path: "\\", control characters, an escape that survived one decoding
 # (%252e -> %2e: double encoding), an empty segment, or a "." or ".." segment.
 _BAD_DECODED = re.compile(r"[\\\x00-\x1f\x7f]|%[0-9A-Fa-f]{2}|//|/\.\.?(?:/|\Z)")
@@ -69,7 +71,13 @@ def normalise_path(raw_path: str) -> str:
     # and isprintable() (false for controls and lone surrogates) beat one regex 2:1.
     if (
         raw_path[:1] == "/"
-        and not ("%" in raw_path or "\\" in raw_path or "/." in raw_path or "//" in raw_path)
+        and not (
+            "%" in raw_path
+            or "\\" in raw_path
+            or "/." in raw_path
+            or "//" in raw_path
+            or "#" in raw_path
+        )
         and raw_path.isprintable()
     ):
         return raw_path
@@ -229,15 +237,27 @@ def _is_trusted(addr: IPAddress, trusted: tuple[IPNetwork, ...]) -> bool:
 
 class PathRules:
     """Public path prefixes, e.g. /request/icons/, compared with the decoded path as
-    plain string prefixes (a prefix without a trailing "/" also matches siblings)."""
+    plain string prefixes (a prefix without a trailing "/" also matches siblings).
+
+    A prefix is decoded as a request path is (`/files/%7Eann/` is `/files/~ann/`), so
+    that it means one thing however it was written; one that no request path can start
+    with (`/a%2Fb/`) matches nothing, rather than being dropped: a key must never gain
+    access through a typo."""
 
     __slots__ = ("_prefixes",)
 
     def __init__(self, prefixes: Sequence[str]) -> None:
-        self._prefixes = tuple(prefixes)
+        self._prefixes = tuple(_decoded_scope(prefix) for prefix in prefixes)
 
     def allows(self, path: str) -> bool:
         return not self._prefixes or path.startswith(self._prefixes)
+
+
+def _decoded_scope(prefix: str) -> str:
+    try:
+        return normalise_path(prefix)
+    except BadPath:
+        return "\0"  # no normalised path holds a NUL
 
 
 # ---- One key's policy (SPEC checks 6, 7, 8) ------------------------------------------

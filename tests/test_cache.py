@@ -151,9 +151,9 @@ async def start(origin: tuple[OriginBehaviour, str], tmp_path: Path) -> AsyncIte
 
     async def start_proxy(name: str = "cache", **settings: Any) -> Proxy:
         config = CacheConfig(dir=str(tmp_path / name), **settings)
-        cache = Cache(config)
-        await cache.open()
         route = Route(PREFIX, origin[1])
+        cache = Cache(config, [route])  # the routes resolve purge paths
+        await cache.open()
         http_origin = HttpOrigin(route, OriginTimeouts(connect=1.0, first_byte=1.0, idle=1.0))
         await http_origin.open()
         target = Target(route, http_origin)

@@ -105,6 +105,13 @@ def test_a_plain_path_is_returned_as_is() -> None:
         "request/a.svg",
         "",
         "%2frequest/a.svg",
+        # "?" and "#" never enter an object path: a%3Fw=100 read as a variant's entry
+        # (issue 12 item 2); a bare "#" is a fragment, which aiohttp's own path drops.
+        "/v/a%3Fw=100",
+        "/v/a%3fw=100",
+        "/v/a%23w",
+        "/v/a#w",
+        "/v/a%C3%A9#w",
     ],
 )
 def test_hostile_paths_are_refused(raw: str) -> None:
@@ -203,6 +210,16 @@ def test_path_rules() -> None:
     assert rules.allows("/request/icons/a.svg") and rules.allows("/request/logos/")
     assert not rules.allows("/request/other/a.svg") and not rules.allows("/request/icons")
     assert PathRules([]).allows("/anything")
+
+
+def test_path_scopes_are_decoded_as_request_paths_are() -> None:
+    """A scope means one thing however it was written (issue 12 item 3); one that no
+    request path can start with matches nothing, rather than being dropped."""
+    rules = PathRules(["/files/%7Eann/", "/files/caf%C3%A9/"])
+    assert rules.allows("/files/~ann/a.png") and rules.allows("/files/café/a.png")
+    assert not rules.allows("/files/%7Eann/a.png")
+    broken = PathRules(["/files/a%2Fb/"])
+    assert not broken.allows("/files/a/b/x") and not broken.allows("/files/a%2Fb/x")
 
 
 # ---- Signed links --------------------------------------------------------------------

@@ -29,8 +29,18 @@ Decisions where SPEC section 5 leaves room:
 - An object over `max_object_size` costs one cut-short GET, then is remembered for a
   ttl so that its requests go straight through, with their Range.
 - An origin answer without Content-Length is not cached (its length cannot be checked).
+- The key is the route's prefix, its origin's identity and the decoded object path
+  (routing.key_space, entry.cache_key), newline-separated: nested routes never share an
+  entry, and a route pointed at another origin starts afresh (issue 12 item 1, issue
+  14). Entries of the old key format (`/prefix/path`) are never looked up again; they
+  leave by eviction or by a purge by prefix.
 - Variant query parameters (`variant_params`, http(s) routes) enter the key as
-  `?w=100&format=webp` in the route's order; a purge of a path removes its variants.
+  `w=100&format=webp` in the route's order, after one more newline.
+- Purges take public URL paths (SPEC section 5), normalised as requests are, and find
+  their route as a request does. A path purges the object and its variants; a path
+  with a query purges the one entry a request with that query would use. A prefix
+  purges every entry whose public path (route prefix + object path) starts with it,
+  whatever its route or origin.
 - Counters (`write_errors`, `coalesced`, `evictions`) are per process; `count_into`
   hands them to /metrics.
 """
@@ -41,18 +51,20 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
+from urllib.parse import parse_qsl
 
-from ..config import CacheConfig
+from ..config import CacheConfig, Route
 from ..errors import BadPath
 from ..metrics import Metrics
 from ..origin import Origin, OriginRequest
 from ..policy import normalise_path
-from .entry import CacheEntry, file_name
+from ..routing import SEPARATOR, Routes, key_space
+from .entry import CacheEntry, cache_key, file_name, public_path, variant_query
 from .fill import Fill, FillBroken, Outcome
 from .share import FillSharing
-from .space import Space, remove_prefix
+from .space import Space, remove_matching
 from .store import DiskStore
 
 __all__ = ["Cache", "CacheEntry", "Fill", "FillBroken", "Freshness", "Outcome"]
@@ -67,9 +79,10 @@ class Freshness(enum.Enum):
 
 
 class Cache:
-    """One process's view of the cache folder; `open()` before use, `close()` after."""
+    """One process's view of the cache folder; `open()` before use, `close()` after.
+    `routes`: the configured routes, which purges resolve public paths with."""
 
-    def __init__(self, config: CacheConfig) -> None:
+    def __init__(self, config: CacheConfig, routes: Iterable[Route] = ()) -> None:
         self.config = config
         self.store = DiskStore(config.dir)
         self.space: Space
@@ -79,9 +92,8 @@ class Cache:
         self._passing: dict[str, float] = {}  # key -> until (unix time)
         self._tasks: set[asyncio.Task[None]] = set()
         self.sharing = FillSharing(config.dir, self._fill_named)
-        # Prefixes of the routes with variant_params: a purge of a path there also
-        # removes the path's variants. Set by app.startup.
-        self.variant_routes: tuple[str, ...] = ()
+        self._spaces = tuple((route, key_space(route)) for route in routes)
+        self._routes = Routes((route.prefix, (route, space)) for route, space in self._spaces)
 
     async def open(self, rescan: bool = True) -> None:
         """Prepare the folder. `rescan` recounts its bytes in the background, as each
@@ -205,28 +217,64 @@ class Cache:
     # --- purge (SPEC section 5: by public URL path or prefix) -------------------------
 
     async def purge(self, path: str) -> int:
-        """Remove the object at public URL path `path` (`/request/12345.svg`) from
-        this process and the disk, with its variants on a route that has some
-        (`path?w=100`: found by a scan, as for a prefix); the number removed."""
-        key = _public(path)
-        self._drop_local(lambda k: k == key)
+        """Remove the object at public URL path `path` (`/request/12345.svg`) from this
+        process and the disk, with its variants on a route that has some (found by a
+        scan, as for a prefix), or only the variant its query names; the number of
+        objects removed from disk."""
+        path, _, query = path.partition("?")
+        public = _public(path)
+        found = self._routes.match(public)
+        if found is None:
+            return 0
+        route, space = found
+        object_path = public[len(route.prefix) :]
+        variant = variant_query(route.variant_params, _first_values(query)) if query else ""
+        key = cache_key(space, object_path, variant)
+        self._drop_key(key)
         size = self.store.remove(file_name(key))
         self.space.freed(size)
         variants = 0
-        if key.startswith(self.variant_routes):
-            variants = await self.purge_prefix(key + "?")
+        if route.variant_params and not query:
+            self._drop_local(lambda k: k.startswith(key + SEPARATOR))
+            variants = await self._remove(lambda k: k.startswith(key + SEPARATOR))
         return variants + (1 if size else 0)
 
     async def purge_prefix(self, prefix: str) -> int:
         """Remove every object whose public path starts with `prefix` (`/request/`);
-        the number removed from disk. Files are matched by the key in their header,
-        read in a worker thread: objects other processes stored are found too."""
+        the number removed from disk. On disk, entries of every route and origin the
+        folder ever held, and of the old key format, are matched by public path."""
         prefix = _public(prefix)
-        self._drop_local(lambda k: k.startswith(prefix))
+        keys = self._key_prefixes(prefix)  # this process holds current keys only
+        self._drop_local(lambda k: k.startswith(keys))
+        return await self._remove(lambda k: public_path(k).startswith(prefix))
+
+    def _key_prefixes(self, public: str) -> tuple[str, ...]:
+        """The starts of the current keys whose public path starts with `public`: a
+        route inside it whole, or the part of the route it names."""
+        starts = []
+        for route, space in self._spaces:
+            if route.prefix.startswith(public):
+                starts.append(space)
+            elif public.startswith(route.prefix):
+                starts.append(space + public[len(route.prefix) :])
+        return tuple(starts)
+
+    async def _remove(self, matches: Callable[[str], bool]) -> int:
+        """Unlink the files whose key `matches`; the number removed. Files are matched
+        by the key in their header, read in a worker thread: objects other processes
+        stored are found too."""
         loop = asyncio.get_running_loop()
-        count, size = await loop.run_in_executor(None, remove_prefix, self.store, prefix)
+        count, size = await loop.run_in_executor(None, remove_matching, self.store, matches)
         self.space.freed(size, count)
         return count
+
+    def _drop_key(self, key: str) -> None:
+        """`_drop_local` of one key, without a scan."""
+        self.store.forget(key)
+        fill = self._fills.get(key)
+        if fill is not None:
+            fill.discard = True
+        self._passing.pop(key, None)
 
     def _drop_local(self, matches: Callable[[str], bool]) -> None:
         for key in [k for k in self.store.index if matches(k)]:
@@ -239,8 +287,18 @@ class Cache:
 
 
 def _public(path: str) -> str:
-    """Purge paths are as clients request them: percent-decoded like the pipeline's."""
+    """Purge paths are as clients request them: percent-decoded like the pipeline's. A
+    path no request could have (BadPath) is kept as given: it matches nothing cached
+    under the current key format."""
     try:
         return normalise_path(path)
     except BadPath:
         return path
+
+
+def _first_values(query: str) -> dict[str, str]:
+    """A query's parameters, the first value of each, as a request's `query.get`."""
+    values: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        values.setdefault(name, value)
+    return values

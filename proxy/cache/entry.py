@@ -10,11 +10,12 @@ metadata with another's body (a separate sidecar would need two renames). Layout
   object replaced by another worker process is never sent under stale headers.
 - `stored_at`: a fixed 8-byte field, so a revalidation (origin 304) refreshes it with
   one `pwrite` instead of rewriting the object.
-- `meta`: the cache key (for purge by prefix), the status (200, or 404 for a cached
-  absence, SPEC section 5 `negative_ttl`), the body size, the origin's headers as it
-  sent them: Content-Type, Content-Encoding, ETag, Last-Modified (SPEC section 1: the
-  validators are the origin's, never recomputed here), and the freshness lifetime the
-  origin gave, when the route respects it (`ttl`; absent: the cache's `ttl`).
+- `meta`: the cache key (route, origin and object path: `cache_key`; read back by a
+  purge by prefix), the status (200, or 404 for a cached absence, SPEC section 5
+  `negative_ttl`), the body size, the origin's headers as it sent them: Content-Type,
+  Content-Encoding, ETag, Last-Modified (SPEC section 1: the validators are the
+  origin's, never recomputed here), and the freshness lifetime the origin gave, when
+  the route respects it (`ttl`; absent: the cache's `ttl`).
 
 File names are the sha256 of the cache key, fanned out over 256 folders
 (`objects/ab/ab12...`), like nginx's `levels=2`.
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from ..conditional import Validators, parse_http_date
+from ..routing import SEPARATOR
 
 MAGIC = b"KFCACHE1"
 PREFIX = struct.Struct("<8sQdI")  # magic, fill id, stored_at, meta length: 28 bytes
@@ -42,13 +44,22 @@ HEAD_READ = 4096  # one pread gets the whole header of nearly every object
 KEPT_HEADERS = ("Content-Type", "Content-Encoding", "ETag", "Last-Modified")
 
 
-def cache_key(route_prefix: str, object_path: str, variant: str = "") -> str:
-    """Route prefix + normalised object path: the public, decoded URL path (SPEC 5),
-    then `?` and the route's variant parameters (`variant_query`) when the request has
-    any. Other query parameters, and so auth parameters, never enter it: every key
-    shares one copy. The route's origin does not either, so repointing a route at
-    another origin calls for a purge of its prefix."""
-    return f"{route_prefix}{object_path}?{variant}" if variant else route_prefix + object_path
+def cache_key(space: str, object_path: str, variant: str = "") -> str:
+    """`routing.key_space(route)` (route prefix and origin identity) + the normalised
+    object path (decoded, below the prefix), then the route's variant parameters
+    (`variant_query`) when the request has any. Other query parameters, and so auth
+    parameters, never enter it: every key shares one copy. One concatenation: this
+    runs on every cached request."""
+    return f"{space}{object_path}{SEPARATOR}{variant}" if variant else space + object_path
+
+
+def public_path(key: str) -> str:
+    """The public URL path a cached object answers (route prefix + object path, no
+    variant): what purges name. A key written before the route and origin entered it
+    (one string, `/prefix/path?variant`) is returned whole; it is never looked up any
+    more, but a purge by prefix still finds and removes it."""
+    parts = key.split(SEPARATOR, 3)
+    return parts[0] + parts[2] if len(parts) >= 3 else key
 
 
 def variant_query(names: tuple[str, ...], query: Mapping[str, str]) -> str:

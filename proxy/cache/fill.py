@@ -151,7 +151,7 @@ class Fill:
             self._fail(Unavailable("keyfront is shutting down"))
             raise
         except Exception:
-            log.exception("cache fill of %s failed", self.key)
+            log.exception("cache fill of %r failed", self.key)
             self._fail(OriginError())
         finally:
             lock.release()

@@ -32,7 +32,7 @@ import fcntl
 import logging
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .entry import MAX_META, PREFIX, header_key
 from .store import FANOUT, DiskStore
@@ -233,9 +233,9 @@ def _evict(store: DiskStore, known: dict[str, float], excess: int) -> tuple[list
     return evicted, size
 
 
-def remove_prefix(store: DiskStore, prefix: str) -> tuple[int, int]:
-    """In a worker thread: unlink every object whose key starts with `prefix`; the
-    number removed and the bytes freed."""
+def remove_matching(store: DiskStore, matches: Callable[[str], bool]) -> tuple[int, int]:
+    """In a worker thread: unlink every object whose key `matches` (files of any key
+    format: `matches` decides); the number removed and the bytes freed."""
     count = size = 0
     for entry in _objects(store):
         try:
@@ -243,7 +243,7 @@ def remove_prefix(store: DiskStore, prefix: str) -> tuple[int, int]:
                 key = header_key(file.read(PREFIX.size + MAX_META))
         except OSError:
             continue
-        if key is not None and key.startswith(prefix):
+        if key is not None and matches(key):
             freed = store.remove(entry.name)
             count += 1 if freed else 0
             size += freed

@@ -46,7 +46,7 @@ async def _this_hosts_cache(config: Config) -> Cache | None:
     create one."""
     if not os.path.isdir(config.cache.dir):
         return None
-    cache = Cache(config.cache)
+    cache = Cache(config.cache, config.routes)
     try:
         await cache.open(rescan=False)
     except OSError as exc:

@@ -1,6 +1,7 @@
 """Origins: where objects come from, chosen by the route's URL scheme (SPEC section 6).
 
     origin_from_url(route, timeouts)   file:///dir/   http(s)://host/base/   s3://bucket/prefix/
+    origin_identity(route)             what names the objects: part of the cache key
 
 An Origin answers one OriginRequest with an OriginResponse, or raises NotFound,
 OriginError (-> 502) or OriginTimeout (-> 504). Errors while the body streams are
@@ -12,11 +13,15 @@ suite in tests/test_origin.py.
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from ..config import OriginTimeouts, Route
+
+# Where an s3:// route without `s3.endpoint_url` sends its requests (else AWS itself).
+S3_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +87,25 @@ def origin_from_url(route: Route, timeouts: OriginTimeouts) -> Origin:
 
         return S3Origin(route, timeouts)
     raise ValueError(f"unknown origin scheme {scheme!r} (use file://, http://, https://, s3://)")
+
+
+def origin_identity(route: Route) -> str:
+    """What names the objects a route's origin holds, for the cache key (SPEC section 5:
+    scheme, host or bucket, base path), so that a route pointed at another origin never
+    answers with the old one's bytes (issue 14). It is the origin URL as config.load
+    normalised it (absolute, ending in "/"), and for S3 the endpoint too: a bucket name
+    is unique only within one endpoint. Credentials and region are left out: they
+    change who may read, not what is read."""
+    if route.origin.startswith(("http://", "https://")):
+        scheme, rest = route.origin.split("://", 1)
+        host, slash, path = rest.partition("/")
+        # user:password@ is left out too: it would land in every cache file's header.
+        return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
+    if not route.origin.startswith("s3://"):
+        return route.origin
+    endpoint = route.s3.endpoint_url if route.s3 is not None else None
+    return f"{route.origin} at {endpoint or s3_endpoint_from_env() or 'aws'}"
+
+
+def s3_endpoint_from_env() -> str | None:
+    return next((os.environ[name] for name in S3_ENDPOINT_ENV if os.environ.get(name)), None)

@@ -56,7 +56,7 @@ from botocore.credentials import Credentials, RefreshableCredentials
 from ..conditional import Validators, not_modified
 from ..config import OriginTimeouts, Route, S3Settings
 from ..errors import ConfigError, NotFound, OriginError, OriginTimeout
-from . import OriginRequest, OriginResponse
+from . import OriginRequest, OriginResponse, s3_endpoint_from_env
 from .http import HttpOrigin
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class S3Origin(HttpOrigin):
 def bucket_url(bucket: str, region: str, endpoint_url: str | None = None) -> str:
     """The URL of the bucket, ending in "/": path-style below an explicit endpoint
     (or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL), else AWS's own."""
-    endpoint = endpoint_url or _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    endpoint = endpoint_url or s3_endpoint_from_env()
     name = quote(bucket, safe="")
     if endpoint:
         return f"{endpoint.rstrip('/')}/{name}/"
