@@ -489,3 +489,53 @@ def test_large_hits_reach_a_slow_reader_on_either_event_loop(
     finally:
         assert kf.stop() == 0
     assert origin.gets == {"big.bin": 1}
+
+
+# --- file modes (issue 12) -------------------------------------------------------------------
+
+
+def test_files_keyfront_writes_are_private_to_its_user(
+    tmp_path: Path, origin: BehaviourOrigin
+) -> None:
+    """The SQLite file holds link secrets in clear, the cache and the access log what
+    clients fetched: none is group- or other-readable, whatever the umask keyfront was
+    started with (022 here, the usual one); folders it creates are 0700, and files an
+    older version left 0644 are tightened."""
+    for folder in ("log", "data", "cache"):  # made by an older version, or by hand
+        (tmp_path / folder).mkdir(mode=0o755)
+    for made_earlier in ("data/kf.db", "log/access.log"):
+        (tmp_path / made_earlier).touch(mode=0o644)  # an empty file is an empty database
+    body = f"""
+store: sqlite://{tmp_path}/data/kf.db
+keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
+routes:
+  - {{prefix: /k/, origin: "{origin.url}"}}
+  - {{prefix: /open/, origin: "{origin.url}", auth: none}}
+cache: {{dir: {tmp_path}/cache, max_size: 64MiB}}
+access_log: {tmp_path}/log/access.log
+"""
+    previous = os.umask(0o022)
+    try:
+        kf = start_keyfront(body, str(tmp_path))
+    finally:
+        os.umask(previous)
+    try:
+        key = key_for(kf)
+        kf.cli("keys", "update", key.split("_")[2], "--link-secret", "s" * 32)
+        assert get(kf, f"/k/small.bin?key={key}")[0] == 200
+        assert get(kf, "/open/mid.bin")[0] == 200
+        assert get(kf, "/open/absent.bin")[0] == 404
+    finally:
+        assert kf.stop() == 0
+    assert (tmp_path / "cache").stat().st_mode & 0o077 == 0  # all it holds with it
+    seen = []
+    for top in ("data", "cache", "log"):
+        for folder, dirs, files in os.walk(tmp_path / top):
+            for name in [*dirs, *files]:
+                path = os.path.join(folder, name)
+                seen.append(path)
+                mode = os.lstat(path).st_mode & 0o777
+                assert mode & 0o077 == 0, f"{path} is {mode:o}"
+    names = {os.path.basename(p) for p in seen}
+    assert {"kf.db", "access.log", "size", "objects"} <= names, names
+    assert (tmp_path / "log" / "access.log").stat().st_size > 0

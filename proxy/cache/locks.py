@@ -41,7 +41,7 @@ class KeyLock:
         every writer has its own temp file). False if another process holds it."""
         for _ in range(ATTEMPTS):
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError:
                 return True
             try:

@@ -39,6 +39,7 @@ from .store import FANOUT, DiskStore
 
 log = logging.getLogger("keyfront.cache")
 LOW_WATER = 0.9  # a sweep evicts down to this fraction of max_size
+_OPEN_CREATE = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 _COUNTERS = struct.Struct("<qq")  # bytes (published and reserved), published objects
 
 
@@ -47,7 +48,7 @@ class Space:
         self.store = store
         self.max_size = max_size
         self.evictions = 0  # objects evicted by this process's sweeps
-        self._fd = os.open(os.path.join(store.root, "size"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        self._fd = os.open(os.path.join(store.root, "size"), _OPEN_CREATE, 0o600)
         self._sweep_lock = os.path.join(store.root, "sweep.lock")
         self._sweep: asyncio.Task[None] | None = None
         self._inflight = 0  # bytes this process has reserved and not yet settled
@@ -131,7 +132,7 @@ class Space:
         """At a server's start-up: recount the folder if no other process uses it, then
         hold `users` shared for as long as this process runs."""
         self._users = os.open(
-            os.path.join(self.store.root, "users"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            os.path.join(self.store.root, "users"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
         )
         try:
             fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -195,7 +196,7 @@ async def _hold_shared(fd: int) -> None:
 
 @contextlib.contextmanager
 def _try_lock(path: str) -> Iterator[bool]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

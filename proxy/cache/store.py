@@ -46,6 +46,7 @@ MEMORY_TIER = 64 * 1024**2  # bytes of small bodies kept in memory, per process
 # least recently used tenth is dropped (they are found on disk again if still there).
 MAX_INDEX = 500_000
 FANOUT = [f"{i:02x}" for i in range(256)]
+PRIVATE_FOLDER = 0o700  # files are created 0600 (issue 12: nothing world-readable)
 _READ = os.O_RDONLY | os.O_CLOEXEC
 _CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _temp_names = itertools.count()
@@ -66,11 +67,15 @@ class DiskStore:
         self._memory_tier = memory_tier
 
     def prepare(self) -> None:
-        """Create the folders once at start-up, so no write path ever needs a mkdir."""
-        os.makedirs(self.tmp, exist_ok=True)
+        """Create the folders once at start-up, so no write path ever needs a mkdir.
+        The cache holds what clients fetched with their keys: its folder is its user's
+        alone (issue 12), which also covers files an older version made 0644."""
+        os.makedirs(self.root, mode=PRIVATE_FOLDER, exist_ok=True)
+        os.chmod(self.root, PRIVATE_FOLDER)
+        os.makedirs(self.tmp, mode=PRIVATE_FOLDER, exist_ok=True)
         for top in (self.objects, self.locks):
             for fan in FANOUT:
-                os.makedirs(os.path.join(top, fan), exist_ok=True)
+                os.makedirs(os.path.join(top, fan), mode=PRIVATE_FOLDER, exist_ok=True)
 
     def path(self, name: str) -> str:
         return f"{self.objects}/{name[:2]}/{name}"
@@ -245,7 +250,7 @@ class TempObject:
     def __init__(self, store: DiskStore, entry: CacheEntry) -> None:
         self.path = f"{store.tmp}/{entry.name}.{os.getpid()}.{next(_temp_names)}"
         self._final = store.path(entry.name)
-        self.fd = os.open(self.path, _CREATE, 0o644)
+        self.fd = os.open(self.path, _CREATE, 0o600)
         try:
             self.write(encode_header(entry))
         except OSError:
