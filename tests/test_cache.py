@@ -28,6 +28,7 @@ from aiohttp.test_utils import RawTestServer
 from multidict import CIMultiDict
 
 from proxy.cache import Cache
+from proxy.cache.entry import CacheEntry, encode_header
 from proxy.conditional import UNSATISFIABLE, http_date, parse_range
 from proxy.config import CacheConfig, OriginTimeouts, Route
 from proxy.delivery import deliver
@@ -597,3 +598,93 @@ async def test_large_hits_reach_a_slow_reader_whole_and_in_order(
             assert bytes(got) == bodies[name]
     finally:
         writer.close()
+
+
+# --- the fill-sharing socket trusts only this user, and only its own temp files (issue 12) ---
+
+
+async def _fill_under_way(proxy: Proxy, behaviour: OriginBehaviour, name: str) -> Any:
+    """Start a slow fill of `name` in `proxy`; (task of the request, key, fill) once its
+    lock file advertises the fill's socket."""
+    behaviour.put(name, blob(1 * MiB, seed=31))
+    behaviour.delay = 0.02  # 16 chunks: ~0.3 s of fill
+    request = asyncio.create_task(proxy.get(name))
+    for _ in range(250):
+        fills = list(proxy.cache._fills.items())
+        if fills and await fills[0][1].storing():
+            key, fill = fills[0]
+            return request, key, fill
+        await asyncio.sleep(0.01)
+    raise AssertionError("the fill did not start")
+
+
+FOREIGN_FOLLOWER = """
+import socket, sys
+got = b""
+try:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(sys.argv[1].encode("latin-1").replace(b"@", b"\\0", 1))
+    sock.sendall(sys.argv[2].encode() + b"\\n")
+    while chunk := sock.recv(4096):
+        got += chunk
+except OSError:
+    pass
+sys.stdout.write(repr(got))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as another user")
+async def test_a_process_of_another_user_cannot_follow_a_fill(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    behaviour, _ = origin
+    proxy = await start()
+    request, _, fill = await _fill_under_way(proxy, behaviour, "private")
+    address = proxy.cache.sharing.address.replace("\0", "@", 1)
+    foreign = await asyncio.create_subprocess_exec(
+        "/usr/bin/python3", "-c", FOREIGN_FOLLOWER, address, fill.name,
+        user="nobody", stdout=asyncio.subprocess.PIPE, cwd="/",
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(foreign.communicate(), 10)
+    assert out == b"b''", out  # refused: neither the temp file's path nor its progress
+    status, _, body = await request
+    assert (status, body) == (200, behaviour.objects["private"])
+
+
+async def test_a_follower_opens_no_file_outside_the_cache_temp_folder(
+    start: Start, origin: tuple[OriginBehaviour, str], tmp_path: Path
+) -> None:
+    """A lock file that names a process answering with a path outside the cache's tmp/
+    (a stale address squatted by another program, say): the follower must not open
+    it, even when it looks like a cache file for the key, and waits for the filler."""
+    behaviour, _ = origin
+    one, two = await start("shared"), await start("shared")
+    request, key, fill = await _fill_under_way(one, behaviour, "squatted")
+    poison = b"poisoned bytes"
+    entry = CacheEntry(key, fill.name, 200, len(poison), {}, time.time(), 7, 0)
+    outside = tmp_path / "elsewhere"
+    outside.write_bytes(encode_header(entry) + poison)
+    opened = []
+
+    async def squatter(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        opened.append(True)
+        writer.write(b"TEMP %s\nAT %d\nDONE\n" % (str(outside).encode(), len(poison)))
+        await writer.drain()
+        writer.close()
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(f"\0keyfront-test-squatter-{os.getpid()}")
+    server = await asyncio.start_unix_server(squatter, sock=sock)
+    try:
+        lock = os.open(two.cache.store.lock_path(fill.name), os.O_WRONLY)
+        os.pwrite(lock, sock.getsockname(), 0)  # the address, as a filler writes it
+        os.ftruncate(lock, len(sock.getsockname()))
+        os.close(lock)
+        status, _, body = await two.get("squatted")
+    finally:
+        server.close()
+    assert opened  # the follower did ask the squatter
+    assert (status, body) == (200, behaviour.objects["squatted"])
+    assert (await request)[2] == behaviour.objects["squatted"]

@@ -78,7 +78,7 @@ class Cache:
         self._fills: dict[str, Fill] = {}
         self._passing: dict[str, float] = {}  # key -> until (unix time)
         self._tasks: set[asyncio.Task[None]] = set()
-        self.sharing = FillSharing(config.dir, self._fill_named)
+        self.sharing = FillSharing(config.dir, self.store.tmp, self._fill_named)
         # Prefixes of the routes with variant_params: a purge of a path there also
         # removes the path's variants. Set by app.startup.
         self.variant_routes: tuple[str, ...] = ()

@@ -40,7 +40,7 @@ from ..origin import Origin, OriginRequest, OriginResponse
 from .entry import CacheEntry, file_name, kept_headers
 from .freshness import lifetime, storable
 from .locks import ATTEMPTS, KeyLock
-from .share import FollowedFill, follow
+from .share import FollowedFill
 from .store import SMALL_OBJECT, TempObject
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ class Fill:
     async def _follow(self, lock: KeyLock) -> bool:
         """Serve this fill's readers from another process's fill of the same object, as
         it grows (share.py); False if there is none to follow."""
-        followed = await follow(lock.holder, self.cache.sharing_address, self.key, self.name)
+        followed = await self.cache.sharing.follow(lock.holder, self.key, self.name)
         if followed is None:
             return False
         self._temp, self.entry = followed, followed.entry
