@@ -185,15 +185,15 @@ def objects_on_disk(cache: Cache) -> list[str]:
     return [name for fan in os.listdir(top) for name in os.listdir(os.path.join(top, fan))]
 
 
-def disk_bytes(cache: Cache) -> int:
-    """The published objects' bytes. A sweep may unlink a file between the listing and
-    its stat (it runs in a worker thread): that file no longer counts."""
-    top = cache.store.objects
+def disk_bytes(cache: Cache, everything: bool = False) -> int:
+    """The bytes the filesystem allocated to the published objects (st_blocks), or to
+    every file in the folder. A sweep may unlink a file between the listing and its
+    stat (it runs in a worker thread): that file no longer counts."""
     total = 0
-    for fan in os.listdir(top):
-        for name in os.listdir(os.path.join(top, fan)):
+    for folder, _, files in os.walk(cache.store.root if everything else cache.store.objects):
+        for name in files:
             with contextlib.suppress(FileNotFoundError):
-                total += os.path.getsize(os.path.join(top, fan, name))
+                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
     return total
 
 
@@ -548,7 +548,7 @@ async def test_workers_starting_together_count_the_folder_once(
     caches = [Cache(CacheConfig(dir=str(copy))) for _ in range(2)]
     await asyncio.gather(*(cache.open() for cache in caches))
     try:
-        expected = (disk_bytes(caches[0]), 2)
+        expected = (disk_bytes(caches[0], everything=True), 2)
         for _ in range(100):  # the recount runs in the background
             if caches[0].space.counts() == expected:
                 break

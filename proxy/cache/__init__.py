@@ -71,7 +71,7 @@ class Cache:
 
     def __init__(self, config: CacheConfig) -> None:
         self.config = config
-        self.store = DiskStore(config.dir)
+        self.store = DiskStore(config.dir, max_index=config.max_objects)
         self.space: Space
         self.write_errors = 0  # disk full or write failed: served uncached (SPEC 5)
         self.coalesced = 0  # requests that joined another's fill
@@ -87,7 +87,7 @@ class Cache:
         """Prepare the folder. `rescan` recounts its bytes in the background, as each
         server start does; a one-off command (`keyfront cache purge`) skips it."""
         await asyncio.get_running_loop().run_in_executor(None, self.store.prepare)
-        self.space = Space(self.store, self.config.max_size)
+        self.space = Space(self.store, self.config.max_size, self.config.max_objects)
         if rescan:
             self._spawn(self.space.rescan())
             await self.sharing.start()
