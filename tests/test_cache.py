@@ -27,7 +27,7 @@ from aiohttp import web
 from aiohttp.test_utils import RawTestServer
 from multidict import CIMultiDict
 
-from proxy.cache import Cache
+from proxy.cache import Cache, space
 from proxy.cache.entry import CacheEntry, encode_header
 from proxy.conditional import UNSATISFIABLE, http_date, parse_range
 from proxy.config import CacheConfig, OriginTimeouts, Route
@@ -688,3 +688,50 @@ async def test_a_follower_opens_no_file_outside_the_cache_temp_folder(
     assert opened  # the follower did ask the squatter
     assert (status, body) == (200, behaviour.objects["squatted"])
     assert (await request)[2] == behaviour.objects["squatted"]
+
+
+# --- lock files live as long as their fill, and nobody removes one that is held (issue 12) ---
+
+
+def lock_files(cache: Cache) -> list[str]:
+    top = cache.store.locks
+    return [name for fan in os.listdir(top) for name in os.listdir(os.path.join(top, fan))]
+
+
+async def test_lock_files_go_with_their_fill_and_a_held_one_is_never_removed(
+    start: Start, origin: tuple[OriginBehaviour, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behaviour, _ = origin
+    one, two = await start("shared"), await start("shared")
+    request, _, fill = await _fill_under_way(one, behaviour, "held")
+    assert lock_files(one.cache) == [fill.name]
+    # What a sweep and a start-up recount do with lock files, while `one` fills: a
+    # held lock is kept (taking it away would let `two` fetch the object a second time).
+    monkeypatch.setattr(space, "LEFTOVER_LOCK_AGE", -1.0)
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, space._drop_leftover_locks, two.cache.store) == 0
+    await loop.run_in_executor(None, space._scan, two.cache.store)
+    assert lock_files(two.cache) == [fill.name]
+    replies = await asyncio.gather(request, two.get("held"))
+    assert [body for _, _, body in replies] == [behaviour.objects["held"]] * 2
+    assert behaviour.gets["held"] == 1
+    # Ended fills leave none: stored, absent (404), passed through, failed.
+    behaviour.delay = 0
+    behaviour.put("big", blob(2 * MiB, seed=32))
+    behaviour.die["cut"] = 64 * KiB
+    behaviour.put("cut", blob(1 * MiB, seed=33))
+    behaviour.put("again", b"stored")
+    small = await start("shared", max_object_size=1 * MiB)
+    for name in ("again", "absent", "big", "cut"):
+        with contextlib.suppress(aiohttp.ClientPayloadError):
+            await small.get(name)
+    assert lock_files(small.cache) == []
+    # A crashed filler's lock file (unheld, old) goes at the next sweep, and its block
+    # leaves the count.
+    leftover = small.cache.store.lock_path("ab" * 32)
+    Path(leftover).write_text("\0keyfront-fills-gone")
+    total = small.cache.space.total
+    small.cache.space.charge(small.cache.store.block)  # as the crashed process did
+    assert await small.cache.space._evict(0, 0) is False
+    assert not os.path.exists(leftover)
+    assert small.cache.space.total == total

@@ -7,7 +7,7 @@ processes) nor diskcache (an SQLite write per LRU read) fits file bodies.
     fill.py    coalesced fills: one origin fetch per object, readers served as it grows
     locks.py   the per-object flock that coalesces fills across worker processes
     share.py   other processes follow a fill as it grows, through a Unix socket
-    space.py   the max_size bound: a shared byte count and an LRU sweep
+    space.py   the max_size and max_objects bounds: shared counts and an LRU sweep
     serve.py   answering from an entry or a fill: 200/206/304/416, HEAD, sendfile
 
 `Cache` ties them together for `delivery.deliver`, which decides per request between

@@ -1,18 +1,25 @@
-"""The `cache.max_size` bound (SPEC section 5): a shared byte count and an LRU sweep.
+"""The `cache.max_size` and `cache.max_objects` bounds (SPEC section 5; issue 12): a
+shared count of bytes and objects, and an LRU sweep.
 
 The count lives in `<dir>/size`: the bytes, then the number of published objects (8
 bytes each), updated under flock by every process sharing the folder, so N worker
-processes enforce one bound, not N, and /metrics reports the folder once, not N times. A fill
-*reserves* its object's size before writing the first byte (from Content-Length), and
-only publishes once any sweep under way has finished, so published objects stay within
-`max_size` and the excess is the objects being written, as SPEC section 5 allows. (Only
-when more fills than the bound holds finish during one sweep do they publish over it,
-until the sweep that their publication starts.)
+processes enforce one bound, not N, and /metrics reports the folder once, not N times.
+Bytes are what the filesystem allocates: whole blocks (`DiskStore.allocated`), so a
+cached 404 of ~100 bytes counts the 4 KiB it takes, and lock files count while their
+fill holds them (they are removed as it ends, locks.py). Clients choose the paths, so
+the number of objects is bounded too: each one costs an inode and an index entry in
+every worker (store.py).
+
+A fill *reserves* its object's size before writing the first byte (from
+Content-Length), and only publishes once any sweep under way has finished, so published
+objects stay within `max_size` and the excess is the objects being written, as SPEC
+section 5 allows. (Only when more fills than the bound holds finish during one sweep do
+they publish over it, until the sweep that their publication starts.)
 
 A sweep (one process at a time, `<dir>/sweep.lock`) lists the object files in a worker
-thread and unlinks the least recently used until the count is under LOW_WATER of the
-bound, so sweeps come once per ~10% of the bound written, not once per object. "Used"
-is this process's last hit when it has one, else the file's mtime (its store or
+thread and unlinks the least recently used until both counts are under LOW_WATER of
+their bounds, so sweeps come once per ~10% of a bound written, not once per object.
+"Used" is this process's last hit when it has one, else the file's mtime (its store or
 revalidation time): approximate LRU, which SPEC allows. Worker processes behind one
 SO_REUSEPORT port see much the same traffic, so each one's hits are a fair sample.
 

@@ -2,7 +2,8 @@
 
     objects/ab/<sha256>    published objects (entry.py's format), replaced atomically
     tmp/<sha256>.<pid>.<n> objects being written: unique names, same filesystem
-    locks/ab/<sha256>      flock'ed by the process filling that object (locks.py)
+    locks/ab/<sha256>      flock'ed by the process filling that object, for as long as
+                           the fill runs (locks.py)
 
 The index (a dict) answers a hit with no syscall beyond reading the body (NOTES.md
 "Serving cache hits fast"): no stat, no header read, no executor hop. It holds what this
