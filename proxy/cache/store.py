@@ -80,7 +80,8 @@ class DiskStore:
         The cache holds what clients fetched with their keys: its folder is its user's
         alone (issue 12), which also covers files an older version made 0644."""
         os.makedirs(self.root, mode=PRIVATE_FOLDER, exist_ok=True)
-        os.chmod(self.root, PRIVATE_FOLDER)
+        with contextlib.suppress(PermissionError):  # another user's folder: theirs to set
+            os.chmod(self.root, PRIVATE_FOLDER)
         os.makedirs(self.tmp, mode=PRIVATE_FOLDER, exist_ok=True)
         for top in (self.objects, self.locks):
             for fan in FANOUT:
