@@ -5,10 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 export KEYFRONT_CONFIG=${CONFIG:-config/local.yaml}
+# data/ holds the signing secret, the SQLite file (link secrets) and the cache: this
+# user's alone (issue 12), also when an earlier run left them readable to others.
+umask 077
 mkdir -p data
+chmod 700 data
 if [ ! -s data/key-secret ]; then
-  (umask 077 && "$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))' > data/key-secret)
+  "$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))' > data/key-secret
 fi
+chmod 600 data/key-secret
 KEYFRONT_KEY_SECRET=$(cat data/key-secret)
 export KEYFRONT_KEY_SECRET
 kf="$BIN/keyfront"

@@ -29,7 +29,7 @@ class AccessLog:
         self.enabled = target != "off"
         self._file: IO[bytes] | None = None
         if target not in ("-", "off"):
-            self._file = open(target, "ab")  # noqa: SIM115 - held open for the process
+            self._file = _open_private(target)
         self._fd = self._file.fileno() if self._file else 1
         self._lines: list[str] = []
         self._size = 0
@@ -103,3 +103,12 @@ def referrer_host(referer: str | None) -> str:
     rest = referer.partition("://")[2]
     host = rest.split("/", 1)[0].rpartition("@")[2]
     return host[:255]
+
+
+def _open_private(path: str) -> IO[bytes]:
+    """The log, for appending, readable by its user only (issue 12: it names keys,
+    paths and client IPs); a log an older version made 0644 is tightened."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with contextlib.suppress(OSError):  # not ours to change: it keeps its mode
+        os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")

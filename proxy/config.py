@@ -96,6 +96,10 @@ class CacheConfig:
     dir: str = "/var/cache/keyfront"
     max_size: int = 10 * 1024**3
     max_object_size: int = 512 * 1024**2
+    # Objects in the folder, 404s included (issue 12): what bounds each worker's index
+    # (~650 B an entry measured, at most ~1 KiB counted, so <= ~100 MiB) and the
+    # folder's inodes when clients request many small or absent objects.
+    max_objects: int = 100_000
     ttl: float = 3600.0
     stale_while_revalidate: float = 60.0
     stale_if_error: float = 86400.0
@@ -536,6 +540,7 @@ _KEYS = _section(
 _CACHE = _section(
     CacheConfig,
     {"dir": _local_path, "max_size": _SIZE, "max_object_size": _SIZE}
+    | {"max_objects": _integer(1)}
     | dict.fromkeys(("ttl", "stale_while_revalidate", "stale_if_error", "negative_ttl"), _SECONDS),
 )
 _CONFIG = _section(

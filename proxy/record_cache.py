@@ -47,9 +47,9 @@ class RecordCache:
 
     `lookup()` never awaits, so a request whose key is cached does no I/O. Concurrent
     misses for one key id share one store read. Changes announced by the store (any
-    instance's writes) drop entries at once, so the TTL only bounds staleness when the
-    change feed itself is lost. When the store fails, a stale entry is used rather
-    than refusing a key we know.
+    instance's writes) drop entries at once, and supersede loads in flight (`apply`),
+    so the TTL only bounds staleness when the change feed itself is lost. When the
+    store fails, a stale entry is used rather than refusing a key we know.
     """
 
     def __init__(
@@ -86,7 +86,7 @@ class RecordCache:
         future: asyncio.Future[CachedKey] = asyncio.get_running_loop().create_future()
         self._loading[key_id] = future
         try:
-            entry = await self._read(key_id)
+            entry = await self._read(key_id, future)
             future.set_result(entry)
             return entry
         except BaseException as exc:
@@ -94,9 +94,10 @@ class RecordCache:
             future.exception()  # retrieved: no "never retrieved" warning without waiters
             raise
         finally:
-            del self._loading[key_id]
+            if self._loading.get(key_id) is future:
+                del self._loading[key_id]
 
-    async def _read(self, key_id: str) -> CachedKey:
+    async def _read(self, key_id: str, load: asyncio.Future[CachedKey]) -> CachedKey:
         self.misses += 1
         try:
             found = await self._store.get_key_and_customer(key_id)
@@ -107,7 +108,8 @@ class RecordCache:
             raise Unavailable("the key store is unreachable") from exc
         fresh_until = time.monotonic() + (self._ttl if found else self._negative_ttl)
         entry = _entry(found, fresh_until, self._defaults)
-        self._remember(key_id, entry)
+        if self._loading.get(key_id) is load:  # else a change came during the read
+            self._remember(key_id, entry)
         return entry
 
     def _remember(self, key_id: str, entry: CachedKey) -> None:
@@ -118,15 +120,26 @@ class RecordCache:
 
     def apply(self, change: Change) -> None:
         """Drop what a change makes stale (app.follow_changes feeds it the store's
-        change feed; purges are the disk cache's business, not this one's)."""
+        change feed; purges are the disk cache's business, not this one's).
+
+        Loads in flight that the change may concern are superseded too (issue 12): a
+        load is the generation of its key, and one that read the store before the
+        change must not install what it read as fresh. It still answers the requests
+        that were waiting on it (they came before the change); a request after the
+        change starts a new load. A customer change supersedes every load in flight,
+        whose customers are unknown until they return: changes are rare, loads short.
+        """
         if change.kind == "key":
             self._entries.pop(change.id, None)
+            self._loading.pop(change.id, None)
         elif change.kind == "customer":
             stale = [k for k, e in self._entries.items() if _customer_of(e) == change.id]
             for key_id in stale:
                 del self._entries[key_id]
+            self._loading.clear()
         elif change.kind == "all":
             self._entries.clear()
+            self._loading.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

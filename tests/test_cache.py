@@ -27,7 +27,8 @@ from aiohttp import web
 from aiohttp.test_utils import RawTestServer
 from multidict import CIMultiDict
 
-from proxy.cache import Cache
+from proxy.cache import Cache, space
+from proxy.cache.entry import CacheEntry, encode_header
 from proxy.conditional import UNSATISFIABLE, http_date, parse_range
 from proxy.config import CacheConfig, OriginTimeouts, Route
 from proxy.delivery import deliver
@@ -184,15 +185,15 @@ def objects_on_disk(cache: Cache) -> list[str]:
     return [name for fan in os.listdir(top) for name in os.listdir(os.path.join(top, fan))]
 
 
-def disk_bytes(cache: Cache) -> int:
-    """The published objects' bytes. A sweep may unlink a file between the listing and
-    its stat (it runs in a worker thread): that file no longer counts."""
-    top = cache.store.objects
+def disk_bytes(cache: Cache, everything: bool = False) -> int:
+    """The bytes the filesystem allocated to the published objects (st_blocks), or to
+    every file in the folder. A sweep may unlink a file between the listing and its
+    stat (it runs in a worker thread): that file no longer counts."""
     total = 0
-    for fan in os.listdir(top):
-        for name in os.listdir(os.path.join(top, fan)):
+    for folder, _, files in os.walk(cache.store.root if everything else cache.store.objects):
+        for name in files:
             with contextlib.suppress(FileNotFoundError):
-                total += os.path.getsize(os.path.join(top, fan, name))
+                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
     return total
 
 
@@ -547,7 +548,7 @@ async def test_workers_starting_together_count_the_folder_once(
     caches = [Cache(CacheConfig(dir=str(copy))) for _ in range(2)]
     await asyncio.gather(*(cache.open() for cache in caches))
     try:
-        expected = (disk_bytes(caches[0]), 2)
+        expected = (disk_bytes(caches[0], everything=True), 2)
         for _ in range(100):  # the recount runs in the background
             if caches[0].space.counts() == expected:
                 break
@@ -597,3 +598,140 @@ async def test_large_hits_reach_a_slow_reader_whole_and_in_order(
             assert bytes(got) == bodies[name]
     finally:
         writer.close()
+
+
+# --- the fill-sharing socket trusts only this user, and only its own temp files (issue 12) ---
+
+
+async def _fill_under_way(proxy: Proxy, behaviour: OriginBehaviour, name: str) -> Any:
+    """Start a slow fill of `name` in `proxy`; (task of the request, key, fill) once its
+    lock file advertises the fill's socket."""
+    behaviour.put(name, blob(1 * MiB, seed=31))
+    behaviour.delay = 0.02  # 16 chunks: ~0.3 s of fill
+    request = asyncio.create_task(proxy.get(name))
+    for _ in range(250):
+        fills = list(proxy.cache._fills.items())
+        if fills and await fills[0][1].storing():
+            key, fill = fills[0]
+            return request, key, fill
+        await asyncio.sleep(0.01)
+    raise AssertionError("the fill did not start")
+
+
+FOREIGN_FOLLOWER = """
+import socket, sys
+got = b""
+try:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(sys.argv[1].encode("latin-1").replace(b"@", b"\\0", 1))
+    sock.sendall(sys.argv[2].encode() + b"\\n")
+    while chunk := sock.recv(4096):
+        got += chunk
+except OSError:
+    pass
+sys.stdout.write(repr(got))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as another user")
+async def test_a_process_of_another_user_cannot_follow_a_fill(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    behaviour, _ = origin
+    proxy = await start()
+    request, _, fill = await _fill_under_way(proxy, behaviour, "private")
+    address = proxy.cache.sharing.address.replace("\0", "@", 1)
+    foreign = await asyncio.create_subprocess_exec(
+        "/usr/bin/python3", "-c", FOREIGN_FOLLOWER, address, fill.name,
+        user="nobody", stdout=asyncio.subprocess.PIPE, cwd="/",
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(foreign.communicate(), 10)
+    assert out == b"b''", out  # refused: neither the temp file's path nor its progress
+    status, _, body = await request
+    assert (status, body) == (200, behaviour.objects["private"])
+
+
+async def test_a_follower_opens_no_file_outside_the_cache_temp_folder(
+    start: Start, origin: tuple[OriginBehaviour, str], tmp_path: Path
+) -> None:
+    """A lock file that names a process answering with a path outside the cache's tmp/
+    (a stale address squatted by another program, say): the follower must not open
+    it, even when it looks like a cache file for the key, and waits for the filler."""
+    behaviour, _ = origin
+    one, two = await start("shared"), await start("shared")
+    request, key, fill = await _fill_under_way(one, behaviour, "squatted")
+    poison = b"poisoned bytes"
+    entry = CacheEntry(key, fill.name, 200, len(poison), {}, time.time(), 7, 0)
+    outside = tmp_path / "elsewhere"
+    outside.write_bytes(encode_header(entry) + poison)
+    opened = []
+
+    async def squatter(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        opened.append(True)
+        writer.write(b"TEMP %s\nAT %d\nDONE\n" % (str(outside).encode(), len(poison)))
+        await writer.drain()
+        writer.close()
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(f"\0keyfront-test-squatter-{os.getpid()}")
+    server = await asyncio.start_unix_server(squatter, sock=sock)
+    try:
+        lock = os.open(two.cache.store.lock_path(fill.name), os.O_WRONLY)
+        os.pwrite(lock, sock.getsockname(), 0)  # the address, as a filler writes it
+        os.ftruncate(lock, len(sock.getsockname()))
+        os.close(lock)
+        status, _, body = await two.get("squatted")
+    finally:
+        server.close()
+    assert opened  # the follower did ask the squatter
+    assert (status, body) == (200, behaviour.objects["squatted"])
+    assert (await request)[2] == behaviour.objects["squatted"]
+
+
+# --- lock files live as long as their fill, and nobody removes one that is held (issue 12) ---
+
+
+def lock_files(cache: Cache) -> list[str]:
+    top = cache.store.locks
+    return [name for fan in os.listdir(top) for name in os.listdir(os.path.join(top, fan))]
+
+
+async def test_lock_files_go_with_their_fill_and_a_held_one_is_never_removed(
+    start: Start, origin: tuple[OriginBehaviour, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behaviour, _ = origin
+    one, two = await start("shared"), await start("shared")
+    request, _, fill = await _fill_under_way(one, behaviour, "held")
+    assert lock_files(one.cache) == [fill.name]
+    # What a sweep and a start-up recount do with lock files, while `one` fills: a
+    # held lock is kept (taking it away would let `two` fetch the object a second time).
+    monkeypatch.setattr(space, "LEFTOVER_LOCK_AGE", -1.0)
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, space._drop_leftover_locks, two.cache.store) == 0
+    await loop.run_in_executor(None, space._scan, two.cache.store)
+    assert lock_files(two.cache) == [fill.name]
+    replies = await asyncio.gather(request, two.get("held"))
+    assert [body for _, _, body in replies] == [behaviour.objects["held"]] * 2
+    assert behaviour.gets["held"] == 1
+    # Ended fills leave none: stored, absent (404), passed through, failed.
+    behaviour.delay = 0
+    behaviour.put("big", blob(2 * MiB, seed=32))
+    behaviour.die["cut"] = 64 * KiB
+    behaviour.put("cut", blob(1 * MiB, seed=33))
+    behaviour.put("again", b"stored")
+    small = await start("shared", max_object_size=1 * MiB)
+    for name in ("again", "absent", "big", "cut"):
+        with contextlib.suppress(aiohttp.ClientPayloadError):
+            await small.get(name)
+    assert lock_files(small.cache) == []
+    # A crashed filler's lock file (unheld, old) goes at the next sweep, and its block
+    # leaves the count.
+    leftover = small.cache.store.lock_path("ab" * 32)
+    Path(leftover).write_text("\0keyfront-fills-gone")
+    total = small.cache.space.total
+    small.cache.space.charge(small.cache.store.block)  # as the crashed process did
+    assert await small.cache.space._evict(0, 0) is False
+    assert not os.path.exists(leftover)
+    assert small.cache.space.total == total

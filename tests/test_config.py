@@ -64,6 +64,7 @@ cache:
   dir: {tmp}/cache
   max_size: 10GiB
   max_object_size: 512MiB
+  max_objects: 100000
   ttl: 1h
   stale_while_revalidate: 1m
   stale_if_error: 1d
@@ -133,6 +134,7 @@ def test_spec_example_loads_into_the_model(tmp_path: Path) -> None:
             dir=f"{tmp_path}/cache",
             max_size=10 * 1024**3,
             max_object_size=512 * 1024**2,
+            max_objects=100_000,
             ttl=3600.0,
             stale_while_revalidate=60.0,
             stale_if_error=86400.0,
@@ -363,6 +365,8 @@ BROKEN: list[tuple[str, Change, str, str]] = [
     ("section not a mapping", put("cache", [1]), "cache", "expected a mapping, got a list"),
     ("bad size", put("cache.max_size", "lots"), "cache.max_size", "is not a size"),
     ("bad size unit", put("cache.max_object_size", "5XB"), "cache.max_object_size", "unit"),
+    ("no objects", put("cache.max_objects", 0), "cache.max_objects", "at least 1"),
+    ("objects a size", put("cache.max_objects", "1GiB"), "cache.max_objects", "an integer"),
     ("bad duration", put("store_timeout", "soon"), "store_timeout", "is not a duration"),
     ("huge size", put("cache.max_size", "9" * 400), "cache.max_size", "too large"),
     ("huge duration", put("cache.ttl", "9" * 400 + "s"), "cache.ttl", "too large"),

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -489,3 +490,135 @@ def test_large_hits_reach_a_slow_reader_on_either_event_loop(
     finally:
         assert kf.stop() == 0
     assert origin.gets == {"big.bin": 1}
+
+
+# --- file modes (issue 12) -------------------------------------------------------------------
+
+
+def test_files_keyfront_writes_are_private_to_its_user(
+    tmp_path: Path, origin: BehaviourOrigin
+) -> None:
+    """The SQLite file holds link secrets in clear, the cache and the access log what
+    clients fetched: none is group- or other-readable, whatever the umask keyfront was
+    started with (022 here, the usual one); folders it creates are 0700, and files an
+    older version left 0644 are tightened."""
+    for folder in ("log", "data", "cache"):  # made by an older version, or by hand
+        (tmp_path / folder).mkdir(mode=0o755)
+    for made_earlier in ("data/kf.db", "log/access.log"):
+        (tmp_path / made_earlier).touch(mode=0o644)  # an empty file is an empty database
+    body = f"""
+store: sqlite://{tmp_path}/data/kf.db
+keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
+routes:
+  - {{prefix: /k/, origin: "{origin.url}"}}
+  - {{prefix: /open/, origin: "{origin.url}", auth: none}}
+cache: {{dir: {tmp_path}/cache, max_size: 64MiB}}
+access_log: {tmp_path}/log/access.log
+"""
+    previous = os.umask(0o022)
+    try:
+        kf = start_keyfront(body, str(tmp_path))
+    finally:
+        os.umask(previous)
+    try:
+        key = key_for(kf)
+        kf.cli("keys", "update", key.split("_")[2], "--link-secret", "s" * 32)
+        assert get(kf, f"/k/small.bin?key={key}")[0] == 200
+        assert get(kf, "/open/mid.bin")[0] == 200
+        assert get(kf, "/open/absent.bin")[0] == 404
+    finally:
+        assert kf.stop() == 0
+    assert (tmp_path / "cache").stat().st_mode & 0o077 == 0  # all it holds with it
+    seen = []
+    for top in ("data", "cache", "log"):
+        for folder, dirs, files in os.walk(tmp_path / top):
+            for name in [*dirs, *files]:
+                path = os.path.join(folder, name)
+                seen.append(path)
+                mode = os.lstat(path).st_mode & 0o777
+                assert mode & 0o077 == 0, f"{path} is {mode:o}"
+    names = {os.path.basename(p) for p in seen}
+    assert {"kf.db", "access.log", "size", "objects"} <= names, names
+    assert (tmp_path / "log" / "access.log").stat().st_size > 0
+
+
+# --- the cache's bounds hold whatever paths clients choose (issue 12) -----------------------
+
+
+def folder_usage(folder: Path) -> tuple[int, int, list[str]]:
+    """(bytes allocated to every file under `folder`, as st_blocks says, published
+    objects, lock files). Folders are left out: the 513 fan-out folders are a fixed
+    cost, made at start-up whatever max_size says."""
+    allocated, locks = 0, []
+    for path in folder.rglob("*"):
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue  # evicted between the listing and the stat
+        if stat.S_ISREG(st.st_mode):
+            allocated += st.st_blocks * 512
+            if path.parent.parent.name == "locks":
+                locks.append(path.name)
+    objects = sum(1 for p in (folder / "objects").rglob("*") if p.is_file())
+    return allocated, objects, locks
+
+
+def _usage_once_settled(folder: Path, max_size: int) -> tuple[int, int, list[str]]:
+    """folder_usage once it holds still within max_size (sweeps run in the background,
+    and a listing made during one sees a mix of before and after): at most 5 s."""
+    deadline = time.monotonic() + 5
+    previous = None
+    while True:
+        usage = folder_usage(folder)
+        if (usage == previous and usage[0] <= max_size) or time.monotonic() > deadline:
+            return usage
+        previous = usage
+        time.sleep(0.1)
+
+
+async def _attack(url: str, paths: list[str]) -> list[int]:
+    connector = aiohttp.TCPConnector(limit=32)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(path: str) -> int:
+            async with session.get(url + path) as response:
+                await response.read()
+                return response.status
+
+        return await asyncio.gather(*(one(p) for p in paths))
+
+
+def test_distinct_404s_and_passed_through_objects_keep_the_folder_within_its_bounds(
+    tmp_path: Path, origin: BehaviourOrigin
+) -> None:
+    """Clients choose the paths: every distinct 404 is a cached negative entry, every
+    object too big to cache a fill that passes through. Both used to leave a lock file
+    behind (uncounted), and a 404 was counted at its ~100 logical bytes while it takes
+    a 4 KiB block. The folder must stay within max_size as the filesystem counts it
+    (st_blocks), and within max_objects, with no lock file left once fills are done."""
+    for i in range(20):
+        (Path(origin.root) / f"pass-{i}.bin").write_bytes(MID[: 40_000 + i])
+        (Path(origin.root) / f"fit-{i}.bin").write_bytes(SMALL[: 9_000 + i])
+    max_size, max_objects = 160 * 1024, 24
+    body = config(tmp_path, origin).replace(
+        "max_size: 64MiB", f"max_size: {max_size}B, max_objects: {max_objects}, "
+        "max_object_size: 32KiB"
+    )  # fmt: skip
+    kf = start_keyfront(body, str(tmp_path), "--workers", "2")
+    try:
+        _wait_for_workers(kf)
+        paths = [f"/open/absent/{i}.bin" for i in range(150)]
+        paths += [f"/open/pass-{i}.bin" for i in range(20)]
+        paths += [f"/open/fit-{i}.bin" for i in range(20)]
+        random.Random(5).shuffle(paths)
+        more_absent = [f"/open/absent/more-{i}.bin" for i in range(100)]  # count binds
+        for attack in (paths, more_absent):
+            statuses = asyncio.run(_attack(kf.url, attack))
+            assert set(statuses) == ({200, 404} if attack is paths else {404})
+            allocated, objects, locks = _usage_once_settled(tmp_path / "cache", max_size)
+            assert allocated <= max_size
+            assert 0 < objects <= max_objects
+            assert locks == []
+        assert get(kf, "/open/fit-19.bin")[0] == 200  # it still caches and serves
+    finally:
+        assert kf.stop() == 0

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,10 +14,10 @@ from proxy.app import follow_changes
 from proxy.errors import KeyDisabled, KeyExpired, KeyRevoked, Unavailable
 from proxy.record_cache import RecordCache, status_refusal
 from proxy.records import Customer, KeyRecord
-from proxy.store import Change, store_from_url
+from proxy.store import Change, Store, store_from_url
 from proxy.store.sqlite import SqliteStore
 
-from conftest import free_port
+from conftest import RedisServer, empty_store_url, free_port
 
 
 class CountingStore(SqliteStore):
@@ -142,3 +143,69 @@ def test_status_refusal(
 ) -> None:
     found = status_refusal(record, customer, now=1000.0)
     assert type(found) is refusal if refusal else found is None
+
+
+# --- a change published while a load is in flight (issue 12) ---------------------------
+
+
+def gated(store_class: type[Store]) -> type[Store]:
+    """`store_class` whose next key read, once `gate` is set, reads the store and then
+    waits for the test to open the gate before returning: an ordering hook that lets a
+    change land between a load's store read and its return, as on a busy loop."""
+
+    class Gated(store_class):  # type: ignore[misc,valid-type]
+        gate: asyncio.Event | None = None
+        read_done = asyncio.Event()
+
+        async def get_key_and_customer(
+            self, key_id: str
+        ) -> tuple[KeyRecord, Customer | None] | None:
+            found = await super().get_key_and_customer(key_id)
+            gate, self.gate = self.gate, None  # later reads pass straight through
+            if gate is not None:
+                self.read_done.set()
+                await gate.wait()
+            return found
+
+    return Gated
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def gated_store(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer
+) -> AsyncIterator[Store]:
+    url = empty_store_url(request.param, redis_server, str(tmp_path))
+    store = gated(type(store_from_url(url)))(url)
+    await store.open()
+    await store.create_customer(Customer("acme"))
+    await store.create_key(KeyRecord("k" * 22, "acme"))
+    yield store
+    await store.close()
+
+
+@pytest.mark.parametrize("change", ["key", "customer"])
+async def test_a_revocation_during_a_load_is_not_lost(gated_store: Any, change: str) -> None:
+    """The load read the key while it was active; the revocation and its invalidation
+    land before the load returns. The stale answer must not be installed as fresh: the
+    next request sees the revocation, not the TTL's worth of the old record."""
+    cache = RecordCache(gated_store, ttl=60, max_entries=10)
+    gate = gated_store.gate = asyncio.Event()
+    load = asyncio.create_task(cache.load("k" * 22))
+    await asyncio.wait_for(gated_store.read_done.wait(), 5)
+    if change == "key":
+        await gated_store.put_key(KeyRecord("k" * 22, "acme", status="revoked"))
+        cache.apply(Change("key", "k" * 22))
+    else:
+        await gated_store.put_customer(Customer("acme", status="disabled"))
+        cache.apply(Change("customer", "acme"))
+    late = asyncio.create_task(cache.load("k" * 22))  # a request after the invalidation
+    await asyncio.wait_for(asyncio.shield(late), 5)
+    gate.set()
+    await load  # what it read before the change may answer its own request
+    entry = await asyncio.wait_for(late, 5)
+    assert entry.record is not None and entry.customer is not None
+    refusal = KeyRevoked if change == "key" else KeyDisabled
+    assert type(status_refusal(entry.record, entry.customer, time.time())) is refusal
+    cached = cache.lookup("k" * 22) or await cache.load("k" * 22)
+    assert cached.record is not None
+    assert type(status_refusal(cached.record, cached.customer, time.time())) is refusal

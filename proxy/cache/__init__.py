@@ -7,7 +7,7 @@ processes) nor diskcache (an SQLite write per LRU read) fits file bodies.
     fill.py    coalesced fills: one origin fetch per object, readers served as it grows
     locks.py   the per-object flock that coalesces fills across worker processes
     share.py   other processes follow a fill as it grows, through a Unix socket
-    space.py   the max_size bound: a shared byte count and an LRU sweep
+    space.py   the max_size and max_objects bounds: shared counts and an LRU sweep
     serve.py   answering from an entry or a fill: 200/206/304/416, HEAD, sendfile
 
 `Cache` ties them together for `delivery.deliver`, which decides per request between
@@ -84,14 +84,14 @@ class Cache:
 
     def __init__(self, config: CacheConfig, routes: Iterable[Route] = ()) -> None:
         self.config = config
-        self.store = DiskStore(config.dir)
+        self.store = DiskStore(config.dir, max_index=config.max_objects)
         self.space: Space
         self.write_errors = 0  # disk full or write failed: served uncached (SPEC 5)
         self.coalesced = 0  # requests that joined another's fill
         self._fills: dict[str, Fill] = {}
         self._passing: dict[str, float] = {}  # key -> until (unix time)
         self._tasks: set[asyncio.Task[None]] = set()
-        self.sharing = FillSharing(config.dir, self._fill_named)
+        self.sharing = FillSharing(config.dir, self.store.tmp, self._fill_named)
         self._spaces = tuple((route, key_space(route)) for route in routes)
         self._routes = Routes((route.prefix, (route, space)) for route, space in self._spaces)
 
@@ -99,7 +99,7 @@ class Cache:
         """Prepare the folder. `rescan` recounts its bytes in the background, as each
         server start does; a one-off command (`keyfront cache purge`) skips it."""
         await asyncio.get_running_loop().run_in_executor(None, self.store.prepare)
-        self.space = Space(self.store, self.config.max_size)
+        self.space = Space(self.store, self.config.max_size, self.config.max_objects)
         if rescan:
             self._spawn(self.space.rescan())
             await self.sharing.start()

@@ -40,7 +40,7 @@ from ..origin import Origin, OriginRequest, OriginResponse
 from .entry import CacheEntry, file_name, kept_headers
 from .freshness import lifetime, storable
 from .locks import ATTEMPTS, KeyLock
-from .share import FollowedFill, follow
+from .share import FollowedFill
 from .store import SMALL_OBJECT, TempObject
 
 if TYPE_CHECKING:
@@ -102,6 +102,8 @@ class Fill:
         self._readers = 0
         self._finished = False
         self._wake = asyncio.Event()
+        self._lock_size = 0  # bytes the held lock file takes: counted (space.py)
+        self._allocated = 0  # the bytes reserved for the object being written
 
     # --- readers --------------------------------------------------------------
 
@@ -154,13 +156,16 @@ class Fill:
             log.exception("cache fill of %r failed", self.key)
             self._fail(OriginError())
         finally:
-            lock.release()
+            if lock.release():
+                self.cache.space.freed(self._lock_size, objects=0)
             self._finish()
 
     async def _locked_run(self, lock: KeyLock) -> None:
         for _ in range(ATTEMPTS):
             if lock.acquire():
-                lock.advertise(self.cache.sharing_address)
+                written = lock.advertise(self.cache.sharing_address)
+                self._lock_size = self.cache.store.allocated(written)
+                self.cache.space.charge(self._lock_size)
                 break
             # Another process is filling it: follow its fill as it grows, else wait for
             # it to finish and use what it stored.
@@ -186,7 +191,7 @@ class Fill:
     async def _follow(self, lock: KeyLock) -> bool:
         """Serve this fill's readers from another process's fill of the same object, as
         it grows (share.py); False if there is none to follow."""
-        followed = await follow(lock.holder, self.cache.sharing_address, self.key, self.name)
+        followed = await self.cache.sharing.follow(lock.holder, self.key, self.name)
         if followed is None:
             return False
         self._temp, self.entry = followed, followed.entry
@@ -263,12 +268,13 @@ class Fill:
             self._start(Outcome.UNCACHED)
             return
         self.entry = entry
-        self.cache.space.reserve(entry.file_size)
+        self._allocated = self.cache.store.allocated(entry.file_size)
+        self.cache.space.reserve(self._allocated)
         self._start(Outcome.STORED)
         try:
             await self._write_body(response, entry, self._temp)
         except BaseException:
-            self.cache.space.settle(entry.file_size, kept=False)
+            self.cache.space.settle(self._allocated, kept=False)
             raise
 
     def _new_entry(self, status: int, size: int, headers: dict[str, str]) -> CacheEntry:
@@ -297,7 +303,7 @@ class Fill:
         kept = not self.discard and self._publish(temp)
         if kept:
             self.cache.store.remember(entry, bytes(small) if small is not None else None)
-        self.cache.space.settle(entry.file_size, kept)
+        self.cache.space.settle(self._allocated, kept)
         self.complete = True
         self._progress()
 
@@ -318,8 +324,8 @@ class Fill:
         except OSError:
             self.cache.write_errors += 1
         else:
-            self.cache.space.reserve(entry.file_size)
-            self.cache.space.settle(entry.file_size, self._publish(temp))
+            if self._publish(temp):  # counted at its blocks: ~100 bytes take 4 KiB
+                self.cache.space.stored(self.cache.store.allocated(entry.file_size))
             temp.drop()
             temp.close()
         self.cache.store.remember(entry)

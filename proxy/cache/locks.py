@@ -15,6 +15,14 @@ While it holds the lock, the filler keeps in the lock file the address where oth
 processes can follow its fill as it grows (share.py); the wait for the release is the
 fallback when there is nothing to follow. The kernel releases a flock when its holder
 dies, so a crashed filler never leaves a key locked.
+
+A lock file lives only as long as its fill (issue 12: clients choose paths, and one
+left behind per 404 or passed-through object grew the folder without bound). The
+rule that makes removing it safe across processes: a lock file is unlinked only by a
+process that holds its flock, the filler as it ends or a sweep that took the flock of
+a crashed filler's file (space.py). A process that opened the file before the unlink
+and gets the flock after it finds, by comparing inodes, that its file is no longer
+the one at the path, and opens the path afresh.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ class KeyLock:
         every writer has its own temp file). False if another process holds it."""
         for _ in range(ATTEMPTS):
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError:
                 return True
             try:
@@ -58,13 +66,16 @@ class KeyLock:
             os.close(fd)  # evicted between open and flock: that lock guards nothing
         return True
 
-    def advertise(self, address: str) -> None:
-        """Write where this fill can be followed (share.py) into the held lock file."""
+    def advertise(self, address: str) -> int:
+        """Write where this fill can be followed (share.py) into the held lock file;
+        the bytes written (what the lock file holds: space.py counts it)."""
         if self._fd >= 0 and address:
             with contextlib.suppress(OSError):  # then nobody follows: they wait instead
                 data = address.encode()
                 os.pwrite(self._fd, data, 0)
                 os.ftruncate(self._fd, len(data))
+                return len(data)
+        return 0
 
     def holder(self) -> str:
         """The address the holder advertised; "" if none (yet). A stale one, left by an
@@ -80,10 +91,19 @@ class KeyLock:
         finally:
             os.close(fd)
 
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)  # closing the descriptor releases the flock
-            self._fd = -1
+    def release(self) -> bool:
+        """Remove the lock file and let go of it; True if this process held it and
+        removed it (see the module docstring: only a holder unlinks)."""
+        if self._fd < 0:
+            return False
+        try:
+            os.unlink(self.path)
+            removed = True
+        except OSError:
+            removed = False  # a sweep removes it later (space.py)
+        os.close(self._fd)  # closing the descriptor releases the flock
+        self._fd = -1
+        return removed
 
     async def released(self) -> None:
         """Return once the process holding the lock has let go of it."""

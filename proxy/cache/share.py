@@ -19,6 +19,13 @@ Bytes are never polled for: each side waits on a socket. `FollowedFill` holds th
 descriptor. Linux keeps an unlinked file's bytes for as long as a descriptor is open,
 so the temp file can be published (renamed) or dropped while the follower reads it.
 
+Both ends check who is at the other (issue 12). An abstract socket has no file mode:
+any local process can connect to one, or bind a name a dead process left in a lock
+file. So each side asks the kernel for its peer's user (SO_PEERCRED) and talks only to
+its own, and the follower opens only a temp file of the object it asked for, in its
+own cache's tmp/ (the name `<file name>.<pid>.<n>`, opened without following a
+symlink): never a path of the peer's choosing elsewhere.
+
 Every failure of this path (a dead address, a temp file already published or dropped,
 NONE, an address still UNKNOWN after a few re-reads) sends the follower back to what it
 did before sharing existed: wait for the lock's release, then load the published
@@ -35,6 +42,7 @@ import hashlib
 import logging
 import os
 import socket
+import struct
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
@@ -49,14 +57,19 @@ MAX_LINE = 4096
 ADVERTISE_TRIES = 20
 ADVERTISE_WAIT = 0.001  # seconds
 UNKNOWN = object()  # the asked process has no such fill
+_CREDENTIALS = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
+_OPEN_TEMP = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 class FillSharing:
     """This process's socket, where other processes follow its fills."""
 
-    def __init__(self, root: str, fill_named: Callable[[str], Fill | None]) -> None:
+    def __init__(
+        self, root: str, temp_folder: str, fill_named: Callable[[str], Fill | None]
+    ) -> None:
         digest = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:16]
         self.address = f"\0keyfront-fills-{digest}-{os.getpid()}"
+        self.temp_folder = temp_folder  # the only folder a follower opens files in
         self._fill_named = fill_named
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -81,11 +94,29 @@ class FillSharing:
         for task in list(self._connections):
             task.cancel()
 
+    async def follow(self, holder: Callable[[], str], key: str, name: str) -> FollowedFill | None:
+        """Follow the fill of `name` in the process that holds its lock (`holder()`
+        reads the address it advertised); None when there is nothing to follow (see the
+        module docstring). Processes racing for one object lock it microseconds apart,
+        so the lock's new holder may not have written its address yet: an empty, stale
+        or own address is read again, briefly (ADVERTISE_TRIES times ADVERTISE_WAIT)."""
+        own = self.address if self.listening else ""
+        for _ in range(ADVERTISE_TRIES):
+            address = holder()
+            if address and address != own:
+                answer = await _ask(address, key, name, self.temp_folder)
+                if answer is not UNKNOWN:
+                    return answer if isinstance(answer, FollowedFill) else None
+            await asyncio.sleep(ADVERTISE_WAIT)
+        return None
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
         try:
+            if not _same_user(writer.get_extra_info("socket")):
+                return  # another user's process: not a word of this user's fills
             name = (await reader.readline())[:MAX_LINE].strip().decode("ascii", "replace")
             fill = self._fill_named(name)
             if fill is None:
@@ -167,29 +198,41 @@ def _head(fd: int) -> bytes:
     return head
 
 
-async def follow(holder: Callable[[], str], own: str, key: str, name: str) -> FollowedFill | None:
-    """Follow the fill of `name` in the process that holds its lock (`holder()` reads
-    the address it advertised); None when there is nothing to follow (see the module
-    docstring). Processes racing for one object lock it microseconds apart, so the
-    lock's new holder may not have written its address yet: an empty, stale or own
-    address is read again, briefly (ADVERTISE_TRIES times ADVERTISE_WAIT)."""
-    for _ in range(ADVERTISE_TRIES):
-        address = holder()
-        if address and address != own:
-            answer = await _ask(address, key, name)
-            if answer is not UNKNOWN:
-                return answer if isinstance(answer, FollowedFill) else None
-        await asyncio.sleep(ADVERTISE_WAIT)
-    return None
+def _same_user(sock: socket.socket | None) -> bool:
+    """Whether the process at the other end of a Unix socket runs as this one's user."""
+    if sock is None:
+        return False
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+    except OSError:
+        return False
+    return bool(_CREDENTIALS.unpack(raw)[1] == os.geteuid())
 
 
-async def _ask(address: str, key: str, name: str) -> FollowedFill | object | None:
+def _temp_file(line: bytes, temp_folder: str, name: str) -> str | None:
+    """The path in a `TEMP <path>` answer if it is a temp file of object `name` in this
+    cache's `temp_folder` (`<name>.<pid>.<n>`, store.TempObject), else None."""
+    path = os.fsdecode(line)
+    folder, base = os.path.split(path)
+    stem, _, rest = base.partition(".")
+    pid, _, number = rest.partition(".")
+    if stem != name or not (pid + number).isascii() or not (pid.isdigit() and number.isdigit()):
+        return None
+    if folder != temp_folder and os.path.realpath(folder) != os.path.realpath(temp_folder):
+        return None  # the same string (one config) costs no syscall; else resolve both
+    return path
+
+
+async def _ask(address: str, key: str, name: str, temp_folder: str) -> FollowedFill | object | None:
     """The fill of `name` at `address`, None (nothing to follow there) or UNKNOWN (that
-    process has no such fill, or is gone)."""
+    process has no such fill, is gone, or is not this user's)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
         await asyncio.get_running_loop().sock_connect(sock, address)
+        if not _same_user(sock):
+            sock.close()
+            return UNKNOWN  # a name squatted by another user: as if nobody were there
         reader, writer = await asyncio.open_unix_connection(sock=sock)
     except OSError:
         sock.close()
@@ -202,8 +245,9 @@ async def _ask(address: str, key: str, name: str) -> FollowedFill | object | Non
     try:
         writer.write(name.encode() + b"\n")
         line = await reader.readline()
-        if line.startswith(b"TEMP "):
-            fd = os.open(line[5:-1], os.O_RDONLY | os.O_CLOEXEC)
+        path = _temp_file(line[5:-1], temp_folder, name) if line.startswith(b"TEMP ") else None
+        if path is not None:
+            fd = os.open(path, _OPEN_TEMP)
             entry = decode_header(_head(fd), key, name)
             if entry is not None and entry.status == 200:
                 return FollowedFill(entry, fd, reader, writer)

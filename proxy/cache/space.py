@@ -1,18 +1,25 @@
-"""The `cache.max_size` bound (SPEC section 5): a shared byte count and an LRU sweep.
+"""The `cache.max_size` and `cache.max_objects` bounds (SPEC section 5; issue 12): a
+shared count of bytes and objects, and an LRU sweep.
 
 The count lives in `<dir>/size`: the bytes, then the number of published objects (8
 bytes each), updated under flock by every process sharing the folder, so N worker
-processes enforce one bound, not N, and /metrics reports the folder once, not N times. A fill
-*reserves* its object's size before writing the first byte (from Content-Length), and
-only publishes once any sweep under way has finished, so published objects stay within
-`max_size` and the excess is the objects being written, as SPEC section 5 allows. (Only
-when more fills than the bound holds finish during one sweep do they publish over it,
-until the sweep that their publication starts.)
+processes enforce one bound, not N, and /metrics reports the folder once, not N times.
+Bytes are what the filesystem allocates: whole blocks (`DiskStore.allocated`), so a
+cached 404 of ~100 bytes counts the 4 KiB it takes, and lock files count while their
+fill holds them (they are removed as it ends, locks.py). Clients choose the paths, so
+the number of objects is bounded too: each one costs an inode and an index entry in
+every worker (store.py).
+
+A fill *reserves* its object's size before writing the first byte (from
+Content-Length), and only publishes once any sweep under way has finished, so published
+objects stay within `max_size` and the excess is the objects being written, as SPEC
+section 5 allows. (Only when more fills than the bound holds finish during one sweep do
+they publish over it, until the sweep that their publication starts.)
 
 A sweep (one process at a time, `<dir>/sweep.lock`) lists the object files in a worker
-thread and unlinks the least recently used until the count is under LOW_WATER of the
-bound, so sweeps come once per ~10% of the bound written, not once per object. "Used"
-is this process's last hit when it has one, else the file's mtime (its store or
+thread and unlinks the least recently used until both counts are under LOW_WATER of
+their bounds, so sweeps come once per ~10% of a bound written, not once per object.
+"Used" is this process's last hit when it has one, else the file's mtime (its store or
 revalidation time): approximate LRU, which SPEC allows. Worker processes behind one
 SO_REUSEPORT port see much the same traffic, so each one's hits are a fair sample.
 
@@ -32,22 +39,29 @@ import fcntl
 import logging
 import os
 import struct
+import time
 from collections.abc import Callable, Iterator
 
 from .entry import MAX_META, PREFIX, header_key
 from .store import FANOUT, DiskStore
 
 log = logging.getLogger("keyfront.cache")
-LOW_WATER = 0.9  # a sweep evicts down to this fraction of max_size
+LOW_WATER = 0.9  # a sweep evicts down to this fraction of max_size and max_objects
+SWEEP_RETRY = 0.1  # seconds: while another process sweeps, look again after this
+LEFTOVER_LOCK_AGE = 60.0  # seconds: an unheld lock file this old was left by a crash
+_OPEN_CREATE = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 _COUNTERS = struct.Struct("<qq")  # bytes (published and reserved), published objects
 
 
 class Space:
-    def __init__(self, store: DiskStore, max_size: int) -> None:
+    def __init__(self, store: DiskStore, max_size: int, max_objects: int = 100_000) -> None:
         self.store = store
         self.max_size = max_size
+        self.max_objects = max_objects
         self.evictions = 0  # objects evicted by this process's sweeps
-        self._fd = os.open(os.path.join(store.root, "size"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        self._fd = os.open(os.path.join(store.root, "size"), _OPEN_CREATE, 0o600)
+        if os.fstat(self._fd).st_size == 0:
+            self._add(0, write=True)  # its block exists before any recount counts it
         self._sweep_lock = os.path.join(store.root, "sweep.lock")
         self._sweep: asyncio.Task[None] | None = None
         self._inflight = 0  # bytes this process has reserved and not yet settled
@@ -71,9 +85,11 @@ class Space:
         return self._add(0)
 
     def reserve(self, size: int) -> None:
-        """Count an object about to be written; sweep if that passes the bound."""
+        """Count an object about to be written (`size`: the bytes it will take on disk,
+        store.allocated); sweep if that passes a bound, or its publication would."""
         self._inflight += size
-        if self._add(size)[0] > self.max_size:
+        total, count = self._add(size)
+        if total > self.max_size or count >= self.max_objects:
             self.sweep_soon()
 
     def settle(self, size: int, kept: bool) -> None:
@@ -82,14 +98,27 @@ class Space:
         self._inflight -= size
         if not kept:
             self._add(-size)
-        elif self._add(0, objects=1)[0] > self.max_size:
+        elif self._over(*self._add(0, objects=1)):
+            self.sweep_soon()
+
+    def stored(self, size: int) -> None:
+        """An object published unreserved (a cached 404, header only): count it."""
+        if self._over(*self._add(size, objects=1)):
+            self.sweep_soon()
+
+    def charge(self, size: int) -> None:
+        """Count a file that is no object (a lock file, while its fill runs)."""
+        if size and self._add(size)[0] > self.max_size:
             self.sweep_soon()
 
     def freed(self, size: int, objects: int | None = None) -> None:
-        """Objects left the folder (replaced, purged): `size` bytes, `objects` of them
-        (one, if `size` says something was there)."""
+        """Files left the folder (objects replaced or purged, a lock file): `size`
+        bytes, `objects` objects (one, if `size` says something was there)."""
         if size:
             self._add(-size, -(1 if objects is None else objects))
+
+    def _over(self, total: int, count: int) -> bool:
+        return total > self.max_size or count > self.max_objects
 
     async def settled(self) -> None:
         """Wait for a running sweep, so that a publish never lands on a full cache."""
@@ -101,26 +130,43 @@ class Space:
             self._sweep = asyncio.create_task(self._run_sweep())
 
     async def _run_sweep(self) -> None:
-        """Evict down to LOW_WATER; again while objects reserved meanwhile keep the
-        count over the bound (a publish waits for this, so the bound holds)."""
-        with _try_lock(self._sweep_lock) as locked:
-            if not locked:
-                return  # another process is sweeping
-            excess = self.total - int(self.max_size * LOW_WATER)
-            while excess > 0 and await self._evict(excess):
-                total = self.total
-                excess = total - int(self.max_size * LOW_WATER) if total > self.max_size else 0
+        """Evict down to LOW_WATER of both bounds; again while objects reserved
+        meanwhile keep the count over a bound (a publish waits for this, so the bound
+        holds). When another process is sweeping, look again after a while: it may
+        have ended just before this process's publish passed the bound."""
+        while True:
+            with _try_lock(self._sweep_lock) as locked:
+                if locked:
+                    await self._sweep_down()
+                    return
+            await asyncio.sleep(SWEEP_RETRY)
+            if not self._over(*self.counts()):
+                return
 
-    async def _evict(self, excess: int) -> bool:
-        """One pass: evict `excess` bytes of the least recently used; False if none."""
+    async def _sweep_down(self) -> None:
+        total, count = self.counts()
+        while self._over(total, count):
+            excess = total - int(self.max_size * LOW_WATER)
+            excess_objects = count - int(self.max_objects * LOW_WATER)
+            if not await self._evict(max(0, excess), max(0, excess_objects)):
+                return
+            total, count = self.counts()
+
+    async def _evict(self, excess: int, excess_objects: int) -> bool:
+        """One pass: evict the least recently used until `excess` bytes and
+        `excess_objects` objects are gone; False if none could be. Lock files that
+        crashed processes left behind go too."""
         known = {e.name: e.used for e in self.store.index.values() if e.used}
         loop = asyncio.get_running_loop()
         try:
-            evicted, size = await loop.run_in_executor(None, _evict, self.store, known, excess)
+            evicted, size = await loop.run_in_executor(
+                None, _evict, self.store, known, excess, excess_objects
+            )
+            leftovers = await loop.run_in_executor(None, _drop_leftover_locks, self.store)
         except OSError as exc:
             log.warning("cache sweep failed: %s", exc)
             return False
-        self._add(-size, -len(evicted))
+        self._add(-size - leftovers, -len(evicted))
         self.evictions += len(evicted)
         gone = set(evicted)
         for key in [k for k, e in self.store.index.items() if e.name in gone]:
@@ -131,7 +177,7 @@ class Space:
         """At a server's start-up: recount the folder if no other process uses it, then
         hold `users` shared for as long as this process runs."""
         self._users = os.open(
-            os.path.join(self.store.root, "users"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            os.path.join(self.store.root, "users"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
         )
         try:
             fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -159,7 +205,7 @@ class Space:
         if self._add(size - before, objects - before_objects)[0] > self.max_size:
             self.sweep_soon()
 
-    def _add(self, delta: int, objects: int = 0) -> tuple[int, int]:
+    def _add(self, delta: int, objects: int = 0, write: bool = False) -> tuple[int, int]:
         """Add to the shared counts under flock: a few µs, held by nobody for longer.
         (A file of the old 8-byte format reads as bytes only; the rescan fixes it.)"""
         with _locked(self._fd):
@@ -169,7 +215,7 @@ class Space:
             else:
                 total, count = (int.from_bytes(raw[:8], "little", signed=True) if raw else 0), 0
             total, count = max(0, total + delta), max(0, count + objects)
-            if delta or objects:
+            if delta or objects or write:
                 os.pwrite(self._fd, _COUNTERS.pack(total, count), 0)
         return total, count
 
@@ -195,7 +241,7 @@ async def _hold_shared(fd: int) -> None:
 
 @contextlib.contextmanager
 def _try_lock(path: str) -> Iterator[bool]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -213,9 +259,12 @@ def _objects(store: DiskStore) -> Iterator[os.DirEntry[str]]:
             yield from (e for e in entries if e.is_file(follow_symlinks=False))
 
 
-def _evict(store: DiskStore, known: dict[str, float], excess: int) -> tuple[list[str], int]:
+def _evict(
+    store: DiskStore, known: dict[str, float], excess: int, excess_objects: int
+) -> tuple[list[str], int]:
     """In a worker thread: unlink the least recently used objects until `excess` bytes
-    are freed. Returns the names removed and the bytes freed."""
+    and `excess_objects` objects are gone. Returns the names removed and the bytes
+    freed."""
     candidates = []
     for entry in _objects(store):
         st = entry.stat(follow_symlinks=False)
@@ -224,7 +273,7 @@ def _evict(store: DiskStore, known: dict[str, float], excess: int) -> tuple[list
     evicted: list[str] = []
     size = 0
     for _, name in candidates:
-        if size >= excess:
+        if size >= excess and len(evicted) >= excess_objects:
             break
         freed = store.remove(name)
         if freed:
@@ -251,24 +300,46 @@ def remove_matching(store: DiskStore, matches: Callable[[str], bool]) -> tuple[i
 
 
 def _scan(store: DiskStore) -> tuple[int, int]:
-    """In a worker thread: the bytes of published objects and of objects being written,
-    and the number of published objects; removes temp files of dead processes and lock
-    files nobody holds whose object is gone."""
-    sizes = [e.stat(follow_symlinks=False).st_size for e in _objects(store)]
+    """In a worker thread: the bytes allocated to published objects, to objects being
+    written, to held lock files and to the folder's own files (`size`...), and the
+    number of published objects; removes temp files of dead processes and lock files
+    nobody holds."""
+    sizes = [store.allocated(e.stat(follow_symlinks=False).st_size) for e in _objects(store)]
     size, objects = sum(sizes), len(sizes)
+    with os.scandir(store.root) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                size += store.allocated(entry.stat(follow_symlinks=False).st_size)
     with os.scandir(store.tmp) as entries:
         for entry in entries:
             if _alive(entry.name):
-                size += entry.stat(follow_symlinks=False).st_size  # being written
+                size += store.allocated(entry.stat(follow_symlinks=False).st_size)
                 continue
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
+    for entry in _locks(store):
+        size += store.allocated(max(0, _drop_unheld_lock(entry.path)))  # held: in flight
+    return size, objects
+
+
+def _locks(store: DiskStore) -> Iterator[os.DirEntry[str]]:
     for fan in FANOUT:
         with os.scandir(os.path.join(store.locks, fan)) as entries:
-            for entry in entries:
-                if not os.path.exists(store.path(entry.name)):
-                    _drop_unheld_lock(entry.path)
-    return size, objects
+            yield from entries
+
+
+def _drop_leftover_locks(store: DiskStore) -> int:
+    """In a worker thread, at a sweep: remove the lock files that nobody holds and that
+    are older than LEFTOVER_LOCK_AGE (a fill unlinks its own as it ends, locks.py, so
+    these are a crashed process's); the bytes they took, which that process counted."""
+    freed = 0
+    too_old = time.time() - LEFTOVER_LOCK_AGE
+    for entry in _locks(store):
+        with contextlib.suppress(OSError):
+            st = entry.stat(follow_symlinks=False)
+            if st.st_mtime < too_old and _drop_unheld_lock(entry.path) < 0:
+                freed += store.allocated(st.st_size)
+    return freed
 
 
 def _alive(temp_name: str) -> bool:
@@ -283,7 +354,22 @@ def _alive(temp_name: str) -> bool:
     return True
 
 
-def _drop_unheld_lock(path: str) -> None:
-    with contextlib.suppress(OSError), _try_lock(path) as locked:
-        if locked:
-            os.unlink(path)
+def _drop_unheld_lock(path: str) -> int:
+    """Unlink the lock file at `path` if no process holds it: -1 when removed, else
+    its size (held: a fill is running). Safe across processes (locks.py): the file is
+    unlinked while this thread holds its flock, and a process that opened it meanwhile
+    finds, once it gets the flock, that its file is no longer the one at `path`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # never O_CREAT: gone is gone
+    except OSError:
+        return 0
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.unlink(path)
+    except BlockingIOError:
+        return os.fstat(fd).st_size
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+    return -1

@@ -2,7 +2,8 @@
 
     objects/ab/<sha256>    published objects (entry.py's format), replaced atomically
     tmp/<sha256>.<pid>.<n> objects being written: unique names, same filesystem
-    locks/ab/<sha256>      flock'ed by the process filling that object (locks.py)
+    locks/ab/<sha256>      flock'ed by the process filling that object, for as long as
+                           the fill runs (locks.py)
 
 The index (a dict) answers a hit with no syscall beyond reading the body (NOTES.md
 "Serving cache hits fast"): no stat, no header read, no executor hop. It holds what this
@@ -41,11 +42,17 @@ from .entry import (
 
 SMALL_OBJECT = 64 * 1024  # read with pread in the loop thread, kept in the memory tier
 MEMORY_TIER = 64 * 1024**2  # bytes of small bodies kept in memory, per process
-# Index entries kept per process (~0.5 KB each). Objects another process evicted stay
-# indexed here until looked up, so the index is bounded on its own: past the bound, the
-# least recently used tenth is dropped (they are found on disk again if still there).
-MAX_INDEX = 500_000
+# The index is bounded on its own (objects another process evicted stay indexed here
+# until looked up): by `cache.max_objects` entries, and by INDEX_ENTRY_BUDGET bytes an
+# entry on average, where an entry counts ENTRY_BYTES (~650 B measured with a short
+# key and the usual headers) plus its key and header values, which clients and the
+# origin choose (issue 12: a few KiB of path each must not grow the index unbounded).
+# Past either bound the least recently used tenth is dropped (they are found on disk
+# again if still there).
+ENTRY_BYTES = 600
+INDEX_ENTRY_BUDGET = 1024
 FANOUT = [f"{i:02x}" for i in range(256)]
+PRIVATE_FOLDER = 0o700  # files are created 0600 (issue 12: nothing world-readable)
 _READ = os.O_RDONLY | os.O_CLOEXEC
 _CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _temp_names = itertools.count()
@@ -55,8 +62,9 @@ class DiskStore:
     """Files under `root` and the index of them; every method runs in the loop thread
     and none blocks for long (page-cached metadata and small reads only)."""
 
-    def __init__(self, root: str, memory_tier: int = MEMORY_TIER) -> None:
+    def __init__(self, root: str, memory_tier: int = MEMORY_TIER, max_index: int = 100_000) -> None:
         self.root = root
+        self.block = 4096  # the filesystem's, from prepare(): what a file costs is whole blocks
         self.objects = os.path.join(root, "objects")
         self.tmp = os.path.join(root, "tmp")
         self.locks = os.path.join(root, "locks")
@@ -64,13 +72,26 @@ class DiskStore:
         self._hot: OrderedDict[str, CacheEntry] = OrderedDict()  # entries holding `body`
         self._hot_bytes = 0
         self._memory_tier = memory_tier
+        self._max_index = max_index
+        self._index_bytes = 0  # ENTRY_BYTES and more per entry: see INDEX_ENTRY_BUDGET
 
     def prepare(self) -> None:
-        """Create the folders once at start-up, so no write path ever needs a mkdir."""
-        os.makedirs(self.tmp, exist_ok=True)
+        """Create the folders once at start-up, so no write path ever needs a mkdir.
+        The cache holds what clients fetched with their keys: its folder is its user's
+        alone (issue 12), which also covers files an older version made 0644."""
+        os.makedirs(self.root, mode=PRIVATE_FOLDER, exist_ok=True)
+        with contextlib.suppress(PermissionError):  # another user's folder: theirs to set
+            os.chmod(self.root, PRIVATE_FOLDER)
+        os.makedirs(self.tmp, mode=PRIVATE_FOLDER, exist_ok=True)
         for top in (self.objects, self.locks):
             for fan in FANOUT:
-                os.makedirs(os.path.join(top, fan), exist_ok=True)
+                os.makedirs(os.path.join(top, fan), mode=PRIVATE_FOLDER, exist_ok=True)
+        self.block = os.statvfs(self.root).f_frsize or self.block
+
+    def allocated(self, size: int) -> int:
+        """What a file of `size` bytes takes on disk: whole blocks (issue 12: a cached
+        404 of ~100 bytes takes a 4 KiB block, and max_size is the disk's bytes)."""
+        return -(-size // self.block) * self.block
 
     def path(self, name: str) -> str:
         return f"{self.objects}/{name[:2]}/{name}"
@@ -155,16 +176,25 @@ class DiskStore:
 
     def remember(self, entry: CacheEntry, body: bytes | None = None) -> None:
         self.forget(entry.key)
-        if len(self.index) >= MAX_INDEX:
+        cost = _index_cost(entry)
+        if (
+            len(self.index) >= self._max_index
+            or self._index_bytes + cost > self._max_index * INDEX_ENTRY_BUDGET
+        ):
             self._trim()
         self.index[entry.key] = entry
+        self._index_bytes += cost
         entry.used = entry.used or time.time()
         if body is not None and entry.size <= SMALL_OBJECT:
             self.keep_body(entry, body)
 
     def _trim(self) -> None:
+        """Drop the least recently used entries until both bounds have a tenth free."""
         by_use = sorted(self.index.values(), key=lambda e: e.used)
-        for entry in by_use[: len(by_use) // 10 + 1]:
+        entries, budget = self._max_index * 0.9, self._max_index * INDEX_ENTRY_BUDGET * 0.9
+        for entry in by_use:
+            if len(self.index) < entries and self._index_bytes < budget:
+                break
             self.forget(entry.key)
 
     def keep_body(self, entry: CacheEntry, body: bytes) -> None:
@@ -187,6 +217,8 @@ class DiskStore:
     def forget(self, key: str) -> CacheEntry | None:
         """Drop `key` from the index and the memory tier (not from the disk)."""
         entry = self.index.pop(key, None)
+        if entry is not None:
+            self._index_bytes -= _index_cost(entry)
         hot = self._hot.pop(key, None)
         if hot is not None:
             self._hot_bytes -= len(hot.body or b"")
@@ -212,16 +244,21 @@ class DiskStore:
             os.close(fd)
 
     def remove(self, name: str) -> int:
-        """Unlink a published object and its lock file; the bytes freed."""
+        """Unlink a published object; the bytes freed (allocated). Its lock file is not
+        this one's to touch: it exists only while a fill holds it (locks.py)."""
         path = self.path(name)
         try:
             size = os.stat(path).st_size
             os.unlink(path)
         except OSError:
             return 0
-        with contextlib.suppress(OSError):
-            os.unlink(self.lock_path(name))
-        return size
+        return self.allocated(size)
+
+
+def _index_cost(entry: CacheEntry) -> int:
+    """The bytes an index entry is counted at: see INDEX_ENTRY_BUDGET."""
+    key = len(entry.key) if entry.key.isascii() else 4 * len(entry.key)
+    return ENTRY_BYTES + key + sum(len(value) for value in entry.headers.values())
 
 
 def _read_entry(fd: int, key: str, name: str) -> tuple[CacheEntry | None, bytes]:
@@ -245,7 +282,8 @@ class TempObject:
     def __init__(self, store: DiskStore, entry: CacheEntry) -> None:
         self.path = f"{store.tmp}/{entry.name}.{os.getpid()}.{next(_temp_names)}"
         self._final = store.path(entry.name)
-        self.fd = os.open(self.path, _CREATE, 0o644)
+        self._store = store
+        self.fd = os.open(self.path, _CREATE, 0o600)
         try:
             self.write(encode_header(entry))
         except OSError:
@@ -259,9 +297,10 @@ class TempObject:
             view = view[os.write(self.fd, view) :]
 
     def publish(self) -> int:
-        """Put the object in place; the size of the one it replaced (0: none)."""
+        """Put the object in place; the bytes allocated to the one it replaced (0:
+        none)."""
         try:
-            replaced = os.stat(self._final).st_size
+            replaced = self._store.allocated(os.stat(self._final).st_size)
         except OSError:
             replaced = 0
         os.replace(self.path, self._final)

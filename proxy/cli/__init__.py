@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from .local import SERVE_OPTIONS, SIGN_OPTIONS, load_config
 from .output import Failure, Output, emit, failure_of
 from .usage import USAGE_OPTIONS
 from .values import Option
+
+PRIVATE_UMASK = 0o077  # files 0600, folders 0700: see main()
 
 StoreCommand = Callable[[argparse.Namespace, Config, Store], Awaitable[Output]]
 LocalCommand = Callable[[argparse.Namespace], int]
@@ -197,6 +200,11 @@ def _arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """The `keyfront` console script. Returns the exit status."""
+    # Everything keyfront writes is its user's alone (issue 12): the SQLite file holds
+    # link secrets in clear, the cache and the access log what clients fetched. Files
+    # that matter are also created with explicit modes; this covers the rest (SQLite's
+    # -journal, the metrics folder's files, folders made on the way).
+    os.umask(PRIVATE_UMASK)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors and --help: return, don't raise

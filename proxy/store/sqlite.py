@@ -329,7 +329,8 @@ class SqliteStore(SqliteUsage, Store):
     def _connect(self) -> None:
         directory = os.path.dirname(self.path)
         if directory:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        _make_private(self.path)
         # isolation_level=None: no implicit transactions; `_transaction` makes them.
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
@@ -339,6 +340,20 @@ class SqliteStore(SqliteUsage, Store):
             conn.close()
             raise
         self._conn = conn
+
+
+def _make_private(path: str) -> None:
+    """The file holds link secrets in clear (issue 12): its user's alone. Created 0600
+    before SQLite opens it, since SQLite gives its -wal and -shm files the database
+    file's mode; one made earlier with a looser mode is tightened, with its -wal/-shm."""
+    if path in ("", ":memory:"):
+        return
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for name in (path, path + "-wal", path + "-shm"):
+        with contextlib.suppress(OSError):
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
 
 
 def _set_up(conn: sqlite3.Connection) -> None:
