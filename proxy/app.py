@@ -35,6 +35,7 @@ from .config import Config
 from .errors import ConfigError, KeyfrontError
 from .exchange import Target
 from .keys import KeySigner
+from .listener import PublicServer, connection_cap, raise_open_files_limit
 from .metrics import Metrics
 from .origin import Origin, origin_from_url
 from .origin.metered import MeteredOrigin
@@ -66,7 +67,7 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     public: asyncio.Server | None = None
-    public_handler: web.Server | None = None
+    public_handler: PublicServer | None = None
     admin: web.AppRunner | None = None
     cache: Cache | None = None  # for purges (SPEC section 5)
 
@@ -164,7 +165,12 @@ async def startup(config: Config) -> Runtime:
         metrics=metrics,
         cache=runtime.cache,
     )
-    runtime.public_handler = web.Server(pipeline.handle, access_log=None)
+    runtime.public_handler = PublicServer(
+        pipeline.handle,
+        timeouts=config.client_timeouts,
+        max_connections=connection_cap(config.max_connections, raise_open_files_limit()),
+        access_log=None,
+    )
     runtime.public = await asyncio.get_running_loop().create_server(
         runtime.public_handler,
         config.listen.host,

@@ -1,0 +1,230 @@
+"""The public listener's connections: deadlines for what a client sends and takes, and a
+cap on how many one worker holds (issue 12 items 4 and 5; README "Limits and timeouts").
+
+aiohttp's defaults leave a public port open to slowloris: its RequestHandler has no
+deadline for a request's headers, and keeps an idle connection 3,630 s. Nor do its
+writes have a deadline, so a client that stops reading holds its handler, and with it
+a pass-through's origin connection (aiohttp's client drops its read timer while its
+reading is paused), for ever. Here, with nothing added to a request's path:
+
+- **headers**: aiohttp already keeps one timer per connection, its keep-alive handle,
+  re-armed lazily at the end of each response (a float store; the timer reschedules
+  itself when it fires early) and closing the connection only while it waits for a
+  request. It counts from a fixed point and is never moved by bytes arriving. Seeded
+  at `headers` from the connection's opening, it is the header deadline of the first
+  request; after each response it is `keepalive`, the deadline of the next request's
+  headers, idle time included. A trickled header gets no more than either.
+- **send**: a second timer per connection, armed when the transport's buffer passes
+  its high-water mark (`pause_writing`, 64 KiB) and lapsed when the client drains it to
+  the low one. A client that drains nothing for `send` is reset (RST: the kernel drops
+  what it holds for it too), which wakes the handler's `drain()`: its next write fails,
+  and the send path aborts and closes the origin response. So does a connection closing
+  with bytes the client never takes. Small responses never reach the mark, so a hit
+  pays nothing for it.
+- **max_connections**: a connection past the cap is closed as soon as it is accepted,
+  before any of its bytes are read, so a flood of idle connections cannot take the
+  file descriptors real clients need; the deadlines above free the slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import resource
+import socket
+import struct
+import termios
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from .config import ClientTimeouts
+
+log = logging.getLogger("keyfront")
+
+FD_RESERVE = 256  # descriptors kept for everything but clients: store, logs, cache, origins
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, drops the queue
+WARN_EVERY = 60.0  # seconds between two "cap reached" warnings
+
+
+class PublicServer(web.Server):
+    """aiohttp's low-level server, making `ClientConnection`s, and counting them."""
+
+    def __init__(
+        self, handler: Any, *, timeouts: ClientTimeouts, max_connections: int, **kwargs: Any
+    ) -> None:
+        super().__init__(handler, keepalive_timeout=timeouts.keepalive, **kwargs)
+        self.timeouts = timeouts
+        self.max_connections = max_connections
+        self.open = 0  # connections accepted and not yet lost
+        self.refused = 0  # connections closed at once: the cap was reached
+        self.cut = 0  # clients reset for taking none of their response for `send`
+        self._warned = -WARN_EVERY
+
+    def __call__(self) -> RequestHandler:
+        return ClientConnection(self, loop=self._loop, **self._kwargs)
+
+    def refuse(self, transport: asyncio.BaseTransport) -> None:
+        self.refused += 1
+        transport.close()  # nothing read, nothing queued: gone at once
+        now = self._loop.time()
+        if now - self._warned >= WARN_EVERY:
+            self._warned = now
+            log.warning(
+                "%d client connections open, the max_connections cap: refusing new ones "
+                "(%d so far)",
+                self.open,
+                self.refused,
+            )
+
+
+class ClientConnection(RequestHandler):
+    """One public client connection: aiohttp's handler with the deadlines of the
+    module docstring."""
+
+    __slots__ = ("_client", "_counted", "_listener", "_send_deadline", "_send_timer", "unsent")
+
+    def __init__(self, listener: PublicServer, **kwargs: Any) -> None:
+        super().__init__(listener, **kwargs)
+        self._listener = listener
+        self._client: asyncio.Transport | None = None  # kept while closing, unlike .transport
+        self._send_deadline = 0.0  # 0: not waiting on the client to take bytes
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._counted = False
+        self.unsent = 0  # bytes queued for the client when it was cut (usage, item 5)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        listener = self._listener
+        if listener.open >= listener.max_connections:
+            listener.refuse(transport)
+            return
+        listener.open += 1
+        self._counted = True
+        self._client = transport  # type: ignore[assignment]  # a TCP transport
+        super().connection_made(transport)
+        # aiohttp armed its keep-alive timer at open + keepalive: the first request's
+        # headers get `headers` instead.
+        loop = self._loop
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+        self._next_keepalive_close_time = loop.time() + listener.timeouts.headers
+        self._keepalive_handle = loop.call_at(
+            self._next_keepalive_close_time, self._process_keepalive
+        )
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._counted:
+            self._counted = False
+            self._listener.open -= 1
+        self._client = None
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        super().connection_lost(exc)
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        finally:
+            # The connection is closing. Bytes the client has not taken yet keep it
+            # open until it does: give it `send` for them.
+            client = self._client
+            if client is not None and client.get_write_buffer_size():
+                self._await_client()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._await_client()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        client = self._client
+        if client is not None and client.is_closing():
+            self._await_client()  # progress, and more to take before the close
+        else:
+            self._send_deadline = 0.0  # progress; the timer lapses when it fires
+
+    def _await_client(self) -> None:
+        """Start the send deadline: the client must take some of its bytes by then."""
+        self._send_deadline = self._loop.time() + self._listener.timeouts.send
+        if self._send_timer is None:
+            self._send_timer = self._loop.call_at(self._send_deadline, self._check_send)
+
+    def _check_send(self) -> None:
+        self._send_timer = None
+        client = self._client
+        if client is None:
+            return
+        if client.is_closing():
+            waiting = client.get_write_buffer_size() > 0
+        else:
+            waiting = self._send_deadline > 0  # writing is paused
+        if not waiting:
+            return
+        if self._loop.time() < self._send_deadline:
+            self._send_timer = self._loop.call_at(self._send_deadline, self._check_send)
+            return
+        self._cut(client)
+
+    def _cut(self, client: asyncio.Transport) -> None:
+        """Reset a client that took nothing for `send`; remember what it never got."""
+        self._listener.cut += 1
+        sock = client.get_extra_info("socket")
+        self.unsent = client.get_write_buffer_size()
+        if sock is not None:
+            try:
+                self.unsent += _kernel_queue(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            except OSError:
+                pass
+        client.abort()
+
+
+def _kernel_queue(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue that the peer has not acknowledged (SIOCOUTQ)."""
+    answer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    return int(struct.unpack("i", answer)[0])
+
+
+def unsent(request: web.BaseRequest) -> int:
+    """What keyfront had queued for this request's client when it cut it for not
+    reading (0 if it did not): a send path takes it off the bytes it counts as sent."""
+    protocol = request.protocol
+    return protocol.unsent if isinstance(protocol, ClientConnection) else 0
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (logged): every client
+    connection is a descriptor. The soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        with open("/proc/sys/fs/nr_open") as nr_open:  # the kernel's own ceiling
+            target = int(nr_open.read())
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("open files limit raised from %d to %d", soft, target)
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("open files limit stays %d: cannot raise it to %d: %s", soft, target, exc)
+    return soft
+
+
+def connection_cap(configured: int, open_files: int) -> int:
+    """`max_connections`, lowered (with a warning) where the open files limit could not
+    hold that many clients and what they use: an origin connection or a cache file each
+    while they are served, and FD_RESERVE for the rest."""
+    fits = max(1, (open_files - FD_RESERVE) // 2)
+    if configured > fits:
+        log.warning(
+            "max_connections %d needs more descriptors than the open files limit %d "
+            "allows: %d client connections per worker",
+            configured,
+            open_files,
+            fits,
+        )
+        return fits
+    return configured
