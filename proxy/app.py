@@ -171,6 +171,7 @@ async def startup(config: Config) -> Runtime:
         max_connections=connection_cap(config.max_connections, raise_open_files_limit()),
         access_log=None,
     )
+    metrics.sources.append(runtime.public_handler.count_into)
     runtime.public = await asyncio.get_running_loop().create_server(
         runtime.public_handler,
         config.listen.host,

@@ -41,6 +41,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .config import ClientTimeouts
+from .metrics import Metrics
 
 log = logging.getLogger("keyfront")
 
@@ -65,6 +66,12 @@ class PublicServer(web.Server):
 
     def __call__(self) -> RequestHandler:
         return ClientConnection(self, loop=self._loop, **self._kwargs)
+
+    def count_into(self, metrics: Metrics) -> None:
+        """Copy the counts into the metrics (a Metrics source, run before a scrape)."""
+        metrics.gauges["client_connections"] = self.open
+        metrics.counters["client_connections_refused"] = {"": self.refused}
+        metrics.counters["client_send_timeouts"] = {"": self.cut}
 
     def refuse(self, transport: asyncio.BaseTransport) -> None:
         self.refused += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import http.client
+import resource
 import select
 import socket
 import time
@@ -225,6 +226,7 @@ def test_past_the_connection_cap_new_connections_are_refused_until_slots_free(
             sock.close()
         status, _, body = get(kf, "/open/small.bin")  # ...and a real client is served
         assert (status, body) == (200, SMALL)
+        assert metric(kf, "keyfront_client_connections_refused_total") == 1
     finally:
         assert kf.stop() == 0
 
@@ -265,6 +267,23 @@ def test_a_slow_but_steady_reader_gets_the_whole_object(
     assert bytes(body) == PATTERN * 48
 
 
+def test_the_open_files_limit_is_raised_to_the_hard_limit(
+    tmp_path: Path, origin: CountingOrigin
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))  # keyfront inherits it
+    try:
+        kf = start(tmp_path, origin)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        with open(f"/proc/{kf.process.pid}/limits") as limits:
+            line = next(line for line in limits if line.startswith("Max open files"))
+        assert line.split()[3:5] == [str(hard)] * 2
+    finally:
+        assert kf.stop() == 0
+
+
 # --- item 5: a client that stops reading ----------------------------------------------
 
 
@@ -285,13 +304,18 @@ def reset_within(sock: socket.socket, limit: float) -> bool:
     )
 
 
-def response_bytes(kf: KeyfrontProcess) -> float:
-    """keyfront_response_bytes_total of the /open/ route: the body bytes counted as sent."""
+def metric(kf: KeyfrontProcess, series: str) -> float:
+    """One series' value on keyfront's /metrics page (0 if absent)."""
     with urllib.request.urlopen(f"{kf.admin_url}/metrics", timeout=10) as page:
         for line in page.read().decode().splitlines():
-            if line.startswith('keyfront_response_bytes_total{route="/open/"}'):
+            if line.startswith(series + " "):
                 return float(line.split()[-1])
     return 0.0
+
+
+def response_bytes(kf: KeyfrontProcess) -> float:
+    """The body bytes counted as sent on the /open/ route."""
+    return metric(kf, 'keyfront_response_bytes_total{route="/open/"}')
 
 
 def test_a_client_that_stops_reading_a_pass_through_is_cut_and_frees_the_origin(
@@ -303,6 +327,7 @@ def test_a_client_that_stops_reading_a_pass_through_is_cut_and_frees_the_origin(
         assert reset_within(sock, SEND + 2 * SLACK), "a client that reads nothing is kept"
         assert eventually(lambda: origin.sending == 0, SLACK), "its origin connection is kept"
     assert origin.cut == origin.gets["big/32"]  # the fill's look and the stream: both closed
+    assert metric(keyfront, "keyfront_client_send_timeouts_total") == 1
     # Counted: what reached the client (its 4 KiB window, give or take), not what
     # keyfront had queued for it.
     assert eventually(lambda: response_bytes(keyfront) > 0, 5)
