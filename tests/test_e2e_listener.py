@@ -248,7 +248,7 @@ def test_a_slow_but_steady_reader_gets_the_whole_object(
     keyfront: KeyfrontProcess, origin: CountingOrigin
 ) -> None:
     # The send deadline is about a client that takes nothing, not a slow one: 3 MiB
-    # read at ~1.3 MiB/s takes longer than `send` and arrives whole.
+    # read at 2 MiB/s takes longer than `send` and arrives whole.
     assert get(keyfront, "/open/big/3")[2] == PATTERN * 48  # now cached
     with connect(keyfront) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
@@ -262,7 +262,7 @@ def test_a_slow_but_steady_reader_gets_the_whole_object(
             chunk = sock.recv(64 * 1024)
             assert chunk, f"cut after {len(body)} bytes"
             body += chunk
-            time.sleep(0.05)
+            time.sleep(max(0.0, started + len(body) / (2 * MiB) - time.monotonic()))  # 2 MiB/s
     assert time.monotonic() - started > SEND
     assert bytes(body) == PATTERN * 48
 
