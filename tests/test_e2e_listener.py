@@ -213,8 +213,8 @@ def test_past_the_connection_cap_new_connections_are_refused_until_slots_free(
 ) -> None:
     cap = 20
     kf = start(tmp_path, origin, max_connections=cap)
+    silent = [connect(kf) for _ in range(cap)]
     try:
-        silent = [connect(kf) for _ in range(cap)]
         time.sleep(0.1)  # all accepted
         with connect(kf) as over:
             opened = time.monotonic()
@@ -223,11 +223,12 @@ def test_past_the_connection_cap_new_connections_are_refused_until_slots_free(
         assert time.monotonic() - opened < HEADERS * 0.5  # refused, not timed out
         for sock in silent:  # the silent ones time out at the header deadline...
             assert closed_after(sock, HEADERS + SLACK) is not None
-            sock.close()
         status, _, body = get(kf, "/open/small.bin")  # ...and a real client is served
         assert (status, body) == (200, SMALL)
         assert metric(kf, "keyfront_client_connections_refused_total") == 1
     finally:
+        for sock in silent:
+            sock.close()
         assert kf.stop() == 0
 
 
