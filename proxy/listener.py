@@ -21,6 +21,8 @@ reading is paused), for ever. Here, with nothing added to a request's path:
   and the send path aborts and closes the origin response. So does a connection closing
   with bytes the client never takes. Small responses never reach the mark, so a hit
   pays nothing for it.
+- **head size**: a request head is held in memory until complete; past MAX_HEAD the
+  connection is closed (see `data_received`).
 - **max_connections**: a connection past the cap is closed as soon as it is accepted,
   before any of its bytes are read, so a flood of idle connections cannot take the
   file descriptors real clients need; the deadlines above free the slots.
@@ -45,7 +47,8 @@ from .metrics import Metrics
 
 log = logging.getLogger("keyfront")
 
-FD_RESERVE = 256  # descriptors kept for everything but clients: store, logs, cache, origins
+MAX_HEAD = 64 * 1024  # bytes a request head may take (nginx's default allows ~33 KiB)
+FD_RESERVE = 1024  # descriptors kept for everything but clients (connection_cap)
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, drops the queue
 WARN_EVERY = 60.0  # seconds between two "cap reached" warnings
 
@@ -61,6 +64,7 @@ class PublicServer(web.Server):
         self.max_connections = max_connections
         self.open = 0  # connections accepted and not yet lost
         self.refused = 0  # connections closed at once: the cap was reached
+        self.oversized = 0  # connections closed for a request head over MAX_HEAD
         self.cut = 0  # clients reset for taking none of their response for `send`
         self._warned = -WARN_EVERY
 
@@ -72,6 +76,7 @@ class PublicServer(web.Server):
         metrics.gauges["client_connections"] = self.open
         metrics.counters["client_connections_refused"] = {"": self.refused}
         metrics.counters["client_send_timeouts"] = {"": self.cut}
+        metrics.counters["client_heads_too_large"] = {"": self.oversized}
 
     def refuse(self, transport: asyncio.BaseTransport) -> None:
         self.refused += 1
@@ -91,7 +96,15 @@ class ClientConnection(RequestHandler):
     """One public client connection: aiohttp's handler with the deadlines of the
     module docstring."""
 
-    __slots__ = ("_client", "_counted", "_listener", "_send_deadline", "_send_timer", "unsent")
+    __slots__ = (
+        "_client",
+        "_counted",
+        "_listener",
+        "_send_deadline",
+        "_send_timer",
+        "_unparsed",
+        "unsent",
+    )
 
     def __init__(self, listener: PublicServer, **kwargs: Any) -> None:
         super().__init__(listener, **kwargs)
@@ -100,6 +113,7 @@ class ClientConnection(RequestHandler):
         self._send_deadline = 0.0  # 0: not waiting on the client to take bytes
         self._send_timer: asyncio.TimerHandle | None = None
         self._counted = False
+        self._unparsed = 0  # bytes received since the last request head was complete
         self.unsent = 0  # bytes queued for the client when it was cut (usage, item 5)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -130,6 +144,22 @@ class ClientConnection(RequestHandler):
             self._send_timer.cancel()
             self._send_timer = None
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # aiohttp holds a request head in memory until it is complete, bounding its
+        # lines (8,190 bytes) and their number (128) but not their total: ~1 MiB a
+        # connection, 10 GiB for 10,000 trickling ones. Past MAX_HEAD without a
+        # complete head (or with a body, which GET, HEAD and OPTIONS do not carry),
+        # the connection is closed. One add and compare a read.
+        requests = self._request_count
+        super().data_received(data)
+        if self._request_count != requests:
+            self._unparsed = 0
+            return
+        self._unparsed += len(data)
+        if self._unparsed > MAX_HEAD:
+            self._listener.oversized += 1
+            self.force_close()
 
     async def start(self) -> None:
         try:
@@ -222,13 +252,15 @@ def raise_open_files_limit() -> int:
 
 def connection_cap(configured: int, open_files: int) -> int:
     """`max_connections`, lowered (with a warning) where the open files limit could not
-    hold that many clients and what they use: an origin connection or a cache file each
-    while they are served, and FD_RESERVE for the rest."""
-    fits = max(1, (open_files - FD_RESERVE) // 2)
+    hold that many clients and keep FD_RESERVE descriptors (half the limit, if smaller)
+    for what serving them opens: origin connections (up to 256 per origin), cache
+    files, the store, the logs. Beyond the limit, accept() fails with EMFILE and
+    asyncio stops accepting for a second: everyone waits."""
+    fits = open_files - min(FD_RESERVE, open_files // 2)
     if configured > fits:
         log.warning(
-            "max_connections %d needs more descriptors than the open files limit %d "
-            "allows: %d client connections per worker",
+            "max_connections %d is more than the open files limit %d leaves for clients: "
+            "%d client connections per worker",
             configured,
             open_files,
             fits,

@@ -52,6 +52,7 @@ class Metrics(Collector):
                 "cache_write_errors",
                 "client_connections_refused",
                 "client_send_timeouts",
+                "client_heads_too_large",
                 "origin_requests",
                 "origin_bytes",
             )
@@ -159,6 +160,7 @@ class Metrics(Collector):
             ("cache_write_errors", "Cache writes that failed."),
             ("client_connections_refused", "Client connections closed at once: max_connections."),
             ("client_send_timeouts", "Clients reset for taking none of a response for send."),
+            ("client_heads_too_large", "Connections closed: a request head over 64 KiB."),
         ):
             yield _counter(name, doc, [], c[name])
         for name, doc in (

@@ -208,6 +208,18 @@ def test_an_idle_keep_alive_connection_is_closed_after_keepalive(
     assert closed > KEEPALIVE * 0.8  # keep-alive's own deadline, not the header one
 
 
+def test_a_request_head_is_held_up_to_64_kib(keyfront: KeyfrontProcess) -> None:
+    # aiohttp alone holds up to 128 header lines of 8 KiB each: ~1 MiB a connection.
+    fields = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 8000) for i in range(12))
+    with connect(keyfront) as sock:  # 96 KB of header lines, the end never sent
+        sock.sendall(b"GET /open/small.bin HTTP/1.1\r\nHost: x\r\n" + fields)
+        closed = closed_after(sock, HEADERS * 0.5)
+    assert closed is not None, "a 96 KB request head is still being read"
+    with connect(keyfront) as sock:  # 40 KB, in bounds: served
+        sock.sendall(b"GET /open/small.bin HTTP/1.1\r\nHost: x\r\n" + fields[:40_000] + b"\r\n\r\n")
+        assert read_response(sock)[::2] == (200, SMALL)
+
+
 def test_past_the_connection_cap_new_connections_are_refused_until_slots_free(
     tmp_path: Path, origin: CountingOrigin
 ) -> None:
