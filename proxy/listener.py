@@ -92,6 +92,9 @@ class PublicServer(web.Server):
             )
 
 
+_PARSE = RequestHandler.data_received  # called directly: super() costs ~25 ns a read
+
+
 class ClientConnection(RequestHandler):
     """One public client connection: aiohttp's handler with the deadlines of the
     module docstring."""
@@ -152,7 +155,7 @@ class ClientConnection(RequestHandler):
         # complete head (or with a body, which GET, HEAD and OPTIONS do not carry),
         # the connection is closed. One add and compare a read.
         requests = self._request_count
-        super().data_received(data)
+        _PARSE(self, data)
         if self._request_count != requests:
             self._unparsed = 0
             return
