@@ -11,9 +11,12 @@ reading is paused), for ever. Here, with nothing added to a request's path:
   re-armed lazily at the end of each response (a float store; the timer reschedules
   itself when it fires early) and closing the connection only while it waits for a
   request. It counts from a fixed point and is never moved by bytes arriving. Seeded
-  at `headers` from the connection's opening, it is the header deadline of the first
-  request; after each response it is `keepalive`, the deadline of the next request's
-  headers, idle time included. A trickled header gets no more than either.
+  at `headers` from the connection's opening, it is the first request's header
+  deadline; after each response it is `keepalive`, which closes an idle connection.
+  The first bytes of a head that does not arrive whole in one read bring it forward to
+  `headers` from then (never further), so a trickled head gets `headers` at most,
+  whatever came before it. A head that arrives in one read (every ordinary request)
+  costs an add and a compare.
 - **send**: a second timer per connection, armed when the transport's buffer passes
   its high-water mark (`pause_writing`, 64 KiB) and lapsed when the client drains it to
   the low one. A client that drains nothing for `send` is reset (RST: the kernel drops
@@ -159,10 +162,22 @@ class ClientConnection(RequestHandler):
         if self._request_count != requests:
             self._unparsed = 0
             return
+        if not self._unparsed:  # the first bytes of a head still incomplete: rare
+            self._head_started()
         self._unparsed += len(data)
         if self._unparsed > MAX_HEAD:
             self._listener.oversized += 1
             self.force_close()
+
+    def _head_started(self) -> None:
+        """A head must be complete within `headers` of its first byte, on a keep-alive
+        connection too: the deadline moves closer, never further."""
+        deadline = self._loop.time() + self._listener.timeouts.headers
+        if deadline < self._next_keepalive_close_time:
+            self._next_keepalive_close_time = deadline
+            if self._keepalive_handle is not None:
+                self._keepalive_handle.cancel()
+            self._keepalive_handle = self._loop.call_at(deadline, self._process_keepalive)
 
     async def start(self) -> None:
         try:

@@ -28,7 +28,7 @@ from conftest import HttpOriginServer, KeyfrontProcess, start_keyfront
 MiB = 1024 * 1024
 PATTERN = bytes(range(256)) * 256  # 64 KiB; the big objects repeat it
 SMALL = b"s" * 10_000
-HEADERS, KEEPALIVE, SEND = 1.0, 2.0, 1.0  # seconds: short, so the tests stay fast
+HEADERS, KEEPALIVE, SEND = 1.0, 3.0, 1.0  # seconds: short, so the tests stay fast
 SLACK = 1.5  # seconds a loaded machine may add to a timer
 
 
@@ -206,6 +206,28 @@ def test_an_idle_keep_alive_connection_is_closed_after_keepalive(
         closed = closed_after(sock, KEEPALIVE + SLACK)
     assert closed is not None, f"an idle keep-alive connection is open after {KEEPALIVE + SLACK}s"
     assert closed > KEEPALIVE * 0.8  # keep-alive's own deadline, not the header one
+
+
+def test_a_head_trickled_after_a_response_gets_the_header_deadline(
+    keyfront: KeyfrontProcess,
+) -> None:
+    # Keep-alive lets a connection idle for KEEPALIVE; a head that starts trickling
+    # within it still has HEADERS from its first byte, not what is left of KEEPALIVE.
+    with connect(keyfront) as sock:
+        sock.sendall(b"GET /open/small.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock)[::2] == (200, SMALL)
+        answered = time.monotonic()
+        time.sleep(0.2)
+        closed = None
+        for byte in b"GET /open/small.bin HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 100:
+            try:
+                sock.sendall(bytes([byte]))
+            except ConnectionError:
+                break
+            if closed_after(sock, 0.3) is not None or time.monotonic() - answered > KEEPALIVE:
+                break
+        closed = time.monotonic() - answered
+    assert 0.2 + HEADERS * 0.8 < closed < (0.2 + HEADERS + KEEPALIVE) / 2
 
 
 def test_a_request_head_is_held_up_to_64_kib(keyfront: KeyfrontProcess) -> None:
