@@ -32,8 +32,8 @@ reading is paused), for ever. Here, with next to nothing added to a request's pa
   file descriptors real clients need; the deadlines above free the slots.
 
 This leans on a few of RequestHandler's internals (`_keepalive_handle`,
-`_next_keepalive_close_time`, `_process_keepalive`, `_request_count`), unchanged since
-aiohttp 3.9; tests/test_e2e_listener.py fails if that changes.
+`_next_keepalive_close_time`, `_process_keepalive`, `_request_count`), as of aiohttp
+3.14; tests/test_e2e_listener.py fails if they change.
 """
 
 from __future__ import annotations
