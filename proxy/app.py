@@ -35,11 +35,11 @@ from .config import Config
 from .errors import ConfigError, KeyfrontError
 from .exchange import Target
 from .keys import KeySigner
-from .listener import KeyfrontAppRunner, KeyfrontServer
+from .listener import KeyfrontAppRunner, PublicServer, connection_cap, raise_open_files_limit
 from .metrics import Metrics
 from .origin import Origin, origin_from_url
 from .origin.metered import MeteredOrigin
-from .pipeline import Pipeline
+from .pipeline import Pipeline, error_page
 from .ratelimit import Limiter, LocalLimiter
 from .record_cache import RecordCache
 from .store import Store, store_from_url
@@ -67,7 +67,7 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     public: asyncio.Server | None = None
-    public_handler: web.Server | None = None
+    public_handler: PublicServer | None = None
     admin: web.AppRunner | None = None
     cache: Cache | None = None  # for purges (SPEC section 5)
 
@@ -165,7 +165,14 @@ async def startup(config: Config) -> Runtime:
         metrics=metrics,
         cache=runtime.cache,
     )
-    runtime.public_handler = KeyfrontServer(pipeline.handle, access_log=None)
+    runtime.public_handler = PublicServer(
+        pipeline.handle,
+        error_page=error_page,
+        timeouts=config.client_timeouts,
+        max_connections=connection_cap(config.max_connections, raise_open_files_limit()),
+        access_log=None,
+    )
+    metrics.sources.append(runtime.public_handler.count_into)
     runtime.public = await asyncio.get_running_loop().create_server(
         runtime.public_handler,
         config.listen.host,
@@ -268,7 +275,7 @@ async def start_admin(runtime: Runtime) -> web.AppRunner:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
     app.add_subapp(ADMIN_PREFIX, admin_app(runtime))  # the admin API (SPEC section 9)
-    runner = KeyfrontAppRunner(app, access_log=None)
+    runner = KeyfrontAppRunner(app, error_page=error_page, access_log=None)
     await runner.setup()
     listen = runtime.config.admin_listen
     await web.TCPSite(runner, listen.host, listen.port, reuse_port=True).start()

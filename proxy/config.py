@@ -114,6 +114,16 @@ class OriginTimeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientTimeouts:
+    """Deadlines for public clients (issue 12 items 4 and 5; SPEC is silent, README
+    "Limits and timeouts"). None is reset by bytes trickling in or out."""
+
+    headers: float = 10.0  # a new connection's first request line and headers, from open
+    keepalive: float = 15.0  # the next request's headers, from the end of a response
+    send: float = 30.0  # a client that takes none of its response for this long is cut
+
+
+@dataclass(frozen=True, slots=True)
 class UsageConfig:
     flush_interval: float = 1.0
     max_pending: int = 100_000
@@ -138,6 +148,8 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     origin_timeouts: OriginTimeouts = field(default_factory=OriginTimeouts)
+    client_timeouts: ClientTimeouts = field(default_factory=ClientTimeouts)
+    max_connections: int = 10_000  # public client connections per worker (proxy/listener.py)
     usage: UsageConfig = field(default_factory=UsageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     shutdown_timeout: float = 30.0
@@ -566,6 +578,10 @@ _CONFIG = _section(
         "origin_timeouts": _section(
             OriginTimeouts, dict.fromkeys(("connect", "first_byte", "idle"), _POSITIVE_SECONDS)
         ),
+        "client_timeouts": _section(
+            ClientTimeouts, dict.fromkeys(("headers", "keepalive", "send"), _POSITIVE_SECONDS)
+        ),
+        "max_connections": _integer(1),
         "usage": _section(
             UsageConfig, {"flush_interval": _POSITIVE_SECONDS, "max_pending": _integer(1)}
         ),

@@ -32,6 +32,7 @@ from .cache.entry import cache_key, variant_query
 from .cache.serve import base_headers, from_entry, from_fill
 from .errors import NotFound, OriginError, OriginTimeout
 from .exchange import Exchange, Target
+from .listener import unsent
 from .origin import OriginRequest, OriginResponse
 
 
@@ -170,6 +171,9 @@ async def _stream(
             await response.write(chunk)
             exchange.sent += len(chunk)
     except (OriginError, OriginTimeout, ConnectionError):
+        # A client cut for not reading (proxy/listener.py) lands here too; the
+        # caller's `finally` then closes the origin response: its connection is freed.
+        exchange.sent = max(0, exchange.sent - unsent(request))
         if request.transport is not None:
             request.transport.abort()
         return response

@@ -50,6 +50,9 @@ class Metrics(Collector):
                 "cache_evictions",
                 "cache_coalesced",
                 "cache_write_errors",
+                "client_connections_refused",
+                "client_send_timeouts",
+                "client_heads_too_large",
                 "origin_requests",
                 "origin_bytes",
             )
@@ -155,6 +158,9 @@ class Metrics(Collector):
             ("cache_evictions", "Objects evicted."),
             ("cache_coalesced", "Misses served by another request's fetch."),
             ("cache_write_errors", "Cache writes that failed."),
+            ("client_connections_refused", "Client connections closed at once: max_connections."),
+            ("client_send_timeouts", "Clients reset for taking none of a response for send."),
+            ("client_heads_too_large", "Connections closed: a request head over 64 KiB."),
         ):
             yield _counter(name, doc, [], c[name])
         for name, doc in (

@@ -275,19 +275,23 @@ def refusal_response(refusal: Refusal, exchange: Exchange) -> web.StreamResponse
     return wire or web.Response(status=refusal.status, body=body, headers=headers)
 
 
-def error_page(status: int, request_id: str) -> web.Response:
+def error_page(status: int) -> web.Response:
     """The answer to what aiohttp refuses before any handler runs (a malformed request
     line or header, one too long) or to a failure escaping a handler, on either
     listener: the SPEC error body and `Server: keyfront`, in place of aiohttp's text
     page, which names its and Python's versions and echoes the request line, key and
     all (issue 12 item 9). Its connection is closed after it."""
     refusal = BadRequest() if status < 500 else Refusal()
+    request_id = _page_ids(None)
     headers = {"Server": SERVER, "X-Request-Id": request_id, "Content-Type": "application/json"}
     response = web.Response(
         status=refusal.status, body=_error_body(refusal, request_id), headers=headers
     )
     response.force_close()
     return response
+
+
+_page_ids = RequestIds()  # error pages have no Exchange, nor a request id of their own
 
 
 def _error_body(refusal: Refusal, request_id: str) -> bytes:

@@ -15,6 +15,7 @@ import yaml
 from proxy.config import (
     AdminConfig,
     CacheConfig,
+    ClientTimeouts,
     Config,
     KeyDefaults,
     KeysConfig,
@@ -209,6 +210,19 @@ def test_every_value_of_every_kind(tmp_path: Path) -> None:
     assert config.access_log == str(tmp_path / "logs" / "access.log")
 
 
+def test_client_limits_have_defaults_and_take_values(tmp_path: Path) -> None:
+    # Issue 12 items 4 and 5: slowloris and stalled readers (README "Limits and timeouts").
+    assert load_dict(tmp_path, minimal()).client_timeouts == ClientTimeouts(10.0, 15.0, 30.0)
+    assert load_dict(tmp_path, minimal()).max_connections == 10_000
+    data = minimal() | {
+        "client_timeouts": {"headers": "2s", "keepalive": "500ms", "send": "1m"},
+        "max_connections": 20,
+    }
+    config = load_dict(tmp_path, data)
+    assert config.client_timeouts == ClientTimeouts(headers=2.0, keepalive=0.5, send=60.0)
+    assert config.max_connections == 20
+
+
 def test_rate_and_burst_may_be_null_for_no_limit(tmp_path: Path) -> None:
     data = minimal()
     data["keys"]["defaults"] = {"rate": None, "burst": None}
@@ -377,6 +391,14 @@ BROKEN: list[tuple[str, Change, str, str]] = [
     ("zero duration", put("store_timeout", "0ms"), "store_timeout", "greater than 0"),
     ("negative ttl", put("cache.ttl", -1), "cache.ttl", "at least 0"),
     ("zero timeout", put("origin_timeouts.idle", 0), "origin_timeouts.idle", "greater than 0"),
+    ("zero send", put("client_timeouts.send", "0s"), "client_timeouts.send", "greater than 0"),
+    (
+        "bad keepalive",
+        put("client_timeouts.keepalive", "soon"),
+        "client_timeouts.keepalive",
+        "not a",
+    ),
+    ("no connections", put("max_connections", 0), "max_connections", "at least 1"),
     ("zero flush", put("usage.flush_interval", "0s"), "usage.flush_interval", "greater than 0"),
     ("bad rate", put("keys.defaults.rate", "20 per s"), "keys.defaults.rate", "not a rate"),
     ("rate number", put("keys.defaults.rate", 20), "keys.defaults.rate", "got an integer"),

@@ -460,8 +460,8 @@ def test_large_hits_reach_a_slow_reader_on_either_event_loop(
     tmp_path: Path, origin: BehaviourOrigin, loop: str
 ) -> None:
     # A large hit leaves in one sendfile when the socket takes it all. A slow reader's
-    # socket takes part; asyncio's loop sends the rest with loop.sendfile, uvloop (which
-    # has none) in chunks. Either way the bytes arrive whole, before the next
+    # socket takes part; the rest goes in chunks as it drains, on either loop (under the
+    # send deadline: test_e2e_listener.py). The bytes arrive whole, before the next
     # pipelined response.
     kf = start_keyfront(config(tmp_path, origin) + f"event_loop: {loop}\n", str(tmp_path))
     try:

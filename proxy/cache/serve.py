@@ -33,6 +33,7 @@ from ..conditional import (
 from ..config import Route
 from ..errors import NotFound, Refusal
 from ..exchange import SERVER, Exchange
+from ..listener import unsent
 from ..origin import Origin, OriginResponse
 from ..wire import SentResponse, wire_head, wire_response
 from .entry import CacheEntry
@@ -157,6 +158,7 @@ async def _sendfile(
             if exchange.sent < part.length:
                 await _send_rest(exchange, transport, file, offset, part.length)
         except (ConnectionError, RuntimeError):
+            exchange.sent = max(0, exchange.sent - unsent(request))
             transport.abort()
             return response
         exchange.sent = part.length
@@ -187,17 +189,11 @@ async def _send_rest(
     exchange: Exchange, transport: asyncio.Transport, file: io.FileIO, offset: int, length: int
 ) -> None:
     """The bytes from `offset + exchange.sent` on, to a socket that did not take them
-    at once: by `loop.sendfile` (zero-copy) on asyncio's loop; in CHUNK reads written
-    as the client drains them on uvloop, which has no `loop.sendfile`."""
-    loop = asyncio.get_running_loop()
-    try:
-        await loop.sendfile(transport, file, offset + exchange.sent, length - exchange.sent)
-        return
-    except NotImplementedError:
-        pass  # uvloop: nothing was sent
-    except (ConnectionError, RuntimeError):
-        exchange.sent = max(exchange.sent, file.tell() - offset)  # asyncio leaves it there
-        raise
+    at once, in CHUNK reads written as the client drains them. Not `loop.sendfile`
+    (which uvloop lacks anyway): it waits on the socket with no deadline and no way to
+    learn how far it got, while a write and `drain()` stay under the listener's send
+    deadline (proxy/listener.py), which cuts a client that stops reading (issue 12
+    item 5). Only a client slower than its socket buffers comes here."""
     writer = exchange.request.writer
     while exchange.sent < length:
         data = os.pread(file.fileno(), min(CHUNK, length - exchange.sent), offset + exchange.sent)
@@ -291,7 +287,9 @@ def _same_object(fetched: OriginResponse, entry: CacheEntry) -> bool:
 
 def _abort(exchange: Exchange, response: web.StreamResponse) -> web.StreamResponse:
     """STYLE streaming rule: headers are out, so a failure cuts the connection and the
-    client sees a truncated transfer, never a short 'complete' one."""
+    client sees a truncated transfer, never a short 'complete' one. What a client cut
+    for not reading never got is not counted as sent."""
+    exchange.sent = max(0, exchange.sent - unsent(exchange.request))
     transport = exchange.request.transport
     if transport is not None:
         transport.abort()
