@@ -206,7 +206,7 @@ async def follow_changes(store: Store, records: RecordCache, cache: Cache | None
     async for change in store.changes():
         if change.kind not in ("purge", "purge_prefix"):
             records.apply(change)
-        elif cache is not None:
+        elif cache is not None and not cache.echoes.is_echo(change.kind, change.id):
             purge = cache.purge if change.kind == "purge" else cache.purge_prefix
             task = asyncio.create_task(purge(change.id))
             purges.add(task)

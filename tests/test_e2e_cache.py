@@ -435,6 +435,31 @@ def test_a_purge_reaches_another_instance_within_a_second(
         assert b.stop() == 0
 
 
+def test_the_purging_instance_skips_its_own_echo(tmp_path: Path, origin: BehaviourOrigin) -> None:
+    """The announcer applied its purge already: the echo from the feed (SQLite polls it
+    0.2 s later) must not drop the copy a request refilled meanwhile. It used to, which
+    cost an origin fetch and made the reply of a purge right behind it a race."""
+    kf = start_keyfront(
+        f"{config(tmp_path, origin)}admin: {{token: {ADMIN_TOKEN}}}\n", str(tmp_path)
+    )
+    try:
+        assert [get(kf, "/open/small.bin")[1]["X-Cache"] for _ in "12"] == ["MISS", "HIT"]
+        assert requests_post(kf, "/admin/v1/purge", {"paths": ["/open/small.bin"]}) == (
+            200,
+            {"purged": 1},
+        )
+        assert get(kf, "/open/small.bin")[1]["X-Cache"] == "MISS"  # refilled before the echo
+        time.sleep(1.0)  # the echo has come and gone
+        assert get(kf, "/open/small.bin")[1]["X-Cache"] == "HIT"
+        assert origin.gets["small.bin"] == 2
+        # Another process's purge (the command line) is applied, of course.
+        cli = kf.cli("cache", "purge", "/open/small.bin", "--json")
+        assert json.loads(cli.stdout) == {"purged": 1, "announced": True}
+        assert misses_within(kf, "/open/small.bin", 1.0) < 1.0
+    finally:
+        assert kf.stop() == 0
+
+
 def test_cache_purge_refuses_paths_and_prefix_together(keyfront: KeyfrontProcess) -> None:
     both = keyfront.cli("cache", "purge", "/open/a", "--prefix", "/open/", check=False)
     neither = keyfront.cli("cache", "purge", check=False)

@@ -8,6 +8,7 @@ processes) nor diskcache (an SQLite write per LRU read) fits file bodies.
     locks.py   the per-object flock that coalesces fills across worker processes
     share.py   other processes follow a fill as it grows, through a Unix socket
     space.py   the max_size and max_objects bounds: shared counts and an LRU sweep
+    echoes.py  purges this process announced, whose echo on the change feed it skips
     serve.py   answering from an entry or a fill: 200/206/304/416, HEAD, sendfile
 
 `Cache` ties them together for `delivery.deliver`, which decides per request between
@@ -61,6 +62,7 @@ from ..metrics import Metrics
 from ..origin import Origin, OriginRequest
 from ..policy import normalise_path
 from ..routing import SEPARATOR, Routes, key_space
+from .echoes import PurgeEchoes
 from .entry import CacheEntry, cache_key, file_name, public_path, variant_query
 from .fill import Fill, FillBroken, Outcome
 from .share import FillSharing
@@ -92,6 +94,7 @@ class Cache:
         self._passing: dict[str, float] = {}  # key -> until (unix time)
         self._tasks: set[asyncio.Task[None]] = set()
         self.sharing = FillSharing(config.dir, self.store.tmp, self._fill_named)
+        self.echoes = PurgeEchoes()  # purges this process announced (echoes.py)
         self._spaces = tuple((route, key_space(route)) for route in routes)
         self._routes = Routes((route.prefix, (route, space)) for route, space in self._spaces)
 

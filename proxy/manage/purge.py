@@ -9,8 +9,9 @@ memory tier, its index, any fill still running and its own disk. With SQLite the
 the `changes` table; with Redis it is pub/sub. Either way the purge reaches every
 instance within a second.
 
-The caller also receives its own announcement. Purging a second time is harmless: the
-objects are already gone.
+The caller's own process skips the echo of its announcement (cache/echoes.py): a
+request in between may have refilled the object, and a second purge would drop that
+fresh copy.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ async def purge(store: Store, cache: Cache | None, paths: list[str], prefix: str
         purged = sum([await cache.purge(path) for path in paths])
         if prefix is not None:
             purged += await cache.purge_prefix(prefix)
-    for path in paths:
-        await store.announce(Change("purge", path))
+    changes = [Change("purge", path) for path in paths]
     if prefix is not None:
-        await store.announce(Change("purge_prefix", prefix))
+        changes.append(Change("purge_prefix", prefix))
+    for change in changes:
+        if cache is not None:
+            cache.echoes.expect(change.kind, change.id)
+        await store.announce(change)
     return purged
