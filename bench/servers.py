@@ -224,7 +224,7 @@ def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def keyfront_cli(config: Path, *args: str, python: str = sys.executable) -> str:
-    argv = [python, "-m", "proxy", "-c", str(config), *args]
+    argv = [*_interpreter(python), "-m", "proxy", "-c", str(config), *args]
     done = subprocess.run(argv, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         raise BenchError(f"keyfront {' '.join(args[:2])} failed: {done.stderr.strip()}")
@@ -265,11 +265,17 @@ def start_keyfront(
         python=python,
     )  # fmt: skip
     key = json.loads(created)["key"]
-    argv = [python, "-m", module, "serve", "-c", str(path)]
+    argv = [*_interpreter(python), "-m", module, "serve", "-c", str(path)]
     proc = procs.start(name, cores.wrap(cores.server, argv))
     server = Server(name, proc, f"http://{config['listen']}")
     wait_for_http(f"http://{config['admin_listen']}/healthz")
     return Keyfront(server, key, path)
+
+
+def _interpreter(python: str) -> list[str]:
+    """Another checkout's python runs with -P: `-m` would otherwise put the working
+    folder (this checkout) first on its path and import this checkout's proxy."""
+    return [python] if python == sys.executable else [python, "-P"]
 
 
 def start_floor(procs: Processes, cores: Cores, objects: Path, loop: str) -> Target:
