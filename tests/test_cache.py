@@ -735,3 +735,31 @@ async def test_lock_files_go_with_their_fill_and_a_held_one_is_never_removed(
     assert await small.cache.space._evict(0, 0) is False
     assert not os.path.exists(leftover)
     assert small.cache.space.total == total
+
+
+# --- purge echoes (cache/echoes.py) ----------------------------------------------------
+
+
+async def test_a_failed_announcement_leaves_no_echo_to_swallow_a_later_purge(
+    tmp_path: Path,
+) -> None:
+    """Review finding 7: a purge whose announcement failed (store down) must not make
+    this process skip a genuine purge of the same path from another instance."""
+    from proxy.errors import StoreError
+    from proxy.manage.purge import purge
+    from proxy.store import store_from_url
+
+    cache = Cache(CacheConfig(dir=str(tmp_path / "cache")), [Route(PREFIX, "http://127.0.0.1:1/")])
+    await cache.open(rescan=False)
+    store = store_from_url(f"sqlite://{tmp_path}/kf.db")
+    await store.open()
+    await store.close()  # the store refuses every call from here on: announce fails
+    try:
+        with pytest.raises(StoreError):
+            await purge(store, cache, [f"{PREFIX}a.bin"], None)
+        assert not cache.echoes.is_echo("purge", f"{PREFIX}a.bin")
+        cache.echoes.expect("purge", f"{PREFIX}b.bin")  # an announcement that went out
+        assert cache.echoes.is_echo("purge", f"{PREFIX}b.bin")
+        assert not cache.echoes.is_echo("purge", f"{PREFIX}b.bin")  # one echo, once
+    finally:
+        await cache.close()

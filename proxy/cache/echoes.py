@@ -28,6 +28,15 @@ class PurgeEchoes:
             del self._waiting[next(iter(self._waiting))]
         self._waiting.setdefault((kind, target), []).append(time.monotonic() + ECHO_WAIT)
 
+    def cancel(self, kind: str, target: str) -> None:
+        """The announcement failed: no echo will come, and a genuine purge of the same
+        target from elsewhere must not be taken for one."""
+        deadlines = self._waiting.get((kind, target))
+        if deadlines:
+            deadlines.pop()
+            if not deadlines:
+                del self._waiting[(kind, target)]
+
     def is_echo(self, kind: str, target: str) -> bool:
         """Whether a purge from the feed is the echo of one of ours (consumed if so).
         One that arrives after ECHO_WAIT is applied: a late echo is harmless, a purge

@@ -34,5 +34,10 @@ async def purge(store: Store, cache: Cache | None, paths: list[str], prefix: str
     for change in changes:
         if cache is not None:
             cache.echoes.expect(change.kind, change.id)
-        await store.announce(change)
+        try:
+            await store.announce(change)
+        except BaseException:
+            if cache is not None:
+                cache.echoes.cancel(change.kind, change.id)
+            raise
     return purged
