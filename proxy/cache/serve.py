@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import logging
 import os
 
 from aiohttp import web
@@ -41,6 +42,8 @@ from .fill import Fill, FillBroken, body_chunks
 from .store import SMALL_OBJECT, DiskStore
 
 CHUNK = 128 * 1024  # what a reader of a growing fill sends per write
+
+log = logging.getLogger("keyfront")
 
 
 def base_headers(route: Route, exchange: Exchange) -> dict[str, str]:
@@ -157,7 +160,12 @@ async def _sendfile(
             exchange.sent = _send_now(transport, file, offset, part.length)
             if exchange.sent < part.length:
                 await _send_rest(exchange, transport, file, offset, part.length)
-        except (ConnectionError, RuntimeError):
+        except (OSError, RuntimeError) as exc:
+            # The head is out: whatever failed (the client left, or the file or the
+            # socket did: EBADF, EIO), only an abort is left (STYLE streaming rule); an
+            # error page now would be a second status line in a keep-alive stream.
+            if not isinstance(exc, ConnectionError | RuntimeError):
+                log.warning("%s: sending a cached body failed: %s", exchange.request_id, exc)
             exchange.sent = max(0, exchange.sent - unsent(request))
             transport.abort()
             return response
