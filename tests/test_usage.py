@@ -107,3 +107,19 @@ async def test_a_report_of_too_many_rows_is_refused(store: Store) -> None:
     assert refused.value.field == "from" and str(MAX_ROWS) in refused.value.message
     one = await usage_report(store, customer_id="c0", key_id=None, start=0, end=None, grain="hour")
     assert one == []
+
+
+async def test_a_month_report_is_bounded_by_the_days_it_reads(store: Store) -> None:
+    """Month reports read daily rows: 400 days of every customer is 400 reads each, so
+    250 customers pass a bound on the 14 rows returned but not one on reads (review
+    finding 11: ~3 M HGETALLs for 7,700 customers)."""
+    from proxy.manage import Invalid
+    from proxy.manage.usage import MAX_ROWS, usage_report
+    from proxy.records import Customer
+
+    customers = MAX_ROWS // 401 + 1
+    for i in range(customers):
+        await store.create_customer(Customer(f"m{i}"))
+    with pytest.raises(Invalid) as refused:
+        await usage_report(store, customer_id=None, key_id=None, start=0, end=None, grain="month")
+    assert refused.value.field == "from"
