@@ -228,7 +228,8 @@ def limiter_for(config: Config, store: Store) -> Limiter:
     from .store.resp import resp_client_from_url
 
     client = resp_client_from_url(config.store)
-    return SharedLimiter(client, config.store_timeout, config.on_store_error, LocalLimiter())
+    fallback = LocalLimiter(quotas=False)  # quotas are not checked while degraded
+    return SharedLimiter(client, config.store_timeout, config.on_store_error, fallback)
 
 
 async def shutdown(runtime: Runtime) -> None:

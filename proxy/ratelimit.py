@@ -410,13 +410,22 @@ class LocalQuotas:
 
 class LocalLimiter(Limiter):
     """Checks 9 and 10 in this process. For the SQLite store (scale 1/N for N
-    workers) and as the shared limiter's fallback while the store is unreachable."""
+    workers) and as the shared limiter's fallback while the store is unreachable, which
+    passes `quotas=False`: the monthly counts live in the store it cannot reach, and
+    counts kept here over the process's life would refuse a key whose month is not
+    spent (README: while degraded, quotas are not checked)."""
 
     def __init__(
-        self, scale: float = 1.0, ledger: QuotaLedger | None = None, sync_interval: float = 1.0
+        self,
+        scale: float = 1.0,
+        ledger: QuotaLedger | None = None,
+        sync_interval: float = 1.0,
+        *,
+        quotas: bool = True,
     ) -> None:
         self.buckets = LocalBuckets(scale)
         self.quotas = LocalQuotas(ledger)
+        self._quotas_on = quotas
         self._sync_interval = sync_interval
         self._syncer: asyncio.Task[None] | None = None
 
@@ -450,7 +459,7 @@ class LocalLimiter(Limiter):
                     key_tokens = self.buckets.level(limits.bucket) if limits.bucket else 0.0
                     wait = retry_after_tokens(bucket, self.buckets.level(bucket))
                     return decision(limits.bucket, key_tokens, RateLimited, wait)
-            if self.quotas.exhausted(stage):
+            if self._quotas_on and self.quotas.exhausted(stage):
                 key_tokens = self.buckets.level(limits.bucket) if limits.bucket else 0.0
                 wait = seconds_to_month_end(time.time())
                 return decision(limits.bucket, key_tokens, QuotaExceeded, wait)
@@ -460,7 +469,7 @@ class LocalLimiter(Limiter):
                 tokens = self.buckets.take(bucket)[1]
                 if bucket is limits.bucket:
                     key_tokens = tokens
-            if stage.quota_owner is not None:
+            if stage.quota_owner is not None and self._quotas_on:
                 self.quotas.count(stage.quota_owner, 1, 0)
         return decision(limits.bucket, key_tokens)
 
@@ -473,6 +482,8 @@ class LocalLimiter(Limiter):
         return decision(limits.bucket, key_tokens, RateLimited, retry_after_tokens(bucket, tokens))
 
     def sent(self, limits: KeyLimits, nbytes: int) -> None:
+        if not self._quotas_on:
+            return
         for stage in limits.stages_fixed:
             if stage.quota_owner is not None and stage.quota_bytes is not None:
                 self.quotas.count(stage.quota_owner, 0, nbytes)

@@ -225,3 +225,16 @@ def test_the_bucket_table_is_bounded() -> None:
     for i in range(5000):  # slow buckets: none refills within the test
         buckets.take(Bucket(f"b{i}", rate=0.001, burst=2))
     assert len(buckets) <= 1000
+
+
+def test_the_shared_limiters_fallback_keeps_no_quotas() -> None:
+    """Review finding 3: the fallback counted every byte a worker had sent in its life
+    (it has no ledger, so nothing rolled over), and the first breaker trip then refused
+    a key or a whole customer whose month was not spent. While degraded, quotas are not
+    checked (README)."""
+    fallback = LocalLimiter(quotas=False)
+    customer = Customer("acme", quota_bytes=1000, quota_requests=3)
+    key = KeyLimits.of(KeyRecord("a" * 22, "acme"), customer, KeyDefaults(None, None))
+    for _ in range(11):
+        fallback.sent(key, 10**9)
+    assert [fallback.decide(key, "").refusal for _ in range(5)] == [None] * 5

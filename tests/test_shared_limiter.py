@@ -61,7 +61,8 @@ async def deployment(
     made: list[SharedLimiter] = []
 
     def make(on_error: str = "allow", store_url: str = url) -> SharedLimiter:
-        limiter = SharedLimiter(resp_client_from_url(store_url), 0.5, on_error, LocalLimiter())  # type: ignore[arg-type]
+        fallback = LocalLimiter(quotas=False)  # as app.limiter_for makes it
+        limiter = SharedLimiter(resp_client_from_url(store_url), 0.5, on_error, fallback)  # type: ignore[arg-type]
         made.append(limiter)
         return limiter
 
