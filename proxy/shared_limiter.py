@@ -18,6 +18,12 @@ tokens at any moment, never spends them. The alternative, the customer's call on
 after the key's admitted, would be exact but cost a second round trip on every request
 of a customer with a plan cap or a pooled quota.
 
+A request that gives up on a stage (its call timed out or failed, or the request was
+cancelled) gives back whatever that stage admitted for it, then or when the reply
+lands; a refund whose own call fails is kept (at most MAX_KEPT_REFUNDS stages) and
+sent again by the background flush; a refund goes to the month its request was
+counted in (review of issue 12, finding 6).
+
 Leases: a busy key's requests mostly decide with no await at all. When a tick calls the
 script for a key's own bucket, it asks for a few tokens more than the tick's requests
 need, and this instance keeps the extra as a lease. The next requests take a token from
@@ -49,6 +55,7 @@ import functools
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Literal, cast
@@ -79,6 +86,7 @@ LEASE_SHARE = 100  # a lease holds at most burst / LEASE_SHARE tokens (1% of the
 LEASE_MAX = 256  # and at most this many
 LEASE_LIFE = 0.05  # seconds: unspent leased tokens lapse
 MAX_LEASES = 10_000  # past this many, lapsed leases are dropped when a new one starts
+MAX_KEPT_REFUNDS = 10_000  # stages whose refund failed, kept for the next flush; more: dropped
 
 
 @dataclass(slots=True)  # not frozen: one per request, and a frozen __init__ is slower
@@ -88,6 +96,7 @@ class Outcome:
     admitted: bool
     levels: list[float]  # each bucket's tokens after the call, shared by its waiters
     quota_exhausted: bool
+    month: str  # the quota month the call counted in: a refund goes back there
 
 
 @dataclass(slots=True)
@@ -97,7 +106,9 @@ class Batch:
     stage: Stage
     waiters: list[asyncio.Future[Outcome]] = field(default_factory=list)
     lease: int = 0  # tokens asked for beyond the waiters', to keep as a lease
-    refund: int = 0  # requests this stage admitted that another stage refused
+    # Requests this stage admitted that were not served (another stage refused them,
+    # or they gave up), by the quota month they were counted in.
+    refunds: dict[str, int] | None = None
 
 
 @dataclass(slots=True)
@@ -133,14 +144,18 @@ class SharedLimiter(Limiter):
         timeout: float,
         on_store_error: Literal["allow", "deny"],
         fallback: LocalLimiter,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
+        self.clock = clock  # names the quota month; tests move it across a month's end
         self._timeout = timeout
         self._deny_on_error = on_store_error == "deny"
         self._fallback = fallback
         self._batches: dict[str, Batch] = {}
         self._leases: dict[str, Lease] = {}  # bucket id -> the lease held here
         self._bytes: dict[str, int] = {}  # quota owner -> bytes sent, not yet counted
+        # (stage id, month) -> (stage, requests): refunds whose call failed, sent again
+        self._kept: dict[tuple[str, str], tuple[Stage, int]] = {}
         self.healthy = True
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -159,6 +174,7 @@ class SharedLimiter(Limiter):
         with contextlib.suppress(StoreError, TimeoutError):
             async with asyncio.timeout(1.0):
                 await self._flush_bytes()
+                await self._flush_kept()
         self._client.close()
 
     async def check(self, limits: KeyLimits, client_ip: str) -> Decision:
@@ -180,22 +196,40 @@ class SharedLimiter(Limiter):
                 outcomes = [await self._ask(first, leasing)]
             else:  # the key's stage and its customer's, in the same tick
                 waits = [self._ask(stage) for stage in stages]
-                outcomes = [await wait for wait in waits]
+                try:
+                    outcomes = [await wait for wait in waits]
+                except BaseException:  # timed out, failed or cancelled: not served
+                    for stage, wait in zip(stages, waits, strict=True):
+                        self._give_back_if_admitted(stage, wait)
+                    raise
         except (StoreError, TimeoutError) as exc:
             self._trip(exc)
             return self._degraded(limits, client_ip)
         if len(outcomes) > 1 and not all(o.admitted for o in outcomes):
-            self._refund(stages, outcomes)
+            # A customer's bucket sits in another Redis Cluster slot than its key's, so
+            # the two cannot be one script: what one stage admitted goes back.
+            for stage, outcome in zip(stages, outcomes, strict=True):
+                if outcome.admitted:
+                    self._give_back(stage, outcome.month, 1)
         return self._decide(limits, stages, outcomes)
 
-    def _refund(self, stages: tuple[Stage, ...], outcomes: list[Outcome]) -> None:
-        """A request refused by one stage gives back what another admitted (a
-        customer's bucket sits in another Redis Cluster slot than its key's, so the
-        two cannot be one script): the refund rides the next tick's call. Until it
-        lands, about one round trip, the tokens are held, never lost."""
-        for stage, outcome in zip(stages, outcomes, strict=True):
-            if outcome.admitted:
-                self._batch(stage).refund += 1
+    def _give_back(self, stage: Stage, month: str, requests: int) -> None:
+        """Return `requests` admissions of `stage` counted in `month` that were not
+        served: the refund rides the next tick's call. Until it lands, about one round
+        trip, the tokens are held, never lost."""
+        batch = self._batch(stage)
+        if batch.refunds is None:
+            batch.refunds = {}
+        batch.refunds[month] = batch.refunds.get(month, 0) + requests
+
+    def _give_back_if_admitted(self, stage: Stage, wait: asyncio.Future[Outcome]) -> None:
+        """A request gave up on `wait` (review finding 6a): if its stage admitted it,
+        now or when the reply lands, that goes back. A waiter that timed out or was
+        cancelled before its reply is _settle's to give back."""
+        if not wait.done():
+            wait.add_done_callback(functools.partial(self._give_back_if_admitted, stage))
+        elif not wait.cancelled() and wait.exception() is None and wait.result().admitted:
+            self._give_back(stage, wait.result().month, 1)
 
     def _decide(
         self, limits: KeyLimits, stages: tuple[Stage, ...], outcomes: list[Outcome]
@@ -252,24 +286,62 @@ class SharedLimiter(Limiter):
 
     def _flush(self) -> None:
         batches, self._batches = self._batches, {}
-        now = time.time()
+        now = self.clock()
+        month = month_of(now)
         tick = Tick(len(batches))
         for batch in batches.values():
             owner = batch.stage.quota_owner
             nbytes = self._bytes.pop(owner, 0) if owner is not None else 0
+            refund = self._refunds_of(batch, month, now) if batch.refunds else 0
             cost = len(batch.waiters) + batch.lease
-            reply = self._call(batch.stage, cost, batch.refund, nbytes, now)
-            reply.add_done_callback(functools.partial(self._settle, batch, tick, nbytes))
+            reply = self._call(batch.stage, cost, refund, nbytes, now, month=month)
+            done = functools.partial(self._settle, batch, tick, nbytes, month=month, refund=refund)
+            reply.add_done_callback(done)
         waiters = [waiter for batch in batches.values() for waiter in batch.waiters]
         tick.timer = asyncio.get_running_loop().call_later(self._timeout, _expire, waiters)
 
+    def _refunds_of(self, batch: Batch, month: str, now: float) -> int:
+        """The refunds that ride this tick's call of `batch`: all of them for a stage
+        without a quota; else those counted this month. One counted in a month that
+        has ended since (review finding 6c) goes to that month's counter, in a call
+        of its own, rather than make a unit of this month's quota."""
+        assert batch.refunds is not None
+        if batch.stage.quota_owner is None:
+            return sum(batch.refunds.values())
+        for counted_in, requests in batch.refunds.items():
+            if counted_in != month:
+                reply = self._call(batch.stage, 0, requests, 0, now, month=counted_in)
+                reply.add_done_callback(
+                    functools.partial(self._refund_settled, batch.stage, counted_in, requests)
+                )
+        return batch.refunds.get(month, 0)
+
+    def _refund_settled(
+        self, stage: Stage, month: str, requests: int, reply: asyncio.Future[object]
+    ) -> None:
+        if reply.cancelled() or reply.exception() is not None:
+            self._keep(stage, month, requests)
+
+    def _keep(self, stage: Stage, month: str, requests: int) -> None:
+        """A refund whose call failed (review finding 6b), for the background flush to
+        send again. Bounded: past MAX_KEPT_REFUNDS stages a new one is dropped (its
+        tokens refill anyway; its count stays spent)."""
+        slot = (stage.id, month)
+        kept = self._kept.get(slot)
+        if kept is not None:
+            self._kept[slot] = (stage, kept[1] + requests)
+        elif len(self._kept) < MAX_KEPT_REFUNDS:
+            self._kept[slot] = (stage, requests)
+        else:
+            log.warning("%d refunds pending: dropped one of %s", len(self._kept), stage.id)
+
     def _call(
-        self, stage: Stage, cost: int, refund: int, nbytes: int, now: float
+        self, stage: Stage, cost: int, refund: int, nbytes: int, now: float, *, month: str
     ) -> asyncio.Future[object]:
         keys = [bucket.id for bucket in stage.buckets]
         limits = (-1, -1)
         if stage.quota_owner is not None:
-            keys.append(f"{stage.quota_id}:{month_of(now)}")
+            keys.append(f"{stage.quota_id}:{month}")
             limits = (_or_none(stage.quota_requests), _or_none(stage.quota_bytes))
         ttl = int(seconds_to_month_end(now)) + QUOTA_RETENTION
         args: list[float] = [len(stage.buckets), cost, refund, limits[0], limits[1], nbytes, ttl]
@@ -277,7 +349,16 @@ class SharedLimiter(Limiter):
             args += (bucket.rate, bucket.burst)
         return self._client.evalsha(SCRIPT_SHA, SCRIPT, keys, args)
 
-    def _settle(self, batch: Batch, tick: Tick, nbytes: int, reply: asyncio.Future[object]) -> None:
+    def _settle(
+        self,
+        batch: Batch,
+        tick: Tick,
+        nbytes: int,
+        reply: asyncio.Future[object],
+        *,
+        month: str,
+        refund: int,
+    ) -> None:
         tick.pending -= 1
         if tick.pending == 0 and tick.timer is not None:
             tick.timer.cancel()
@@ -286,21 +367,29 @@ class SharedLimiter(Limiter):
             owner = batch.stage.quota_owner
             if nbytes and owner is not None:  # not counted: keep for the next call
                 self._bytes[owner] = self._bytes.get(owner, 0) + nbytes
+            if refund:  # not given back: kept likewise (review finding 6b)
+                self._keep(batch.stage, month, refund)
             for waiter in batch.waiters:
                 if not waiter.done():
                     waiter.set_exception(StoreError(str(error)))
             return
         admitted, exhausted, _, _, *milli = cast(list[int], reply.result())
         levels = [tokens / 1000 for tokens in milli]
+        unused = 0
         for i, waiter in enumerate(batch.waiters):
             if not waiter.done():
-                waiter.set_result(Outcome(i < admitted, levels, bool(exhausted) and i >= admitted))
+                quota_exhausted = bool(exhausted) and i >= admitted
+                waiter.set_result(Outcome(i < admitted, levels, quota_exhausted, month))
+            elif i < admitted:  # admitted, but its request gave up (timed out, cancelled)
+                unused += 1
+        if unused:  # review finding 6a: their tokens and count go back
+            self._give_back(batch.stage, month, unused)
         if batch.lease:
             self._grant(batch, admitted - len(batch.waiters), levels[0])
 
     def _grant(self, batch: Batch, granted: int, left: float) -> None:
         """Keep the tokens admitted beyond the waiters' as the bucket's lease (a
-        waiter that timed out meanwhile leaves its token unused: never over-admits)."""
+        waiter that timed out meanwhile gives its token back: never over-admits)."""
         stage_id = batch.stage.id
         lease = self._leases.get(stage_id)
         now = time.monotonic()
@@ -321,18 +410,33 @@ class SharedLimiter(Limiter):
             if self.healthy:
                 with contextlib.suppress(StoreError, TimeoutError):
                     async with asyncio.timeout(1.0):
+                        await self._flush_kept()
                         await self._flush_bytes()
 
     async def _flush_bytes(self) -> None:
         pending, self._bytes = self._bytes, {}
-        now = time.time()
+        now = self.clock()
         for owner, nbytes in pending.items():
             stage = Stage(f"kf:q:{{{owner}}}", (), owner)
             try:
-                await self._call(stage, 0, 0, nbytes, now)
+                await self._call(stage, 0, 0, nbytes, now, month=month_of(now))
             except StoreError:
                 self._bytes[owner] = self._bytes.get(owner, 0) + nbytes
                 raise
+
+    async def _flush_kept(self) -> None:
+        """Send again the refunds whose call failed, each to its own month. Replies
+        are not awaited one by one: a timeout here must not cancel one that the store
+        may still apply (a failed one is kept again by _refund_settled)."""
+        kept, self._kept = self._kept, {}
+        now = self.clock()
+        replies = []
+        for (_, month), (stage, requests) in kept.items():
+            reply = self._call(stage, 0, requests, 0, now, month=month)
+            reply.add_done_callback(functools.partial(self._refund_settled, stage, month, requests))
+            replies.append(reply)
+        if replies:
+            await asyncio.wait(replies)
 
     # --- the circuit breaker ---
 
@@ -360,7 +464,7 @@ class SharedLimiter(Limiter):
             with contextlib.suppress(StoreError, TimeoutError):
                 async with asyncio.timeout(max(self._timeout, 0.5)):
                     await self._client.ensure_connected()
-                    await self._call(probe, 0, 0, 0, time.time())
+                    await self._call(probe, 0, 0, 0, time.time(), month="")
                     self.healthy = True
                     log.warning("rate-limit store answers again: shared limits resume")
 

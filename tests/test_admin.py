@@ -738,6 +738,63 @@ def test_max_keys_caps_live_keys_for_tokens_and_the_operator(deployment: Deploym
     assert (bad.status, bad.json()["error"]["field"]) == (400, "max_keys")
 
 
+def test_an_expired_key_comes_back_to_life_only_within_max_keys(deployment: Deployment) -> None:
+    # Review of issue 12, finding 2a: clearing or moving the expiry of an expired key
+    # made it live again past the cap (create N expiring keys, wait, create N more,
+    # revive the first N: 2N live keys).
+    name = f"reviver-{deployment.kind}"
+    deployment.admin("POST", "/customers", {"customer_id": name, "max_keys": 2}, expect=201)
+    token = deployment.admin("POST", f"/customers/{name}/tokens", {}, expect=201).json()["token"]
+    soon = int(time.time()) + 1
+    expiring = [deployment.admin("POST", "/keys", {"expires_at": soon}, token=token, expect=201)
+                .json()["key_id"] for _ in range(2)]  # fmt: skip
+    while time.time() <= soon:
+        time.sleep(0.05)
+    live = [deployment.admin("POST", "/keys", {}, token=token, expect=201).json()["key_id"]
+            for _ in range(2)]  # fmt: skip
+    later = int(time.time()) + 3600
+    for change in ({"expires_at": None}, {"expires_at": later}, {"expires_at": "30d"}):
+        for caller in (token, ADMIN_TOKEN):
+            revived = deployment.admin("PATCH", f"/keys/{expiring[0]}", change, token=caller)
+            assert revived.status == 409, (change, revived.body)
+            assert revived.code == "conflict"
+            assert "max_keys 2" in revived.json()["error"]["message"]
+    cli = deployment.kf.cli("keys", "update", expiring[0], "--expires", "30d", check=False)
+    assert cli.returncode == 1 and "max_keys 2" in cli.stderr
+    shown = deployment.admin("GET", f"/keys/{expiring[0]}", token=token, expect=200).json()
+    assert shown["expires_at"] == soon  # unchanged
+    # A change that leaves it expired is no revival; with a slot free, it comes back.
+    renamed = deployment.admin("PATCH", f"/keys/{expiring[0]}", {"name": "old"}, token=token)
+    assert renamed.status == 200
+    deployment.admin("POST", f"/keys/{live[0]}/revoke", token=token, expect=200)
+    back = deployment.admin("PATCH", f"/keys/{expiring[0]}", {"expires_at": None}, token=token)
+    assert (back.status, back.json()["expires_at"]) == (200, None)
+    full = deployment.admin("PATCH", f"/keys/{expiring[1]}", {"expires_at": None}, token=token)
+    assert full.status == 409
+
+
+def test_key_records_are_capped_at_ten_times_max_keys(deployment: Deployment) -> None:
+    # Review of issue 12, finding 2b: revoked and expired keys are kept for good, so
+    # create + revoke grew a customer's records without bound (each create read them
+    # all). Records, live or not, are capped at 10 x max_keys, refused with 409.
+    name = f"churner-{deployment.kind}"
+    deployment.admin("POST", "/customers", {"customer_id": name, "max_keys": 2}, expect=201)
+    token = deployment.admin("POST", f"/customers/{name}/tokens", {}, expect=201).json()["token"]
+    for _ in range(20):
+        key = deployment.admin("POST", "/keys", {}, token=token, expect=201).json()
+        deployment.admin("POST", f"/keys/{key['key_id']}/revoke", token=token, expect=200)
+    for caller in (token, ADMIN_TOKEN):
+        full = deployment.admin("POST", "/keys", {"customer_id": name}, token=caller)
+        assert (full.status, full.code) == (409, "conflict"), full.body
+        assert "20 keys counting revoked and expired ones" in full.json()["error"]["message"]
+        assert "max_keys 2" in full.json()["error"]["message"]
+    listed = deployment.admin("GET", "/keys", token=token, expect=200).json()
+    assert len(listed) == 20 and all(k["status"] == "revoked" for k in listed)
+    # The operator raises max_keys, and with it the cap on records.
+    deployment.kf.cli("customers", "update", name, "--max-keys", "3")
+    deployment.admin("POST", "/keys", {}, token=token, expect=201)
+
+
 async def test_a_customer_token_is_capped_by_default(tmp_path: Path, files: Path) -> None:
     store_url = f"sqlite://{tmp_path}/kf.db"
     admin = f"admin: {{token: {ADMIN_TOKEN}, customer_max_keys: 2}}"

@@ -4,17 +4,19 @@ redis-server and on a 3-master Redis Cluster (SPEC section 3)."""
 from __future__ import annotations
 
 import asyncio
+import calendar
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from proxy.config import KeyDefaults
 from proxy.errors import QuotaExceeded, RateLimited, Unavailable
-from proxy.ratelimit import KeyLimits, LocalLimiter
+from proxy.ratelimit import KeyLimits, LocalLimiter, month_of
 from proxy.records import Customer, KeyRecord
 from proxy.shared_limiter import LEASE_MAX, SharedLimiter
-from proxy.store.resp import resp_client_from_url
+from proxy.store.resp import key_slot, resp_client_from_url
 from proxy.units import Rate
 
 from conftest import free_port
@@ -60,9 +62,10 @@ async def deployment(
         url = f"redis+cluster://127.0.0.1:{ports[0]}"
     made: list[SharedLimiter] = []
 
-    def make(on_error: str = "allow", store_url: str = url) -> SharedLimiter:
+    def make(on_error: str = "allow", store_url: str = url, timeout: float = 0.5) -> SharedLimiter:
+        client = resp_client_from_url(store_url)
         fallback = LocalLimiter(quotas=False)  # as app.limiter_for makes it
-        limiter = SharedLimiter(resp_client_from_url(store_url), 0.5, on_error, fallback)  # type: ignore[arg-type]
+        limiter = SharedLimiter(client, timeout, on_error, fallback)  # type: ignore[arg-type]
         made.append(limiter)
         return limiter
 
@@ -289,3 +292,133 @@ async def test_a_customer_quota_is_one_pool_for_all_its_keys(
     limiter.sent(keys[0], 600)
     limiter.sent(keys[1], 400)
     assert isinstance((await limiter.check(keys[1], "")).refusal, QuotaExceeded)
+
+
+# --- review of issue 12, finding 6: a refund survives a store that fails or is slow ---------
+
+CAPPED = Customer("acme", max_rate=Rate(1, 3600.0), max_burst=5, quota_requests=100)
+
+
+def _cli(port: int, *args: str) -> str:
+    command = ["redis-cli", "-c", "-p", str(port), *args]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _node(ports: list[int], key: str) -> int:
+    """The port of the master holding `key` (conftest splits the slots three ways)."""
+    return ports[min(key_slot(key) // 5462, len(ports) - 1)]
+
+
+def _key_elsewhere(ports: list[int]) -> str:
+    """A key id whose stage sits on another cluster node than the customer's."""
+    customer_node = _node([0, 1, 2], "kf:b:{c:acme}")
+    return next(c * 22 for c in "abcdefghijk" if _node([0, 1, 2], c * 22) != customer_node)
+
+
+def _stage_state(port: int, bucket: str, quota: str, month: str) -> tuple[float, int]:
+    """(tokens in `bucket`, requests counted in `month`): a missing bucket is full."""
+    tokens, requests = _cli(port, "HGET", bucket, "t"), _cli(port, "HGET", f"{quota}:{month}", "r")
+    return float(tokens) if tokens else 5.0, int(requests) if requests else 0
+
+
+async def _until(probe: Callable[[], bool], within: float = 4.0) -> bool:
+    deadline = time.monotonic() + within
+    while not probe():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def _customer(ports: list[int]) -> tuple[float, int]:
+    return _stage_state(ports[0], "kf:b:{c:acme}", "kf:q:{c:acme}", month_of(time.time()))
+
+
+async def test_a_failed_key_stage_gives_the_customer_its_token_and_count_back(
+    deployment: tuple[Factory, list[int]],
+) -> None:
+    # The key's call fails (a real error reply: its bucket is no hash) while its
+    # customer's admits: the request is decided by the fallback, and the customer's
+    # token and pooled quota count go back (they stayed spent: finding 6a).
+    make, ports = deployment
+    limiter = make()
+    await limiter.open()
+    key_id = _key_elsewhere(ports)
+    key = limits(key_id, CAPPED, rate=Rate(1, 3600.0), burst=5)
+    _cli(ports[0], "SET", f"kf:b:{{{key_id}}}", "not a bucket")
+    await limiter.check(key, "")
+    assert not limiter.healthy
+    assert await _until(lambda: _customer(ports)[0] > 4.99 and _customer(ports)[1] == 0), _customer(
+        ports
+    )
+
+
+async def test_a_stage_that_times_out_gives_back_what_it_admitted(
+    deployment: tuple[Factory, list[int]],
+) -> None:
+    # The key's node is paused past store_timeout: the request gives up and is decided
+    # by the fallback. What the customer's stage admitted (on time on a cluster, late on
+    # one server) and what the key's admits once the pause ends both go back.
+    make, ports = deployment
+    limiter = make(timeout=0.1)
+    await limiter.open()
+    key_id = _key_elsewhere(ports)
+    key = limits(key_id, CAPPED, rate=Rate(1, 3600.0), burst=5, quota_requests=100)
+    await limiter.check(limits("z" * 22, rate=Rate(1, 1.0)), "")  # the script is loaded
+    _cli(_node(ports, f"kf:b:{{{key_id}}}"), "CLIENT", "PAUSE", "400", "ALL")
+    await limiter.check(key, "")
+    assert not limiter.healthy
+    month = month_of(time.time())
+
+    def key_state() -> tuple[float, int]:
+        return _stage_state(ports[0], f"kf:b:{{{key_id}}}", f"kf:q:{{{key_id}}}", month)
+
+    assert await _until(lambda: _customer(ports)[0] > 4.99 and _customer(ports)[1] == 0), _customer(
+        ports
+    )
+    assert await _until(lambda: key_state()[0] > 4.99 and key_state()[1] == 0), key_state()
+
+
+async def test_a_refund_whose_call_fails_is_sent_again(
+    deployment: tuple[Factory, list[int]],
+) -> None:
+    # A client refused by its per-IP bucket queues the customer's refund; the store
+    # drops every connection before that refund's call: it is kept and sent again
+    # (it was dropped: finding 6b).
+    make, ports = deployment
+    limiter = make()
+    await limiter.open()
+    key = limits(_key_elsewhere(ports), CAPPED, rate=Rate(1, 3600.0), burst=5,
+                 ip_rate=Rate(1, 3600.0), ip_burst=1)  # fmt: skip
+    assert (await limiter.check(key, "10.0.0.1")).refusal is None
+    assert (await limiter.check(key, "10.0.0.1")).refusal is not None  # its refund is queued
+    for port in ports:  # before the loop sends the refund
+        _cli(port, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert await _until(lambda: _customer(ports)[0] > 3.99 and _customer(ports)[1] == 1), _customer(
+        ports
+    )
+
+
+async def test_a_refund_goes_to_the_month_its_request_was_counted_in(
+    deployment: tuple[Factory, list[int]],
+) -> None:
+    # Admitted by the customer in the last second of January, refused by its per-IP
+    # bucket, refunded in February: January's count goes down, February's stays (it
+    # went down, a unit of quota out of nothing: finding 6c).
+    make, ports = deployment
+    limiter = make()
+    january_end = calendar.timegm((2026, 1, 31, 23, 59, 59))
+    limiter.clock = lambda: january_end
+    await limiter.open()
+    _cli(ports[0], "HSET", "kf:q:{c:acme}:202602", "r", "7")
+    key = limits(_key_elsewhere(ports), CAPPED, rate=Rate(1, 3600.0), burst=5,
+                 ip_rate=Rate(1, 3600.0), ip_burst=1)  # fmt: skip
+    assert (await limiter.check(key, "10.0.0.1")).refusal is None
+    assert (await limiter.check(key, "10.0.0.1")).refusal is not None  # its refund is queued
+    limiter.clock = lambda: january_end + 2.0  # the refund leaves in February
+
+    def counts() -> tuple[str, str]:
+        return (_cli(ports[0], "HGET", "kf:q:{c:acme}:202601", "r"),
+                _cli(ports[0], "HGET", "kf:q:{c:acme}:202602", "r"))  # fmt: skip
+
+    assert await _until(lambda: counts() == ("1", "7"), within=1.0), counts()

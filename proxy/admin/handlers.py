@@ -129,7 +129,9 @@ async def patch_key(request: web.Request, caller: Caller) -> web.Response:
     customer = await act.find_customer(store, record.customer_id)
     warnings = act.check_plan_caps(changes, customer)
     by: DisabledBy = "operator" if caller.customer_id is None else "customer"
-    changed = await act.change_key(store, record, changes, customer, _bound(request, caller), by=by)
+    cap = _default_max_keys(request, caller)
+    changed = await act.change_key(store, record, changes, customer, _bound(request, caller),
+                                   by=by, default_max_keys=cap)  # fmt: skip
     shown = act.record_json(changed, reveal_secret=changed.link_secret != record.link_secret)
     return reply(_warned(shown, warnings))
 

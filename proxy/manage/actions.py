@@ -165,11 +165,22 @@ async def create_key(
                        version=version, **changes)  # fmt: skip
     record = _completed(record, customer, bound)
     await store.create_key(record)
-    await _keep_within(store, customer, cap, record)
+    await _keep_within(store, customer, cap, dataclasses.replace(record, status="revoked"))
     return record
 
 
 # --- a cap on live keys (SPEC section 2: max_keys; issue 12) ---------------------------
+
+# Revoked and expired keys stay for good, so a cap on live keys alone let a customer
+# token create and revoke without end, each create reading every record (review of
+# issue 12, finding 2b). Wherever a live cap applies, the records (live or not) are
+# capped at this many times it: each live key can be replaced nine times over.
+RECORDS_PER_LIVE_KEY = 10
+
+
+def record_cap(cap: tuple[int, str]) -> int:
+    """The most key records (live, revoked or expired) under the live cap `cap`."""
+    return RECORDS_PER_LIVE_KEY * cap[0]
 
 
 def key_cap(customer: Customer, default: int | None) -> tuple[int, str] | None:
@@ -194,9 +205,24 @@ async def live_keys(store: Store, customer_id: str, excluding: str | None = None
 
 
 async def _make_room(
-    store: Store, customer: Customer, cap: tuple[int, str] | None, excluding: str | None = None
+    store: Store,
+    customer: Customer,
+    cap: tuple[int, str] | None,
+    excluding: str | None = None,
+    *,
+    new_record: bool = True,
 ) -> None:
-    if cap is not None and await live_keys(store, customer.customer_id, excluding) >= cap[0]:
+    """Room for one more live key (a `new_record`, or one brought back to life). The
+    records are counted first, from an index: fewer than the cap leaves room without
+    reading any; at the record cap a new one is refused without reading any."""
+    if cap is None:
+        return
+    records = await store.count_keys(customer.customer_id)
+    if new_record and records >= record_cap(cap):
+        raise Refused(f"customer {customer.customer_id} has {records} keys counting revoked "
+                      f"and expired ones, its cap ({record_cap(cap)}: {RECORDS_PER_LIVE_KEY} x "
+                      f"{cap[1]} {cap[0]}): ask the operator to raise {cap[1]}")  # fmt: skip
+    if records >= cap[0] and await live_keys(store, customer.customer_id, excluding) >= cap[0]:
         raise _full(customer, cap)
 
 
@@ -204,13 +230,16 @@ async def _keep_within(
     store: Store,
     customer: Customer,
     cap: tuple[int, str] | None,
-    new: KeyRecord,
+    undo: KeyRecord,
     excluding: str | None = None,
 ) -> None:
-    """Concurrent creations can each find room for one: a key created past the cap is
-    revoked at once (nobody has seen it) and the call refused, so the cap holds."""
-    if cap is not None and await live_keys(store, customer.customer_id, excluding) > cap[0]:
-        await store.put_key(dataclasses.replace(new, status="revoked"))
+    """Concurrent creations can each find room for one: a key made live past the cap
+    is put back as `undo` at once (a new key revoked: nobody has seen it; a revived one
+    as it was) and the call refused, so the cap holds."""
+    if cap is None or await store.count_keys(customer.customer_id) <= cap[0]:
+        return
+    if await live_keys(store, customer.customer_id, excluding) > cap[0]:
+        await store.put_key(undo)
         raise _full(customer, cap)
 
 
@@ -227,13 +256,26 @@ async def change_key(
     bound: KeyDefaults | None = None,
     *,
     by: DisabledBy = "operator",
+    default_max_keys: int | None = None,
 ) -> KeyRecord:
     """The key with `changes` (checked by check_plan_caps), as for create_key, made
-    `by` the operator or the customer's own token (see `status_change`)."""
+    `by` the operator or the customer's own token (see `status_change`). A change that
+    brings an expired key back to life (its expiry cleared or moved on) passes the cap
+    on live keys as a create does (review of issue 12, finding 2a)."""
     changes = {**changes, **status_change(record, changes, by)}
     changed = _completed(dataclasses.replace(record, **changes), customer, bound)
+    cap = key_cap(customer, default_max_keys) if _revives(record, changed) else None
+    await _make_room(store, customer, cap, new_record=False)
     await store.put_key(changed)
+    await _keep_within(store, customer, cap, record)
     return changed
+
+
+def _revives(record: KeyRecord, changed: KeyRecord) -> bool:
+    """`changed` is live where `record` was not (see live_keys; revoked is final)."""
+    now = time.time()
+    was_expired = record.expires_at is not None and record.expires_at <= now
+    return was_expired and (changed.expires_at is None or changed.expires_at > now)
 
 
 def status_change(record: KeyRecord, changes: dict[str, Any], by: DisabledBy) -> dict[str, Any]:
@@ -282,7 +324,8 @@ async def roll_key(
     if retire:
         old = dataclasses.replace(old, expires_at=retire_at)
     await store.create_key(new)
-    await _keep_within(store, customer, cap, new, excluding=old.key_id)
+    unseen = dataclasses.replace(new, status="revoked")
+    await _keep_within(store, customer, cap, unseen, excluding=old.key_id)
     if retire:
         await store.put_key(old)
     return new, old

@@ -103,6 +103,11 @@ class Store(abc.ABC):
     async def list_keys(self, customer_id: str | None = None) -> list[KeyRecord]:
         """Keys of one customer (or all), ordered by created_at then key_id."""
 
+    @abc.abstractmethod
+    async def count_keys(self, customer_id: str) -> int:
+        """How many key records (live, revoked or expired) the customer holds, at least:
+        one index lookup, no record read (a cap on them, manage.actions.record_cap)."""
+
     async def get_key_and_customer(self, key_id: str) -> tuple[KeyRecord, Customer | None] | None:
         """The request path's read on a record-cache miss. Stores that can join in one
         round trip override this."""

@@ -161,6 +161,11 @@ class RedisStore(RedisUsage, Store):
             records = [r for r in records if r.customer_id == customer_id]
         return sorted(records, key=lambda r: (r.created_at, r.key_id))
 
+    async def count_keys(self, customer_id: str) -> int:
+        """The customer's index set; a key moved to another customer stays in the old
+        set, so this may count one too many, never too few."""
+        return int(await self._call(self._client.scard(_slot_key("ck", customer_id))))
+
     # customer tokens: the token first, then the index (as for keys); nothing caches them
 
     async def create_token(self, token_hash: str, token: CustomerToken) -> None:

@@ -151,6 +151,10 @@ class SqliteStore(SqliteUsage, Store):
         rows = await self._fetch(*query)
         return [KeyRecord.from_json(body) for (body,) in rows]
 
+    async def count_keys(self, customer_id: str) -> int:
+        rows = await self._fetch("SELECT COUNT(*) FROM keys WHERE customer_id = ?", (customer_id,))
+        return int(rows[0][0])  # keys_by_customer: no record is read
+
     async def get_key_and_customer(self, key_id: str) -> tuple[KeyRecord, Customer | None] | None:
         """One query (a LEFT JOIN), so a record-cache miss is one hop to the thread."""
         rows = await self._fetch(_KEY_AND_CUSTOMER, (key_id,))
