@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import random
@@ -29,6 +30,8 @@ from multidict import CIMultiDict
 
 from proxy.cache import Cache, space
 from proxy.cache.entry import CacheEntry, encode_header
+from proxy.cache.locks import KeyLock
+from proxy.cache.store import DiskStore
 from proxy.conditional import UNSATISFIABLE, http_date, parse_range
 from proxy.config import CacheConfig, OriginTimeouts, Route
 from proxy.delivery import deliver
@@ -735,3 +738,69 @@ async def test_lock_files_go_with_their_fill_and_a_held_one_is_never_removed(
     assert await small.cache.space._evict(0, 0) is False
     assert not os.path.exists(leftover)
     assert small.cache.space.total == total
+
+
+# --- a sweep and a fill's end never unlink a lock file someone holds (review finding 1) -------
+
+
+def _holds(lock: KeyLock) -> bool:
+    """Whether `lock`'s descriptor is the file its path names: the lock others see."""
+    return os.stat(lock.path).st_ino == os.fstat(lock._fd).st_ino
+
+
+@pytest.mark.parametrize("sweep", ["leftover locks", "start-up scan"])
+def test_a_sweep_that_gets_a_released_lock_file_leaves_its_successor_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sweep: str
+) -> None:
+    """The sweep opens a lock file held by filler A; A's fill ends (unlinks it) and
+    filler C creates the next one at the same path; only then does the sweep get the
+    flock of the file it opened. It must not unlink C's file (a third process would then
+    fill the object too), nor count A's blocks as freed a second time. Lock files held
+    through separate open() calls exclude each other as two processes' do."""
+    store = DiskStore(str(tmp_path / "cache"))
+    store.prepare()
+    path = store.lock_path("ab" * 32)
+    a, c = KeyLock(path), KeyLock(path)
+    assert a.acquire() and a.advertise("@keyfront-a") > 0
+    real_flock = fcntl.flock
+    handed_over = []
+
+    def flock(fd: int, operation: int) -> None:
+        if not handed_over and operation == fcntl.LOCK_EX | fcntl.LOCK_NB and fd != a._fd:
+            handed_over.append(True)  # the sweep has opened A's file: A ends, C begins
+            assert a.release() and c.acquire() and c.advertise("@keyfront-c") > 0
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    monkeypatch.setattr(space, "LEFTOVER_LOCK_AGE", -1.0)
+    if sweep == "leftover locks":
+        assert space._drop_leftover_locks(store) == 0  # A freed its own blocks already
+    else:
+        space._scan(store)
+    monkeypatch.undo()
+    assert handed_over
+    assert _holds(c)
+    assert KeyLock(path).acquire() is False  # C's fill is the only one
+    assert c.release()
+    assert not os.path.exists(path)
+
+
+def test_a_fill_ending_removes_only_its_own_lock_file_and_frees_its_count(
+    tmp_path: Path,
+) -> None:
+    """A lock file removed under its holder (by hand, or by an older version's sweep),
+    and the path taken by another holder: the first one's release must leave the
+    second's file in place, and still report its own file gone (its count is freed)."""
+    store = DiskStore(str(tmp_path / "cache"))
+    store.prepare()
+    path = store.lock_path("cd" * 32)
+    c, d = KeyLock(path), KeyLock(path)
+    assert c.acquire()
+    os.unlink(path)
+    assert d.acquire()
+    assert c.release() is True  # its file is gone: its charge is freed
+    assert _holds(d)
+    assert d.release() is True
+    assert c.acquire()
+    os.unlink(path)
+    assert c.release() is True  # gone (ENOENT): still freed, not counted for ever

@@ -37,12 +37,14 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import struct
 import time
 from collections.abc import Callable, Iterator
 
 from .entry import MAX_META, PREFIX, header_key
+from .locks import still_linked
 from .store import FANOUT, DiskStore
 
 log = logging.getLogger("keyfront.cache")
@@ -318,7 +320,8 @@ def _scan(store: DiskStore) -> tuple[int, int]:
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
     for entry in _locks(store):
-        size += store.allocated(max(0, _drop_unheld_lock(entry.path)))  # held: in flight
+        removed, lock_size = _drop_unheld_lock(entry.path)
+        size += 0 if removed else store.allocated(lock_size)  # held: a fill is running
     return size, objects
 
 
@@ -336,9 +339,9 @@ def _drop_leftover_locks(store: DiskStore) -> int:
     too_old = time.time() - LEFTOVER_LOCK_AGE
     for entry in _locks(store):
         with contextlib.suppress(OSError):
-            st = entry.stat(follow_symlinks=False)
-            if st.st_mtime < too_old and _drop_unheld_lock(entry.path) < 0:
-                freed += store.allocated(st.st_size)
+            if entry.stat(follow_symlinks=False).st_mtime < too_old:  # else: not opened
+                removed, size = _drop_unheld_lock(entry.path, too_old)
+                freed += store.allocated(size) if removed else 0
     return freed
 
 
@@ -354,22 +357,31 @@ def _alive(temp_name: str) -> bool:
     return True
 
 
-def _drop_unheld_lock(path: str) -> int:
-    """Unlink the lock file at `path` if no process holds it: -1 when removed, else
-    its size (held: a fill is running). Safe across processes (locks.py): the file is
-    unlinked while this thread holds its flock, and a process that opened it meanwhile
-    finds, once it gets the flock, that its file is no longer the one at `path`."""
+def _drop_unheld_lock(path: str, written_before: float = math.inf) -> tuple[bool, int]:
+    """Unlink the lock file at `path` if no process holds it and it was last written
+    before `written_before`: (whether it was removed, the bytes in it); (False, 0) if
+    there is none. Safe across processes (locks.py): it is unlinked only while this
+    thread holds its flock and the path still names the file flocked. A file whose
+    holder released (and unlinked) it after this thread opened it is left alone, and so
+    is the next holder's file at the same path (review finding 1); its bytes were freed
+    by its holder and are not counted here."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # never O_CREAT: gone is gone
     except OSError:
-        return 0
+        return False, 0
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False, os.fstat(fd).st_size  # held: a fill is running
+        if not still_linked(fd, path):
+            return False, 0
+        st = os.fstat(fd)
+        if st.st_mtime >= written_before:
+            return False, st.st_size
         os.unlink(path)
-    except BlockingIOError:
-        return os.fstat(fd).st_size
     except OSError:
-        return 0
+        return False, 0
     finally:
         os.close(fd)
-    return -1
+    return True, st.st_size
