@@ -74,7 +74,7 @@ class Space:
         self.max_size = max_size
         self.max_objects = max_objects
         self.max_absent = absent_bound(max_objects)
-        self.evictions = 0  # objects evicted by this process's sweeps
+        self.evictions = 0  # objects and cached 404s evicted by this process's sweeps
         self._fd = os.open(os.path.join(store.root, "size"), _OPEN_CREATE, 0o600)
         if os.fstat(self._fd).st_size == 0:
             self._add(0, write=True)  # its block exists before any recount counts it
