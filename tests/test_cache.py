@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import random
@@ -29,6 +30,8 @@ from multidict import CIMultiDict
 
 from proxy.cache import Cache, space
 from proxy.cache.entry import CacheEntry, encode_header
+from proxy.cache.locks import KeyLock
+from proxy.cache.store import DiskStore
 from proxy.conditional import UNSATISFIABLE, http_date, parse_range
 from proxy.config import CacheConfig, OriginTimeouts, Route
 from proxy.delivery import deliver
@@ -487,6 +490,66 @@ async def test_a_write_error_mid_body_finishes_the_response_from_the_origin(
     assert any(seen.get("Range", "").startswith("bytes=") for seen in behaviour.seen)
 
 
+async def test_cached_404s_leave_before_any_object_when_space_runs_out(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    """Review finding 8, by bytes: a cached 404 takes a block, so enough of them fill
+    max_size; the sweep they cause must take 404s, not the objects (nobody hit those
+    meanwhile, so by LRU alone they would go first)."""
+    behaviour, _ = origin
+    proxy = await start(max_size=200 * KiB, max_objects=1000)  # up to 100 cached 404s
+    await asyncio.gather(*proxy.cache._tasks)  # the start-up recount, counting what it finds
+    kept = [f"kept/{i}" for i in range(5)]
+    for i, name in enumerate(kept):
+        behaviour.put(name, blob(20 * KiB, seed=40 + i))
+        assert (await proxy.get(name))[0] == 200
+    for i in range(0, 90, 10):  # ~360 KiB of cached 404s, a few at a time
+        replies = await asyncio.gather(*(proxy.get(f"absent/{n}") for n in range(i, i + 10)))
+        assert {status for status, _, _ in replies} == {404}
+        await settle(proxy.cache)
+    assert disk_bytes(proxy.cache, everything=True) <= 200 * KiB
+    assert proxy.cache.evictions > 0
+    for name in kept:
+        status, headers, got = await proxy.get(name)
+        assert (status, headers["X-Cache"], got) == (200, "HIT", behaviour.objects[name])
+    assert [behaviour.gets[name] for name in kept] == [1] * 5
+
+
+async def test_a_key_has_a_cached_404_or_an_object_on_disk_never_both(
+    start: Start, origin: tuple[OriginBehaviour, str]
+) -> None:
+    """Cached 404s live in a folder of their own (store.py): an object that appears at
+    the origin removes the key's 404 file, one that disappears removes the object's
+    file, and a purge removes either; the shared counts follow."""
+    behaviour, _ = origin
+    proxy = await start(ttl=0.2, negative_ttl=0.2, stale_while_revalidate=0)
+    cache = proxy.cache
+    await asyncio.gather(*cache._tasks)  # the start-up recount, counting what it finds
+
+    def on_disk() -> tuple[int, int]:
+        top = Path(cache.store.root)
+        return tuple(  # type: ignore[return-value]
+            sum(1 for p in (top / folder).rglob("*") if p.is_file())
+            for folder in ("objects", "absent")
+        )
+
+    assert (await proxy.get("comes-and-goes"))[0] == 404
+    assert on_disk() == (0, 1) and cache.space.counts()[1:] == (0, 1)
+    behaviour.put("comes-and-goes", b"here now")
+    await asyncio.sleep(0.3)
+    assert (await proxy.get("comes-and-goes"))[::2] == (200, b"here now")
+    assert on_disk() == (1, 0) and cache.space.counts()[1:] == (1, 0)
+    del behaviour.objects["comes-and-goes"]
+    await asyncio.sleep(0.3)
+    assert (await proxy.get("comes-and-goes"))[0] == 404
+    assert on_disk() == (0, 1) and cache.space.counts()[1:] == (0, 1)
+    assert await cache.purge(PREFIX + "comes-and-goes") == 1
+    assert on_disk() == (0, 0) and cache.space.counts()[1:] == (0, 0)
+    assert (await proxy.get("comes-and-goes"))[0] == 404
+    assert await cache.purge_prefix(PREFIX) == 1
+    assert on_disk() == (0, 0) and cache.space.counts()[1:] == (0, 0)
+
+
 # --- purge ------------------------------------------------------------------------------------
 
 
@@ -548,7 +611,7 @@ async def test_workers_starting_together_count_the_folder_once(
     caches = [Cache(CacheConfig(dir=str(copy))) for _ in range(2)]
     await asyncio.gather(*(cache.open() for cache in caches))
     try:
-        expected = (disk_bytes(caches[0], everything=True), 2)
+        expected = (disk_bytes(caches[0], everything=True), 2, 0)
         for _ in range(100):  # the recount runs in the background
             if caches[0].space.counts() == expected:
                 break
@@ -732,7 +795,7 @@ async def test_lock_files_go_with_their_fill_and_a_held_one_is_never_removed(
     Path(leftover).write_text("\0keyfront-fills-gone")
     total = small.cache.space.total
     small.cache.space.charge(small.cache.store.block)  # as the crashed process did
-    assert await small.cache.space._evict(0, 0) is False
+    assert await small.cache.space._evict(space.Excess(0, 0, 0)) is False
     assert not os.path.exists(leftover)
     assert small.cache.space.total == total
 
@@ -763,3 +826,69 @@ async def test_a_failed_announcement_leaves_no_echo_to_swallow_a_later_purge(
         assert not cache.echoes.is_echo("purge", f"{PREFIX}b.bin")  # one echo, once
     finally:
         await cache.close()
+
+
+# --- a sweep and a fill's end never unlink a lock file someone holds (review finding 1) -------
+
+
+def _holds(lock: KeyLock) -> bool:
+    """Whether `lock`'s descriptor is the file its path names: the lock others see."""
+    return os.stat(lock.path).st_ino == os.fstat(lock._fd).st_ino
+
+
+@pytest.mark.parametrize("sweep", ["leftover locks", "start-up scan"])
+def test_a_sweep_that_gets_a_released_lock_file_leaves_its_successor_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sweep: str
+) -> None:
+    """The sweep opens a lock file held by filler A; A's fill ends (unlinks it) and
+    filler C creates the next one at the same path; only then does the sweep get the
+    flock of the file it opened. It must not unlink C's file (a third process would then
+    fill the object too), nor count A's blocks as freed a second time. Lock files held
+    through separate open() calls exclude each other as two processes' do."""
+    store = DiskStore(str(tmp_path / "cache"))
+    store.prepare()
+    path = store.lock_path("ab" * 32)
+    a, c = KeyLock(path), KeyLock(path)
+    assert a.acquire() and a.advertise("@keyfront-a") > 0
+    real_flock = fcntl.flock
+    handed_over = []
+
+    def flock(fd: int, operation: int) -> None:
+        if not handed_over and operation == fcntl.LOCK_EX | fcntl.LOCK_NB and fd != a._fd:
+            handed_over.append(True)  # the sweep has opened A's file: A ends, C begins
+            assert a.release() and c.acquire() and c.advertise("@keyfront-c") > 0
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    monkeypatch.setattr(space, "LEFTOVER_LOCK_AGE", -1.0)
+    if sweep == "leftover locks":
+        assert space._drop_leftover_locks(store) == 0  # A freed its own blocks already
+    else:
+        space._scan(store)
+    monkeypatch.undo()
+    assert handed_over
+    assert _holds(c)
+    assert KeyLock(path).acquire() is False  # C's fill is the only one
+    assert c.release()
+    assert not os.path.exists(path)
+
+
+def test_a_fill_ending_removes_only_its_own_lock_file_and_frees_its_count(
+    tmp_path: Path,
+) -> None:
+    """A lock file removed under its holder (by hand, or by an older version's sweep),
+    and the path taken by another holder: the first one's release must leave the
+    second's file in place, and still report its own file gone (its count is freed)."""
+    store = DiskStore(str(tmp_path / "cache"))
+    store.prepare()
+    path = store.lock_path("cd" * 32)
+    c, d = KeyLock(path), KeyLock(path)
+    assert c.acquire()
+    os.unlink(path)
+    assert d.acquire()
+    assert c.release() is True  # its file is gone: its charge is freed
+    assert _holds(d)
+    assert d.release() is True
+    assert c.acquire()
+    os.unlink(path)
+    assert c.release() is True  # gone (ENOENT): still freed, not counted for ever

@@ -647,3 +647,34 @@ def test_distinct_404s_and_passed_through_objects_keep_the_folder_within_its_bou
         assert get(kf, "/open/fit-19.bin")[0] == 200  # it still caches and serves
     finally:
         assert kf.stop() == 0
+
+
+def test_a_flood_of_distinct_404s_never_evicts_the_cached_objects(
+    tmp_path: Path, origin: BehaviourOrigin
+) -> None:
+    """Review finding 8: every distinct absent path a client asks for is a cached 404.
+    Were they counted as objects, a flood of them past max_objects would make the LRU
+    sweep evict every real object (none was hit meanwhile): anyone could empty the
+    cache. Cached 404s have their own small bound instead, and leave among themselves."""
+    real = [f"/open/keep-{i}.bin" for i in range(5)]
+    for path in real:
+        (Path(origin.root) / path.removeprefix("/open/")).write_bytes(SMALL[:5_000])
+    max_objects = 20
+    body = config(tmp_path, origin).replace(
+        "max_size: 64MiB", f"max_size: 64MiB, max_objects: {max_objects}"
+    )
+    kf = start_keyfront(body, str(tmp_path), "--workers", "2")
+    try:
+        _wait_for_workers(kf)
+        assert [get(kf, path)[1]["X-Cache"] for path in real] == ["MISS"] * 5
+        flood = [f"/open/nothing/{i}.bin" for i in range(10 * max_objects)]
+        assert set(asyncio.run(_attack(kf.url, flood))) == {404}
+        _usage_once_settled(tmp_path / "cache", 64 * MiB)
+        for path in real:
+            assert get(kf, path)[1]["X-Cache"] == "HIT", path
+        absent = [p for p in (tmp_path / "cache" / "absent").rglob("*") if p.is_file()]
+        assert 0 < len(absent) <= max_objects // 10  # their own bound, on disk
+        assert get(kf, "/open/nothing/0.bin")[0] == 404  # still answered, cached or not
+    finally:
+        assert kf.stop() == 0
+    assert [origin.gets[path.removeprefix("/open/")] for path in real] == [1] * 5

@@ -129,9 +129,9 @@ class Cache:
         metrics.counters["cache_evictions"] = {"": self.evictions}
         metrics.counters["cache_coalesced"] = {"": self.coalesced}
         metrics.counters["cache_write_errors"] = {"": self.write_errors}
-        size, objects = self.space.counts()
+        size, objects, absent = self.space.counts()
         metrics.host_gauges["cache_size_bytes"] = size
-        metrics.host_gauges["cache_objects"] = objects
+        metrics.host_gauges["cache_objects"] = objects + absent  # cached 404s included
 
     # --- lookups ------------------------------------------------------------------
 
@@ -236,11 +236,13 @@ class Cache:
         self._drop_key(key)
         size = self.store.remove(file_name(key))
         self.space.freed(size)
+        absent = self.store.remove_absent(file_name(key))  # a cached 404
+        self.space.freed(absent, objects=0, absent=1)
         variants = 0
         if route.variant_params and not query:
             self._drop_local(lambda k: k.startswith(key + SEPARATOR))
             variants = await self._remove(lambda k: k.startswith(key + SEPARATOR))
-        return variants + (1 if size else 0)
+        return variants + (1 if size else 0) + (1 if absent else 0)
 
     async def purge_prefix(self, prefix: str) -> int:
         """Remove every object whose public path starts with `prefix` (`/request/`);
@@ -267,9 +269,10 @@ class Cache:
         by the key in their header, read in a worker thread: objects other processes
         stored are found too."""
         loop = asyncio.get_running_loop()
-        count, size = await loop.run_in_executor(None, remove_matching, self.store, matches)
-        self.space.freed(size, count)
-        return count
+        removed = await loop.run_in_executor(None, remove_matching, self.store, matches)
+        objects, absent, size = removed
+        self.space.freed(size, objects, absent)
+        return objects + absent
 
     def _drop_key(self, key: str) -> None:
         """`_drop_local` of one key, without a scan."""
@@ -280,7 +283,7 @@ class Cache:
         self._passing.pop(key, None)
 
     def _drop_local(self, matches: Callable[[str], bool]) -> None:
-        for key in [k for k in self.store.index if matches(k)]:
+        for key in [k for k in self.store.indexed() if matches(k)]:
             self.store.forget(key)
         for key, fill in self._fills.items():
             if matches(key):

@@ -307,25 +307,35 @@ class Fill:
         self.complete = True
         self._progress()
 
-    def _publish(self, temp: TempObject) -> bool:
+    def _publish(self, temp: TempObject, absent: bool = False) -> bool:
+        """Put the object (or the cached 404) in place, and remove the key's cached 404
+        (or object) if there is one: it is out of date (store.py: one of the two)."""
+        space, store = self.cache.space, self.cache.store
         try:
-            self.cache.space.freed(temp.publish())
+            replaced = temp.publish()
         except OSError:
             self.cache.write_errors += 1
             return False
+        if absent:
+            space.freed(replaced, objects=0, absent=1)
+            space.freed(store.remove(self.name))
+        else:
+            space.freed(replaced)
+            space.freed(store.remove_absent(self.name), objects=0, absent=1)
         return True
 
     def _store_absent(self) -> None:
-        """Origin 404: a header-only file with status 404, so that other processes see
-        it too; kept in the index even if it cannot be written."""
+        """Origin 404: a header-only file with status 404 in absent/ (bounded apart from
+        the objects, store.py), so that other processes see it too; kept in the index
+        even if it cannot be written."""
         entry = self._new_entry(404, 0, {})
         try:
             temp = TempObject(self.cache.store, entry)
         except OSError:
             self.cache.write_errors += 1
         else:
-            if self._publish(temp):  # counted at its blocks: ~100 bytes take 4 KiB
-                self.cache.space.stored(self.cache.store.allocated(entry.file_size))
+            if self._publish(temp, absent=True):  # counted at its blocks: ~100 bytes take 4 KiB
+                self.cache.space.stored_absent(self.cache.store.allocated(entry.file_size))
             temp.drop()
             temp.close()
         self.cache.store.remember(entry)

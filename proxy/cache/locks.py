@@ -20,9 +20,14 @@ A lock file lives only as long as its fill (issue 12: clients choose paths, and 
 left behind per 404 or passed-through object grew the folder without bound). The
 rule that makes removing it safe across processes: a lock file is unlinked only by a
 process that holds its flock, the filler as it ends or a sweep that took the flock of
-a crashed filler's file (space.py). A process that opened the file before the unlink
-and gets the flock after it finds, by comparing inodes, that its file is no longer
-the one at the path, and opens the path afresh.
+a crashed filler's file (space.py), and only while the path still names that file
+(`still_linked`). Holding the flock of a file still linked at the path means nobody
+else can remove or replace it before the unlink. Without the second condition, one
+that got the flock of a file already released and unlinked would remove the next
+holder's file instead, and two fills of one object would run (review finding 1). A
+process that opened the file before the unlink and gets the flock after it finds, by
+the same comparison, that its file is no longer the one at the path, and opens the
+path afresh.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ class KeyLock:
             except OSError:
                 os.close(fd)
                 return True
-            if _still_linked(fd, self.path):
+            if still_linked(fd, self.path):
                 self._fd = fd
                 return True
             os.close(fd)  # evicted between open and flock: that lock guards nothing
@@ -92,18 +97,22 @@ class KeyLock:
             os.close(fd)
 
     def release(self) -> bool:
-        """Remove the lock file and let go of it; True if this process held it and
-        removed it (see the module docstring: only a holder unlinks)."""
+        """Remove the lock file and let go of it; True if this process held it and the
+        file is now gone, so that the bytes it was counted at are freed (space.py).
+        See the module docstring: the file is unlinked only if the path still names it;
+        if it does not, someone removed it by hand, and another process's file there
+        is not this one's to remove."""
         if self._fd < 0:
             return False
-        try:
-            os.unlink(self.path)
-            removed = True
-        except OSError:
-            removed = False  # a sweep removes it later (space.py)
+        gone = True
+        if still_linked(self._fd, self.path):
+            try:
+                os.unlink(self.path)
+            except OSError:
+                gone = False  # still there, unheld: a sweep removes it and frees it later
         os.close(self._fd)  # closing the descriptor releases the flock
         self._fd = -1
-        return removed
+        return gone
 
     async def released(self) -> None:
         """Return once the process holding the lock has let go of it."""
@@ -117,11 +126,14 @@ class KeyLock:
         await asyncio.shield(done)
 
 
-def _still_linked(fd: int, path: str) -> bool:
+def still_linked(fd: int, path: str) -> bool:
+    """Whether `path` names the file open at `fd` (not an unlinked one, nor another
+    file created at the path since)."""
     try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
+        linked, held = os.stat(path), os.fstat(fd)
     except OSError:
         return False
+    return (linked.st_dev, linked.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _wait(fd: int, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None]) -> None:

@@ -1,14 +1,25 @@
 """The `cache.max_size` and `cache.max_objects` bounds (SPEC section 5; issue 12): a
 shared count of bytes and objects, and an LRU sweep.
 
-The count lives in `<dir>/size`: the bytes, then the number of published objects (8
-bytes each), updated under flock by every process sharing the folder, so N worker
-processes enforce one bound, not N, and /metrics reports the folder once, not N times.
+The count lives in `<dir>/size`: the bytes, the number of published objects and the
+number of cached 404s (8 bytes each), updated under flock by every process sharing the
+folder, so N worker processes enforce one bound, not N, and /metrics reports the folder
+once, not N times.
 Bytes are what the filesystem allocates: whole blocks (`DiskStore.allocated`), so a
 cached 404 of ~100 bytes counts the 4 KiB it takes, and lock files count while their
 fill holds them (they are removed as it ends, locks.py). Clients choose the paths, so
 the number of objects is bounded too: each one costs an inode and an index entry in
 every worker (store.py).
+
+Cached 404s have a bound of their own, `max_objects` / 10 (store.ABSENT_SHARE), and
+leave among themselves, oldest first (review finding 8): any client can make one per
+request by asking for absent paths, and counted as objects, a flood of them would make
+the LRU sweep evict every object not hit meanwhile, i.e. empty the cache. A tenth keeps
+what they cost (an inode, a 4 KiB block, an index entry per worker) small beside the
+objects' while holding a flood's worth of misses for `negative_ttl`. They take blocks,
+so they count towards `max_size` too; a sweep for bytes evicts them before any object
+(a cached 404 saves one origin 404, an object a whole body), so they never push objects
+below LOW_WATER of `max_size`, where any sweep leaves them.
 
 A fill *reserves* its object's size before writing the first byte (from
 Content-Length), and only publishes once any sweep under way has finished, so published
@@ -37,20 +48,24 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import struct
 import time
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from .entry import MAX_META, PREFIX, header_key
-from .store import FANOUT, DiskStore
+from .locks import still_linked
+from .store import FANOUT, DiskStore, absent_bound
 
 log = logging.getLogger("keyfront.cache")
 LOW_WATER = 0.9  # a sweep evicts down to this fraction of max_size and max_objects
 SWEEP_RETRY = 0.1  # seconds: while another process sweeps, look again after this
 LEFTOVER_LOCK_AGE = 60.0  # seconds: an unheld lock file this old was left by a crash
 _OPEN_CREATE = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-_COUNTERS = struct.Struct("<qq")  # bytes (published and reserved), published objects
+_COUNTERS = struct.Struct("<qqq")  # bytes (published and reserved), objects, cached 404s
+Counts = tuple[int, int, int]
 
 
 class Space:
@@ -58,7 +73,8 @@ class Space:
         self.store = store
         self.max_size = max_size
         self.max_objects = max_objects
-        self.evictions = 0  # objects evicted by this process's sweeps
+        self.max_absent = absent_bound(max_objects)
+        self.evictions = 0  # objects and cached 404s evicted by this process's sweeps
         self._fd = os.open(os.path.join(store.root, "size"), _OPEN_CREATE, 0o600)
         if os.fstat(self._fd).st_size == 0:
             self._add(0, write=True)  # its block exists before any recount counts it
@@ -80,15 +96,15 @@ class Space:
     def total(self) -> int:
         return self._add(0)[0]
 
-    def counts(self) -> tuple[int, int]:
-        """(bytes, published objects) in the folder, every process's: /metrics."""
+    def counts(self) -> Counts:
+        """(bytes, published objects, cached 404s) in the folder, every process's."""
         return self._add(0)
 
     def reserve(self, size: int) -> None:
         """Count an object about to be written (`size`: the bytes it will take on disk,
         store.allocated); sweep if that passes a bound, or its publication would."""
         self._inflight += size
-        total, count = self._add(size)
+        total, count, _ = self._add(size)
         if total > self.max_size or count >= self.max_objects:
             self.sweep_soon()
 
@@ -101,9 +117,9 @@ class Space:
         elif self._over(*self._add(0, objects=1)):
             self.sweep_soon()
 
-    def stored(self, size: int) -> None:
-        """An object published unreserved (a cached 404, header only): count it."""
-        if self._over(*self._add(size, objects=1)):
+    def stored_absent(self, size: int) -> None:
+        """A cached 404 was published (unreserved: header only): count it."""
+        if self._over(*self._add(size, absent=1)):
             self.sweep_soon()
 
     def charge(self, size: int) -> None:
@@ -111,14 +127,16 @@ class Space:
         if size and self._add(size)[0] > self.max_size:
             self.sweep_soon()
 
-    def freed(self, size: int, objects: int | None = None) -> None:
+    def freed(self, size: int, objects: int | None = None, absent: int = 0) -> None:
         """Files left the folder (objects replaced or purged, a lock file): `size`
-        bytes, `objects` objects (one, if `size` says something was there)."""
+        bytes, `objects` objects (one, if `size` says something was there and no
+        `absent` is given), `absent` cached 404s."""
         if size:
-            self._add(-size, -(1 if objects is None else objects))
+            objects = (0 if absent else 1) if objects is None else objects
+            self._add(-size, -objects, -absent)
 
-    def _over(self, total: int, count: int) -> bool:
-        return total > self.max_size or count > self.max_objects
+    def _over(self, total: int, count: int, absent: int) -> bool:
+        return total > self.max_size or count > self.max_objects or absent > self.max_absent
 
     async def settled(self) -> None:
         """Wait for a running sweep, so that a publish never lands on a full cache."""
@@ -144,34 +162,38 @@ class Space:
                 return
 
     async def _sweep_down(self) -> None:
-        total, count = self.counts()
-        while self._over(total, count):
-            excess = total - int(self.max_size * LOW_WATER)
-            excess_objects = count - int(self.max_objects * LOW_WATER)
-            if not await self._evict(max(0, excess), max(0, excess_objects)):
+        counts = self.counts()
+        while self._over(*counts):
+            total, count, absent = counts
+            excess = Excess(
+                max(0, total - int(self.max_size * LOW_WATER)),
+                max(0, count - int(self.max_objects * LOW_WATER)),
+                max(0, absent - int(self.max_absent * LOW_WATER)),
+            )
+            if not await self._evict(excess):
                 return
-            total, count = self.counts()
+            counts = self.counts()
 
-    async def _evict(self, excess: int, excess_objects: int) -> bool:
-        """One pass: evict the least recently used until `excess` bytes and
-        `excess_objects` objects are gone; False if none could be. Lock files that
+    async def _evict(self, excess: Excess) -> bool:
+        """One pass: evict cached 404s, oldest first, then the least recently used
+        objects, until `excess` is gone; False if nothing could be. Lock files that
         crashed processes left behind go too."""
         known = {e.name: e.used for e in self.store.index.values() if e.used}
         loop = asyncio.get_running_loop()
         try:
-            evicted, size = await loop.run_in_executor(
-                None, _evict, self.store, known, excess, excess_objects
-            )
+            evicted = await loop.run_in_executor(None, _evict, self.store, known, excess)
             leftovers = await loop.run_in_executor(None, _drop_leftover_locks, self.store)
         except OSError as exc:
             log.warning("cache sweep failed: %s", exc)
             return False
-        self._add(-size - leftovers, -len(evicted))
-        self.evictions += len(evicted)
-        gone = set(evicted)
+        self._add(-evicted.size - leftovers, -len(evicted.objects), -len(evicted.absent))
+        self.evictions += len(evicted.objects) + len(evicted.absent)
+        gone, absent = set(evicted.objects), set(evicted.absent)
         for key in [k for k, e in self.store.index.items() if e.name in gone]:
             self.store.forget(key)
-        return bool(evicted)
+        for key in [k for k, e in self.store.absent_index.items() if e.name in absent]:
+            self.store.forget(key)
+        return bool(evicted.objects or evicted.absent)
 
     async def rescan(self) -> None:
         """At a server's start-up: recount the folder if no other process uses it, then
@@ -195,29 +217,28 @@ class Space:
         """In a worker thread: count what is on disk (correcting any drift) and remove
         what crashed processes left behind. What changed during the scan is kept: the
         count becomes the scan plus the changes since it began."""
-        before, before_objects = self._add(0)
+        before = self.counts()
         loop = asyncio.get_running_loop()
         try:
-            size, objects = await loop.run_in_executor(None, _scan, self.store)
+            scanned = await loop.run_in_executor(None, _scan, self.store)
         except OSError as exc:
             log.warning("cache scan failed: %s", exc)
             return
-        if self._add(size - before, objects - before_objects)[0] > self.max_size:
+        (size, objects, absent), (was, was_objects, was_absent) = scanned, before
+        if self._over(*self._add(size - was, objects - was_objects, absent - was_absent)):
             self.sweep_soon()
 
-    def _add(self, delta: int, objects: int = 0, write: bool = False) -> tuple[int, int]:
+    def _add(self, delta: int, objects: int = 0, absent: int = 0, write: bool = False) -> Counts:
         """Add to the shared counts under flock: a few µs, held by nobody for longer.
-        (A file of the old 8-byte format reads as bytes only; the rescan fixes it.)"""
+        (A file of an older format, 8 bytes (bytes only) or 16 (no cached 404s), reads
+        as far as it goes; the rescan fixes it.)"""
         with _locked(self._fd):
-            raw = os.pread(self._fd, _COUNTERS.size, 0)
-            if len(raw) == _COUNTERS.size:
-                total, count = _COUNTERS.unpack(raw)
-            else:
-                total, count = (int.from_bytes(raw[:8], "little", signed=True) if raw else 0), 0
-            total, count = max(0, total + delta), max(0, count + objects)
-            if delta or objects or write:
-                os.pwrite(self._fd, _COUNTERS.pack(total, count), 0)
-        return total, count
+            raw = os.pread(self._fd, _COUNTERS.size, 0).ljust(_COUNTERS.size, b"\0")
+            total, count, cached_404s = _COUNTERS.unpack(raw)
+            counts = max(0, total + delta), max(0, count + objects), max(0, cached_404s + absent)
+            if delta or objects or absent or write:
+                os.pwrite(self._fd, _COUNTERS.pack(*counts), 0)
+        return counts
 
 
 @contextlib.contextmanager
@@ -253,59 +274,98 @@ def _try_lock(path: str) -> Iterator[bool]:
         os.close(fd)
 
 
-def _objects(store: DiskStore) -> Iterator[os.DirEntry[str]]:
+class Excess(NamedTuple):
+    """What a sweep pass is to remove: bytes, objects, cached 404s."""
+
+    size: int
+    objects: int
+    absent: int
+
+
+class Evicted(NamedTuple):
+    """What a sweep pass removed: the file names of objects and of cached 404s, and
+    the bytes freed."""
+
+    objects: list[str]
+    absent: list[str]
+    size: int
+
+
+def _files(top: str) -> Iterator[os.DirEntry[str]]:
+    """The files of `store.objects` or `store.absent`, over their fan-out folders."""
     for fan in FANOUT:
-        with os.scandir(os.path.join(store.objects, fan)) as entries:
+        with os.scandir(os.path.join(top, fan)) as entries:
             yield from (e for e in entries if e.is_file(follow_symlinks=False))
 
 
-def _evict(
-    store: DiskStore, known: dict[str, float], excess: int, excess_objects: int
-) -> tuple[list[str], int]:
-    """In a worker thread: unlink the least recently used objects until `excess` bytes
-    and `excess_objects` objects are gone. Returns the names removed and the bytes
-    freed."""
+def _evict(store: DiskStore, known: dict[str, float], excess: Excess) -> Evicted:
+    """In a worker thread: unlink the oldest cached 404s until `excess.absent` of them
+    and, before any object, as many of `excess.size` bytes as they hold are gone; then
+    the least recently used objects until `excess.size` and `excess.objects` are. A
+    pass that only 404s are over never lists the objects."""
+    absent: list[str] = []
+    size = 0
+    if excess.absent or excess.size:
+        for name in _oldest_first(store.absent, {}):
+            if size >= excess.size and len(absent) >= excess.absent:
+                break
+            freed = store.remove_absent(name)
+            if freed:
+                absent.append(name)
+                size += freed
+    objects: list[str] = []
+    if size < excess.size or excess.objects:
+        for name in _oldest_first(store.objects, known):
+            if size >= excess.size and len(objects) >= excess.objects:
+                break
+            freed = store.remove(name)
+            if freed:
+                objects.append(name)
+                size += freed
+    return Evicted(objects, absent, size)
+
+
+def _oldest_first(top: str, known: dict[str, float]) -> list[str]:
+    """The names of the files in `top`, least recently used first: by this process's
+    last hit when `known` has one, else by mtime (stored or revalidated)."""
     candidates = []
-    for entry in _objects(store):
+    for entry in _files(top):
         st = entry.stat(follow_symlinks=False)
         candidates.append((max(known.get(entry.name, 0.0), st.st_mtime), entry.name))
     candidates.sort()
-    evicted: list[str] = []
+    return [name for _, name in candidates]
+
+
+def remove_matching(store: DiskStore, matches: Callable[[str], bool]) -> tuple[int, int, int]:
+    """In a worker thread: unlink every object and cached 404 whose key `matches`
+    (files of any key format: `matches` decides); the numbers of objects and of cached
+    404s removed, and the bytes freed."""
+    counts = [0, 0]
     size = 0
-    for _, name in candidates:
-        if size >= excess and len(evicted) >= excess_objects:
-            break
-        freed = store.remove(name)
-        if freed:
-            evicted.append(name)
-            size += freed
-    return evicted, size
+    for kind, (top, remove) in enumerate(
+        ((store.objects, store.remove), (store.absent, store.remove_absent))
+    ):
+        for entry in _files(top):
+            try:
+                with open(entry.path, "rb") as file:
+                    key = header_key(file.read(PREFIX.size + MAX_META))
+            except OSError:
+                continue
+            if key is not None and matches(key):
+                freed = remove(entry.name)
+                counts[kind] += 1 if freed else 0
+                size += freed
+    return counts[0], counts[1], size
 
 
-def remove_matching(store: DiskStore, matches: Callable[[str], bool]) -> tuple[int, int]:
-    """In a worker thread: unlink every object whose key `matches` (files of any key
-    format: `matches` decides); the number removed and the bytes freed."""
-    count = size = 0
-    for entry in _objects(store):
-        try:
-            with open(entry.path, "rb") as file:
-                key = header_key(file.read(PREFIX.size + MAX_META))
-        except OSError:
-            continue
-        if key is not None and matches(key):
-            freed = store.remove(entry.name)
-            count += 1 if freed else 0
-            size += freed
-    return count, size
-
-
-def _scan(store: DiskStore) -> tuple[int, int]:
-    """In a worker thread: the bytes allocated to published objects, to objects being
-    written, to held lock files and to the folder's own files (`size`...), and the
-    number of published objects; removes temp files of dead processes and lock files
-    nobody holds."""
-    sizes = [store.allocated(e.stat(follow_symlinks=False).st_size) for e in _objects(store)]
-    size, objects = sum(sizes), len(sizes)
+def _scan(store: DiskStore) -> Counts:
+    """In a worker thread: the bytes allocated to published objects and cached 404s, to
+    objects being written, to held lock files and to the folder's own files (`size`...),
+    and the numbers of published objects and of cached 404s; removes temp files of dead
+    processes and lock files nobody holds."""
+    sizes = [store.allocated(e.stat(follow_symlinks=False).st_size) for e in _files(store.objects)]
+    absent = [store.allocated(e.stat(follow_symlinks=False).st_size) for e in _files(store.absent)]
+    size, objects = sum(sizes) + sum(absent), len(sizes)
     with os.scandir(store.root) as entries:
         for entry in entries:
             if entry.is_file(follow_symlinks=False):
@@ -318,8 +378,9 @@ def _scan(store: DiskStore) -> tuple[int, int]:
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
     for entry in _locks(store):
-        size += store.allocated(max(0, _drop_unheld_lock(entry.path)))  # held: in flight
-    return size, objects
+        removed, lock_size = _drop_unheld_lock(entry.path)
+        size += 0 if removed else store.allocated(lock_size)  # held: a fill is running
+    return size, objects, len(absent)
 
 
 def _locks(store: DiskStore) -> Iterator[os.DirEntry[str]]:
@@ -336,9 +397,9 @@ def _drop_leftover_locks(store: DiskStore) -> int:
     too_old = time.time() - LEFTOVER_LOCK_AGE
     for entry in _locks(store):
         with contextlib.suppress(OSError):
-            st = entry.stat(follow_symlinks=False)
-            if st.st_mtime < too_old and _drop_unheld_lock(entry.path) < 0:
-                freed += store.allocated(st.st_size)
+            if entry.stat(follow_symlinks=False).st_mtime < too_old:  # else: not opened
+                removed, size = _drop_unheld_lock(entry.path, too_old)
+                freed += store.allocated(size) if removed else 0
     return freed
 
 
@@ -354,22 +415,31 @@ def _alive(temp_name: str) -> bool:
     return True
 
 
-def _drop_unheld_lock(path: str) -> int:
-    """Unlink the lock file at `path` if no process holds it: -1 when removed, else
-    its size (held: a fill is running). Safe across processes (locks.py): the file is
-    unlinked while this thread holds its flock, and a process that opened it meanwhile
-    finds, once it gets the flock, that its file is no longer the one at `path`."""
+def _drop_unheld_lock(path: str, written_before: float = math.inf) -> tuple[bool, int]:
+    """Unlink the lock file at `path` if no process holds it and it was last written
+    before `written_before`: (whether it was removed, the bytes in it); (False, 0) if
+    there is none. Safe across processes (locks.py): it is unlinked only while this
+    thread holds its flock and the path still names the file flocked. A file whose
+    holder released (and unlinked) it after this thread opened it is left alone, and so
+    is the next holder's file at the same path (review finding 1); its bytes were freed
+    by its holder and are not counted here."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # never O_CREAT: gone is gone
     except OSError:
-        return 0
+        return False, 0
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False, os.fstat(fd).st_size  # held: a fill is running
+        if not still_linked(fd, path):
+            return False, 0
+        st = os.fstat(fd)
+        if st.st_mtime >= written_before:
+            return False, st.st_size
         os.unlink(path)
-    except BlockingIOError:
-        return os.fstat(fd).st_size
     except OSError:
-        return 0
+        return False, 0
     finally:
         os.close(fd)
-    return -1
+    return True, st.st_size

@@ -1,6 +1,7 @@
 """The cache's files and this process's index of them.
 
     objects/ab/<sha256>    published objects (entry.py's format), replaced atomically
+    absent/ab/<sha256>     cached origin 404s (SPEC section 5 `negative_ttl`), same format
     tmp/<sha256>.<pid>.<n> objects being written: unique names, same filesystem
     locks/ab/<sha256>      flock'ed by the process filling that object, for as long as
                            the fill runs (locks.py)
@@ -17,6 +18,13 @@ pread in the loop thread (~6 µs page-cached), large ones by sendfile (serve.py)
 
 Every read of a file checks its fill id against the index entry: another process may
 have replaced the object, and its bytes must never go out under this entry's headers.
+
+Cached 404s are apart, on disk and in the index, with a bound of their own (a tenth of
+`cache.max_objects`, ABSENT_SHARE): clients choose the paths they ask for, and a flood
+of absent ones must only ever push out other cached 404s, never an object (review
+finding 8). Their own folder lets a sweep find them without reading any file (space.py)
+and costs nothing on a hit: the index answers both. A key has one of the two at most:
+publishing either removes the other.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ MEMORY_TIER = 64 * 1024**2  # bytes of small bodies kept in memory, per process
 # again if still there).
 ENTRY_BYTES = 600
 INDEX_ENTRY_BUDGET = 1024
+ABSENT_SHARE = 10  # cached 404s: at most max_objects / 10 of them (and at least one)
 FANOUT = [f"{i:02x}" for i in range(256)]
 PRIVATE_FOLDER = 0o700  # files are created 0600 (issue 12: nothing world-readable)
 _READ = os.O_RDONLY | os.O_CLOEXEC
@@ -68,7 +77,11 @@ class DiskStore:
         self.objects = os.path.join(root, "objects")
         self.tmp = os.path.join(root, "tmp")
         self.locks = os.path.join(root, "locks")
-        self.index: dict[str, CacheEntry] = {}
+        self.absent = os.path.join(root, "absent")
+        self.index: dict[str, CacheEntry] = {}  # objects (200)
+        self.absent_index: OrderedDict[str, CacheEntry] = OrderedDict()  # cached 404s
+        self.max_absent = absent_bound(max_index)
+        self._absent_bytes = 0
         self._hot: OrderedDict[str, CacheEntry] = OrderedDict()  # entries holding `body`
         self._hot_bytes = 0
         self._memory_tier = memory_tier
@@ -83,7 +96,7 @@ class DiskStore:
         with contextlib.suppress(PermissionError):  # another user's folder: theirs to set
             os.chmod(self.root, PRIVATE_FOLDER)
         os.makedirs(self.tmp, mode=PRIVATE_FOLDER, exist_ok=True)
-        for top in (self.objects, self.locks):
+        for top in (self.objects, self.absent, self.locks):
             for fan in FANOUT:
                 os.makedirs(os.path.join(top, fan), mode=PRIVATE_FOLDER, exist_ok=True)
         self.block = os.statvfs(self.root).f_frsize or self.block
@@ -96,6 +109,9 @@ class DiskStore:
     def path(self, name: str) -> str:
         return f"{self.objects}/{name[:2]}/{name}"
 
+    def absent_path(self, name: str) -> str:
+        return f"{self.absent}/{name[:2]}/{name}"
+
     def lock_path(self, name: str) -> str:
         return f"{self.locks}/{name[:2]}/{name}"
 
@@ -104,16 +120,23 @@ class DiskStore:
     def lookup(self, key: str) -> CacheEntry | None:
         """The index entry for `key`, else the published file's, else None."""
         entry = self.index.get(key)
+        if entry is not None:
+            return entry
+        entry = self.absent_index.get(key)
         return entry if entry is not None else self.load(key)
 
     def load(self, key: str) -> CacheEntry | None:
-        """Read the published object's header (another process may have stored it)
-        and index it. None if there is none or it is not a complete object."""
+        """Read the published object's header, else the cached 404's (another process
+        may have stored it) and index it. None if there is none or it is not a
+        complete object."""
         name = file_name(key)
         try:
             fd = os.open(self.path(name), _READ)
         except OSError:
-            return None
+            try:
+                fd = os.open(self.absent_path(name), _READ)
+            except OSError:
+                return None
         try:
             entry, head = _read_entry(fd, key, name)
         except OSError:
@@ -176,6 +199,9 @@ class DiskStore:
 
     def remember(self, entry: CacheEntry, body: bytes | None = None) -> None:
         self.forget(entry.key)
+        if entry.status != 200:
+            self._remember_absent(entry)
+            return
         cost = _index_cost(entry)
         if (
             len(self.index) >= self._max_index
@@ -187,6 +213,17 @@ class DiskStore:
         entry.used = entry.used or time.time()
         if body is not None and entry.size <= SMALL_OBJECT:
             self.keep_body(entry, body)
+
+    def _remember_absent(self, entry: CacheEntry) -> None:
+        """A cached 404, in an index of its own with bounds of its own, on the same
+        terms as the objects' (INDEX_ENTRY_BUDGET): the oldest leave first."""
+        self.absent_index[entry.key] = entry
+        self._absent_bytes += _index_cost(entry)
+        entry.used = entry.used or time.time()
+        budget = self.max_absent * INDEX_ENTRY_BUDGET
+        while len(self.absent_index) > self.max_absent or self._absent_bytes > budget:
+            _, oldest = self.absent_index.popitem(last=False)
+            self._absent_bytes -= _index_cost(oldest)
 
     def _trim(self) -> None:
         """Drop the least recently used entries until both bounds have a tenth free."""
@@ -219,11 +256,18 @@ class DiskStore:
         entry = self.index.pop(key, None)
         if entry is not None:
             self._index_bytes -= _index_cost(entry)
+        absent = self.absent_index.pop(key, None)
+        if absent is not None:
+            self._absent_bytes -= _index_cost(absent)
         hot = self._hot.pop(key, None)
         if hot is not None:
             self._hot_bytes -= len(hot.body or b"")
             hot.body = None
-        return entry
+        return entry if entry is not None else absent
+
+    def indexed(self) -> list[str]:
+        """Every key indexed here, objects and cached 404s (a purge's candidates)."""
+        return [*self.index, *self.absent_index]
 
     # --- changing files -------------------------------------------------------------
 
@@ -246,13 +290,24 @@ class DiskStore:
     def remove(self, name: str) -> int:
         """Unlink a published object; the bytes freed (allocated). Its lock file is not
         this one's to touch: it exists only while a fill holds it (locks.py)."""
-        path = self.path(name)
+        return self._remove(self.path(name))
+
+    def remove_absent(self, name: str) -> int:
+        """Unlink a cached 404; the bytes freed (allocated)."""
+        return self._remove(self.absent_path(name))
+
+    def _remove(self, path: str) -> int:
         try:
             size = os.stat(path).st_size
             os.unlink(path)
         except OSError:
             return 0
         return self.allocated(size)
+
+
+def absent_bound(max_objects: int) -> int:
+    """How many cached 404s the folder, and each process's index, keeps at most."""
+    return max(1, max_objects // ABSENT_SHARE)
 
 
 def _index_cost(entry: CacheEntry) -> int:
@@ -281,7 +336,8 @@ class TempObject:
 
     def __init__(self, store: DiskStore, entry: CacheEntry) -> None:
         self.path = f"{store.tmp}/{entry.name}.{os.getpid()}.{next(_temp_names)}"
-        self._final = store.path(entry.name)
+        absent = entry.status != 200
+        self._final = store.absent_path(entry.name) if absent else store.path(entry.name)
         self._store = store
         self.fd = os.open(self.path, _CREATE, 0o600)
         try:
@@ -298,7 +354,7 @@ class TempObject:
 
     def publish(self) -> int:
         """Put the object in place; the bytes allocated to the one it replaced (0:
-        none)."""
+        none), of the same kind (an object, or a cached 404)."""
         try:
             replaced = self._store.allocated(os.stat(self._final).st_size)
         except OSError:
