@@ -51,6 +51,8 @@ class KeySigner:
         # rather than an alias of version 1.
         self._secrets = {str(v): s.encode() for v, s in secrets_by_version.items()}
         self._verified: dict[str, ParsedKey] = {}
+        # A key verified before, or None: one dict look-up (proxy/imported.py KeyIds).
+        self.remembered = self._verified.get
 
     def mint(self, key_id: str | None = None, version: int | None = None) -> str:
         """A new key string for `key_id` (random when None), signed with `version`
@@ -77,6 +79,15 @@ class KeySigner:
             self._verified.clear()
         self._verified[key] = parsed
         return parsed
+
+    def owns(self, key: str) -> bool:
+        """True if `key` has keyfront's format with this prefix, whatever its MAC: it
+        is verified the section 2 way. Any other key is an external key (SPEC section
+        13), so an operator's own `pk_live_...` keys are not mistaken for ours."""
+        if len(key) > _MAX_KEY_LENGTH:
+            return False
+        match = _KEY.fullmatch(key)
+        return match is not None and match.group(1) == self.prefix
 
     def _verify(self, key: str) -> ParsedKey:
         if len(key) > _MAX_KEY_LENGTH:

@@ -7,6 +7,8 @@
     kf:ck:{<customer_id>}   set of that customer's key ids
     kf:t:{<token_hash>}     customer token JSON, by the SHA-256 of the token (SPEC section 9)
     kf:ct:{<customer_id>}   set of that customer's token hashes
+    kf:imported             set of imported key ids (SPEC section 13)
+    kf:meta:imported_secret the secret imported keys are hashed with, unless configured
 
 The hash tags keep each command on one slot, so the same code runs on Redis Cluster.
 A record and its index sets live in different slots, so a write is several commands,
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -45,6 +48,9 @@ T = TypeVar("T")
 
 CHANNEL = b"kf:changes"
 CUSTOMERS, KEYS = "kf:customers", "kf:keys"
+IMPORTED, IMPORTED_SECRET = "kf:imported", "kf:meta:imported_secret"
+IMPORT_PIPELINE = 2000  # records per pipelined round trip (4 commands each)
+SCAN_COUNT = 10_000  # members per SSCAN of the imported set
 MAX_CONNECTIONS = 64  # per process; callers beyond it wait (NOTES.md: the default pool raises)
 POOL_WAIT = 5.0  # seconds a caller waits for a free connection before StoreError
 SOCKET_TIMEOUT = 3.0  # admin and record reads; the hot path bounds its own wait (50 ms)
@@ -160,6 +166,51 @@ class RedisStore(RedisUsage, Store):
         if customer_id is not None:  # a key moved to another customer stays in the old set
             records = [r for r in records if r.customer_id == customer_id]
         return sorted(records, key=lambda r: (r.created_at, r.key_id))
+
+    # imported keys (SPEC section 13)
+
+    async def get_keys(self, key_ids: list[str]) -> dict[str, KeyRecord]:
+        bodies = await self._mget([_slot_key("k", i) for i in key_ids])
+        records = (KeyRecord.from_json(body) for body in bodies)
+        return {record.key_id: record for record in records}
+
+    async def import_keys(self, records: list[KeyRecord]) -> None:
+        """Pipelined, IMPORT_PIPELINE records a round trip: as for one key, the record
+        before its index entries."""
+        for start in range(0, len(records), IMPORT_PIPELINE):
+            pipe = self._client.pipeline(transaction=False)
+            for record in records[start : start + IMPORT_PIPELINE]:
+                key_id = record.key_id
+                pipe.set(_slot_key("k", key_id), record.to_json())
+                pipe.sadd(KEYS, key_id)
+                pipe.sadd(_slot_key("ck", record.customer_id), key_id)
+                pipe.sadd(IMPORTED, key_id)
+            await self._call(pipe.execute())
+
+    async def scan_imported(self) -> AsyncIterator[list[str]]:
+        """SSCAN in batches: a set of a million ids never blocks Redis in one reply."""
+        cursor: int | bytes = 0
+        while True:
+            cursor, members = await self._call(
+                self._client.sscan(IMPORTED, int(cursor), count=SCAN_COUNT)
+            )
+            if members:
+                yield [m.decode() if isinstance(m, bytes) else m for m in members]
+            if int(cursor) == 0:
+                return
+
+    async def imported_secret(self, create: bool) -> str | None:
+        if create:
+            candidate = secrets.token_hex(32)
+            await self._call(self._client.set(IMPORTED_SECRET, candidate, nx=True))
+        value = await self._call(self._client.get(IMPORTED_SECRET))
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def announce_all(self, changes: list[Change]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for change in changes:
+            pipe.publish(CHANNEL, f"{change.kind}:{change.id}")
+        await self._call(pipe.execute())
 
     # customer tokens: the token first, then the index (as for keys); nothing caches them
 
