@@ -511,7 +511,8 @@ def _key_pattern(raw: Any, at: str, base: Path) -> re.Pattern[str]:
 
 def backtracking_problem(pattern: str) -> str | None:
     """Why `pattern` could backtrack without bound on hostile text, or None."""
-    import re._parser as sre  # the parse tree of the regex: exact, unlike scanning text
+    # The regex's parse tree: exact, unlike scanning its text (typeshed has no stub).
+    import re._parser as sre  # type: ignore[import-not-found]
 
     def walk(items: Any, inside_repeat: bool) -> str | None:
         for op, value in items:

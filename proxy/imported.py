@@ -99,7 +99,7 @@ class ExternalKeys:
         self.remembered = self._known.get  # (KeyIds) never rebound: cleared, not replaced
         self._reloading: asyncio.Task[None] | None = None
         self._again = False
-        self._added_meanwhile: list[int] = []
+        self._added_meanwhile: list[int] | None = None  # a list while a load scans
 
     def key_id(self, key: str) -> str:
         """The imported key's id, or KeyInvalid / KeyUnknown / Unavailable."""
@@ -127,14 +127,18 @@ class ExternalKeys:
     async def load(self, store: Store) -> None:
         """Read the secret and every imported key id; swap the new set in at once.
         Raises StoreError."""
-        self._added_meanwhile = []
-        secret = await hash_secret(store, self._configured_secret, create=False)
-        items: list[int] = []
-        if secret is not None:
-            async for key_ids in store.scan_imported():
-                items += map(fingerprint, key_ids)
+        added: list[int] = []
+        self._added_meanwhile = added
+        try:
+            secret = await hash_secret(store, self._configured_secret, create=False)
+            items: list[int] = []
+            if secret is not None:
+                async for key_ids in store.scan_imported():
+                    items += map(fingerprint, key_ids)
+        finally:
+            self._added_meanwhile = None
         fresh = ImportedSet(items)
-        for item in self._added_meanwhile:  # announced while the scan ran
+        for item in added:  # announced while the scan ran: it may have missed them
             fresh.add(item)
         self._secret, self._set, self.loaded = secret, fresh, True
         self._known.clear()
@@ -146,7 +150,8 @@ class ExternalKeys:
         if change.kind == "imported" and change.id and self._secret is not None:
             item = fingerprint(change.id)
             self._set.add(item)
-            self._added_meanwhile.append(item)
+            if self._added_meanwhile is not None:
+                self._added_meanwhile.append(item)
         elif change.kind in ("imported", "all"):
             self.reload(store)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_e2e import get, q
 
 from conftest import KEYFRONT, KeyfrontProcess, RedisServer, empty_store_url, start_keyfront
-from test_e2e import get, q
 
 TOKEN = "admin-token-0123456789"
 APP = {"Referer": "https://app.example.com/page"}
@@ -106,6 +106,12 @@ def _wait_for(check: Callable[[], bool], limit: float) -> float:
     raise AssertionError(f"not seen within {limit + 1.0}s")
 
 
+def _known(instance: KeyfrontProcess, key: str, headers: dict[str, str] | None = None) -> None:
+    """Wait until `instance` has heard of an import of `key` (the change feed: < 1 s)."""
+    path = q("/files/hello.txt", key)
+    _wait_for(lambda: get(instance.url, path, headers).status != 401, 1)
+
+
 def _key_ids(stdout: str) -> dict[int, str]:
     """`line N: KEY_ID` lines of `keys import`."""
     found = {}
@@ -138,6 +144,7 @@ def test_imported_keys_are_served_with_their_restrictions(deployment: Deployment
     assert sorted(key_ids) == [2, 3, 4]
     assert "imported 3 rows (3 new keys, 0 updated); 3 bad rows" in result.stdout
     url = deployment.instances[1].url
+    _known(deployment.instances[1], "path-key-0001")
     assert get(url, q("/files/hello.txt", "referrer-key-0001"), APP).body == b"hello keyfront\n"
     denied = get(url, q("/files/hello.txt", "referrer-key-0001"), EVIL)
     assert (denied.status, denied.code) == (403, "referrer_not_allowed")
@@ -163,10 +170,13 @@ def test_imported_keys_are_served_with_their_restrictions(deployment: Deployment
 def test_a_reimport_reaches_the_other_instance_within_a_second(deployment: Deployment) -> None:
     deployment.import_file("key,customer_id\nswitch-key-0001,acme\n")
     other = deployment.instances[1]
+    _known(other, "switch-key-0001")
     assert get(other.url, q("/files/hello.txt", "switch-key-0001"), EVIL).status == 200  # cached
     report = deployment.admin_import(b"key,customer_id,status\nswitch-key-0001,acme,disabled\n")
     assert (report["created"], report["updated"], report["errors"]) == (0, 1, [])
-    took = _wait_for(lambda: get(other.url, q("/files/hello.txt", "switch-key-0001")).status == 403, 1)
+    took = _wait_for(
+        lambda: get(other.url, q("/files/hello.txt", "switch-key-0001")).status == 403, 1
+    )
     assert took <= 1.0
     assert get(other.url, q("/files/hello.txt", "switch-key-0001")).code == "key_disabled"
     row = {"key": "switch-key-0001", "customer_id": "acme", "referrers": ["app.example.com"]}
@@ -185,7 +195,9 @@ def test_a_new_key_reaches_the_other_instance_within_a_second(deployment: Deploy
     other = deployment.instances[1]
     assert get(other.url, q("/files/hello.txt", "late-key-0001")).code == "key_unknown"
     deployment.import_file("key,customer_id\nlate-key-0001,acme\n")
-    took = _wait_for(lambda: get(other.url, q("/files/hello.txt", "late-key-0001")).status == 200, 1)
+    took = _wait_for(
+        lambda: get(other.url, q("/files/hello.txt", "late-key-0001")).status == 200, 1
+    )
     assert took <= 1.0
 
 
@@ -224,6 +236,7 @@ def test_made_up_opaque_keys_are_unknown_with_no_store_call(deployment: Deployme
     if deployment.kind == "redis":
         assert _store_calls(deployment.redis) == before
         # A positive control: an imported key is looked up (its record, then its bucket).
+        _known(deployment.kf, "known-key-0001")
         get(deployment.kf.url, q("/files/hello.txt", "known-key-0001"))
         assert _store_calls(deployment.redis) > before
 
@@ -246,11 +259,12 @@ def test_keys_find_shows_the_record_never_the_key(deployment: Deployment) -> Non
     result = deployment.import_file("key,customer_id,name\nfind-me-key-0001,acme,Shop\n")
     key_id = _key_ids(result.stdout)[2]
     text = deployment.kf.cli("keys", "find", "find-me-key-0001")
-    assert f"key_id:" in text.stdout and key_id in text.stdout and "Shop" in text.stdout
+    assert "key_id:" in text.stdout and key_id in text.stdout and "Shop" in text.stdout
     assert "find-me-key-0001" not in text.stdout + text.stderr
     found = subprocess.run(
         [KEYFRONT, "keys", "find", "-", "--json", "-c", deployment.kf.config_path],
         input="find-me-key-0001\n",
+        check=False,
         env=deployment.kf.env,
         capture_output=True,
         text=True,
@@ -305,6 +319,7 @@ def test_the_admin_api_imports_a_body_over_64_kib(deployment: Deployment) -> Non
     )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(unauthorised, timeout=10)
+    refused.value.close()
     assert refused.value.code == 401
 
 
@@ -317,6 +332,7 @@ def test_the_access_log_holds_the_key_id_never_the_key_or_its_hash(
     result = deployment.import_file("key,customer_id\nlogged-key-0001,acme\n")
     key_id = _key_ids(result.stdout)[2]
     url = deployment.kf.url
+    _known(deployment.kf, "logged-key-0001")
     assert get(url, q("/files/hello.txt", "logged-key-0001")).status == 200
     assert get(url, q("/files/hello.txt", "unknown-key-0001")).code == "key_unknown"
     time.sleep(1.3)  # the access log is written every second

@@ -65,7 +65,6 @@ def test_an_imported_key_id_is_a_key_id_and_hides_the_hash() -> None:
     assert is_key_id(key_id) and re.fullmatch("[0-9a-f]{32}", key_id)
     assert key_id == imported_key_id(SECRET, "publickey123")
     assert key_id != imported_key_id(b"another-secret-0123456789", "publickey123")
-    import hashlib
     import hmac
 
     keyed = hmac.digest(SECRET, b"publickey123", "sha256").hex()
@@ -85,9 +84,16 @@ def test_external_keys_check_the_pattern_then_the_set() -> None:
     external = _external(["publickey123", "9b2f8c1e-4a5d-4c7b-9e1f-2a3b4c5d6e7f"])
     assert external.key_id("publickey123") == imported_key_id(SECRET, "publickey123")
     assert is_key_id(external.key_id("9b2f8c1e-4a5d-4c7b-9e1f-2a3b4c5d6e7f"))
-    for garbage in ("short", "has space in it", "x" * 129, "ünïcode-key", "a/b/c/d/e/f", "x" * 10**6):
+    for text in (
+        "short",
+        "has space in it",
+        "x" * 129,
+        "ünïcode-key",
+        "a/b/c/d/e/f",
+        "x" * 10**6,
+    ):
         with pytest.raises(KeyInvalid):
-            external.key_id(garbage)
+            external.key_id(text)
     for unknown in ("publickey124", "made-up-opaque-key"):
         with pytest.raises(KeyUnknown):
             external.key_id(unknown)
@@ -164,3 +170,16 @@ def test_json_lines_rows() -> None:
     assert rows[0] == (1, {"key": "publickey123", "customer_id": "acme", "ips": ["10.0.0.0/8"]})
     assert rows[1][0] == 3 and isinstance(rows[1][1], Invalid)
     assert rows[2][0] == 4 and isinstance(rows[2][1], Invalid)
+
+
+def test_a_bad_csv_header_is_one_error_on_line_1() -> None:
+    for header, problem in (
+        ("key,customer_id,refferers", "unknown column 'refferers'"),
+        ("customer_id,name", "needs one key column"),
+        ("key,key,customer_id", "a column is named twice"),
+    ):
+        rows = list(rows_of([header + "\n", "a,b,c\n"], "csv"))
+        assert len(rows) == 1 and rows[0][0] == 1
+        assert isinstance(rows[0][1], Invalid) and problem in rows[0][1].problem
+    bom = list(rows_of(["\ufeffkey,customer_id\n", "publickey123,acme\n"], "csv"))
+    assert bom == [(2, {"key": "publickey123", "customer_id": "acme"})]

@@ -46,6 +46,7 @@ MAX_LINE = 256 * 1024  # characters of one JSON line
 _BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 
 Row = tuple[int, dict[str, Any] | Invalid]  # (line number, the row or why it is bad)
+COLUMNS = ("key", "customer_id", *KEY_IMPORT)
 
 
 # --- reading rows ------------------------------------------------------------------------
@@ -59,11 +60,18 @@ def rows_of(lines: Iterable[str], form: str) -> Iterator[Row]:
 def _csv_rows(lines: Iterable[str]) -> Iterator[Row]:
     reader = csv.reader(lines, strict=True)
     try:
-        header = [name.strip() for name in next(reader)]
+        header = [name.strip().lstrip("\ufeff") for name in next(reader)]  # Excel's BOM
     except StopIteration:
         return
     except csv.Error as exc:
         yield reader.line_num, Invalid("header", str(exc))
+        return
+    unknown = [name for name in header if name not in COLUMNS]
+    if unknown or len(set(header)) != len(header) or "key" not in header:
+        problem = f"unknown column {unknown[0]!r}" if unknown else "needs one key column"
+        if not unknown and "key" in header:
+            problem = "a column is named twice"
+        yield 1, Invalid("header", f"{problem}; columns: {', '.join(COLUMNS)}")
         return
     while True:
         start = reader.line_num + 1
@@ -175,7 +183,9 @@ class Importer:
             await self._store.announce_all(self._changes())
         return self.report
 
-    async def _record(self, line: int, row: dict[str, Any] | Invalid) -> tuple[int, KeyRecord, bool]:
+    async def _record(
+        self, line: int, row: dict[str, Any] | Invalid
+    ) -> tuple[int, KeyRecord, bool]:
         """A row's record (key id still "" when the secret is unknown), or Invalid."""
         if isinstance(row, Invalid):
             raise row
@@ -236,7 +246,9 @@ class Importer:
         if good and not self.report.dry_run:
             await self._store.import_keys(list(good.values()))
 
-    async def _merged(self, record: KeyRecord, old: KeyRecord | None, gave_secret: bool) -> KeyRecord:
+    async def _merged(
+        self, record: KeyRecord, old: KeyRecord | None, gave_secret: bool
+    ) -> KeyRecord:
         if old is not None:
             secret = record.link_secret if gave_secret else old.link_secret
             record = dataclasses.replace(record, created_at=old.created_at, link_secret=secret)

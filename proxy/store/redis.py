@@ -207,6 +207,9 @@ class RedisStore(RedisUsage, Store):
         return value.decode() if isinstance(value, bytes) else value
 
     async def announce_all(self, changes: list[Change]) -> None:
+        if self.cluster:  # redis-py refuses PUBLISH in a cluster pipeline: one by one
+            await super().announce_all(changes)
+            return
         pipe = self._client.pipeline(transaction=False)
         for change in changes:
             pipe.publish(CHANNEL, f"{change.kind}:{change.id}")

@@ -175,7 +175,9 @@ class SqliteStore(SqliteUsage, Store):
             conn = self._connection()
             for i in range(0, len(key_ids), 500):  # SQLite's bound-parameter limit
                 chunk = key_ids[i : i + 500]
-                sql = f"SELECT key_id, body FROM keys WHERE key_id IN ({','.join('?' * len(chunk))})"
+                sql = (
+                    f"SELECT key_id, body FROM keys WHERE key_id IN ({','.join('?' * len(chunk))})"
+                )
                 for key_id, body in conn.execute(sql, chunk):
                     found[key_id] = KeyRecord.from_json(body)
             return found
