@@ -28,6 +28,7 @@ import logging
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
+from itertools import pairwise
 
 from .config import MAX_EXTERNAL_KEY, ExternalKeysConfig
 from .errors import KeyInvalid, KeyUnknown, StoreError, Unavailable
@@ -58,6 +59,14 @@ class ImportedSet:
 
     def __init__(self, fingerprints: Iterable[int] = ()) -> None:
         self._items = array("Q", sorted(set(fingerprints)))
+
+    @classmethod
+    def of_ascending(cls, items: array[int]) -> ImportedSet:
+        """A set over `items`, already in ascending order (the stores list them so):
+        no sort, which for a million keys would hold the event loop ~0.4 s."""
+        made = cls()
+        made._items = items
+        return made
 
     def __contains__(self, item: int) -> bool:
         items = self._items
@@ -131,13 +140,9 @@ class ExternalKeys:
         self._added_meanwhile = added
         try:
             secret = await hash_secret(store, self._configured_secret, create=False)
-            items: list[int] = []
-            if secret is not None:
-                async for key_ids in store.scan_imported():
-                    items += map(fingerprint, key_ids)
+            fresh = await _scan(store) if secret is not None else ImportedSet()
         finally:
             self._added_meanwhile = None
-        fresh = ImportedSet(items)
         for item in added:  # announced while the scan ran: it may have missed them
             fresh.add(item)
         self._secret, self._set, self.loaded = secret, fresh, True
@@ -177,6 +182,20 @@ class ExternalKeys:
         if self._reloading is not None:
             self._reloading.cancel()
             await asyncio.gather(self._reloading, return_exceptions=True)
+
+
+async def _scan(store: Store) -> ImportedSet:
+    """The set of every imported key id, built batch by batch as the store lists them
+    in ascending order (the event loop runs between batches). Should a store ever
+    list them out of order, the set is sorted once at the end, so it stays correct."""
+    items: array[int] = array("Q")
+    ordered = True
+    async for key_ids in store.scan_imported():
+        batch = array("Q", map(fingerprint, key_ids))
+        ordered = ordered and all(a < b for a, b in pairwise(batch))
+        ordered = ordered and not (items and batch and batch[0] <= items[-1])
+        items.extend(batch)
+    return ImportedSet.of_ascending(items) if ordered else ImportedSet(items)
 
 
 async def hash_secret(store: Store, configured: str | None, create: bool) -> bytes | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -183,3 +184,23 @@ def test_a_bad_csv_header_is_one_error_on_line_1() -> None:
         assert isinstance(rows[0][1], Invalid) and problem in rows[0][1].problem
     bom = list(rows_of(["\ufeffkey,customer_id\n", "publickey123,acme\n"], "csv"))
     assert bom == [(2, {"key": "publickey123", "customer_id": "acme"})]
+
+
+async def test_the_set_loads_from_a_store_in_order(tmp_path: Path) -> None:
+    from proxy.records import KeyRecord
+    from proxy.store import store_from_url
+
+    store = store_from_url(f"sqlite://{tmp_path}/keyfront.db")
+    await store.open()
+    try:
+        secret = (await store.imported_secret(create=True) or "").encode()
+        keys = [f"opaque-key-{i:05d}" for i in range(25_000)]  # several scan batches
+        await store.import_keys([KeyRecord(imported_key_id(secret, k), "acme") for k in keys])
+        external = ExternalKeys(ExternalKeysConfig())
+        await external.load(store)
+    finally:
+        await store.close()
+    assert len(external) == 25_000
+    assert all(is_key_id(external.key_id(k)) for k in keys[::1000])
+    with pytest.raises(KeyUnknown):
+        external.key_id("opaque-key-99999")

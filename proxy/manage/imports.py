@@ -35,7 +35,7 @@ from ..keys import KeySigner
 from ..records import Customer, KeyRecord
 from ..store import Change, Store
 from . import Invalid
-from .actions import check_plan_caps, live_keys
+from .actions import live_keys, within_plan_caps
 from .values import KEY_IMPORT, parse_customer_id, read_settings
 
 FORMATS = ("csv", "jsonl")
@@ -43,6 +43,7 @@ BATCH = 5000  # records a store write
 YIELD_EVERY = 200  # rows checked between yields to the event loop (the admin API's process)
 PER_KEY_CHANGES = 1000  # above this many, one bulk change replaces the per-key ones
 MAX_LINE = 256 * 1024  # characters of one JSON line
+MEMO_SIZE = 10_000  # distinct field values remembered by one import
 _BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 
 Row = tuple[int, dict[str, Any] | Invalid]  # (line number, the row or why it is bad)
@@ -159,6 +160,7 @@ class Importer:
         self._store, self._signer, self._external = store, signer, external
         self.report = ImportReport(dry_run)
         self._customers: dict[str, Customer | None] = {}
+        self._read: dict[tuple[Any, ...], Any] = {}  # (field, JSON value) -> its setting
         self._caps: dict[str, _Cap | None] = {}
         self._secret: bytes | None = None
         self._new: list[str] = []
@@ -192,13 +194,29 @@ class Importer:
         row = dict(row)
         key = self._key(row.pop("key", None))
         customer = await self._customer(row.pop("customer_id", None))
-        settings = read_settings(row, KEY_IMPORT)
-        check_plan_caps(settings, customer)  # its warnings are for people typing a key
+        settings = self._settings(row)
+        within_plan_caps(settings, customer)
         if settings.get("status") == "disabled":
             settings["disabled_by"] = "operator"
         key_id = imported_key_id(self._secret, key) if self._secret is not None else ""
         record = KeyRecord(key_id, customer.customer_id, created_at=int(time.time()), **settings)
         return line, record, "link_secret" in settings
+
+    def _settings(self, row: dict[str, Any]) -> dict[str, Any]:
+        """`read_settings(row, KEY_IMPORT)`, remembering the values it read: rows of one
+        export repeat their referrers and rates, and checking a referrer pattern is
+        ~8 µs (most of a 100,000-row import's time before this). A value is
+        remembered with its JSON type, so `true` is never taken for a remembered 1."""
+        found: dict[str, Any] = {}
+        for name, value in row.items():
+            memo = _memo_key(name, value)
+            if memo is not None and memo in self._read:
+                found[name] = self._read[memo]
+                continue
+            found.update(read_settings({name: value}, KEY_IMPORT))
+            if memo is not None and len(self._read) < MEMO_SIZE:
+                self._read[memo] = found[name]
+        return found
 
     def _key(self, value: Any) -> str:
         if not isinstance(value, str) or not value:
@@ -284,6 +302,18 @@ class Importer:
         if len(self._new) > PER_KEY_CHANGES:
             return [*changes, Change("imported")]
         return changes + [Change("imported", key_id) for key_id in self._new]
+
+
+def _memo_key(name: str, value: Any) -> tuple[Any, ...] | None:
+    """A hashable stand-in for a field's JSON value, or None (not remembered). An
+    expiry relative to now ("30d") is remembered too: an import takes seconds."""
+    if isinstance(value, list):
+        if not all(isinstance(item, str) for item in value):
+            return None
+        return (name, list, *value)
+    if isinstance(value, str | int | bool | float) or value is None:
+        return (name, type(value), value)
+    return None
 
 
 def _live(record: KeyRecord) -> bool:

@@ -132,7 +132,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def scan_imported(self) -> AsyncIterator[list[str]]:
-        """Every imported key id, in batches (for the in-memory set)."""
+        """Every imported key id, in batches, in ascending order (the in-memory set is
+        built from it without a sort)."""
 
     @abc.abstractmethod
     async def imported_secret(self, create: bool) -> str | None:
