@@ -51,8 +51,6 @@ class KeySigner:
         # rather than an alias of version 1.
         self._secrets = {str(v): s.encode() for v, s in secrets_by_version.items()}
         self._verified: dict[str, ParsedKey] = {}
-        # A key verified before, or None: one dict look-up (proxy/imported.py KeyIds).
-        self.remembered = self._verified.get
 
     def mint(self, key_id: str | None = None, version: int | None = None) -> str:
         """A new key string for `key_id` (random when None), signed with `version`

@@ -80,6 +80,7 @@ class Pipeline:
         cache: Cache | None = None,
     ) -> None:
         self._key_ids = key_ids
+        self._remembered = key_ids.remembered
         # Issue 13, live lookup (keys.external.lookup, built on another branch): when
         # configured, an external key (`key_ids.is_external(key)`) is answered by the
         # operator's key API through its cache instead of the imported set. None here:
@@ -165,7 +166,7 @@ class Pipeline:
         key = request.query.get(self._key_param) or _bearer(headers) or headers.get("X-API-Key")
         if not key:
             raise KeyMissing()
-        key_id = self._key_ids(key)
+        key_id = self._remembered(key) or self._key_ids(key)
         entry = self._records.lookup(key_id) or await self._records.load(key_id)
         if entry.record is None:
             raise KeyUnknown()

@@ -119,7 +119,10 @@ def test_keyfront_keys_go_the_section_2_way_and_others_are_external() -> None:
         key_ids(ours[:-1] + ("0" if ours[-1] != "0" else "1"))
     # An operator's own "pk_live_..." key is not in keyfront's format.
     assert is_key_id(key_ids("pk_live_0123456789abcdef"))
-    assert key_ids("publickey123") == key_ids("publickey123")  # remembered the second time
+    assert key_ids.remembered("publickey123") is None
+    key_id = key_ids("publickey123")
+    assert key_ids.remembered("publickey123") == key_id  # the request path's one look-up
+    assert key_ids.remembered(ours) == ours.split("_")[2]
     with pytest.raises(KeyUnknown):
         key_ids("publickey999")
 
