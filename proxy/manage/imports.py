@@ -181,8 +181,9 @@ class Importer:
             if count % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         await self._write(batch)
-        if not self.report.dry_run:
-            await self._store.announce_all(self._changes())
+        changes = self._changes()
+        if changes and not self.report.dry_run:
+            await self._store.announce_all(changes)
         return self.report
 
     async def _record(
