@@ -207,3 +207,44 @@ async def test_the_set_loads_from_a_store_in_order(tmp_path: Path) -> None:
     assert all(is_key_id(external.key_id(k)) for k in keys[::1000])
     with pytest.raises(KeyUnknown):
         external.key_id("opaque-key-99999")
+
+
+async def test_the_change_feed_keeps_the_set_current(tmp_path: Path) -> None:
+    """`imported:<id>` inserts one key; `imported` (a bulk import) and `all` (a lost
+    subscription) rebuild the set from the store in the background."""
+    import asyncio
+
+    from proxy.records import KeyRecord
+    from proxy.store import Change, store_from_url
+
+    store = store_from_url(f"sqlite://{tmp_path}/keyfront.db")
+    await store.open()
+    external = ExternalKeys(ExternalKeysConfig())
+    try:
+        await external.load(store)  # nothing imported yet: no secret, an empty set
+        secret = (await store.imported_secret(create=True) or "").encode()
+
+        async def imported(key: str) -> str:
+            key_id = imported_key_id(secret, key)
+            await store.import_keys([KeyRecord(key_id, "acme")])
+            return key_id
+
+        first = await imported("first-key-0001")
+        external.apply(Change("imported", first), store)  # no secret yet: a rebuild
+        await asyncio.sleep(0.2)
+        assert external.key_id("first-key-0001") == first
+        second = await imported("second-key-0001")
+        external.apply(Change("imported", second), store)  # in place, at once
+        assert external.key_id("second-key-0001") == second
+        for n, change in enumerate((Change("all"), Change("imported")), 3):
+            key = f"bulk-key-{n:04d}"
+            await imported(key)
+            with pytest.raises(KeyUnknown):  # not announced yet
+                external.key_id(key)
+            external.apply(change, store)
+            await asyncio.sleep(0.2)
+            assert is_key_id(external.key_id(key))
+            assert external.key_id("first-key-0001") == first
+    finally:
+        await external.close()
+        await store.close()
