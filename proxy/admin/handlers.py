@@ -18,7 +18,7 @@ from aiohttp import web
 from ..config import KeyDefaults
 from ..manage import Invalid, Missing
 from ..manage import actions as act
-from ..manage.imports import FORMATS, Importer, rows_of
+from ..manage.imports import FORMATS, SHARED_LOOP_BATCH, Importer, rows_of
 from ..manage.purge import purge as purge_everywhere
 from ..manage.usage import GRAINS, usage_csv, usage_report
 from ..manage.values import (
@@ -205,7 +205,7 @@ async def import_keys(request: web.Request, caller: Caller) -> web.Response:
     async with _IMPORTING:
         text = await _upload(request)
         importer = Importer(admin.store, admin.signer, admin.config.keys.external,
-                            dry_run == "true")  # fmt: skip
+                            dry_run == "true", SHARED_LOOP_BATCH)  # fmt: skip
         report = await importer.run(rows_of(io.StringIO(text, newline=""), form))
     return reply(report.to_json())
 
