@@ -222,8 +222,10 @@ async def _upload(request: web.Request) -> str:
         if size > IMPORT_MAX_BODY:
             raise too_large
         chunks.append(chunk)
+    body = b"".join(chunks)
+    chunks.clear()  # one copy of the body at a time, not two
     try:
-        return b"".join(chunks).decode()
+        return body.decode()
     except UnicodeDecodeError:
         raise Invalid("body", "not UTF-8 text") from None
 
