@@ -34,6 +34,7 @@ from .cache import Cache
 from .config import Config
 from .errors import ConfigError, KeyfrontError
 from .exchange import Target
+from .imported import ExternalKeys, KeyIds
 from .keys import KeySigner
 from .listener import KeyfrontAppRunner, PublicServer, connection_cap, raise_open_files_limit
 from .metrics import Metrics
@@ -70,6 +71,7 @@ class Runtime:
     public_handler: PublicServer | None = None
     admin: web.AppRunner | None = None
     cache: Cache | None = None  # for purges (SPEC section 5)
+    external: ExternalKeys | None = None  # the imported keys' set (SPEC section 13)
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -143,7 +145,10 @@ async def startup(config: Config) -> Runtime:
         await origin.open()
     await limiter.open()
     await open_cache(runtime)
-    runtime.tasks.append(asyncio.create_task(follow_changes(store, records, runtime.cache)))
+    external = await open_imported(runtime)
+    runtime.tasks.append(
+        asyncio.create_task(follow_changes(store, records, runtime.cache, external))
+    )
     signer = KeySigner(config.keys.prefix, config.keys.secrets)
     access_log = AccessLog(config.access_log)
     access_log.start()
@@ -151,12 +156,12 @@ async def startup(config: Config) -> Runtime:
     usage = UsageMeter(store, config.usage.flush_interval, config.usage.max_pending)
     usage.start()
     runtime.closers.append(usage.close)  # after the drain: every served request counted
-    metrics.sources.append(functools.partial(_gauges, records, usage))
+    metrics.sources.append(functools.partial(_gauges, records, usage, external))
     metrics.start()
     runtime.closers.append(metrics.close)
     pipeline = Pipeline(
         config,
-        signer=signer,
+        key_ids=KeyIds(signer, external),
         records=records,
         limiter=limiter,
         targets=targets,
@@ -196,7 +201,28 @@ async def open_cache(runtime: Runtime) -> None:
     runtime.metrics.sources.append(cache.count_into)
 
 
-async def follow_changes(store: Store, records: RecordCache, cache: Cache | None) -> None:
+async def open_imported(runtime: Runtime) -> ExternalKeys:
+    """The set of imported keys (SPEC section 13), loaded before the listeners open.
+    A store that is down does not stop start-up: the set loads in the background, and
+    external keys get 503 until it has."""
+    external = ExternalKeys(runtime.config.keys.external)
+    started = time.monotonic()
+    try:
+        await external.load(runtime.store)
+    except KeyfrontError as exc:
+        log.warning("imported keys: cannot load the set (%s); retrying", exc)
+        external.reload(runtime.store)
+    else:
+        took = time.monotonic() - started
+        log.info("imported keys: %d loaded in %.2fs", len(external), took)
+    runtime.external = external
+    runtime.closers.append(external.close)
+    return external
+
+
+async def follow_changes(
+    store: Store, records: RecordCache, cache: Cache | None, external: ExternalKeys | None = None
+) -> None:
     """Apply the store's change feed until cancelled (run as a task). Record changes
     drop cached key records (SPEC section 2); purges drop cached objects (SPEC section
     5, proxy/manage/purge.py). A prefix purge scans the folder in a worker thread, so
@@ -204,6 +230,8 @@ async def follow_changes(store: Store, records: RecordCache, cache: Cache | None
     revocation right behind it must not wait for the scan."""
     purges: set[asyncio.Task[int]] = set()
     async for change in store.changes():
+        if external is not None and change.kind in ("imported", "all"):
+            external.apply(change, store)
         if change.kind not in ("purge", "purge_prefix"):
             records.apply(change)
         elif cache is not None and not cache.echoes.is_echo(change.kind, change.id):
@@ -213,8 +241,11 @@ async def follow_changes(store: Store, records: RecordCache, cache: Cache | None
             task.add_done_callback(purges.discard)
 
 
-def _gauges(records: RecordCache, usage: UsageMeter, metrics: Metrics) -> None:
+def _gauges(
+    records: RecordCache, usage: UsageMeter, external: ExternalKeys, metrics: Metrics
+) -> None:
     metrics.counters["key_cache"] = {"hit": records.hits, "miss": records.misses}
+    metrics.host_gauges["imported_keys"] = len(external)  # every worker holds the same set
     metrics.gauges["usage_pending"] = usage.pending
 
 

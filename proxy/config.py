@@ -46,6 +46,21 @@ class KeyDefaults:
     quota_bytes: int | None = None
 
 
+DEFAULT_EXTERNAL_PATTERN = "[A-Za-z0-9._~-]{8,128}"
+MAX_EXTERNAL_KEY = 256  # characters: a longer presented key is key_invalid before any regex
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalKeysConfig:
+    """Keys from an existing key system (SPEC section 13): `pattern` is what check 2
+    asks of a key not in keyfront's format. `hash_secret` keys the hash that imported
+    keys are stored under; None: a secret keyfront generates once and keeps in the
+    store (README "Bringing your existing keys")."""
+
+    pattern: re.Pattern[str] = re.compile(DEFAULT_EXTERNAL_PATTERN)
+    hash_secret: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class KeysConfig:
     secrets: dict[int, str]  # version -> secret; the highest version signs new keys
@@ -54,6 +69,7 @@ class KeysConfig:
     record_cache_ttl: float = 60.0
     record_cache_size: int = 100_000
     defaults: KeyDefaults = field(default_factory=KeyDefaults)
+    external: ExternalKeysConfig = field(default_factory=ExternalKeysConfig)
 
     @property
     def signing_version(self) -> int:
@@ -204,9 +220,25 @@ def describe(config: Config) -> str:
         f"store {config.store.replace(password, ':***@', 1) if store.password else config.store}",
         f"cache {config.cache.dir} ({format_size(config.cache.max_size)})",
         f"key secrets: versions {sorted(config.keys.secrets)}, prefix {config.keys.prefix}",
+        _external_summary(config.keys.external),
     ]
     lines += [f"route {r.prefix} -> {r.origin} (auth {r.auth})" for r in config.routes]
     return "\n".join(lines)
+
+
+def _external_summary(external: ExternalKeysConfig) -> str:
+    """How external keys are told apart and hashed: changing the hash secret makes
+    every imported key unknown until the keys are imported again."""
+    hashed = (
+        "keys.external.hash_secret (changing it unlinks every imported key)"
+        if external.hash_secret
+        else "a secret generated at the first import and kept in the store; it survives "
+        "signing-secret rotation (set keys.external.hash_secret to keep it out of the store)"
+    )
+    return (
+        f"external keys: whole key matches {external.pattern.pattern!r} "
+        f"(at most {MAX_EXTERNAL_KEY} characters); imported keys hashed with {hashed}"
+    )
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -459,6 +491,55 @@ def _secrets(raw: Any, at: str, base: Path) -> dict[int, str]:
     return secrets
 
 
+def _key_pattern(raw: Any, at: str, base: Path) -> re.Pattern[str]:
+    """A regex that a whole external key must match. It runs on client text, so it
+    must compile and must not backtrack exponentially (STYLE 17): a quantifier inside
+    a quantified group, and backreferences, are refused. Polynomial backtracking is
+    bounded by the length cap (MAX_EXTERNAL_KEY) applied before it runs."""
+    _expect(raw, str, "a regular expression", at)
+    if not raw or len(raw) > 1024:
+        raise ConfigError(at, "must be 1 to 1024 characters")
+    try:
+        pattern = re.compile(raw)
+    except re.error as exc:
+        raise ConfigError(at, f"not a regular expression: {exc}") from None
+    problem = backtracking_problem(raw)
+    if problem:
+        raise ConfigError(at, problem)
+    return pattern
+
+
+def backtracking_problem(pattern: str) -> str | None:
+    """Why `pattern` could backtrack without bound on hostile text, or None."""
+    # The regex's parse tree: exact, unlike scanning its text (typeshed has no stub).
+    import re._parser as sre  # type: ignore[import-not-found]
+
+    def walk(items: Any, inside_repeat: bool) -> str | None:
+        for op, value in items:
+            name = str(op)
+            if name in ("GROUPREF", "GROUPREF_EXISTS"):
+                return "backreferences are not allowed"
+            if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                if inside_repeat:
+                    return "a quantifier inside a quantified group can backtrack exponentially"
+                found = walk(value[2], True)
+            elif name == "SUBPATTERN":
+                found = walk(value[3], inside_repeat)
+            elif name in ("ATOMIC_GROUP", "ASSERT", "ASSERT_NOT"):
+                found = walk(value if name == "ATOMIC_GROUP" else value[1], inside_repeat)
+            elif name == "BRANCH" and inside_repeat:
+                return "an alternation inside a quantified group can backtrack exponentially"
+            elif name == "BRANCH":
+                found = next((p for b in value[1] if (p := walk(b, False))), None)
+            else:
+                found = None
+            if found:
+                return found
+        return None
+
+    return walk(sre.parse(pattern), False)
+
+
 def _routes(raw: Any, at: str, base: Path) -> tuple[Route, ...]:
     _expect(raw, list, "a list of routes", at)
     if not raw:
@@ -546,6 +627,10 @@ _KEYS = _section(
         "record_cache_ttl": _SECONDS,
         "record_cache_size": _integer(1),
         "defaults": _KEY_DEFAULTS,
+        "external": _section(
+            ExternalKeysConfig,
+            {"pattern": _key_pattern, "hash_secret": _optional(_SECRET, _UNSET_IF_EMPTY)},
+        ),
     },
     "secrets",
 )

@@ -78,6 +78,15 @@ class KeySigner:
         self._verified[key] = parsed
         return parsed
 
+    def owns(self, key: str) -> bool:
+        """True if `key` has keyfront's format with this prefix, whatever its MAC: it
+        is verified the section 2 way. Any other key is an external key (SPEC section
+        13), so an operator's own `pk_live_...` keys are not mistaken for ours."""
+        if len(key) > _MAX_KEY_LENGTH:
+            return False
+        match = _KEY.fullmatch(key)
+        return match is not None and match.group(1) == self.prefix
+
     def _verify(self, key: str) -> ParsedKey:
         if len(key) > _MAX_KEY_LENGTH:
             raise KeyInvalid()

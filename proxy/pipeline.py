@@ -35,7 +35,7 @@ from .errors import (
     Refusal,
 )
 from .exchange import SERVER, Exchange, Target
-from .keys import KeySigner
+from .imported import KeyIds
 from .metrics import Metrics
 from .policy import check_link, client_ip, cors_headers, normalise_path, preflight_headers
 from .ratelimit import Limiter
@@ -70,7 +70,7 @@ class Pipeline:
         self,
         config: Config,
         *,
-        signer: KeySigner,
+        key_ids: KeyIds,
         records: RecordCache,
         limiter: Limiter,
         targets: list[Target],
@@ -79,7 +79,13 @@ class Pipeline:
         metrics: Metrics,
         cache: Cache | None = None,
     ) -> None:
-        self._signer = signer
+        self._key_ids = key_ids
+        self._remembered = key_ids.remembered
+        # Issue 13, live lookup (keys.external.lookup, built on another branch): when
+        # configured, an external key (`key_ids.is_external(key)`) is answered by the
+        # operator's key API through its cache instead of the imported set. None here:
+        # imported keys only.
+        self._lookup: object | None = None
         self._records = records
         self._limiter = limiter
         self._key_param = config.keys.query_param
@@ -152,14 +158,15 @@ class Pipeline:
         return target
 
     async def _record(self, exchange: Exchange) -> CachedKey:
-        """Checks 1-3: a key, well-formed and signed, whose record exists. Only a
-        record-cache miss awaits (one store read)."""
+        """Checks 1-3: a key, well-formed and signed (or an imported key: SPEC section
+        13), whose record exists. Only a record-cache miss awaits (one store read); an
+        external key that is not imported is refused before it, with no I/O."""
         request = exchange.request
         headers = request.headers
         key = request.query.get(self._key_param) or _bearer(headers) or headers.get("X-API-Key")
         if not key:
             raise KeyMissing()
-        key_id = self._signer.verify(key).key_id
+        key_id = self._remembered(key) or self._key_ids(key)
         entry = self._records.lookup(key_id) or await self._records.load(key_id)
         if entry.record is None:
             raise KeyUnknown()

@@ -683,3 +683,53 @@ def test_customer_max_keys_defaults_to_1000_and_null_lifts_it(tmp_path: Path) ->
     assert load_dict(
         tmp_path, minimal() | {"admin": {"customer_max_keys": 5}}
     ).admin == AdminConfig(customer_max_keys=5)
+
+
+# --- keys.external (SPEC section 13) ------------------------------------------------------
+
+
+def test_external_keys_default_to_the_spec_pattern_and_a_store_kept_secret(
+    tmp_path: Path,
+) -> None:
+    external = load_dict(tmp_path, minimal()).keys.external
+    assert external.pattern.pattern == "[A-Za-z0-9._~-]{8,128}"
+    assert external.hash_secret is None
+    data = minimal()
+    data["keys"]["external"] = {"pattern": "[0-9a-f]{8}-[0-9a-f]{4}", "hash_secret": "h" * 16}
+    external = load_dict(tmp_path, data).keys.external
+    assert external.pattern.fullmatch("0123abcd-ef01")
+    assert external.hash_secret == "h" * 16
+    # config check says how imported keys are hashed, and never shows the secret
+    summary = describe(load_dict(tmp_path, data))
+    assert "keys.external.hash_secret" in summary and "h" * 16 not in summary
+    assert "kept in the store" in describe(load_dict(tmp_path, minimal()))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        ("[a-z", "not a regular expression"),
+        ("(a+)+", "quantifier inside a quantified group"),
+        ("(?:[a-z0-9]+-?)*", "quantifier inside a quantified group"),
+        ("(a|ab)+", "alternation inside a quantified group"),
+        ("(a)\\1", "backreferences"),
+        ("", "1 to 1024 characters"),
+    ],
+)
+def test_external_key_patterns_that_backtrack_are_refused(
+    tmp_path: Path, pattern: str, problem: str
+) -> None:
+    data = minimal()
+    data["keys"]["external"] = {"pattern": pattern}
+    with pytest.raises(ConfigError) as caught:
+        load_dict(tmp_path, data)
+    assert caught.value.path == "keys.external.pattern"
+    assert problem in caught.value.problem
+
+
+def test_a_short_hash_secret_is_refused(tmp_path: Path) -> None:
+    data = minimal()
+    data["keys"]["external"] = {"hash_secret": "short"}
+    with pytest.raises(ConfigError) as caught:
+        load_dict(tmp_path, data)
+    assert caught.value.path == "keys.external.hash_secret"

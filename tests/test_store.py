@@ -339,3 +339,39 @@ async def _assert_every_call_fails(store: Store) -> None:
     for call in calls:
         with pytest.raises(StoreError):
             await call()
+
+
+# --- imported keys (SPEC section 13) ------------------------------------------------------
+
+
+async def test_imported_keys_are_written_in_bulk_listed_and_read_back(store: Store) -> None:
+    records = [full_key(f"{i:032x}") for i in range(2500)]  # more than a pipeline's worth
+    await store.import_keys(records)
+    await store.import_keys([*records[:10], full_key("f" * 32)])  # upserts count once
+    listed = [key_id async for batch in store.scan_imported() for key_id in batch]
+    # In ascending order, each once: the in-memory set is built without a sort.
+    assert listed == sorted([r.key_id for r in records] + ["f" * 32])
+    wanted = [records[0].key_id, "0" * 31 + "x", records[-1].key_id]
+    found = await store.get_keys(wanted)
+    assert found == {records[0].key_id: records[0], records[-1].key_id: records[-1]}
+    assert await store.get_key(records[5].key_id) == records[5]
+    assert len(await store.list_keys("acme")) == 2501
+
+
+async def test_the_imported_key_secret_is_made_once(store: Store, store_url: str) -> None:
+    assert await store.imported_secret(create=False) is None
+    async with opened(store_url) as other:
+        made = await asyncio.gather(store.imported_secret(True), other.imported_secret(True))
+    assert made[0] == made[1] and len(made[0] or "") == 64
+    assert await store.imported_secret(create=False) == made[0]
+
+
+async def test_announced_imports_reach_another_instance_within_a_second(
+    store: Store, store_url: str
+) -> None:
+    async with opened(store_url) as reader, live_feed(reader, store) as feed:
+        many = store.announce_all([Change("key", "K1"), Change("imported", "a" * 32)])
+        await arrives_within_a_second(feed, many, "a" * 32, "imported")
+        await arrives_within_a_second(
+            feed, store.announce_all([Change("imported")]), "", "imported"
+        )

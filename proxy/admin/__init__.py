@@ -69,6 +69,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              query=h.KEYS_QUERY),
     Endpoint("POST", "/keys", h.create_key, "customer",
              "mint a key (the full key is in this response only)", "MintedKey", 201, "KeyCreate"),
+    Endpoint("POST", "/keys/import", h.import_keys, "operator", "import keys from an existing "
+             "key system: the body is a CSV file with a header row, or JSON lines; a bad row "
+             "is reported by line and the others imported", "ImportReport", body="KeyImport",
+             query=h.IMPORT_QUERY),
     Endpoint("GET", KEY, h.get_key, "customer", "show a key's record", "Key"),
     Endpoint("PATCH", KEY, h.patch_key, "customer", "change a key (a list given replaces the "
              "old one; null unsets)", "Key", body="KeyPatch"),

@@ -8,6 +8,8 @@ another customer's key, customer or usage is 404, as if it did not exist.
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +18,7 @@ from aiohttp import web
 from ..config import KeyDefaults
 from ..manage import Invalid, Missing
 from ..manage import actions as act
+from ..manage.imports import FORMATS, SHARED_LOOP_BATCH, Importer, rows_of
 from ..manage.purge import purge as purge_everywhere
 from ..manage.usage import GRAINS, usage_csv, usage_report
 from ..manage.values import (
@@ -175,6 +178,58 @@ def _default_max_keys(request: web.Request, caller: Caller) -> int | None:
 
 def _warned(data: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
     return {**data, "warnings": warnings} if warnings else data
+
+
+# --- imported keys (SPEC section 13; operator only) ------------------------------------
+
+# The admin API's other bodies are capped at 64 KiB (app.ADMIN_MAX_BODY); a file of keys
+# may be far larger: 64 MiB is ~500,000 rows. Larger files go in several calls (an
+# import is an upsert, so any split works). One import at a time per process, so at most
+# one such body is held in memory; its rows are checked a few hundred at a time, with
+# the event loop (which serves the public listener too) free in between.
+IMPORT_MAX_BODY = 64 * 1024**2
+_IMPORTING = asyncio.Lock()
+_JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-lines")
+IMPORT_QUERY = (
+    Param("format", {"enum": list(FORMATS)}, "default: from Content-Type (text/csv, "
+          "application/x-ndjson), else csv"),
+    Param("dry_run", {"enum": ["true", "false"], "default": "false"}, "check, write nothing"),
+)  # fmt: skip
+
+
+async def import_keys(request: web.Request, caller: Caller) -> web.Response:
+    """The body is the file itself (CSV with a header row, or JSON lines)."""
+    query = _query(request, IMPORT_QUERY)
+    default = "jsonl" if request.content_type in _JSONL_TYPES else "csv"
+    form = _value(query.get("format", default), "format", _one_of(FORMATS))
+    dry_run = _value(query.get("dry_run", "false"), "dry_run", _one_of(("true", "false")))
+    admin = context(request)
+    async with _IMPORTING:
+        text = await _upload(request)
+        importer = Importer(admin.store, admin.signer, admin.config.keys.external,
+                            dry_run == "true", SHARED_LOOP_BATCH)  # fmt: skip
+        report = await importer.run(rows_of(io.StringIO(text, newline=""), form))
+    return reply(report.to_json())
+
+
+async def _upload(request: web.Request) -> str:
+    """The body, read past the admin API's 64 KiB cap up to IMPORT_MAX_BODY (else 413)."""
+    too_large = AdminError(413, "payload_too_large", f"at most {IMPORT_MAX_BODY} bytes a call: "
+                           "split the file (importing is an upsert)")  # fmt: skip
+    if (request.content_length or 0) > IMPORT_MAX_BODY:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(1024 * 1024):
+        size += len(chunk)
+        if size > IMPORT_MAX_BODY:
+            raise too_large
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    chunks.clear()  # one copy of the body at a time, not two
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        raise Invalid("body", "not UTF-8 text") from None
 
 
 # --- usage (SPEC section 4: the filters of `keyfront usage`) -------------------------

@@ -61,7 +61,10 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     }
     if endpoint.access == "public":
         operation["security"] = []
-    if endpoint.body is not None:
+    if endpoint.body in FILE_BODIES:  # a file sent as it is (SPEC section 13's imports)
+        content = {kind: {"schema": _ref(endpoint.body)} for kind in FILE_BODIES[endpoint.body]}
+        operation["requestBody"] = {"required": True, "content": content}
+    elif endpoint.body is not None:
         content = {"application/json": {"schema": _ref(endpoint.body)}}
         required = endpoint.body not in OPTIONAL_BODIES
         operation["requestBody"] = {"required": required, "content": content}
@@ -79,7 +82,7 @@ def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
 
 def _content(endpoint: Endpoint) -> dict[str, Any]:
     content = {"application/json": {"schema": _ref(endpoint.response)}}
-    if any(param.name == "format" for param in endpoint.query):
+    if any(p.name == "format" and "json" in p.schema["enum"] for p in endpoint.query):
         content["text/csv"] = {"schema": STRING}
     return {"description": endpoint.summary, "content": content}
 
@@ -139,6 +142,7 @@ def _record(cls: type[Customer | KeyRecord], **more: Any) -> dict[str, Any]:
     return _object({**properties, **more}, [name for name in properties if name not in optional])
 
 
+FILE_BODIES = {"KeyImport": ("text/csv", "application/x-ndjson")}
 CUSTOMER_ID = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
 TOKEN = {"token_id": STRING, "customer_id": STRING, "name": STRING, "created_at": INTEGER}
 KEY_MINTED = {
@@ -173,5 +177,16 @@ SCHEMAS: dict[str, Any] = {
                          "prefix": STRING}),
               "oneOf": [{"required": ["paths"]}, {"required": ["prefix"]}]},
     "Purged": _object({"purged": INTEGER}, ["purged"]),
+    "KeyImport": {"type": "string", "description": "CSV with a header row naming the columns "
+                  "(key, customer_id, and Key fields; referrers, ips and paths space-separated), "
+                  "or one JSON object a line; at most 64 MiB a call"},
+    "ImportReport": _object({
+        "dry_run": {"type": "boolean"}, "imported": INTEGER, "created": INTEGER,
+        "updated": INTEGER,
+        "keys": {"type": "array", "items": _object({"line": INTEGER, "key_id": {"type": [
+            "string", "null"]}}, ["line", "key_id"])},
+        "errors": {"type": "array", "items": _object({"line": INTEGER, "field": STRING,
+                                                      "message": STRING})},
+    }, ["dry_run", "imported", "created", "updated", "keys", "errors"]),
     "OpenAPI": {"type": "object", "description": "this document"},
 }  # fmt: skip

@@ -54,8 +54,9 @@ def stored(command: StoreCommand) -> LocalCommand:
 
     def run(args: argparse.Namespace) -> int:
         config = load_config(args)
-        emit(asyncio.run(_with_store(command, args, config)), args.json)
-        return 0
+        output = asyncio.run(_with_store(command, args, config))
+        emit(output, args.json)
+        return output.exit_code
 
     return run
 
@@ -136,6 +137,16 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
         "replace a key by a new one with the same settings",
         stored(keys.keys_roll),
         [KEY_ID, GRACE],
+    ),
+    ("keys", "import"): Command(
+        "import keys from an existing key system (CSV or JSON lines)",
+        stored(keys.keys_import),
+        keys.IMPORT_OPTIONS,
+    ),
+    ("keys", "find"): Command(
+        "show the record of a full key (imported or keyfront's)",
+        stored(keys.keys_find),
+        keys.FIND_OPTIONS,
     ),
     ("usage", None): Command(
         "usage per key or customer, by hour, day or month",

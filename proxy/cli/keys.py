@@ -11,8 +11,11 @@ import argparse
 import sys
 from typing import Any
 
-from ..config import Config
+from ..config import MAX_EXTERNAL_KEY, Config
+from ..errors import KeyInvalid
+from ..imported import hash_secret, imported_key_id
 from ..keys import KeySigner
+from ..manage import Invalid, Missing
 from ..manage.actions import (
     change_key,
     check_plan_caps,
@@ -24,6 +27,7 @@ from ..manage.actions import (
     revoke_key,
     roll_key,
 )
+from ..manage.imports import FORMATS, Importer, ImportReport, rows_of
 from ..manage.values import (
     DEFAULT_GRACE,
     parse_cidr,
@@ -37,7 +41,7 @@ from ..manage.values import (
 from ..records import Customer, KeyRecord
 from ..store import Store
 from ..units import parse_duration
-from .output import Output, fields_text, record_output, table, warn
+from .output import Failure, Output, fields_text, record_output, table, warn
 from .values import FLAG, QUOTA_OPTIONS, Option, bucket_options, given_settings
 
 KEY_ID: Option = ("key_id", {"type": parse_key_id, "metavar": "KEY_ID", "help": "a key id or key"})
@@ -136,3 +140,62 @@ async def keys_roll(args: argparse.Namespace, config: Config, store: Store) -> O
     old = await find_key(store, args.key_id, to_change=True)
     new, old = await roll_key(store, old, args.grace, config.keys.signing_version)
     return _minted(config, new, replaces=old.key_id, replaced_expires_at=old.expires_at)
+
+
+# --- imported keys (SPEC section 13) ---------------------------------------------------
+
+IMPORT_OPTIONS: list[Option] = [
+    ("file", {"metavar": "FILE", "help": "CSV with a header row, or JSON lines; - for stdin"}),
+    ("--format", {"choices": FORMATS, "help": "default: jsonl for .jsonl/.ndjson, else csv"}),
+    ("--dry-run", {"action": "store_true", "help": "check every row, write nothing"}),
+]
+FIND_OPTIONS: list[Option] = [
+    ("key", {"metavar": "KEY", "help": "the full key; - reads it from stdin (keeps it out "
+                                       "of the process list and shell history)"}),
+]  # fmt: skip
+
+
+async def keys_import(args: argparse.Namespace, config: Config, store: Store) -> Output:
+    """Each good line's key id on stdout, each bad line on stderr; exit 1 if any."""
+    form = args.format or ("jsonl" if args.file.endswith((".jsonl", ".ndjson")) else "csv")
+    signer = KeySigner(config.keys.prefix, config.keys.secrets)
+    importer = Importer(store, signer, config.keys.external, args.dry_run)
+    try:
+        if args.file == "-":
+            report = await importer.run(rows_of(sys.stdin, form))
+        else:
+            with open(args.file, encoding="utf-8", newline="") as lines:
+                report = await importer.run(rows_of(lines, form))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Failure(f"cannot read {args.file}: {exc}") from None
+    for line, field, problem in report.errors:
+        print(f"line {line}: {field}: {problem}", file=sys.stderr)
+    return Output(report.to_json(), _import_text(report), 1 if report.errors else 0)
+
+
+def _import_text(report: ImportReport) -> str:
+    lines = [f"line {line}: {key_id or '(no hash secret yet)'}" for line, key_id in report.keys]
+    what = "would import" if report.dry_run else "imported"
+    lines.append(f"{what} {len(report.keys)} rows ({report.created} new keys, "
+                 f"{report.updated} updated); {len(report.errors)} bad rows")  # fmt: skip
+    return "\n".join(lines)
+
+
+async def keys_find(args: argparse.Namespace, config: Config, store: Store) -> Output:
+    """The record of a full key, found by its hash; the key is never printed back."""
+    key = sys.stdin.readline().strip() if args.key == "-" else args.key
+    signer = KeySigner(config.keys.prefix, config.keys.secrets)
+    if signer.owns(key):
+        try:
+            key_id = signer.verify(key).key_id
+        except KeyInvalid:
+            raise Invalid("key", "has keyfront's format but its signature is wrong") from None
+        return record_output(await find_key(store, key_id))
+    external = config.keys.external
+    if len(key) > MAX_EXTERNAL_KEY or external.pattern.fullmatch(key) is None:
+        raise Invalid("key", "neither a keyfront key nor a match of keys.external.pattern")
+    secret = await hash_secret(store, external.hash_secret, create=False)
+    record = await store.get_key(imported_key_id(secret, key)) if secret else None
+    if record is None:
+        raise Missing("no such key: it was never imported")
+    return record_output(record)

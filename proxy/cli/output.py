@@ -47,6 +47,7 @@ class Output:
 
     data: Any
     text: str
+    exit_code: int = 0  # 1: done in part (an import with bad rows)
 
 
 def emit(output: Output, as_json: bool) -> None:

@@ -100,12 +100,17 @@ async def find_key(
 def check_plan_caps(changes: dict[str, Any], customer: Customer) -> list[str]:
     """Raise Invalid for a setting above the customer's plan caps; the warnings the
     settings deserve (a referrer pattern with a path)."""
+    within_plan_caps(changes, customer)
+    return path_pattern_warnings(changes.get("referrers") or ())
+
+
+def within_plan_caps(changes: dict[str, Any], customer: Customer) -> None:
+    """Raise Invalid for a setting above the customer's plan caps."""
     for field, cap_name in PLAN_CAPS:
         value, cap = changes.get(field), getattr(customer, cap_name)
         if value is not None and cap is not None and _amount(value) > _amount(cap):
             problem = f"{_shown(field, value)} exceeds customer {customer.customer_id}'s"
             raise Invalid(field, f"{problem} plan cap {cap_name} {_shown(cap_name, cap)}")
-    return path_pattern_warnings(changes.get("referrers") or ())
 
 
 def _amount(value: Rate | int) -> float:

@@ -254,6 +254,9 @@ CUSTOMER_SETTINGS: dict[str, Setting] = {  # Customer fields: the plan caps
     "max_keys": COUNT,
 }
 KEY_CHANGES = {**KEY_SETTINGS, "status": STATUS}
+# An imported key's row (SPEC section 13): a key revoked in the operator's system comes
+# in revoked, so that it answers key_revoked rather than key_unknown.
+KEY_IMPORT = {**KEY_SETTINGS, "status": _choice("active", "disabled", "revoked")}
 CUSTOMER_CHANGES = {**CUSTOMER_SETTINGS, "status": STATUS}
 TOKEN_SETTINGS = {"name": NAME}
 DEFAULT_GRACE = "24h"  # `keys roll`: how long the replaced key keeps working

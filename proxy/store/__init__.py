@@ -20,7 +20,7 @@ from typing import Literal, get_args
 from ..records import Customer, KeyRecord
 from ..usage import Grain, Scope, UsageRow
 
-ChangeKind = Literal["key", "customer", "all", "purge", "purge_prefix"]
+ChangeKind = Literal["key", "customer", "all", "purge", "purge_prefix", "imported"]
 CHANGE_KINDS: frozenset[str] = frozenset(get_args(ChangeKind))
 
 
@@ -29,7 +29,9 @@ class Change:
     """A record changed: every instance drops its cached copy. `all` drops every cached
     record (sent after a lost subscription, when changes may have been missed).
     `purge` / `purge_prefix` carry a cache purge (SPEC section 5) to every instance:
-    `id` is the public URL path or prefix."""
+    `id` is the public URL path or prefix. `imported` (SPEC section 13): the key id
+    joins every instance's set of imported keys; without an id, a bulk import: every
+    instance reloads the set."""
 
     kind: ChangeKind
     id: str = ""
@@ -116,6 +118,33 @@ class Store(abc.ABC):
             return None
         return record, await self.get_customer(record.customer_id)
 
+    # imported keys (SPEC section 13; proxy/imported.py)
+    async def get_keys(self, key_ids: list[str]) -> dict[str, KeyRecord]:
+        """The records of those of `key_ids` that exist (an import's upserts). Stores
+        that can read in bulk override this."""
+        found = {}
+        for key_id in key_ids:
+            record = await self.get_key(key_id)
+            if record is not None:
+                found[key_id] = record
+        return found
+
+    @abc.abstractmethod
+    async def import_keys(self, records: list[KeyRecord]) -> None:
+        """Write the records (upserts) and list their ids as imported, in bulk (one
+        transaction, or pipelined). Announces nothing: the importer announces once
+        for the whole file (`announce_all`)."""
+
+    @abc.abstractmethod
+    def scan_imported(self) -> AsyncIterator[list[str]]:
+        """Every imported key id, in batches, in ascending order (the in-memory set is
+        built from it without a sort)."""
+
+    @abc.abstractmethod
+    async def imported_secret(self, create: bool) -> str | None:
+        """The secret imported keys are hashed with, when keys.external.hash_secret is
+        not set: made once (first writer wins) when `create`, then kept."""
+
     # customer tokens (SPEC section 9), by the hex SHA-256 of the token string
     @abc.abstractmethod
     async def create_token(self, token_hash: str, token: CustomerToken) -> None:
@@ -148,6 +177,11 @@ class Store(abc.ABC):
     async def announce(self, change: Change) -> None:
         """Send a change that is not a record write (a cache purge) to every
         instance's `changes()`, this one's included."""
+
+    async def announce_all(self, changes: list[Change]) -> None:
+        """`announce` each change, in bulk where the store can."""
+        for change in changes:
+            await self.announce(change)
 
     @abc.abstractmethod
     def changes(self) -> AsyncIterator[Change]:
