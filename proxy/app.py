@@ -34,6 +34,7 @@ from .cache import Cache
 from .config import Config
 from .errors import ConfigError, KeyfrontError
 from .exchange import Target
+from .keylookup import LookupCache, lookup_for
 from .keys import KeySigner
 from .listener import KeyfrontAppRunner, PublicServer, connection_cap, raise_open_files_limit
 from .metrics import Metrics
@@ -70,6 +71,7 @@ class Runtime:
     public_handler: PublicServer | None = None
     admin: web.AppRunner | None = None
     cache: Cache | None = None  # for purges (SPEC section 5)
+    lookup: LookupCache | None = None  # the operator's key API (SPEC section 13)
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -143,7 +145,9 @@ async def startup(config: Config) -> Runtime:
         await origin.open()
     await limiter.open()
     await open_cache(runtime)
-    runtime.tasks.append(asyncio.create_task(follow_changes(store, records, runtime.cache)))
+    await open_lookup(runtime)
+    follow = follow_changes(store, records, runtime.cache, runtime.lookup)
+    runtime.tasks.append(asyncio.create_task(follow))
     signer = KeySigner(config.keys.prefix, config.keys.secrets)
     access_log = AccessLog(config.access_log)
     access_log.start()
@@ -164,6 +168,7 @@ async def startup(config: Config) -> Runtime:
         usage=usage,
         metrics=metrics,
         cache=runtime.cache,
+        lookup=runtime.lookup,
     )
     runtime.public_handler = PublicServer(
         pipeline.handle,
@@ -196,14 +201,31 @@ async def open_cache(runtime: Runtime) -> None:
     runtime.metrics.sources.append(cache.count_into)
 
 
-async def follow_changes(store: Store, records: RecordCache, cache: Cache | None) -> None:
+async def open_lookup(runtime: Runtime) -> None:
+    """The key API's client and cache (SPEC section 13), when one is configured."""
+    lookup = lookup_for(runtime.config)
+    if lookup is None:
+        return
+    await lookup.open()
+    runtime.lookup = lookup
+    runtime.closers.append(lookup.close)
+    runtime.metrics.sources.append(lambda metrics: metrics.counters["key_lookups"].update(
+        lookup.counts))  # fmt: skip
+
+
+async def follow_changes(
+    store: Store, records: RecordCache, cache: Cache | None, lookup: LookupCache | None = None
+) -> None:
     """Apply the store's change feed until cancelled (run as a task). Record changes
     drop cached key records (SPEC section 2); purges drop cached objects (SPEC section
     5, proxy/manage/purge.py). A prefix purge scans the folder in a worker thread, so
     it runs on its own (so does a path purge, which scans for a path's variants): a
-    revocation right behind it must not wait for the scan."""
+    revocation right behind it must not wait for the scan. Key, customer and
+    `lookup_key` changes also drop the key API's cached answers (SPEC section 13)."""
     purges: set[asyncio.Task[int]] = set()
     async for change in store.changes():
+        if lookup is not None:
+            lookup.apply(change)
         if change.kind not in ("purge", "purge_prefix"):
             records.apply(change)
         elif cache is not None and not cache.echoes.is_echo(change.kind, change.id):

@@ -28,6 +28,7 @@ from .config import Config
 from .delivery import deliver
 from .errors import (
     BadRequest,
+    KeyInvalid,
     KeyMissing,
     KeyUnknown,
     MethodNotAllowed,
@@ -35,6 +36,7 @@ from .errors import (
     Refusal,
 )
 from .exchange import SERVER, Exchange, Target
+from .keylookup import LookupCache
 from .keys import KeySigner
 from .metrics import Metrics
 from .policy import check_link, client_ip, cors_headers, normalise_path, preflight_headers
@@ -78,8 +80,10 @@ class Pipeline:
         usage: UsageMeter,
         metrics: Metrics,
         cache: Cache | None = None,
+        lookup: LookupCache | None = None,
     ) -> None:
         self._signer = signer
+        self._lookup = lookup  # SPEC section 13: the operator's key API, if configured
         self._records = records
         self._limiter = limiter
         self._key_param = config.keys.query_param
@@ -153,14 +157,26 @@ class Pipeline:
 
     async def _record(self, exchange: Exchange) -> CachedKey:
         """Checks 1-3: a key, well-formed and signed, whose record exists. Only a
-        record-cache miss awaits (one store read)."""
+        record-cache miss awaits (one store read). An external key (SPEC section 13)
+        passes check 2 by `keys.external.pattern` and check 3 by the key API's answer
+        (keylookup/): only a lookup-cache miss awaits."""
         request = exchange.request
         headers = request.headers
         key = request.query.get(self._key_param) or _bearer(headers) or headers.get("X-API-Key")
         if not key:
             raise KeyMissing()
-        key_id = self._signer.verify(key).key_id
-        entry = self._records.lookup(key_id) or await self._records.load(key_id)
+        lookup = self._lookup
+        # SPEC section 13: an external key answered by the key API and cached (no await).
+        entry = lookup.hit(key) if lookup is not None else None
+        if entry is None:
+            try:
+                key_id = self._signer.verify(key).key_id
+            except KeyInvalid:
+                if lookup is None or not lookup.is_external(key):
+                    raise
+                entry = await lookup.resolve(key, self._client_ip(exchange))
+            else:
+                entry = self._records.lookup(key_id) or await self._records.load(key_id)
         if entry.record is None:
             raise KeyUnknown()
         exchange.entry = entry

@@ -24,6 +24,12 @@ from ..manage.actions import (
     revoke_key,
     roll_key,
 )
+from ..manage.invalidate import (
+    invalidate,
+    invalidation_changes,
+    parse_external_id,
+    parse_external_key,
+)
 from ..manage.values import (
     DEFAULT_GRACE,
     parse_cidr,
@@ -73,6 +79,14 @@ KEY_CLEARS: dict[str, dict[str, Any]] = {  # flag dest -> the fields it clears
     "no_expiry": {"expires_at": None},
     "clear_ip_rate": {"ip_rate": None, "ip_burst": None},
 }
+INVALIDATE_OPTIONS: list[Option] = [  # SPEC section 13
+    ("--key", {"dest": "keys", "action": "append", "type": parse_external_key,
+               "metavar": "KEY", "help": "an external key as its clients present it"}),
+    ("--key-id", {"dest": "key_ids", "action": "append", "type": parse_external_id,
+                  "metavar": "ID", "help": "a key id (the key API's, or keyfront's)"}),
+    ("--customer", {"dest": "customer_ids", "action": "append", "type": parse_customer_id,
+                    "metavar": "ID", "help": "every key of this customer"}),
+]  # fmt: skip
 KEY_COLUMNS = "key_id customer_id name status disabled_by rate burst expires_at created_at"
 
 
@@ -136,3 +150,13 @@ async def keys_roll(args: argparse.Namespace, config: Config, store: Store) -> O
     old = await find_key(store, args.key_id, to_change=True)
     new, old = await roll_key(store, old, args.grace, config.keys.signing_version)
     return _minted(config, new, replaces=old.key_id, replaced_expires_at=old.expires_at)
+
+
+async def keys_invalidate(args: argparse.Namespace, config: Config, store: Store) -> Output:
+    """Drop cached key answers on every instance (SPEC section 13): announced through
+    the store's change feed, so only instances sharing this store see it."""
+    changes = invalidation_changes(
+        config.keys.secrets, args.keys or [], args.key_ids or [], args.customer_ids or []
+    )
+    announced = await invalidate(store, changes)
+    return Output({"announced": announced}, f"{announced} invalidation(s) announced")

@@ -20,7 +20,7 @@ from typing import Literal, get_args
 from ..records import Customer, KeyRecord
 from ..usage import Grain, Scope, UsageRow
 
-ChangeKind = Literal["key", "customer", "all", "purge", "purge_prefix"]
+ChangeKind = Literal["key", "customer", "all", "purge", "purge_prefix", "lookup_key"]
 CHANGE_KINDS: frozenset[str] = frozenset(get_args(ChangeKind))
 
 
@@ -29,7 +29,9 @@ class Change:
     """A record changed: every instance drops its cached copy. `all` drops every cached
     record (sent after a lost subscription, when changes may have been missed).
     `purge` / `purge_prefix` carry a cache purge (SPEC section 5) to every instance:
-    `id` is the public URL path or prefix."""
+    `id` is the public URL path or prefix. `lookup_key` drops the key API's cached
+    answers for external keys (SPEC section 13): `id` lists their keyed digests
+    (keylookup/digest.py), never the keys."""
 
     kind: ChangeKind
     id: str = ""
