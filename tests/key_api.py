@@ -8,7 +8,8 @@ tests/test_e2e_lookup.py: `python tests/key_api.py PORT TOKEN`.
                       garbage (200 + not JSON), bad (200 + a record with a bad field),
                       huge (200 + a body over 64 KiB)
     GET  /_counts/K   {"lookups": n}
-    GET  /_total      {"lookups": n, "unauthorised": n}
+    GET  /_total      {"lookups": n, "unauthorised": n, "most_in_flight": n, ...}
+    POST /_total      most_in_flight starts again from the lookups in flight now
 
 The key travels in the control URLs' path (URL-quoted): this server is the tests' own.
 """
@@ -23,7 +24,7 @@ from aiohttp import web
 
 ANSWERS: dict[str, dict[str, Any]] = {}
 COUNTS: dict[str, int] = {}
-TOTAL = {"lookups": 0, "unauthorised": 0}
+TOTAL = {"lookups": 0, "unauthorised": 0, "in_flight": 0, "most_in_flight": 0}
 
 
 async def lookup(request: web.Request) -> web.Response:
@@ -33,7 +34,15 @@ async def lookup(request: web.Request) -> web.Response:
     key = str((await request.json())["key"])
     TOTAL["lookups"] += 1
     COUNTS[key] = COUNTS.get(key, 0) + 1
-    spec = ANSWERS.get(key, {"mode": "404"})
+    TOTAL["in_flight"] += 1
+    TOTAL["most_in_flight"] = max(TOTAL["most_in_flight"], TOTAL["in_flight"])
+    try:
+        return await answer(ANSWERS.get(key, {"mode": "404"}))
+    finally:
+        TOTAL["in_flight"] -= 1
+
+
+async def answer(spec: dict[str, Any]) -> web.Response:
     mode = spec["mode"]
     if mode == "sleep":
         await asyncio.sleep(float(spec.get("sleep", 5)))
@@ -61,6 +70,11 @@ async def total(request: web.Request) -> web.Response:
     return web.json_response(TOTAL)
 
 
+async def restart_peak(request: web.Request) -> web.Response:
+    TOTAL["most_in_flight"] = TOTAL["in_flight"]
+    return web.json_response(TOTAL)
+
+
 def main() -> None:
     port, token = int(sys.argv[1]), sys.argv[2]
     app = web.Application()
@@ -69,6 +83,7 @@ def main() -> None:
     app.router.add_put("/_keys/{key}", set_answer)
     app.router.add_get("/_counts/{key}", counts)
     app.router.add_get("/_total", total)
+    app.router.add_post("/_total", restart_peak)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 

@@ -71,11 +71,15 @@ class KeyApi:
         quoted = urllib.parse.quote(key, safe="")
         self._call("PUT", f"/_keys/{quoted}", {"mode": mode, "sleep": sleep, "record": record})
 
+    def restart_peak(self) -> int:
+        """Count the most lookups in flight at once from now on; those in flight now."""
+        return int(self._call("POST", "/_total")["in_flight"])
+
     def lookups(self, key: str) -> int:
         return int(self._call("GET", f"/_counts/{urllib.parse.quote(key, safe='')}")["lookups"])
 
-    def total(self) -> int:
-        return int(self._call("GET", "/_total")["lookups"])
+    def total(self, what: str = "lookups") -> int:
+        return int(self._call("GET", "/_total")[what])
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +222,30 @@ async def test_fresh_answer_is_used_without_a_new_lookup(
     for _ in range(5):
         assert (await fetch(kf.url, key, ip)).status == 200
     assert key_api.lookups(key) == 1
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{kf.admin_url}/metrics") as response,
+    ):
+        metrics = await response.text()
+    hits = [line for line in metrics.splitlines()
+            if line.startswith('keyfront_key_lookups_total{result="hit"}')]  # fmt: skip
+    assert hits and float(hits[0].split()[-1]) >= 4
+    assert key not in metrics
+
+
+async def test_at_most_concurrency_lookups_run_at_once(
+    kf: KeyfrontProcess, key_api: KeyApi
+) -> None:
+    keys = [new_key() for _ in range(8)]
+    for key in keys:
+        key_api.answer(key, "sleep", 0.2, **record())
+    assert key_api.restart_peak() == 0
+    replies = await asyncio.gather(*(fetch(kf.url, key, client_ip()) for key in keys))
+    assert key_api.total("most_in_flight") <= 4  # concurrency: 4
+    statuses = sorted(r.status for r in replies)
+    assert statuses.count(200) >= 4  # the first four; the rest waited for a slot, and
+    assert set(statuses) <= {200, 503}  # those that got none in time answer 503
+    assert max(r.seconds for r in replies) < TIMEOUT + 0.5
 
 
 async def test_stale_answer_is_served_while_one_refresh_runs(
@@ -432,3 +460,5 @@ def test_cli_invalidate_by_key_id_and_by_key(pair: list[KeyfrontProcess], key_ap
 
     _revoke_everywhere(pair, key_api, by_key_id)
     _revoke_everywhere(pair, key_api, by_key)
+    nothing = pair[0].cli("keys", "invalidate", check=False)
+    assert nothing.returncode == 2 and "at least one" in nothing.stderr
