@@ -29,7 +29,6 @@ name them at all.
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import time
 from collections import OrderedDict
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 from ..config import KeyDefaults, LookupConfig
 from ..errors import RateLimited, Unavailable
 from ..keys import key_id_of
-from ..ratelimit import Bucket, LocalBuckets, client_prefix, retry_after_tokens
+from ..ratelimit import Bucket, LocalBuckets, client_prefix, decision, retry_after_tokens
 from ..record_cache import CachedKey, compile_key
 from ..store import Change
 from .client import Found, KeyApi, LookupFailed
@@ -146,11 +145,14 @@ class LookupCache:
             return self._fallback(key, exc)
 
     def _admit(self, client_ip: str) -> None:
+        """Spend a token of the client's unknown_key_rate bucket, or refuse with 429 and
+        that bucket's RateLimit-* headers and Retry-After (SPEC section 1's 429)."""
         bucket = Bucket(client_prefix(client_ip), *self._bucket_args)
         admitted, tokens = self._clients.take(bucket)
         if not admitted:
-            retry = max(1, math.ceil(retry_after_tokens(bucket, tokens)))
-            raise RateLimited(headers={"Retry-After": str(retry)})
+            refused = decision(bucket, tokens, RateLimited, retry_after_tokens(bucket, tokens))
+            assert refused.refusal is not None
+            raise refused.refusal
 
     def _fallback(self, key: str, failure: Exception) -> CachedKey:
         """What a request gets when no lookup answered in time: an answer held within
