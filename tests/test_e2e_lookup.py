@@ -203,6 +203,15 @@ async def test_looked_up_key_is_served_with_its_restrictions(
     assert {line["customer_id"] for line in ours} == {"op-customer-1"}
     assert key not in text
 
+    # Usage is kept under the operator's key id too (flushed every second, like the log).
+    def usage(*by: str) -> list[dict[str, Any]]:
+        return list(json.loads(kf.cli("usage", *by, "--format", "json").stdout))
+
+    [row] = usage("--key", "op-key-referrer")
+    assert (row["requests"], row["denied_referrer_not_allowed"]) == (1, 2)
+    assert usage("--customer", "op-customer-1")[0]["requests"] >= 1
+    assert kf.cli("usage", "--key", "op-no-such-key", check=False).returncode == 1
+
 
 async def test_answer_status_and_customer_are_checked(kf: KeyfrontProcess, key_api: KeyApi) -> None:
     revoked, expired, suspended, ip = new_key(), new_key(), new_key(), client_ip()

@@ -20,7 +20,6 @@ from ..manage.invalidate import (
     MAX_TARGETS,
     invalidate,
     invalidation_changes,
-    parse_external_id,
     parse_external_key,
 )
 from ..manage.purge import purge as purge_everywhere
@@ -35,8 +34,10 @@ from ..manage.values import (
     TOKEN_SETTINGS,
     parse_customer_id,
     parse_date,
+    parse_external_id,
     parse_key_id,
     parse_path_prefix,
+    parse_usage_key_id,
     read_settings,
 )
 from ..records import DisabledBy, KeyRecord
@@ -188,7 +189,7 @@ def _warned(data: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
 async def usage(request: web.Request, caller: Caller) -> web.Response:
     query = _query(request, USAGE_QUERY)
     customer_id = caller.scope(query.get("customer"))
-    key_id = _value(query.get("key"), "key", parse_key_id, optional=True)
+    key_id = _value(query.get("key"), "key", parse_usage_key_id, optional=True)
     start = _value(query.get("from"), "from", _moment, optional=True)
     end = _value(query.get("to"), "to", _moment, optional=True)
     grain = _value(query.get("by", "day"), "by", _one_of(GRAINS))

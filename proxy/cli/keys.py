@@ -27,7 +27,6 @@ from ..manage.actions import (
 from ..manage.invalidate import (
     invalidate,
     invalidation_changes,
-    parse_external_id,
     parse_external_key,
 )
 from ..manage.values import (
@@ -35,6 +34,7 @@ from ..manage.values import (
     parse_cidr,
     parse_customer_id,
     parse_expiry,
+    parse_external_id,
     parse_key_id,
     parse_link_secret,
     parse_path_prefix,

@@ -61,13 +61,3 @@ def parse_external_key(text: str) -> str:
     if not text or len(text) > MAX_KEY_LENGTH:
         raise ValueError(f"a key has 1 to {MAX_KEY_LENGTH} characters")
     return text
-
-
-def parse_external_id(text: str) -> str:
-    """A key id of the operator's (keylookup/answer.py) or of keyfront's own."""
-    if len(text) > 64 or not text or any(c not in _ID_CHARS for c in text):
-        raise ValueError(f"{text[:64]!r} is not a key id (1-64 of A-Z a-z 0-9 _ . -)")
-    return text
-
-
-_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
