@@ -303,6 +303,10 @@ async def test_keys_outside_the_pattern_are_never_looked_up(
     for key in ("short", "has space in it", "x" * 129, "pk_1_" + "A" * 22 + "_" + "0" * 32):
         assert (await fetch(kf.url, key, ip)).code == "key_invalid"
     assert key_api.total() == before
+    # keyfront's format with another prefix than keys.prefix is an operator's key.
+    theirs = "sk_1_" + "A" * 22 + "_" + "0" * 32
+    assert (await fetch(kf.url, theirs, ip)).code == "key_unknown"
+    assert key_api.lookups(theirs) == 1
 
 
 # --- the key API failing -----------------------------------------------------------------

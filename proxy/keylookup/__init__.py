@@ -29,6 +29,10 @@ def lookup_for(config: Config) -> LookupCache | None:
     if external.lookup is None:
         return None
     return LookupCache(
-        external.lookup, KeyApi(external.lookup), external.pattern, config.keys.secrets,
-        config.keys.defaults,
-    )  # fmt: skip
+        external.lookup,
+        KeyApi(external.lookup),
+        pattern=external.pattern,
+        prefix=config.keys.prefix,
+        secrets=config.keys.secrets,
+        defaults=config.keys.defaults,
+    )

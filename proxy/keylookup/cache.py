@@ -69,12 +69,15 @@ class LookupCache:
         self,
         config: LookupConfig,
         api: KeyApi,
-        pattern: str,
+        *,
+        pattern: str | re.Pattern[str],
+        prefix: str,
         secrets: Mapping[int, str],
         defaults: KeyDefaults,
     ) -> None:
         self._config = config
         self._pattern = re.compile(pattern)
+        self._own_prefix = f"{prefix}_"  # keys.prefix: keyfront's own keys start with it
         self._api = api
         self._secrets = dict(secrets)
         self._defaults = defaults
@@ -102,14 +105,14 @@ class LookupCache:
     # --- the request path ---
 
     def is_external(self, key: str) -> bool:
-        """SPEC section 13 check 2: not in keyfront's own format (whatever its MAC: a
-        keyfront-shaped key with a bad MAC is 401 key_invalid, never a lookup), and
-        wholly matching `keys.external.pattern`."""
-        return (
-            len(key) <= MAX_EXTERNAL_KEY
-            and key_id_of(key) is None
-            and self._pattern.fullmatch(key) is not None
-        )
+        """SPEC section 13 check 2: not in keyfront's own format with this prefix
+        (whatever its MAC: such a key with a bad MAC is 401 key_invalid, never a
+        lookup), and wholly matching `keys.external.pattern`."""
+        if len(key) > MAX_EXTERNAL_KEY:
+            return False
+        if key.startswith(self._own_prefix) and key_id_of(key) is not None:
+            return False
+        return self._pattern.fullmatch(key) is not None
 
     def hit(self, key: str) -> CachedKey | None:
         """The cached answer for `key` if it may be used without waiting (fresh, or
