@@ -4,13 +4,17 @@ Schema (docs/key-api.schema.json), and how keys are named on the change feed
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from proxy.config import EXTERNAL_KEY_PATTERN, KeyDefaults, LookupConfig
+from proxy.keylookup import KeyApi, LookupCache
 from proxy.keylookup.answer import MalformedAnswer, answer_schema, read_answer
 from proxy.keylookup.digest import key_digests
 from proxy.manage import Invalid
@@ -132,3 +136,76 @@ def test_invalidation_changes_name_keys_by_digest_and_ids_as_they_are() -> None:
         invalidation_changes(secrets)
     with pytest.raises(Invalid):
         invalidation_changes(secrets, key_ids=["k"] * (MAX_TARGETS + 1))
+
+
+# --- LookupCache against a real HTTP server (the e2e tests drive keyfront itself) ----------
+
+
+class FakeKeyApi:
+    """An aiohttp key API on a socket: answers per key, counting calls."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, tuple[int, dict[str, Any], float]] = {}
+        self.calls: dict[str, int] = {}
+
+    async def handle(self, request: web.Request) -> web.Response:
+        key = (await request.json())["key"]
+        self.calls[key] = self.calls.get(key, 0) + 1
+        status, body, delay = self.answers.get(key, (404, {}, 0.0))
+        await asyncio.sleep(delay)
+        return web.json_response(body, status=status)
+
+
+async def lookup_cache(aiohttp_server: Any, **settings: Any) -> tuple[LookupCache, FakeKeyApi]:
+    api = FakeKeyApi()
+    app = web.Application()
+    app.router.add_post("/lookup", api.handle)
+    server = await aiohttp_server(app)
+    config = LookupConfig(url=str(server.make_url("/lookup")), **settings)
+    cache = LookupCache(config, KeyApi(config), pattern=EXTERNAL_KEY_PATTERN, prefix="pk",
+                        secrets={1: "first-secret-0123456789"}, defaults=KeyDefaults())  # fmt: skip
+    await cache.open()
+    return cache, api
+
+
+async def test_a_change_during_a_lookup_keeps_its_answer_out_of_the_cache(
+    aiohttp_server: Any,
+) -> None:
+    cache, api = await lookup_cache(aiohttp_server, timeout=2.0)
+    try:
+        key = "publickey123"
+        api.answers[key] = (200, {"key_id": "op-1", "customer_id": "c"}, 0.2)
+        first = asyncio.create_task(cache.resolve(key, "10.0.0.1"))
+        await asyncio.sleep(0.05)  # the lookup is in flight
+        api.answers[key] = (200, {"key_id": "op-1", "customer_id": "c", "status": "revoked"}, 0)
+        cache.apply(Change("key", "op-1"))  # the operator revoked it and invalidated it
+        after = await cache.resolve(key, "10.0.0.1")  # a new lookup, not the old one's answer
+        assert after.record is not None and after.record.status == "revoked"
+        assert (await first).record.status == "active"  # type: ignore[union-attr]
+        assert api.calls[key] == 2
+        hit = cache.hit(key)
+        assert hit is not None and hit.record is not None and hit.record.status == "revoked"
+    finally:
+        await cache.close()
+
+
+async def test_after_missed_changes_answers_ask_again_but_survive_a_failing_api(
+    aiohttp_server: Any,
+) -> None:
+    cache, api = await lookup_cache(aiohttp_server, timeout=0.5)
+    try:
+        key = "publickey123"
+        api.answers[key] = (200, {"key_id": "op-1", "customer_id": "c"}, 0)
+        await cache.resolve(key, "10.0.0.1")
+        assert cache.hit(key) is not None
+        cache.apply(Change("all"))  # the change feed had a gap
+        assert cache.hit(key) is None  # no longer used without asking
+        api.answers[key] = (500, {}, 0)
+        still = await cache.resolve(key, "10.0.0.1")  # asked, failed: the answer held
+        assert still.record is not None and api.calls[key] == 2
+        assert cache.hit(key) is not None  # and used without asking for RETRY_PAUSE
+        cache.apply(Change("lookup_key", ",".join(key_digests({1: "first-secret-0123456789"},
+                                                              key))))  # fmt: skip
+        assert cache.hit(key) is None and len(cache) == 0
+    finally:
+        await cache.close()

@@ -238,8 +238,7 @@ class LookupCache:
     def apply(self, change: Change) -> None:
         """Drop the answers a change names: `lookup_key` (keys, by digest), `key` (a key
         id), `customer`. `all` (changes were missed) makes every answer ask again
-        before its next use, yet keeps it usable if the API fails. Loads in flight
-        install nothing (their waiters still get their answer)."""
+        before its next use, yet keeps it usable if the API fails."""
         if change.kind == "lookup_key":
             keys = [self._by_digest.get(digest) for digest in change.id.split(",")]
         elif change.kind == "key":
@@ -251,7 +250,12 @@ class LookupCache:
             keys = []
         else:
             return
+        # Loads in flight may have asked before the change: they answer their waiters
+        # but install nothing, and a request from now on starts a new one. Which keys
+        # they are is unknown until they answer, so every one is left (changes are
+        # rare; record_cache.RecordCache.apply does the same for customers).
         self._generation += 1
+        self._loading.clear()
         for key in keys:
             if key is not None:
                 self._forget(key)
