@@ -35,6 +35,7 @@ from .config import Config
 from .errors import ConfigError, KeyfrontError
 from .exchange import Target
 from .imported import ExternalKeys, KeyIds
+from .keylookup import LookupCache, lookup_for
 from .keys import KeySigner
 from .listener import KeyfrontAppRunner, PublicServer, connection_cap, raise_open_files_limit
 from .metrics import Metrics
@@ -72,6 +73,7 @@ class Runtime:
     admin: web.AppRunner | None = None
     cache: Cache | None = None  # for purges (SPEC section 5)
     external: ExternalKeys | None = None  # the imported keys' set (SPEC section 13)
+    lookup: LookupCache | None = None  # the operator's key API (SPEC section 13)
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -146,9 +148,9 @@ async def startup(config: Config) -> Runtime:
     await limiter.open()
     await open_cache(runtime)
     external = await open_imported(runtime)
-    runtime.tasks.append(
-        asyncio.create_task(follow_changes(store, records, runtime.cache, external))
-    )
+    await open_lookup(runtime)
+    follow = follow_changes(store, records, runtime.cache, external, runtime.lookup)
+    runtime.tasks.append(asyncio.create_task(follow))
     signer = KeySigner(config.keys.prefix, config.keys.secrets)
     access_log = AccessLog(config.access_log)
     access_log.start()
@@ -169,6 +171,7 @@ async def startup(config: Config) -> Runtime:
         usage=usage,
         metrics=metrics,
         cache=runtime.cache,
+        lookup=runtime.lookup,
     )
     runtime.public_handler = PublicServer(
         pipeline.handle,
@@ -220,18 +223,37 @@ async def open_imported(runtime: Runtime) -> ExternalKeys:
     return external
 
 
+async def open_lookup(runtime: Runtime) -> None:
+    """The key API's client and cache (SPEC section 13), when one is configured."""
+    lookup = lookup_for(runtime.config)
+    if lookup is None:
+        return
+    await lookup.open()
+    runtime.lookup = lookup
+    runtime.closers.append(lookup.close)
+    runtime.metrics.sources.append(lambda metrics: metrics.counters["key_lookups"].update(
+        lookup.counts))  # fmt: skip
+
+
 async def follow_changes(
-    store: Store, records: RecordCache, cache: Cache | None, external: ExternalKeys | None = None
+    store: Store,
+    records: RecordCache,
+    cache: Cache | None,
+    external: ExternalKeys | None = None,
+    lookup: LookupCache | None = None,
 ) -> None:
     """Apply the store's change feed until cancelled (run as a task). Record changes
     drop cached key records (SPEC section 2); purges drop cached objects (SPEC section
     5, proxy/manage/purge.py). A prefix purge scans the folder in a worker thread, so
     it runs on its own (so does a path purge, which scans for a path's variants): a
-    revocation right behind it must not wait for the scan."""
+    revocation right behind it must not wait for the scan. Key, customer and
+    `lookup_key` changes also drop the key API's cached answers (SPEC section 13)."""
     purges: set[asyncio.Task[int]] = set()
     async for change in store.changes():
         if external is not None and change.kind in ("imported", "all"):
             external.apply(change, store)
+        if lookup is not None:
+            lookup.apply(change)
         if change.kind not in ("purge", "purge_prefix"):
             records.apply(change)
         elif cache is not None and not cache.echoes.is_echo(change.kind, change.id):

@@ -50,6 +50,26 @@ DEFAULT_EXTERNAL_PATTERN = "[A-Za-z0-9._~-]{8,128}"
 MAX_EXTERNAL_KEY = 256  # characters: a longer presented key is key_invalid before any regex
 
 
+# --- keys from an existing key system (SPEC section 13): the live lookup -------------
+
+
+@dataclass(frozen=True, slots=True)
+class LookupConfig:
+    """The operator's key API (SPEC section 13): `POST {url}` `{"key": ...}`."""
+
+    url: str
+    token: str | None = None  # sent as `Authorization: Bearer {token}`
+    timeout: float = 0.5  # the longest any request waits on a lookup
+    fresh: float = 60.0  # an answer is used as is for this long
+    stale: float = 600.0  # then served while one background refresh runs, this long
+    max_stale: float = 3600.0  # past freshness, used while the key API fails
+    negative_ttl: float = 30.0  # a 404 (unknown key) is remembered this long
+    concurrency: int = 32  # lookups in flight at once, per process
+    unknown_key_rate: Rate = Rate(5, 1.0)  # noqa: RUF009 (frozen); lookups of uncached keys per client IP
+    unknown_key_burst: int = 20
+    cache_size: int = 100_000  # answers remembered per process (not in SPEC: README)
+
+
 @dataclass(frozen=True, slots=True)
 class ExternalKeysConfig:
     """Keys from an existing key system (SPEC section 13): `pattern` is what check 2
@@ -59,6 +79,7 @@ class ExternalKeysConfig:
 
     pattern: re.Pattern[str] = re.compile(DEFAULT_EXTERNAL_PATTERN)
     hash_secret: str | None = None
+    lookup: LookupConfig | None = None  # the operator's key API; None: imported keys only
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +90,7 @@ class KeysConfig:
     record_cache_ttl: float = 60.0
     record_cache_size: int = 100_000
     defaults: KeyDefaults = field(default_factory=KeyDefaults)
-    external: ExternalKeysConfig = field(default_factory=ExternalKeysConfig)
+    external: ExternalKeysConfig = field(default_factory=ExternalKeysConfig)  # SPEC 13
 
     @property
     def signing_version(self) -> int:
@@ -618,6 +639,43 @@ _KEY_DEFAULTS = _section(
     {"rate": _optional(_rate), "burst": _optional(_integer(1))}
     | {"quota_requests": _optional(_integer(0)), "quota_bytes": _optional(_SIZE)},
 )
+# --- keys.external (SPEC section 13); the lookup half's block ---
+
+
+def _lookup_url(raw: Any, at: str, base: Path) -> str:
+    """An http(s) URL, kept as written (its trailing slash is the key API's business)."""
+    _http_url(raw, at)
+    return str(raw)
+
+
+def _lookup(raw: Any, at: str, base: Path) -> LookupConfig:
+    lookup: LookupConfig = _LOOKUP_FIELDS(raw, at, base)
+    if lookup.max_stale < lookup.stale:
+        # A stale answer is served without asking during `stale`; `max_stale` bounds
+        # what is served when the key API fails, so it cannot be the shorter.
+        raise ConfigError(_join(at, "max_stale"), "must be at least `stale`")
+    return lookup
+
+
+_LOOKUP_FIELDS = _section(
+    LookupConfig,
+    {"url": _lookup_url, "token": _OPTIONAL_TEXT, "timeout": _POSITIVE_SECONDS}
+    | dict.fromkeys(("fresh", "stale", "max_stale", "negative_ttl"), _SECONDS)
+    | {"concurrency": _integer(1), "unknown_key_rate": _rate, "unknown_key_burst": _integer(1)}
+    | {"cache_size": _integer(1)},
+    "url",
+)
+_EXTERNAL = _section(
+    ExternalKeysConfig,
+    {
+        "pattern": _key_pattern,
+        "hash_secret": _optional(_SECRET, _UNSET_IF_EMPTY),
+        "lookup": _optional(_lookup),
+    },
+)
+
+# --- end of keys.external ---
+
 _KEYS = _section(
     KeysConfig,
     {
@@ -627,10 +685,7 @@ _KEYS = _section(
         "record_cache_ttl": _SECONDS,
         "record_cache_size": _integer(1),
         "defaults": _KEY_DEFAULTS,
-        "external": _section(
-            ExternalKeysConfig,
-            {"pattern": _key_pattern, "hash_secret": _optional(_SECRET, _UNSET_IF_EMPTY)},
-        ),
+        "external": _EXTERNAL,
     },
     "secrets",
 )

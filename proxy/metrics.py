@@ -46,6 +46,7 @@ class Metrics(Collector):
                 "customer_requests",
                 "customer_bytes",
                 "key_cache",
+                "key_lookups",
                 "store_errors",
                 "cache_evictions",
                 "cache_coalesced",
@@ -153,6 +154,10 @@ class Metrics(Collector):
         )
         yield _counter("origin_bytes", "Body bytes from origins.", ["route"], c["origin_bytes"])
         yield _counter("key_cache", "Record cache look-ups.", ["result"], c["key_cache"])
+        yield _counter(
+            "key_lookups", "External keys: key API answers and cache hits.", ["result"],
+            c.get("key_lookups", {}),
+        )  # fmt: skip
         yield _counter("store_errors", "Store failures.", ["op"], c["store_errors"])
         for name, doc in (
             ("cache_evictions", "Objects evicted."),

@@ -28,6 +28,7 @@ from .config import Config
 from .delivery import deliver
 from .errors import (
     BadRequest,
+    KeyInvalid,
     KeyMissing,
     KeyUnknown,
     MethodNotAllowed,
@@ -36,6 +37,7 @@ from .errors import (
 )
 from .exchange import SERVER, Exchange, Target
 from .imported import KeyIds
+from .keylookup import LookupCache
 from .metrics import Metrics
 from .policy import check_link, client_ip, cors_headers, normalise_path, preflight_headers
 from .ratelimit import Limiter
@@ -78,14 +80,11 @@ class Pipeline:
         usage: UsageMeter,
         metrics: Metrics,
         cache: Cache | None = None,
+        lookup: LookupCache | None = None,
     ) -> None:
         self._key_ids = key_ids
         self._remembered = key_ids.remembered
-        # Issue 13, live lookup (keys.external.lookup, built on another branch): when
-        # configured, an external key (`key_ids.is_external(key)`) is answered by the
-        # operator's key API through its cache instead of the imported set. None here:
-        # imported keys only.
-        self._lookup: object | None = None
+        self._lookup = lookup  # SPEC section 13: the operator's key API, if configured
         self._records = records
         self._limiter = limiter
         self._key_param = config.keys.query_param
@@ -158,20 +157,41 @@ class Pipeline:
         return target
 
     async def _record(self, exchange: Exchange) -> CachedKey:
-        """Checks 1-3: a key, well-formed and signed (or an imported key: SPEC section
-        13), whose record exists. Only a record-cache miss awaits (one store read); an
-        external key that is not imported is refused before it, with no I/O."""
+        """Checks 1-3: a key, well-formed and signed, whose record exists (SPEC section
+        2), or an external key (section 13) that passes check 2 by
+        `keys.external.pattern` and check 3 by the set of imported keys or, failing
+        that, the key API's answer (keylookup/). Only a record-cache or lookup-cache
+        miss awaits; an external key that is neither imported nor looked up is refused
+        with no I/O. An imported key wins over the key API's answer for the same key."""
         request = exchange.request
         headers = request.headers
         key = request.query.get(self._key_param) or _bearer(headers) or headers.get("X-API-Key")
         if not key:
             raise KeyMissing()
-        key_id = self._remembered(key) or self._key_ids(key)
-        entry = self._records.lookup(key_id) or await self._records.load(key_id)
+        key_id = self._remembered(key)  # a key seen before, of either kind: one dict look-up
+        if key_id is not None:
+            entry = self._records.lookup(key_id) or await self._records.load(key_id)
+        else:
+            entry = await self._first_record(exchange, key)
         if entry.record is None:
             raise KeyUnknown()
         exchange.entry = entry
         return entry
+
+    async def _first_record(self, exchange: Exchange, key: str) -> CachedKey:
+        """A key not seen before (or no longer remembered): verified or found in the
+        imported set, else answered by the key API (a cached answer does not await)."""
+        lookup = self._lookup
+        entry = lookup.hit(key) if lookup is not None else None
+        if entry is not None:
+            return entry
+        try:
+            key_id = self._key_ids(key)
+        except (KeyInvalid, KeyUnknown):  # not keyfront's, and not imported
+            if lookup is None or not lookup.is_external(key):
+                raise
+            return await lookup.resolve(key, self._client_ip(exchange))
+        return self._records.lookup(key_id) or await self._records.load(key_id)
 
     def _authorise(
         self, exchange: Exchange, entry: CachedKey, path: str, origin: str | None

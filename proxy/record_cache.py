@@ -107,7 +107,7 @@ class RecordCache:
                 return stale
             raise Unavailable("the key store is unreachable") from exc
         fresh_until = time.monotonic() + (self._ttl if found else self._negative_ttl)
-        entry = _entry(found, fresh_until, self._defaults)
+        entry = compile_key(found, fresh_until, self._defaults)
         if self._loading.get(key_id) is load:  # else a change came during the read
             self._remember(key_id, entry)
         return entry
@@ -145,9 +145,12 @@ class RecordCache:
         return len(self._entries)
 
 
-def _entry(
+def compile_key(
     found: tuple[KeyRecord, Customer | None] | None, fresh_until: float, defaults: KeyDefaults
 ) -> CachedKey:
+    """The CachedKey of a record and its customer (None: no such key), its policy and
+    limits compiled once: the store's records here, the key API's answers in
+    keylookup/cache.py (SPEC section 13), so both kinds of key are checked alike."""
     if found is None:
         return CachedKey(None, None, None, None, fresh_until)
     record, customer = found

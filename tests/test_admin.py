@@ -176,7 +176,7 @@ def test_wrong_or_missing_token_is_401_on_every_route(deployment: Deployment) ->
 def test_a_customer_token_gets_403_on_operator_routes(deployment: Deployment) -> None:
     document = deployment.admin("GET", "/openapi.json", token=None).json()
     operator_only = [(m, p) for m, p, access in routes(document) if access == "operator"]
-    assert len(operator_only) == 10  # with POST /keys/import (issue 13)
+    assert len(operator_only) == 11  # with POST /keys/import and /keys/invalidate (issue 13)
     for method, path in operator_only:
         reply = deployment.as_customer("acme", method, concrete(path), {})
         assert (reply.status, reply.code) == (403, "forbidden"), (method, path)
@@ -478,6 +478,30 @@ def test_purge_by_path_and_prefix_empties_the_cache(deployment: Deployment) -> N
                  {"paths": ["/a"], "prefix": "/b"}):  # fmt: skip
         reply = deployment.admin("POST", "/purge", body)
         assert (reply.status, reply.code) == (400, "bad_request"), body
+
+
+def test_invalidate_announces_each_target_and_refuses_bad_bodies(deployment: Deployment) -> None:
+    """POST /keys/invalidate (SPEC section 13); tests/test_e2e_lookup.py shows the
+    answers dropped on two instances."""
+    body = {"keys": ["publickey123"], "key_ids": ["op-1", "op-2"], "customer_ids": ["acme"]}
+    done = deployment.admin("POST", "/keys/invalidate", body)
+    assert (done.status, done.json()) == (200, {"announced": 4})
+    secret = "opaque-key-" + "s" * 2000
+    for bad, field in (
+        ({}, "body"),
+        ({"keyz": ["publickey123"]}, "keyz"),
+        ({"keys": "publickey123"}, "keys"),
+        ({"keys": [secret]}, "keys"),  # too long: refused without echoing it
+        ({"keys": [7]}, "keys"),
+        ({"key_ids": ["a}b"]}, "key_ids"),
+        ({"customer_ids": ["no spaces"]}, "customer_ids"),
+        ({"key_ids": ["k"] * 1001}, "key_ids"),
+        ({"keys": ["k1234567"] * 600, "key_ids": ["k"] * 600}, "body"),  # 1000 in all
+    ):
+        reply = deployment.admin("POST", "/keys/invalidate", bad)
+        assert (reply.status, reply.code, reply.json()["error"]["field"]) == (
+            400, "bad_request", field), bad  # fmt: skip
+        assert secret not in reply.body.decode()
 
 
 async def test_purge_without_a_cache_is_501(tmp_path: Path, aiohttp_client: Any) -> None:

@@ -17,9 +17,11 @@ from proxy.config import (
     CacheConfig,
     ClientTimeouts,
     Config,
+    ExternalKeysConfig,
     KeyDefaults,
     KeysConfig,
     Listen,
+    LookupConfig,
     MetricsConfig,
     OriginTimeouts,
     Route,
@@ -592,7 +594,30 @@ BROKEN: list[tuple[str, Change, str, str]] = [
     ),
     ("unterminated ${", put("listen", "${LISTEN"), "listen", "unterminated"),
     ("bad variable", put("listen", "${1X}"), "listen", "bad variable reference"),
-]
+    # keys.external (SPEC section 13)
+    ("lookup without url", put("keys.external.lookup", {"token": "t"}),
+     "keys.external.lookup.url", "required field is missing"),
+    ("lookup url not http", put("keys.external.lookup", {"url": "ftp://keys/x"}),
+     "keys.external.lookup.url", "not an http(s):// URL"),
+    ("lookup unknown field", put("keys.external.lookup", {"url": "http://k/", "fersh": "1s"}),
+     "keys.external.lookup.fersh", "did you mean fresh?"),
+    ("lookup zero timeout", put("keys.external.lookup", {"url": "http://k/", "timeout": "0s"}),
+     "keys.external.lookup.timeout", "must be greater than 0"),
+    ("lookup bad rate", put("keys.external.lookup", {"url": "http://k/",
+                                                     "unknown_key_rate": "5"}),
+     "keys.external.lookup.unknown_key_rate", "is not a rate"),
+    ("lookup zero burst", put("keys.external.lookup", {"url": "http://k/",
+                                                       "unknown_key_burst": 0}),
+     "keys.external.lookup.unknown_key_burst", "must be at least 1"),
+    ("lookup zero concurrency", put("keys.external.lookup", {"url": "http://k/",
+                                                             "concurrency": 0}),
+     "keys.external.lookup.concurrency", "must be at least 1"),
+    ("max_stale below stale", put("keys.external.lookup", {"url": "http://k/", "stale": "10m",
+                                                           "max_stale": "1m"}),
+     "keys.external.lookup.max_stale", "must be at least `stale`"),
+    ("bad pattern", put("keys.external.pattern", "[a-z"), "keys.external.pattern",
+     "not a regular expression"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -674,6 +699,38 @@ def test_the_example_configs_in_the_repository_load() -> None:
     for path in (root / "local.yaml", root / "redis.yaml"):
         config = load(str(path), environ)
         assert config.source == os.path.abspath(path)
+
+
+def test_external_key_lookup_takes_the_spec_defaults_and_values(tmp_path: Path) -> None:
+    data = minimal()
+    assert load_dict(tmp_path, data).keys.external == ExternalKeysConfig()
+    assert ExternalKeysConfig().pattern.pattern == "[A-Za-z0-9._~-]{8,128}"
+    data["keys"]["external"] = {"lookup": {"url": "https://keys.internal/keyfront/lookup/",
+                                           "token": "${KEY_API_TOKEN}"}}  # fmt: skip
+    lookup = load_dict(tmp_path, data, {"KEY_API_TOKEN": "tok-123"}).keys.external.lookup
+    assert lookup == LookupConfig(
+        url="https://keys.internal/keyfront/lookup/",  # as written: its slash is the API's
+        token="tok-123",
+        timeout=0.5,
+        fresh=60.0,
+        stale=600.0,
+        max_stale=3600.0,
+        negative_ttl=30.0,
+        concurrency=32,
+        unknown_key_rate=Rate(5, 1.0),
+        unknown_key_burst=20,
+    )
+    data["keys"]["external"] = {
+        "pattern": "[0-9a-f-]{36}",
+        "lookup": {"url": "http://127.0.0.1:7000/k", "timeout": "250ms", "fresh": "5s",
+                   "stale": "1m", "max_stale": "2h", "negative_ttl": "0s", "concurrency": 4,
+                   "unknown_key_rate": "60/m", "unknown_key_burst": 3, "cache_size": 10},
+    }  # fmt: skip
+    external = load_dict(tmp_path, data).keys.external
+    assert external.pattern.pattern == "[0-9a-f-]{36}"
+    assert external.lookup == LookupConfig(
+        "http://127.0.0.1:7000/k", None, 0.25, 5.0, 60.0, 7200.0, 0.0, 4, Rate(60, 60.0), 3, 10
+    )
 
 
 def test_customer_max_keys_defaults_to_1000_and_null_lifts_it(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
     http.py      the caller, the Endpoint type, JSON in and out, AdminError
     auth.py      bearer tokens: the operator's admin.token, customer tokens
-    handlers.py  customers and their tokens, keys, usage, purge
+    handlers.py  customers and their tokens, keys, usage, purge, invalidation
     openapi.py   the OpenAPI 3.1 document, built from ENDPOINTS
 
 `ENDPOINTS` below is the one route table: `admin_app` registers each entry behind its
@@ -65,6 +65,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "TokenCreate"),
     Endpoint("DELETE", f"{CUSTOMER}/tokens/{{token_id}}", h.delete_token, "operator",
              "revoke a customer token", "Token"),
+    # Before KEY, whose {key_id} would take "invalidate" (and answer POST with 405).
+    Endpoint("POST", "/keys/invalidate", h.invalidate_keys, "operator", "drop cached answers "
+             "of the key API (SPEC section 13) for these keys, key ids or customers on every "
+             "instance within a second", "Invalidated", body="Invalidate"),
     Endpoint("GET", "/keys", h.list_keys, "customer", "list keys", "[Key]",
              query=h.KEYS_QUERY),
     Endpoint("POST", "/keys", h.create_key, "customer",

@@ -19,6 +19,12 @@ from ..config import KeyDefaults
 from ..manage import Invalid, Missing
 from ..manage import actions as act
 from ..manage.imports import FORMATS, SHARED_LOOP_BATCH, Importer, rows_of
+from ..manage.invalidate import (
+    MAX_TARGETS,
+    invalidate,
+    invalidation_changes,
+    parse_external_key,
+)
 from ..manage.purge import purge as purge_everywhere
 from ..manage.usage import GRAINS, usage_csv, usage_report
 from ..manage.values import (
@@ -31,8 +37,10 @@ from ..manage.values import (
     TOKEN_SETTINGS,
     parse_customer_id,
     parse_date,
+    parse_external_id,
     parse_key_id,
     parse_path_prefix,
+    parse_usage_key_id,
     read_settings,
 )
 from ..records import DisabledBy, KeyRecord
@@ -238,7 +246,7 @@ async def _upload(request: web.Request) -> str:
 async def usage(request: web.Request, caller: Caller) -> web.Response:
     query = _query(request, USAGE_QUERY)
     customer_id = caller.scope(query.get("customer"))
-    key_id = _value(query.get("key"), "key", parse_key_id, optional=True)
+    key_id = _value(query.get("key"), "key", parse_usage_key_id, optional=True)
     start = _value(query.get("from"), "from", _moment, optional=True)
     end = _value(query.get("to"), "to", _moment, optional=True)
     grain = _value(query.get("by", "day"), "by", _one_of(GRAINS))
@@ -302,6 +310,36 @@ def _purge_targets(body: dict[str, Any]) -> tuple[list[str], str | None]:
     if not isinstance(paths, list) or not 1 <= len(paths) <= MAX_PURGE_PATHS:
         raise Invalid("paths", f"expected a list of 1 to {MAX_PURGE_PATHS} paths")
     return [_value(p, "paths", parse_path_prefix) for p in paths], None
+
+
+# --- invalidation of cached key answers (SPEC section 13; manage/invalidate.py) -------
+
+INVALIDATE_TARGETS: dict[str, Callable[[str], str]] = {
+    "keys": parse_external_key,
+    "key_ids": parse_external_id,
+    "customer_ids": parse_customer_id,
+}
+
+
+async def invalidate_keys(request: web.Request, caller: Caller) -> web.Response:
+    """Drop cached answers for these keys, key ids or customers on every instance."""
+    body = await read_body(request)
+    for name in body:
+        if name not in INVALIDATE_TARGETS:
+            raise Invalid(name, f"unknown field; expected {', '.join(INVALIDATE_TARGETS)}")
+    targets = {name: _list(body.get(name), name, parse)
+               for name, parse in INVALIDATE_TARGETS.items()}  # fmt: skip
+    changes = invalidation_changes(context(request).config.keys.secrets, **targets)
+    return reply({"announced": await invalidate(context(request).store, changes)})
+
+
+def _list(value: Any, name: str, parse: Callable[[str], str]) -> list[str]:
+    """A list of at most MAX_TARGETS strings, each read by `parse` (absent: empty)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_TARGETS:
+        raise Invalid(name, f"expected a list of at most {MAX_TARGETS} strings")
+    return [_value(item, name, parse) for item in value]
 
 
 # --- input ---------------------------------------------------------------------------

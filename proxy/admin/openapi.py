@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..manage.invalidate import MAX_TARGETS
 from ..manage.values import (
     CUSTOMER_CHANGES,
     CUSTOMER_SETTINGS,
@@ -188,5 +189,12 @@ SCHEMAS: dict[str, Any] = {
         "errors": {"type": "array", "items": _object({"line": INTEGER, "field": STRING,
                                                       "message": STRING})},
     }, ["dry_run", "imported", "created", "updated", "keys", "errors"]),
+    "Invalidate": {**_object({name: {"type": "array", "items": STRING, "maxItems": MAX_TARGETS}
+                              for name in ("keys", "key_ids", "customer_ids")}),
+                   "minProperties": 1, "description": "at most "
+                   f"{MAX_TARGETS} keys, key ids and customer ids in all; a key is any text "
+                   "its client presents (never stored: instances get keyed digests)"},
+    "Invalidated": _object({"announced": {**INTEGER, "description": "changes announced"}},
+                           ["announced"]),
     "OpenAPI": {"type": "object", "description": "this document"},
 }  # fmt: skip

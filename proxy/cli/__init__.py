@@ -148,6 +148,11 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
         stored(keys.keys_find),
         keys.FIND_OPTIONS,
     ),
+    ("keys", "invalidate"): Command(
+        "drop cached key API answers on every instance (by key, key id or customer)",
+        stored(keys.keys_invalidate),
+        keys.INVALIDATE_OPTIONS,
+    ),
     ("usage", None): Command(
         "usage per key or customer, by hour, day or month",
         stored(usage.usage_report_command),

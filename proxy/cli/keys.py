@@ -28,11 +28,17 @@ from ..manage.actions import (
     roll_key,
 )
 from ..manage.imports import FORMATS, Importer, ImportReport, rows_of
+from ..manage.invalidate import (
+    invalidate,
+    invalidation_changes,
+    parse_external_key,
+)
 from ..manage.values import (
     DEFAULT_GRACE,
     parse_cidr,
     parse_customer_id,
     parse_expiry,
+    parse_external_id,
     parse_key_id,
     parse_link_secret,
     parse_path_prefix,
@@ -77,6 +83,14 @@ KEY_CLEARS: dict[str, dict[str, Any]] = {  # flag dest -> the fields it clears
     "no_expiry": {"expires_at": None},
     "clear_ip_rate": {"ip_rate": None, "ip_burst": None},
 }
+INVALIDATE_OPTIONS: list[Option] = [  # SPEC section 13
+    ("--key", {"dest": "keys", "action": "append", "type": parse_external_key,
+               "metavar": "KEY", "help": "an external key as its clients present it"}),
+    ("--key-id", {"dest": "key_ids", "action": "append", "type": parse_external_id,
+                  "metavar": "ID", "help": "a key id (the key API's, or keyfront's)"}),
+    ("--customer", {"dest": "customer_ids", "action": "append", "type": parse_customer_id,
+                    "metavar": "ID", "help": "every key of this customer"}),
+]  # fmt: skip
 KEY_COLUMNS = "key_id customer_id name status disabled_by rate burst expires_at created_at"
 
 
@@ -199,3 +213,13 @@ async def keys_find(args: argparse.Namespace, config: Config, store: Store) -> O
     if record is None:
         raise Missing("no such key: it was never imported")
     return record_output(record)
+
+
+async def keys_invalidate(args: argparse.Namespace, config: Config, store: Store) -> Output:
+    """Drop cached key answers on every instance (SPEC section 13): announced through
+    the store's change feed, so only instances sharing this store see it."""
+    changes = invalidation_changes(
+        config.keys.secrets, args.keys or [], args.key_ids or [], args.customer_ids or []
+    )
+    announced = await invalidate(store, changes)
+    return Output({"announced": announced}, f"{announced} invalidation(s) announced")

@@ -13,7 +13,7 @@ import json
 
 from ..config import Config
 from ..manage.usage import GRAINS, usage_columns, usage_csv, usage_report
-from ..manage.values import parse_date, parse_key_id
+from ..manage.values import parse_date, parse_usage_key_id
 from ..store import Store
 from .keys import customer_option
 from .output import Output, table
@@ -21,7 +21,7 @@ from .values import Option
 
 USAGE_OPTIONS: list[Option] = [
     customer_option(False),
-    ("--key", {"dest": "key_id", "type": parse_key_id, "metavar": "KEY_ID"}),
+    ("--key", {"dest": "key_id", "type": parse_usage_key_id, "metavar": "KEY_ID"}),
     ("--from", {"dest": "start", "type": parse_date, "metavar": "DATE"}),
     ("--to", {"dest": "end", "type": parse_date, "metavar": "DATE"}),
     ("--by", {"dest": "grain", "choices": GRAINS, "default": "day"}),

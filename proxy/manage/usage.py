@@ -24,7 +24,7 @@ from typing import Any
 
 from ..store import Store
 from ..usage import FIELDS, Grain, Scope, UsageRow, month_start, period_start, summed
-from . import Invalid
+from . import Invalid, Missing
 from .actions import find_customer, find_key
 
 GRAINS = ("hour", "day", "month")
@@ -48,13 +48,15 @@ async def usage_report(
     the counts of FIELDS, and the `denied_<code>` counts that are not zero."""
     now = int(time.time())
     start, end = report_range(start, end, grain, now)
-    scope, ids = await _subjects(store, customer_id, key_id)
+    scope, ids, unproven = await _subjects(store, customer_id, key_id)
     periods = max(0, end - start + READ_STEP[grain] - 1) // READ_STEP[grain]
     if periods * len(ids) > MAX_ROWS:
         raise Invalid("from", f"the report would read up to {periods * len(ids)} rows, "
                       f"more than {MAX_ROWS}: narrow from and to, or name a customer or a "
                       "key")  # fmt: skip
     rows = summed(await store.read_usage(scope, ids, start, end, grain), grain)
+    if unproven and not rows:
+        raise Missing(f"no such {scope}: {ids[0]}")
     return [_row_json(row) for row in rows]
 
 
@@ -69,14 +71,27 @@ def report_range(start: int | None, end: int | None, grain: Grain, now: int) -> 
 
 async def _subjects(
     store: Store, customer_id: str | None, key_id: str | None
-) -> tuple[Scope, list[str]]:
+) -> tuple[Scope, list[str], bool]:
+    """Whose rows, and whether the store could not vouch for them. Keys answered by an
+    operator's key API, and their customers, are in no store, yet their usage is kept
+    under their ids (SPEC section 13): asked by id alone (the operator), their rows
+    are reported, and only an id without rows is "no such" one. A query narrowed to a
+    customer (a customer token's always is) needs the store to say the key is its."""
     if key_id:
-        await find_key(store, key_id, customer_id=customer_id)
-        return "key", [key_id]
+        try:
+            await find_key(store, key_id, customer_id=customer_id)
+        except Missing:
+            if customer_id is not None:
+                raise
+            return "key", [key_id], True
+        return "key", [key_id], False
     if customer_id:
-        await find_customer(store, customer_id)
-        return "customer", [customer_id]
-    return "customer", [c.customer_id for c in await store.list_customers()]
+        try:
+            await find_customer(store, customer_id)
+        except Missing:
+            return "customer", [customer_id], True
+        return "customer", [customer_id], False
+    return "customer", [c.customer_id for c in await store.list_customers()], False
 
 
 def _row_json(row: UsageRow) -> dict[str, Any]:

@@ -51,6 +51,22 @@ def parse_key_id(text: str) -> str:
     return key_id
 
 
+def parse_external_id(text: str) -> str:
+    """A key id from an operator's key API (SPEC section 13, keylookup/answer.py)."""
+    if len(text) > 64 or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise ValueError(f"{text[:64]!r} is not a key id (1-64 of A-Z a-z 0-9 _ . -)")
+    return text
+
+
+def parse_usage_key_id(text: str) -> str:
+    """Whose usage: a keyfront key id (or key), or the operator's own key id of an
+    external key, which usage rows are kept under (SPEC section 13)."""
+    try:
+        return parse_key_id(text)
+    except ValueError:
+        return parse_external_id(text)
+
+
 def parse_positive(text: str) -> int:
     if len(text) > 20 or not text.isascii() or not text.isdigit() or int(text) < 1:
         raise ValueError(f"{_short(text, 40)!r} is not a positive integer")

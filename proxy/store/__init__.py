@@ -20,7 +20,7 @@ from typing import Literal, get_args
 from ..records import Customer, KeyRecord
 from ..usage import Grain, Scope, UsageRow
 
-ChangeKind = Literal["key", "customer", "all", "purge", "purge_prefix", "imported"]
+ChangeKind = Literal["key", "customer", "all", "purge", "purge_prefix", "imported", "lookup_key"]
 CHANGE_KINDS: frozenset[str] = frozenset(get_args(ChangeKind))
 
 
@@ -31,7 +31,10 @@ class Change:
     `purge` / `purge_prefix` carry a cache purge (SPEC section 5) to every instance:
     `id` is the public URL path or prefix. `imported` (SPEC section 13): the key id
     joins every instance's set of imported keys; without an id, a bulk import: every
-    instance reloads the set."""
+    instance reloads the set.
+    `lookup_key` drops the key API's cached
+    answers for external keys (SPEC section 13): `id` lists their keyed digests
+    (keylookup/digest.py), never the keys."""
 
     kind: ChangeKind
     id: str = ""

@@ -1,0 +1,38 @@
+"""Keys from an existing key system, looked up live in the operator's key API (SPEC
+section 13, `keys.external.lookup`).
+
+    client.py  POST {url} {"key": ...} with the bearer token; 200, 404, or LookupFailed
+    answer.py  the 200 answer, validated as admin input is (docs/key-api.schema.json)
+    cache.py   LookupCache: fresh, stale, negative and max_stale answers, single-flight,
+               the concurrency cap, unknown_key_rate per client IP, invalidation
+    digest.py  keyed digests that name a key on the change feed
+
+The pipeline asks `hit()` first (no await), then, for a key that is not keyfront's own
+format and matches `keys.external.pattern`, awaits `resolve()`. Either gives the same
+CachedKey a keyfront key gets from the record cache, so checks 4 to 10, usage, the
+access log and metrics treat both kinds of key alike, under the operator's key_id and
+customer_id.
+"""
+
+from __future__ import annotations
+
+from ..config import Config
+from .cache import LookupCache
+from .client import KeyApi, LookupFailed
+
+__all__ = ["KeyApi", "LookupCache", "LookupFailed", "lookup_for"]
+
+
+def lookup_for(config: Config) -> LookupCache | None:
+    """The process's LookupCache, or None when no key API is configured."""
+    external = config.keys.external
+    if external.lookup is None:
+        return None
+    return LookupCache(
+        external.lookup,
+        KeyApi(external.lookup),
+        pattern=external.pattern,
+        prefix=config.keys.prefix,
+        secrets=config.keys.secrets,
+        defaults=config.keys.defaults,
+    )
