@@ -34,6 +34,11 @@ request = function()
   return wrk.format(nil, wrk.path .. "?key=" .. key .. "&kid=" .. pick(alnum, 22))
 end
 """
+# Made-up keys of an existing key system's shape (SPEC section 13): opaque, matching
+# keys.external.pattern's default, never imported.
+OPAQUE_FLOOD_LUA = FLOOD_LUA.replace(
+    '"pk_1_" .. pick(alnum, 22) .. "_" .. pick(hex, 32)', "pick(alnum, 24)"
+)
 
 
 @dataclass(frozen=True)

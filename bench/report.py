@@ -15,6 +15,7 @@ from .setup import (
     AUTH_OFF,
     BASELINE,
     CELLS,
+    EXTERNAL,
     FLOOR_PREFIX,
     KEYFRONT,
     METERING_OFF,
@@ -33,6 +34,7 @@ COMPARISONS = (
     ("keyfront / aiohttp floor (uvloop)", KEYFRONT, FLOOR_UVLOOP),
     ("aiohttp floor: uvloop / asyncio", FLOOR_UVLOOP, FLOOR_ASYNCIO),
     ("this checkout / --baseline checkout", KEYFRONT, BASELINE),
+    ("imported external key / keyfront key (SPEC 13: within 5%)", EXTERNAL, KEYFRONT),
 )
 Row = tuple[str, str, str]  # a SPEC target, what was measured, whether it is met
 
@@ -46,6 +48,7 @@ class Parts:
     duration: float
     floods: list[scenarios.FloodResult] = field(default_factory=list)
     garbage_calls: scenarios.StoreCalls | None = None
+    opaque_calls: scenarios.StoreCalls | None = None  # made-up keys of an existing system's shape
     cold: list[scenarios.ColdResult] = field(default_factory=list)
     streams: list[scenarios.StreamResult] = field(default_factory=list)
     profiles: dict[str, str] = field(default_factory=dict)  # load -> py-spy summary
@@ -121,6 +124,14 @@ def _flood_table(parts: Parts) -> str:
             f"\nGarbage keys only (keyfront, Redis store, c64): {calls.requests:,} requests, "
             f"{calls.cpu_us_per_request:.0f} µs CPU each; Redis commands meanwhile: "
             f"{_commands(calls.calls)} (in a pause as long: {_commands(calls.idle_calls)})."
+        )
+    opaque = parts.opaque_calls
+    if opaque is not None:
+        lines.append(
+            f"\nOpaque made-up keys only (SPEC 13, not imported): {opaque.requests:,} "
+            f"requests, {opaque.cpu_us_per_request:.0f} µs CPU each; Redis commands "
+            f"meanwhile: {_commands(opaque.calls)} (in a pause as long: "
+            f"{_commands(opaque.idle_calls)})."
         )
     return "\n".join(lines)
 
@@ -205,6 +216,10 @@ def _scenario_targets(parts: Parts) -> list[Row]:
         calls = parts.garbage_calls.attributable
         measured = f"{calls} Redis commands beyond an idle pause's (PING aside)"
         rows.append(("garbage keys: no store call", measured, _met(calls == 0)))
+    if parts.opaque_calls is not None:
+        calls = parts.opaque_calls.attributable
+        measured = f"{calls} Redis commands beyond an idle pause's (PING aside)"
+        rows.append(("opaque made-up keys: no store call", measured, _met(calls == 0)))
     rows += [_flood_row(flood) for flood in parts.floods if flood.label == KEYFRONT]
     rows += [_cold_row(cold) for cold in parts.cold if cold.label == KEYFRONT]
     rows += [_stream_row(stream) for stream in parts.streams]

@@ -47,11 +47,11 @@ from types import FrameType
 import yaml
 
 from . import report, scenarios
-from .load import FLOOD_LUA
+from .load import FLOOD_LUA, OPAQUE_FLOOD_LUA
 from .matrix import Cell, run_rounds
 from .profile import profile
 from .servers import SPARSE_2G, Target
-from .setup import Bench, Options, set_up
+from .setup import EXTERNAL, Bench, Options, set_up
 from .system import BenchError, Cores, Processes, ensure_tools, loadavg, raise_file_limit
 
 
@@ -172,6 +172,12 @@ def _flood(args: argparse.Namespace, bench: Bench, cores: Cores, parts: report.P
     parts.garbage_calls = scenarios.garbage_store_calls(
         cores, bench.targets["keyfront"], bench.redis_port, args.duration, script
     )
+    if EXTERNAL in bench.targets:  # this keyfront knows keys of existing systems
+        opaque = bench.root / "flood-opaque.lua"
+        opaque.write_text(OPAQUE_FLOOD_LUA)
+        parts.opaque_calls = scenarios.garbage_store_calls(
+            cores, bench.targets["keyfront"], bench.redis_port, args.duration, opaque
+        )
 
 
 def _profiles(args: argparse.Namespace, bench: Bench, cores: Cores) -> dict[str, str]:

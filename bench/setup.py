@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from dataclasses import dataclass, field
@@ -10,11 +11,14 @@ from typing import Any
 
 from .matrix import NGINX, Cell
 from .servers import (
+    ALLOWED_REFERRERS,
+    CUSTOMER,
     OBJECTS,
     Keyfront,
     Target,
     config_accepted,
     get,
+    keyfront_cli,
     keyfront_config,
     make_objects,
     start_floor,
@@ -31,11 +35,13 @@ SQLITE = "keyfront sqlite"
 METERING_OFF = "keyfront metering off"
 ASYNCIO_LOOP = "keyfront asyncio loop"  # event_loop: asyncio (the default is uvloop)
 BASELINE = "keyfront baseline"  # --baseline: another checkout, to judge a change in one run
+EXTERNAL = "keyfront external key"  # an imported key of an existing key system (SPEC 13)
+EXTERNAL_KEY = "bench-existing-key-0123456789"
 FLOOR_PREFIX = "aiohttp floor"
 CELLS = (Cell("10k", 64), Cell("10k", 8), Cell("1m", 64), Cell("1m", 8))
 # (prefix of the keyed route, prefix of the auth: none route) by what serves keyfront's hits
 PREFIXES = {"cache": ("/request/", "/open/"), "file": ("/files/", "/files-open/")}
-TEN_KB_ONLY = (AUTH_OFF, FLOOR_PREFIX)  # variants whose point is the per-request cost
+TEN_KB_ONLY = (AUTH_OFF, FLOOR_PREFIX, EXTERNAL)  # variants whose point is the per-request cost
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,7 @@ def set_up(procs: Processes, cores: Cores, root: Path, options: Options) -> Benc
         SQLITE: launch.keyfront("keyfront-sqlite", f"sqlite://{root}/keyfront-sqlite.db"),
         METERING_OFF: _metering_off(launch, f"{redis}/2", options) if options.metering else None,
         ASYNCIO_LOOP: _asyncio_loop(launch, f"{redis}/3"),
+        EXTERNAL: _imported(kf),
         BASELINE: (
             launch.keyfront("keyfront-baseline", f"{redis}/4", python=options.baseline)
             if options.baseline
@@ -156,6 +163,19 @@ def _asyncio_loop(launch: Launcher, store: str) -> Keyfront | None:
     if not config_accepted(launch.root / "probe-loop", overlay):
         return None
     return launch.keyfront("keyfront-asyncio", store, overlay)
+
+
+def _imported(kf: Keyfront) -> Keyfront | None:
+    """The same instance, with a key imported from an existing key system (SPEC section
+    13) under the same referrer rule; None where this keyfront cannot import keys."""
+    csv = kf.config.parent / "existing-keys.csv"
+    csv.write_text(f"key,customer_id,referrers\n{EXTERNAL_KEY},{CUSTOMER},{ALLOWED_REFERRERS}\n")
+    try:
+        keyfront_cli(kf.config, "keys", "import", str(csv))
+    except BenchError as exc:
+        print(f"external-key variant skipped: {exc}", file=sys.stderr)
+        return None
+    return dataclasses.replace(kf, key=EXTERNAL_KEY)
 
 
 def _floors(procs: Processes, cores: Cores, objects: Path) -> list[Target]:
