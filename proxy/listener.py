@@ -1,6 +1,8 @@
-"""The listeners' connections: keyfront's own error pages on both, and on the public one
-deadlines for what a client sends and takes, and a cap on how many one worker holds
-(issue 12 items 4, 5 and 9; README "Security model").
+"""The listeners' connections: keyfront's own error pages, deadlines for what a client
+sends and takes, and a cap on how many one worker holds (issue 12 items 4, 5 and 9;
+README "Security model"). The admin listener has the same (`AdminServer`, review
+finding 5) with a cap of its own: it shares the process, its event loop and its file
+descriptors with the public one, and customer tokens use it.
 
 **Error pages.** aiohttp refuses a malformed request (bad request line, invalid header,
 a line over 8 KiB) in its protocol handler, before keyfront's handler is called, and
@@ -34,15 +36,24 @@ reading is paused), for ever. Here, with next to nothing added to a request's pa
   and the send path aborts and closes the origin response. So does a connection closing
   with bytes the client never takes. Small responses never reach the mark, so a hit
   pays nothing for it.
+- **min_send_rate**: `send` alone is a progress deadline: a client taking ~50 KB every
+  29 s is never cut, and holds a pass-through's origin connection for days (review
+  finding 3). So each pause also checks the average rate at which the client took this
+  response while writing was paused (what left the buffer over the time paused, summed
+  from each resume), once that time passes `send`: below `min_send_rate` it is reset as
+  above. Only the paused time counts, so neither idle keep-alive time nor keyfront's
+  own waits on the origin lower the rate.
 - **head size**: a request head is held in memory until complete; past MAX_HEAD the
-  connection is closed (see `data_received`).
+  connection is closed (see `data_received`), the part of a pipelined head that came
+  in the read completing the request before it included (review finding 4).
 - **max_connections**: a connection past the cap is closed as soon as it is accepted,
   before any of its bytes are read, so a flood of idle connections cannot take the
   file descriptors real clients need; the deadlines above free the slots.
 
 This leans on a few of RequestHandler's internals (`_keepalive_handle`,
-`_next_keepalive_close_time`, `_process_keepalive`, `_request_count`), as of aiohttp
-3.14; tests/test_e2e_listener.py fails if they change.
+`_next_keepalive_close_time`, `_process_keepalive`, `_request_count`, `_messages`,
+`_current_request`), as of aiohttp 3.14; tests/test_e2e_listener.py fails if they
+change.
 """
 
 from __future__ import annotations
