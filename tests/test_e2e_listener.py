@@ -543,20 +543,22 @@ def test_admin_connections_past_the_admin_cap_are_closed(
     # A header deadline long enough that none of the held connections times out
     # while the test opens them all: connection ADMIN_CAP + 1 is closed at once.
     kf = start(tmp_path, origin, headers=10.0)
-    held = [connect_admin(kf) for _ in range(ADMIN_CAP)]
+    held: list[socket.socket] = []
     try:
+        held += (connect_admin(kf) for _ in range(ADMIN_CAP))
         time.sleep(0.2)  # all accepted
         with connect_admin(kf) as over:
             closed = closed_after(over, 2.0)
         assert closed is not None, f"admin connection {ADMIN_CAP + 1} is held past the cap"
-    finally:
         for sock in held:
             sock.close()
-    try:
         # Slots free again as the held ones close.
         assert eventually(lambda: _healthy(kf), 5), "the admin listener stays full"
     finally:
-        assert kf.stop() == 0
+        for sock in held:
+            sock.close()
+        stopped = kf.stop()
+    assert stopped == 0
 
 
 def _healthy(kf: KeyfrontProcess) -> bool:
