@@ -320,6 +320,11 @@ RUNTIME = web.AppKey("runtime", Runtime)
 # is 1 MiB; a smaller cap bounds what one customer token makes the loop parse (issue 12
 # item 3). Larger bodies get 413.
 ADMIN_MAX_BODY = 64 * 1024
+# Admin connections per worker (review finding 5): the admin listener serves operators'
+# tools, health checks, Prometheus and customer pages, a few connections each, not the
+# public. It shares the worker's descriptors with the public listener, whose cap
+# (connection_cap) leaves FD_RESERVE (1,024) for everything else: a quarter of that.
+ADMIN_MAX_CONNECTIONS = 256
 
 
 async def start_admin(runtime: Runtime) -> web.AppRunner:
@@ -329,7 +334,13 @@ async def start_admin(runtime: Runtime) -> web.AppRunner:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
     app.add_subapp(ADMIN_PREFIX, admin_app(runtime))  # the admin API (SPEC section 9)
-    runner = KeyfrontAppRunner(app, error_page=error_page, access_log=None)
+    runner = KeyfrontAppRunner(
+        app,
+        error_page=error_page,
+        timeouts=runtime.config.client_timeouts,  # the public deadlines
+        max_connections=ADMIN_MAX_CONNECTIONS,
+        access_log=None,
+    )
     await runner.setup()
     listen = runtime.config.admin_listen
     await web.TCPSite(runner, listen.host, listen.port, reuse_port=True).start()

@@ -158,6 +158,12 @@ class ClientTimeouts:
     headers: float = 10.0  # a new connection's first request line and headers, from open
     keepalive: float = 15.0  # the next request's headers, from the end of a response
     send: float = 30.0  # a client that takes none of its response for this long is cut
+    # Bytes a second a client must take on average, over the time keyfront waits on it
+    # for one response, once that wait passes `send` (review finding 3): a client that
+    # drains a little every `send` no longer holds a pass-through's origin connection
+    # for days. 2 KiB/s is below GPRS (~5 KB/s), the slowest mobile data in service.
+    # 0: no minimum.
+    min_send_rate: int = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -719,7 +725,9 @@ _CONFIG = _section(
             OriginTimeouts, dict.fromkeys(("connect", "first_byte", "idle"), _POSITIVE_SECONDS)
         ),
         "client_timeouts": _section(
-            ClientTimeouts, dict.fromkeys(("headers", "keepalive", "send"), _POSITIVE_SECONDS)
+            ClientTimeouts,
+            dict.fromkeys(("headers", "keepalive", "send"), _POSITIVE_SECONDS)
+            | {"min_send_rate": _SIZE},  # a size a second
         ),
         "max_connections": _integer(1),
         "usage": _section(

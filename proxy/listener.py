@@ -1,6 +1,8 @@
-"""The listeners' connections: keyfront's own error pages on both, and on the public one
-deadlines for what a client sends and takes, and a cap on how many one worker holds
-(issue 12 items 4, 5 and 9; README "Security model").
+"""The listeners' connections: keyfront's own error pages, deadlines for what a client
+sends and takes, and a cap on how many one worker holds (issue 12 items 4, 5 and 9;
+README "Security model"). The admin listener has the same (`AdminServer`, review
+finding 5) with a cap of its own: it shares the process, its event loop and its file
+descriptors with the public one, and customer tokens use it.
 
 **Error pages.** aiohttp refuses a malformed request (bad request line, invalid header,
 a line over 8 KiB) in its protocol handler, before keyfront's handler is called, and
@@ -34,15 +36,24 @@ reading is paused), for ever. Here, with next to nothing added to a request's pa
   and the send path aborts and closes the origin response. So does a connection closing
   with bytes the client never takes. Small responses never reach the mark, so a hit
   pays nothing for it.
+- **min_send_rate**: `send` alone is a progress deadline: a client taking ~50 KB every
+  29 s is never cut, and holds a pass-through's origin connection for days (review
+  finding 3). So each pause also checks the average rate at which the client took this
+  response while writing was paused (what left the buffer over the time paused, summed
+  from each resume), once that time passes `send`: below `min_send_rate` it is reset as
+  above. Only the paused time counts, so neither idle keep-alive time nor keyfront's
+  own waits on the origin lower the rate.
 - **head size**: a request head is held in memory until complete; past MAX_HEAD the
-  connection is closed (see `data_received`).
+  connection is closed (see `data_received`), the part of a pipelined head that came
+  in the read completing the request before it included (review finding 4).
 - **max_connections**: a connection past the cap is closed as soon as it is accepted,
   before any of its bytes are read, so a flood of idle connections cannot take the
   file descriptors real clients need; the deadlines above free the slots.
 
 This leans on a few of RequestHandler's internals (`_keepalive_handle`,
-`_next_keepalive_close_time`, `_process_keepalive`, `_request_count`), as of aiohttp
-3.14; tests/test_e2e_listener.py fails if they change.
+`_next_keepalive_close_time`, `_process_keepalive`, `_request_count`, `_messages`,
+`_current_request`), as of aiohttp 3.14; tests/test_e2e_listener.py fails if they
+change.
 """
 
 from __future__ import annotations
@@ -58,6 +69,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 
 from .config import ClientTimeouts
@@ -110,20 +122,34 @@ class Connection(RequestHandler):
 
 
 class KeyfrontAppRunner(web.AppRunner):
-    """An AppRunner (the admin listener) on a KeyfrontServer, whose responses all say
-    `Server: keyfront`."""
+    """An AppRunner (the admin listener) on an AdminServer, whose responses all say
+    `Server: keyfront`: the public listener's deadlines, head cap and a connection cap
+    of its own (review finding 5), for it shares the process, its event loop and its
+    descriptors with the public listener, and customer tokens use it."""
 
-    def __init__(self, app: web.Application, *, error_page: ErrorPage, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        error_page: ErrorPage,
+        timeouts: ClientTimeouts,
+        max_connections: int,
+        **kwargs: Any,
+    ) -> None:
         app.on_response_prepare.append(_server_header)
         super().__init__(app, **kwargs)
         self._error_page = error_page
+        self._timeouts = timeouts
+        self._max_connections = max_connections
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
         kwargs: dict[str, Any] = made._kwargs
-        return KeyfrontServer(
+        return AdminServer(
             made.request_handler,
             error_page=self._error_page,
+            timeouts=self._timeouts,
+            max_connections=self._max_connections,
             request_factory=made.request_factory,
             **kwargs,
         )
@@ -135,6 +161,8 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
 
 class PublicServer(KeyfrontServer):
     """The public listener: makes `ClientConnection`s, and counts them."""
+
+    what = "client"  # for the log
 
     def __init__(
         self,
@@ -173,11 +201,20 @@ class PublicServer(KeyfrontServer):
         if now - self._warned >= WARN_EVERY:
             self._warned = now
             log.warning(
-                "%d client connections open, the max_connections cap: refusing new ones "
-                "(%d so far)",
+                "%d %s connections open, the cap: refusing new ones (%d so far)",
                 self.open,
+                self.what,
                 self.refused,
             )
+
+
+class AdminServer(PublicServer):
+    """The admin listener: `AdminConnection`s, with the public deadlines."""
+
+    what = "admin"
+
+    def __call__(self) -> RequestHandler:
+        return AdminConnection(self, loop=self._loop, **self._kwargs)
 
 
 _PARSE = RequestHandler.data_received  # called directly: super() costs ~25 ns a read
@@ -191,9 +228,14 @@ class ClientConnection(Connection):
         "_client",
         "_counted",
         "_listener",
+        "_measured",
+        "_paused_at",
+        "_queued",
         "_send_deadline",
         "_send_timer",
+        "_taken",
         "_unparsed",
+        "_waited",
         "unsent",
     )
 
@@ -204,7 +246,14 @@ class ClientConnection(Connection):
         self._send_deadline = 0.0  # 0: not waiting on the client to take bytes
         self._send_timer: asyncio.TimerHandle | None = None
         self._counted = False
-        self._unparsed = 0  # bytes received since the last request head was complete
+        self._unparsed = 0  # bytes received of a request head not yet complete
+        # The minimum send rate: what the client took of `_measured` (the request whose
+        # response it is) while keyfront waited on it, and for how long.
+        self._measured: object = None
+        self._taken = 0  # bytes it took while writing was paused
+        self._waited = 0.0  # seconds writing was paused
+        self._paused_at = 0.0  # 0: writing is not paused
+        self._queued = 0  # bytes in the transport's buffer when writing paused
         self.unsent = 0  # bytes queued for the client when it was cut (usage, item 5)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -244,19 +293,35 @@ class ClientConnection(Connection):
         # the connection is closed. One add and compare a read.
         requests = self._request_count
         _PARSE(self, data)
-        if self._request_count != requests:
-            self._unparsed = 0
+        if self._request_count != requests and data.endswith(b"\r\n\r\n"):
+            self._unparsed = 0  # every ordinary request: a read ending at a head's end
             return
-        if not self._unparsed:  # the first bytes of a head still incomplete: rare
-            self._head_started()
-        self._unparsed += len(data)
+        self._count_head(data, requests)
+
+    def _count_head(self, data: bytes, requests: int) -> None:
+        """Count the bytes of `data` that are part of an incomplete head (rare)."""
+        if self._request_count != requests:
+            # A read that completes a request may carry the start of the next head (a
+            # pipelining client): the bytes after the last head's blank line count
+            # (review finding 4). A head has no blank line but its last, so none is in
+            # them; if the read holds none at all (the blank line began in the
+            # previous read), all of it counts.
+            end = data.rfind(b"\r\n\r\n")
+            self._unparsed = len(data) - end - 4 if end >= 0 else len(data)
+            if not self._unparsed:
+                return
+        else:
+            self._unparsed += len(data)
+        self._head_started()
         if self._unparsed > MAX_HEAD:
             self._listener.oversized += 1
             self.force_close()
 
     def _head_started(self) -> None:
         """A head must be complete within `headers` of its first byte, on a keep-alive
-        connection too: the deadline moves closer, never further."""
+        connection too: the deadline moves closer, never further. (Called for each read
+        of an incomplete head: the end of a response moves the deadline to `keepalive`
+        on, and the next read of a pipelined head brings it back.)"""
         deadline = self._loop.time() + self._listener.timeouts.headers
         if deadline < self._next_keepalive_close_time:
             self._next_keepalive_close_time = deadline
@@ -276,15 +341,40 @@ class ClientConnection(Connection):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        client = self._client
+        if client is None:
+            return
+        self._paused_at = self._loop.time()
+        self._queued = client.get_write_buffer_size()
+        if self._current_request is not self._measured:  # a new response: measure afresh
+            self._measured = self._current_request
+            self._taken, self._waited = 0, 0.0
+        elif self._too_slow():
+            self._cut(client)
+            return
         self._await_client()
 
     def resume_writing(self) -> None:
         super().resume_writing()
         client = self._client
+        if client is not None and self._paused_at:
+            # It took at least what left the buffer (writes only add to it).
+            self._waited += self._loop.time() - self._paused_at
+            self._taken += self._queued - client.get_write_buffer_size()
+            self._paused_at = 0.0
         if client is not None and client.is_closing():
             self._await_client()  # progress, and more to take before the close
         else:
             self._send_deadline = 0.0  # progress; the timer lapses when it fires
+
+    def _too_slow(self) -> bool:
+        """Whether the client took this response below `min_send_rate` on average
+        over the time keyfront waited on it, once that passed `send` (review finding
+        3). Checked as writing pauses again: a response that fits in the buffers never
+        gets here. `send` alone is a progress deadline, which a client taking a little
+        every `send` never trips."""
+        timeouts = self._listener.timeouts
+        return self._waited > timeouts.send and self._taken < timeouts.min_send_rate * self._waited
 
     def _await_client(self) -> None:
         """Start the send deadline: the client must take some of its bytes by then."""
@@ -309,7 +399,8 @@ class ClientConnection(Connection):
         self._cut(client)
 
     def _cut(self, client: asyncio.Transport) -> None:
-        """Reset a client that took nothing for `send`; remember what it never got."""
+        """Reset a client that took nothing for `send`, or too little for
+        `min_send_rate`; remember what it never got."""
         self._listener.cut += 1
         sock = client.get_extra_info("socket")
         self.unsent = client.get_write_buffer_size()
@@ -320,6 +411,38 @@ class ClientConnection(Connection):
             except OSError:
                 pass
         client.abort()
+
+
+class AdminConnection(ClientConnection):
+    """An admin API connection: a ClientConnection whose requests may carry a body (a
+    JSON object, at most ADMIN_MAX_BODY), which is not head bytes. aiohttp feeds a
+    body to its own buffer, which pauses reading past 128 KiB; proxy/admin/http.py
+    `read_body` reads it within `headers`."""
+
+    __slots__ = ("_body",)
+
+    def __init__(self, listener: PublicServer, **kwargs: Any) -> None:
+        super().__init__(listener, **kwargs)
+        self._body: Any = None  # the payload of the last request, while it is read
+
+    def data_received(self, data: bytes) -> None:
+        body = self._body
+        if body is not None and not body.is_eof():
+            # Bytes of a body. A head that follows the body's end in this read is
+            # counted from the next read: at most one read (256 KiB) more, on a
+            # listener of a few hundred connections.
+            _PARSE(self, data)
+            return
+        self._body = None
+        requests = self._request_count
+        _PARSE(self, data)
+        if self._request_count != requests and self._messages:
+            payload = self._messages[-1][1]
+            if payload is not EMPTY_PAYLOAD:  # what follows its head in this read is body
+                self._body = payload
+                self._unparsed = 0
+                return
+        self._count_head(data, requests)
 
 
 def _kernel_queue(sock: socket.socket) -> int:

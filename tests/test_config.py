@@ -214,14 +214,20 @@ def test_every_value_of_every_kind(tmp_path: Path) -> None:
 
 def test_client_limits_have_defaults_and_take_values(tmp_path: Path) -> None:
     # Issue 12 items 4 and 5: slowloris and stalled readers (README "Limits and timeouts").
-    assert load_dict(tmp_path, minimal()).client_timeouts == ClientTimeouts(10.0, 15.0, 30.0)
+    defaults = ClientTimeouts(10.0, 15.0, 30.0, min_send_rate=2048)
+    assert load_dict(tmp_path, minimal()).client_timeouts == defaults
     assert load_dict(tmp_path, minimal()).max_connections == 10_000
     data = minimal() | {
-        "client_timeouts": {"headers": "2s", "keepalive": "500ms", "send": "1m"},
+        "client_timeouts": {"headers": "2s", "keepalive": "500ms", "send": "1m"}
+        | {"min_send_rate": "4KiB"},  # review finding 3: bytes a second
         "max_connections": 20,
     }
     config = load_dict(tmp_path, data)
-    assert config.client_timeouts == ClientTimeouts(headers=2.0, keepalive=0.5, send=60.0)
+    assert config.client_timeouts == ClientTimeouts(
+        headers=2.0, keepalive=0.5, send=60.0, min_send_rate=4096
+    )
+    off = minimal() | {"client_timeouts": {"min_send_rate": 0}}
+    assert load_dict(tmp_path, off).client_timeouts.min_send_rate == 0
     assert config.max_connections == 20
 
 
@@ -394,6 +400,12 @@ BROKEN: list[tuple[str, Change, str, str]] = [
     ("negative ttl", put("cache.ttl", -1), "cache.ttl", "at least 0"),
     ("zero timeout", put("origin_timeouts.idle", 0), "origin_timeouts.idle", "greater than 0"),
     ("zero send", put("client_timeouts.send", "0s"), "client_timeouts.send", "greater than 0"),
+    (
+        "bad min_send_rate",
+        put("client_timeouts.min_send_rate", "fast"),
+        "client_timeouts.min_send_rate",
+        "not a",
+    ),
     (
         "bad keepalive",
         put("client_timeouts.keepalive", "soon"),

@@ -23,13 +23,18 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from proxy.app import ADMIN_MAX_CONNECTIONS
+
 from conftest import HttpOriginServer, KeyfrontProcess, start_keyfront
 
 MiB = 1024 * 1024
 PATTERN = bytes(range(256)) * 256  # 64 KiB; the big objects repeat it
 SMALL = b"s" * 10_000
+TINY = b"t" * 100
+ADMIN_CAP = ADMIN_MAX_CONNECTIONS  # admin connections per worker
 HEADERS, KEEPALIVE, SEND = 1.0, 3.0, 1.0  # seconds: short, so the tests stay fast
 SLACK = 1.5  # seconds a loaded machine may add to a timer
+ADMIN_TOKEN = "operator-token-for-the-listener-tests"
 
 
 class CountingOrigin(HttpOriginServer):
@@ -68,6 +73,7 @@ class CountingOrigin(HttpOriginServer):
 def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CountingOrigin]:
     root = tmp_path_factory.mktemp("listener-origin")
     (root / "small.bin").write_bytes(SMALL)
+    (root / "tiny.bin").write_bytes(TINY)
     server = CountingOrigin(str(root))
     server.start()
     yield server
@@ -81,7 +87,14 @@ def count_afresh(origin: CountingOrigin) -> None:
 
 
 def start(
-    tmp_path: Path, origin: CountingOrigin, max_connections: int = 100, loop: str = "uvloop"
+    tmp_path: Path,
+    origin: CountingOrigin,
+    max_connections: int = 100,
+    *,
+    loop: str = "uvloop",
+    headers: float = HEADERS,
+    send: float = SEND,
+    min_send_rate: str = "512KiB",
 ) -> KeyfrontProcess:
     """keyfront with short client deadlines; objects over 4 MiB pass through uncached."""
     return start_keyfront(
@@ -91,8 +104,10 @@ keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
 routes:
   - {{prefix: /open/, origin: "{origin.url}", auth: none}}
 cache: {{dir: {tmp_path}/cache, max_object_size: 4MiB}}
-client_timeouts: {{headers: {HEADERS}s, keepalive: {KEEPALIVE}s, send: {SEND}s}}
+client_timeouts:
+  {{headers: {headers}s, keepalive: {KEEPALIVE}s, send: {send}s, min_send_rate: {min_send_rate}}}
 max_connections: {max_connections}
+admin: {{token: "{ADMIN_TOKEN}"}}
 event_loop: {loop}
 access_log: "off"
 """,
@@ -399,3 +414,156 @@ def test_a_client_that_stops_reading_a_large_hit_is_cut(
         assert (status, fields["X-Cache"], body == PATTERN * 48) == (200, "HIT", True)
     finally:
         assert kf.stop() == 0
+
+
+# --- review finding 4: a pipelined head is counted from the read that began it ---------
+
+
+def test_a_head_begun_in_the_read_that_completes_a_request_counts_toward_the_cap(
+    keyfront: KeyfrontProcess,
+) -> None:
+    # One write: a whole request, then 56 KiB of the next head; then 12 KiB more of it.
+    # The head is 68 KiB by then, over the 64 KiB cap, though no read after the first
+    # request carried more than 12 KiB of it.
+    pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 7000) for i in range(8))[: 56 * 1024]
+    more = b"".join(b"X-More-%d: %s\r\n" % (i, b"b" * 6000) for i in range(2))
+    with connect(keyfront) as sock:
+        sock.sendall(b"GET /open/small.bin HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /open/small.bin HTTP/1.1\r\nHost: x\r\n" + pad)  # fmt: skip
+        assert read_response(sock)[::2] == (200, SMALL)
+        time.sleep(0.1)
+        sock.sendall(more)
+        closed = closed_after(sock, HEADERS * 0.5)  # the header deadline would take longer
+    assert closed is not None, "a 68 KiB head is still being read"
+    assert metric(keyfront, "keyfront_client_heads_too_large_total") == 1
+
+
+def test_500_pipelined_requests_in_one_write_are_all_answered(
+    keyfront: KeyfrontProcess,
+) -> None:
+    # ~110 KB in one write: reads end anywhere, mid-head included; none is a long head.
+    request = b"GET /open/tiny.bin HTTP/1.1\r\nHost: x\r\nUser-Agent: " + b"u" * 150 + b"\r\n\r\n"
+    with connect(keyfront) as sock:
+        sock.sendall(request * 500)
+        answers = sock.makefile("rb")
+        for _ in range(500):
+            status = answers.readline()
+            assert status.startswith(b"HTTP/1.1 200"), status
+            length = 0
+            while (line := answers.readline()) != b"\r\n":
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            assert answers.read(length) == TINY
+    assert metric(keyfront, "keyfront_client_heads_too_large_total") == 0
+
+
+# --- review finding 3: a minimum average send rate -------------------------------------
+
+
+def test_a_reader_below_the_minimum_send_rate_is_cut_and_frees_the_origin(
+    tmp_path: Path, origin: CountingOrigin
+) -> None:
+    # 64 KiB every 0.1 s (~600 KiB/s): it drains the buffer to its low-water mark well
+    # within every `send` (3 s), so a progress deadline never fires (the old code served
+    # it 4 MB in 6.5 s and went on), but it is below this keyfront's min_send_rate
+    # (2 MiB/s). On a pass-through the origin stream is held as long as the client is.
+    kf = start(tmp_path, origin, send=3.0, min_send_rate="2MiB")
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.connect(("127.0.0.1", kf.port))
+        with sock:
+            sock.sendall(b"GET /open/big/32 HTTP/1.1\r\nHost: x\r\n\r\n")
+            started, got, cut = time.monotonic(), 0, False
+            while not cut and time.monotonic() - started < 3.0 + 2 * SLACK:
+                burst = 0
+                while burst < 64 * 1024:  # a 16 KiB window: several reads
+                    try:
+                        chunk = sock.recv(64 * 1024 - burst)
+                    except ConnectionError:
+                        chunk = b""
+                    if not chunk:
+                        cut = True
+                        break
+                    burst += len(chunk)
+                got += burst
+                time.sleep(0.1)
+            assert cut, f"a client reading ~600 KiB/s is still served after {got} bytes"
+            assert eventually(lambda: origin.sending == 0, SLACK), "its origin connection is kept"
+        assert got > 256 * 1024  # it was served for a while: cut for its rate, not for stalling
+        assert metric(kf, "keyfront_client_send_timeouts_total") == 1
+    finally:
+        assert kf.stop() == 0
+
+
+# --- review finding 5: the admin listener's connections ---------------------------------
+
+
+def connect_admin(kf: KeyfrontProcess) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", kf.admin_port), timeout=10)
+
+
+def test_a_silent_admin_connection_is_closed_at_the_header_deadline(
+    keyfront: KeyfrontProcess,
+) -> None:
+    with connect_admin(keyfront) as sock:
+        closed = closed_after(sock, HEADERS + SLACK)
+    assert closed is not None, f"a silent admin connection is open after {HEADERS + SLACK}s"
+
+
+def test_a_trickled_admin_body_is_answered_408_within_the_header_deadline(
+    keyfront: KeyfrontProcess,
+) -> None:
+    # The head is whole (so no header deadline applies); the body's 65,000 bytes come a
+    # byte every 0.3 s: the handler gives up reading them after `headers`.
+    head = (
+        "POST /admin/v1/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 65000\r\n\r\n"
+    )
+    with connect_admin(keyfront) as sock:
+        sock.sendall(head.encode())
+        started, answer = time.monotonic(), b""
+        while time.monotonic() - started < HEADERS + 2 * SLACK and b"\r\n\r\n" not in answer:
+            try:
+                sock.sendall(b" ")
+                if select.select([sock], [], [], 0.3)[0]:
+                    answer += sock.recv(65536)
+            except ConnectionError:
+                break
+        elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b'"code":"request_timeout"' in answer
+    assert elapsed < HEADERS + 2 * SLACK
+
+
+def test_admin_connections_past_the_admin_cap_are_closed(
+    tmp_path: Path, origin: CountingOrigin
+) -> None:
+    # A header deadline long enough that none of the held connections times out
+    # while the test opens them all: connection ADMIN_CAP + 1 is closed at once.
+    kf = start(tmp_path, origin, headers=10.0)
+    held: list[socket.socket] = []
+    try:
+        held += (connect_admin(kf) for _ in range(ADMIN_CAP))
+        time.sleep(0.2)  # all accepted
+        with connect_admin(kf) as over:
+            closed = closed_after(over, 2.0)
+        assert closed is not None, f"admin connection {ADMIN_CAP + 1} is held past the cap"
+        for sock in held:
+            sock.close()
+        # Slots free again as the held ones close.
+        assert eventually(lambda: _healthy(kf), 5), "the admin listener stays full"
+    finally:
+        for sock in held:
+            sock.close()
+        stopped = kf.stop()
+    assert stopped == 0
+
+
+def _healthy(kf: KeyfrontProcess) -> bool:
+    try:
+        with urllib.request.urlopen(f"{kf.admin_url}/healthz", timeout=2) as page:
+            return page.status == 200
+    except OSError:
+        return False

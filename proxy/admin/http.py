@@ -3,6 +3,7 @@ and out, and errors as the proxy renders them (SPEC section 1's error body)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -128,8 +129,17 @@ def reply(data: Any, status: int = 200, headers: Mapping[str, str] | None = None
 
 
 async def read_body(request: web.Request, optional: bool = False) -> dict[str, Any]:
-    """The request's JSON object (an empty one when `optional` and there is no body)."""
-    raw = await request.read()
+    """The request's JSON object (an empty one when `optional` and there is no body).
+    It must arrive within `client_timeouts.headers` (review finding 5): a body trickled
+    a byte at a time would hold the connection and its handler for ever (at most
+    ADMIN_MAX_BODY, 64 KiB, a few seconds on the slowest link)."""
+    try:
+        async with asyncio.timeout(context(request).config.client_timeouts.headers):
+            raw = await request.read()
+    except TimeoutError:
+        raise AdminError(
+            408, "request_timeout", "the request body did not arrive in time"
+        ) from None
     if optional and not raw.strip():
         return {}
     try:
