@@ -10,6 +10,7 @@ keep-alive, no header deadline, no send deadline).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.client
 import resource
@@ -567,3 +568,30 @@ def _healthy(kf: KeyfrontProcess) -> bool:
             return page.status == 200
     except OSError:
         return False
+
+
+def test_a_reader_taking_bursts_between_resumes_is_not_cut(
+    tmp_path: Path, origin: CountingOrigin
+) -> None:
+    """Review finding 4: progress was `resume_writing`, which needs the kernel to free
+    about half its send queue first, so a client taking 256 KiB every 0.4 s (~640
+    KiB/s) was reset after `send` as if it took nothing. Progress is now what it took."""
+    kf = start(tmp_path, origin, min_send_rate="1KiB")  # the rate is not what is tested
+    try:
+        with connect(kf) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.sendall(b"GET /open/big/32 HTTP/1.1\r\nHost: x\r\n\r\n")  # passes through
+            started, got = time.monotonic(), 0
+            while time.monotonic() - started < 4 * SEND:
+                time.sleep(0.4 * SEND)
+                burst = 0
+                sock.settimeout(0.05)
+                with contextlib.suppress(TimeoutError):
+                    while burst < 256 * 1024:
+                        chunk = sock.recv(256 * 1024 - burst)  # a reset raises here
+                        assert chunk, f"cut after {got + burst} bytes"
+                        burst += len(chunk)
+                got += burst
+            assert got > 2 * MiB
+    finally:
+        assert kf.stop() == 0
