@@ -116,6 +116,11 @@ access_log: "off"
 """
     kf = start_keyfront(body, str(tmp_path), "--workers", "2")
     try:
+        # The first worker recounts the folder in the background at start-up; a fill
+        # racing that recount can be counted twice (one block) until the next start, a
+        # known drift (closing note of issue 12). This test is about counting once per
+        # host, so it lets the recount of the empty folder finish first.
+        time.sleep(1.0)
         for path in ("a.bin", "a.bin", "b.bin", "b.bin", "missing.bin", "missing.bin"):
             assert get(f"{kf.url}/o/{path}") == (404 if path == "missing.bin" else 200)
         time.sleep(1.5)  # workers publish their counters every second
