@@ -10,7 +10,6 @@ accepting, drain in-flight responses up to `shutdown_timeout`, and close.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import gc
 import logging
@@ -285,6 +284,24 @@ def limiter_for(config: Config, store: Store) -> Limiter:
     return SharedLimiter(client, config.store_timeout, config.on_store_error, fallback)
 
 
+async def stop_tasks(tasks: list[asyncio.Task[None]], grace: float = 2.0) -> None:
+    """Cancel `tasks` and wait for them, `grace` seconds at most: a task that swallows its
+    cancellation (a driver turning a cancel into its own timeout error) must not hold a
+    SIGTERM'd process for ever. One that does is named in the log."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=grace)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+    for task in pending:
+        log.warning(
+            "task %s did not stop within %.0f s of its cancellation", task.get_name(), grace
+        )
+
+
 async def shutdown(runtime: Runtime) -> None:
     """Stop accepting, let in-flight responses finish (bounded), then close."""
     timeout = runtime.config.shutdown_timeout
@@ -298,10 +315,7 @@ async def shutdown(runtime: Runtime) -> None:
         await runtime.public_handler.shutdown(timeout)
     if runtime.admin is not None:
         await runtime.admin.cleanup()
-    for task in runtime.tasks:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await stop_tasks(runtime.tasks)
     await runtime.limiter.close()  # flushes byte counts for quotas
     for close in runtime.closers:
         await close()

@@ -169,8 +169,8 @@ class SharedLimiter(Limiter):
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:  # bounded: a cancel that a timeout turns into TimeoutError is lost
+            await asyncio.wait(self._tasks, timeout=2.0)
         with contextlib.suppress(StoreError, TimeoutError):
             async with asyncio.timeout(1.0):
                 await self._flush_bytes()
@@ -412,6 +412,7 @@ class SharedLimiter(Limiter):
                     async with asyncio.timeout(1.0):
                         await self._flush_kept()
                         await self._flush_bytes()
+                _raise_if_cancelled()
 
     async def _flush_bytes(self) -> None:
         pending, self._bytes = self._bytes, {}
@@ -467,6 +468,7 @@ class SharedLimiter(Limiter):
                     await self._call(probe, 0, 0, 0, time.time(), month="")
                     self.healthy = True
                     log.warning("rate-limit store answers again: shared limits resume")
+            _raise_if_cancelled()
 
 
 def _leases(stage: Stage) -> bool:
@@ -491,3 +493,11 @@ def _lease_size(bucket: Bucket) -> int:
 
 def _or_none(value: int | None) -> int:
     return -1 if value is None else value
+
+
+def _raise_if_cancelled() -> None:
+    """A cancel that lands as a timeout expires comes out as TimeoutError, which the
+    loops above suppress: without this they would run on, and hold shutdown."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -164,3 +165,50 @@ def test_access_log_lines_never_hold_the_key(tmp_path: Path, origin: HttpOriginS
     assert first["path"] == "/k/hello.txt" and first["client_ip"] == "127.0.0.1"
     assert first["cache"] in {"HIT", "MISS", "BYPASS"} and first["duration_ms"] >= 0
     assert set(first) >= {"time", "request_id", "referrer_host"}
+
+
+async def test_shutdown_stops_waiting_on_a_task_that_swallows_its_cancellation() -> None:
+    """A cancel that lands as a driver's own timeout expires comes out as TimeoutError;
+    a loop that suppresses it runs on. Shutdown used to await such a task for ever (a
+    SIGTERM'd keyfront seen still up 50 minutes later): now it waits `grace`."""
+    import asyncio
+    import time
+
+    from proxy.app import stop_tasks
+
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if swallowed.is_set():
+                    raise
+                swallowed.set()  # the first cancel is lost, as a driver's timeout loses it
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await stop_tasks([task], grace=0.2)
+    assert swallowed.is_set() and not task.done()
+    assert time.monotonic() - started < 1.0
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_a_driver_error_raised_while_cancelled_is_the_cancellation() -> None:
+    import asyncio
+
+    from proxy.store.redis import _cancelled_meanwhile
+
+    async def feed() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        _cancelled_meanwhile(TimeoutError("not cancelled: a real timeout"))  # no effect
+        task.cancel()
+        _cancelled_meanwhile(TimeoutError("a cancel that came out as a timeout"))
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(feed())

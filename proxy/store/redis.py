@@ -64,6 +64,16 @@ PING_EVERY, SILENCE_LIMIT = 5.0, 12.0  # a subscription silent this long is dead
 DRIVER_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
+def _cancelled_meanwhile(exc: BaseException) -> None:
+    """Raise CancelledError if this task was cancelled while `exc` was raised. A cancel
+    that lands as a driver's own timeout expires comes out as TimeoutError, an OSError
+    (so a DRIVER_ERROR): caught as a lost connection, it kept the change feed
+    resubscribing for ever, and a SIGTERM'd keyfront waiting on it never exited."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+
+
 def _slot_key(kind: str, id_: str) -> str:
     """`kf:<kind>:{<id>}`, as in the table above: the braces are the hash tag."""
     return f"kf:{kind}:{{{id_}}}"
@@ -282,6 +292,7 @@ class RedisStore(RedisUsage, Store):
                 async for change in self._messages(pubsub):
                     yield change
             except DRIVER_ERRORS as exc:
+                _cancelled_meanwhile(exc)
                 log.warning("redis change feed lost (%s); resubscribing in %.1fs", exc, backoff)
                 missed, attempt = True, attempt + 1
                 with contextlib.suppress(TimeoutError):  # a pause that close() cuts short
