@@ -12,14 +12,15 @@ describes the same contract.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from ..manage import Invalid
 from ..manage.values import (
     CUSTOMER_CHANGES,
+    ID,
     KEY_SETTINGS,
     MAX_TIMESTAMP,
+    is_id,
     json_type,
     parse_date,
     read_settings,
@@ -29,7 +30,6 @@ from ..records import KEY_STATUSES, Customer, KeyRecord
 MAX_ANSWER = 64 * 1024  # bytes: a key with 256 referrers, CIDRs and paths is ~60 KB
 # The operator's ids go into usage rows, bucket ids ({key_id} hash tags), log lines and
 # metrics labels (customers): the customer-id alphabet, so none can break one of those.
-_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _KEY_FIELDS = {name: s for name, s in KEY_SETTINGS.items() if name != "expires_at"}
 _CUSTOMER_FIELDS = {name: s for name, s in CUSTOMER_CHANGES.items() if name != "status"}
 
@@ -93,7 +93,7 @@ def _customer(raw: Any, customer_id: str) -> Customer:
 
 
 def _id(raw: Any, name: str) -> str:
-    if not isinstance(raw, str) or _ID.fullmatch(raw) is None:
+    if not isinstance(raw, str) or not is_id(raw):
         raise Invalid(name, "required: 1 to 64 of A-Z a-z 0-9 _ . -")
     return raw
 
@@ -115,7 +115,7 @@ def _moment(raw: Any, name: str) -> int | None:
 
 # --- the same contract as a JSON Schema (docs/key-api.schema.json is its dump) ---
 
-_ID_SCHEMA = {"type": "string", "pattern": f"^{_ID.pattern}$"}
+_ID_SCHEMA = {"type": "string", "pattern": f"^{ID.pattern}$"}
 _MOMENT = {"type": ["integer", "string", "null"], "minimum": 0, "maximum": MAX_TIMESTAMP,
            "description": "unix seconds, or an ISO 8601 date or datetime (UTC unless it names "
                           "a zone); null: never"}  # fmt: skip
