@@ -2,7 +2,7 @@
 listener runs on) answering every request with the 10 KB object from memory, with no
 check, no header beyond aiohttp's own, no file read. Whatever keyfront does costs on
 top of this, so its distance to nginx says how much of the gap any keyfront change can
-close (NOTES.md, "The aiohttp floor"). Run as its own process:
+close (docs/dependencies.md, "The aiohttp floor"). Run as its own process:
 
     python -m bench.floor --port P --body FILE [--loop asyncio|uvloop]
 """

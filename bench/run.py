@@ -25,7 +25,7 @@ Why this method: a 2-core VM is noisy (other tenants, turbo, the page cache), so
 absolute figures of one run drift by 10-20% between runs. Pinning keeps the load
 generator from taking the server's core; interleaving puts every variant under the same
 drift; medians drop the odd bad run; and a ratio taken between runs of the same round
-cancels most of what the machine does meanwhile (NOTES.md: ratios from one run are
+cancels most of what the machine does meanwhile (docs/dependencies.md: ratios from one run are
 what to trust).
 
 Until keyfront has its disk cache, its "hits" are served from a file:// route over the

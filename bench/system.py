@@ -67,7 +67,7 @@ def raise_file_limit() -> None:
 
 @dataclass(frozen=True)
 class Cores:
-    """Load generator on one core, every server on another (NOTES.md: wrk pinned to one
+    """Load generator on one core, every server on another (docs/dependencies.md: wrk pinned to one
     core, the server on the other). None: no pinning (a one-core machine)."""
 
     client: int | None

@@ -52,8 +52,10 @@ reading is paused), for ever. Here, with next to nothing added to a request's pa
 
 This leans on a few of RequestHandler's internals (`_keepalive_handle`,
 `_next_keepalive_close_time`, `_process_keepalive`, `_request_count`, `_messages`,
-`_current_request`), as of aiohttp 3.14; tests/test_e2e_listener.py fails if they
-change.
+`_current_request`, `_manager`, and `web.Server._kwargs`), as of aiohttp 3.14, the
+release pinned in pyproject.toml (docs/dependencies.md lists each and why);
+tests/test_aiohttp_internals.py fails first if one moves, tests/test_e2e_listener.py
+if its behaviour changes.
 """
 
 from __future__ import annotations

@@ -77,6 +77,10 @@ class WireResponse(web.StreamResponse):
         self._data = data
 
     async def prepare(self, request: web.BaseRequest) -> None:
+        # `_eof_sent` and `_keep_alive` are aiohttp's own (private) flags: set, they tell
+        # its RequestHandler that the response is complete and the connection stays
+        # open, without its header machinery. Checked against aiohttp 3.14, the pinned
+        # release; tests/test_aiohttp_internals.py fails first if they move.
         if self._eof_sent:
             return
         self._eof_sent = True
