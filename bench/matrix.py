@@ -5,7 +5,8 @@ the other, the order rotated each round so that no variant always runs first or 
 A variant's figure is the median of its rounds; a ratio is taken within each round
 (keyfront's run against the nginx run of the same round) and the median of those
 ratios is printed. On a noisy 2-core machine the ratio of neighbouring runs is far
-steadier than either absolute figure (docs/dependencies.md: "ratios from one run are what to trust").
+steadier than either absolute figure (docs/dependencies.md: "ratios from one run are
+what to trust").
 """
 
 from __future__ import annotations
