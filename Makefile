@@ -6,12 +6,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/local.yaml
 
-.PHONY: run test lint format check-redis install install-test bench clean
+.PHONY: run test lint format check-tools install install-test bench clean
 
 run: install
 	@CONFIG=$(CONFIG) BIN=$(BIN) deploy/run-local.sh
 
-test: install-test check-redis lint
+test: install-test check-tools lint
 	$(BIN)/pytest
 
 lint: install-test
@@ -42,8 +42,9 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	touch $@
 
 # The suite starts its own redis-server on a free port; it only needs the binary.
-check-redis:
-	@command -v redis-server >/dev/null || deploy/install-redis-server.sh
+check-tools:
+	@command -v redis-server >/dev/null || deploy/install-test-tool.sh redis-server redis-server
+	@command -v promtool >/dev/null || deploy/install-test-tool.sh promtool prometheus
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
