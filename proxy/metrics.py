@@ -1,8 +1,8 @@
 """Prometheus metrics (SPEC section 10), cheap on the request path.
 
 prometheus-client's multiprocess mode writes an mmap'ed file on every `inc()` (1.7 µs
-each) and a histogram observation costs 1.8-3.5 µs (NOTES.md): five of them would be
-a quarter of a cache hit's budget. Here a request updates plain dicts (well under a
+each) and a histogram observation costs 1.8-3.5 µs (docs/dependencies.md): five of them
+would be a quarter of a cache hit's budget. Here a request updates plain dicts (well under a
 microsecond), and prometheus-client only formats them when /metrics is scraped.
 
 Workers of one host: each writes its counters to `<dir>/<pid>.json` every second and
@@ -12,6 +12,12 @@ folder's size and object count) are read by every worker alike: the largest is k
 not the sum. Labels are bounded: routes and
 codes come from config and the SPEC, customers only for the `metrics.customer_labels`
 busiest (others are summed as `other`), never a key id.
+
+Counters never decrease, or `rate()` reads a reset (issue 15: `other` fell from 400,000
+to 873 when a customer moved into the top N). So a customer, once given a label of its
+own, keeps it for the life of the workers (`CustomerLabels`, shared through the same
+directory), and its series counts from that moment: what it did before stays in
+`other`. The busiest customers by requests take the free labels; none is taken back.
 """
 
 from __future__ import annotations
@@ -19,23 +25,70 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import fcntl
 import glob
 import json
 import os
+import platform
 from collections.abc import Callable, Iterator
+from importlib.metadata import version
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Up to a minute: a large download over a slow link is a request too (issue 15).
+DURATION_BUCKETS = (
+    *(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    *(5.0, 10.0, 30.0, 60.0),
+)
 Snapshot = dict[str, dict[str, Any]]
+
+# Gauges by the name parts of keyfront set them under: exported name (units in it) and
+# what it measures. Per-process gauges are summed over the workers; host gauges are not.
+GAUGES = {
+    "client_connections": (
+        "client_connections",
+        "Public client connections open now, all workers.",
+    ),
+    "usage_pending": (
+        "usage_pending_rows",
+        "Usage rows counted but not yet written to the store, all workers.",
+    ),
+    "store_degraded": (
+        "store_degraded",
+        "Workers whose store circuit breaker is open (limits checked in process); 0: healthy.",
+    ),
+    "requests_in_flight": (
+        "requests_in_flight",
+        "Requests being answered now, all workers.",
+    ),
+    "cache_size_bytes": (
+        "cache_size_bytes",
+        "Disk cache size in allocated filesystem blocks, as du counts them.",
+    ),
+    "cache_objects": ("cache_objects", "Objects in the disk cache, cached 404s included."),
+    "imported_keys": ("imported_keys", "External keys imported into this host's key set."),
+}
+# process_* of every worker: counters and sizes summed, the start time the earliest.
+PROCESS = {
+    "process_cpu_seconds_total": "Worker CPU time (user and system), all workers, seconds.",
+    "process_resident_memory_bytes": "Resident memory of all workers, bytes.",
+    "process_virtual_memory_bytes": "Virtual memory of all workers, bytes.",
+    "process_open_fds": "Open file descriptors of all workers.",
+    "process_start_time_seconds": "Start time of the oldest worker, seconds since the epoch.",
+}
+BUILD = {
+    "version": version("keyfront"),
+    "python": platform.python_version(),
+    "aiohttp": version("aiohttp"),
+}
 
 
 class Metrics(Collector):
     def __init__(self, directory: str | None = None, customer_labels: int = 50) -> None:
         self._dir = directory
-        self._top = customer_labels
         # Each counter: {label values joined by "\0": value}. Live in this process.
         self.counters: dict[str, dict[str, float]] = {
             name: {}
@@ -67,6 +120,8 @@ class Metrics(Collector):
         # themselves (record cache hits, usage rows pending, cache size).
         self.sources: list[Callable[[Metrics], None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._labels = CustomerLabels(directory, customer_labels)
+        self._process = ProcessCollector(registry=None)
 
     # --- the request path: dict updates only ---
 
@@ -77,12 +132,21 @@ class Metrics(Collector):
     def request(self, route: str, status: int, cache: str, sent: int, seconds: float) -> None:
         self.count("requests", f"{route}\0{status}\0{cache}")
         self.count("response_bytes", route, sent)
-        _observe(self.durations, route, seconds)
+        _observe(self.durations, f"{route}\0{cache}", seconds)
 
     def origin(self, route: str, status: str, seconds: float) -> None:
         """One origin fetch answered (`status`: its HTTP status, or `error`/`timeout`)."""
         self.count("origin_requests", f"{route}\0{status}")
         _observe(self.origin_durations, route, seconds)
+
+    def _process_samples(self) -> dict[str, float]:
+        """This process's process_* values, published with its counters."""
+        return {
+            sample.name: sample.value
+            for family in self._process.collect()
+            for sample in family.samples
+            if sample.name in PROCESS
+        }
 
     # --- sharing between workers ---
 
@@ -120,6 +184,7 @@ class Metrics(Collector):
             "origin_durations": self.origin_durations,
             "gauges": self.gauges,
             "host_gauges": self.host_gauges,
+            "process": self._process_samples(),
         }
 
     def _merged(self) -> Snapshot:
@@ -138,13 +203,24 @@ class Metrics(Collector):
     def collect(self) -> Iterator[Any]:
         snap = self._merged()
         c = snap["counters"]
+        info = GaugeMetricFamily(
+            "keyfront_build_info", "keyfront's version and what it runs on.", labels=list(BUILD)
+        )
+        info.add_metric(list(BUILD.values()), 1)
+        yield info
         yield _counter(
             "requests", "Requests answered.", ["route", "status", "cache"], c["requests"]
         )
-        yield _histogram("request_duration_seconds", "Time to answer, by route.", snap["durations"])
+        yield _histogram(
+            "request_duration_seconds",
+            "Time to answer a request, by route and cache outcome (X-Cache).",
+            ["route", "cache"],
+            snap["durations"],
+        )
         yield _histogram(
             "origin_duration_seconds",
             "Time to an origin's answer (its headers), by route.",
+            ["route"],
             snap["origin_durations"],
         )
         yield _counter("response_bytes", "Body bytes sent.", ["route"], c["response_bytes"])
@@ -168,17 +244,21 @@ class Metrics(Collector):
             ("client_heads_too_large", "Connections closed: a request head over 64 KiB."),
         ):
             yield _counter(name, doc, [], c[name])
-        for name, doc in (
-            ("customer_requests", "Requests served, top customers."),
-            ("customer_bytes", "Bytes sent, top customers."),
-        ):
-            yield _counter(
-                name, doc, ["customer"], _top(c[name], c["customer_requests"], self._top)
-            )
+        requests, sent = self._labels.series(c["customer_requests"], c["customer_bytes"])
+        yield _counter(
+            "customer_requests", "Requests served, top customers.", ["customer"], requests
+        )
+        yield _counter("customer_bytes", "Body bytes sent, top customers.", ["customer"], sent)
         for name, value in sorted({**snap["gauges"], **snap["host_gauges"]}.items()):
-            gauge = GaugeMetricFamily(f"keyfront_{name}", name.replace("_", " "))
+            exported, doc = GAUGES.get(name, (name, name.replace("_", " ") + "."))
+            gauge = GaugeMetricFamily(f"keyfront_{exported}", doc)
             gauge.add_metric([], value)
             yield gauge
+        for name, value in sorted(snap.get("process", {}).items()):
+            kind = CounterMetricFamily if name.endswith("_total") else GaugeMetricFamily
+            family = kind(name.removesuffix("_total"), PROCESS[name])
+            family.add_metric([], value)
+            yield family
 
 
 def _add(into: Snapshot, other: Snapshot) -> None:
@@ -196,7 +276,14 @@ def _add(into: Snapshot, other: Snapshot) -> None:
     for kind in ("durations", "origin_durations"):
         for route, hist in other.get(kind, {}).items():
             mine = into[kind].setdefault(route, [0.0] * len(hist))
-            into[kind][route] = [a + b for a, b in zip(mine, hist, strict=True)]
+            if len(mine) == len(hist):  # (a file from an older release: other buckets)
+                into[kind][route] = [a + b for a, b in zip(mine, hist, strict=True)]
+    process = into.setdefault("process", {})
+    for name, value in other.get("process", {}).items():
+        if name == "process_start_time_seconds":
+            process[name] = min(process.get(name, value), value)
+        else:
+            process[name] = process.get(name, 0) + value
 
 
 def _counter(
@@ -219,22 +306,92 @@ def _observe(histograms: dict[str, list[float]], route: str, seconds: float) -> 
     hist[-1] += 1
 
 
-def _histogram(name: str, doc: str, durations: dict[str, list[float]]) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(f"keyfront_{name}", doc, labels=["route"])
-    for route, hist in sorted(durations.items()):
+def _histogram(
+    name: str, doc: str, labels: list[str], durations: dict[str, list[float]]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(f"keyfront_{name}", doc, labels=labels)
+    for joined, hist in sorted(durations.items()):
+        values = joined.split("\0")
+        if len(values) != len(labels) or len(hist) != len(DURATION_BUCKETS) + 3:
+            continue  # a file from an older release
         cumulative, buckets = 0.0, []
         for bound, count in zip([*map(str, DURATION_BUCKETS), "+Inf"], hist[:-2], strict=True):
             cumulative += count
             buckets.append((bound, cumulative))
-        family.add_metric([route], buckets, hist[-2])
+        family.add_metric(values, buckets, hist[-2])
     return family
 
 
-def _top(series: dict[str, float], by: dict[str, float], n: int) -> dict[str, float]:
-    """The `n` busiest customers by requests get their own label; the rest `other`."""
-    keep = set(sorted(by, key=lambda k: by[k], reverse=True)[:n])
-    out: dict[str, float] = {}
-    for customer, value in series.items():
-        label = customer if customer in keep else "other"
-        out[label] = out.get(label, 0) + value
-    return out
+class CustomerLabels:
+    """Which customers have a label of their own, and what each had already shown inside
+    `other` when it got it: its series counts on from there and `other` keeps that part,
+    so neither ever falls and the series still add up to every request. A customer
+    labelled before any scrape showed it in `other` counts from zero. Shared by the
+    workers through `<dir>/customer-labels.state`, updated under a lock by whichever
+    worker answers a scrape; at most `limit` labels, none ever taken back while the
+    workers live (the supervisor wipes the directory at start, with the counters)."""
+
+    def __init__(self, directory: str | None, limit: int) -> None:
+        # (not *.json: those are the workers' snapshots)
+        self._path = None if directory is None else os.path.join(directory, "customer-labels")
+        self._limit = limit
+        self._state: dict[str, dict[str, list[float]]] = {"labels": {}, "shown": {}}
+
+    def series(
+        self, requests: dict[str, float], sent: dict[str, float]
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """The customer_requests and customer_bytes series, from the merged raw counts
+        per customer id."""
+        with self._locked():
+            self._load()
+            labels, shown = self._state["labels"], self._state["shown"]
+            room = self._limit - len(labels)
+            if room > 0:
+                busiest = sorted(requests, key=lambda k: (-requests[k], k))
+                for customer in [c for c in busiest if c not in labels][:room]:
+                    labels[customer] = shown.pop(customer, [0, 0])
+            out_requests: dict[str, float] = {"other": 0}
+            out_sent: dict[str, float] = {"other": 0}
+            for customer in requests.keys() | sent.keys():
+                counts = [requests.get(customer, 0), sent.get(customer, 0)]
+                base = labels.get(customer)
+                if base is None:
+                    shown[customer] = counts
+                    out_requests["other"] += counts[0]
+                    out_sent["other"] += counts[1]
+                else:
+                    out_requests[customer] = counts[0] - base[0]
+                    out_sent[customer] = counts[1] - base[1]
+                    out_requests["other"] += base[0]
+                    out_sent["other"] += base[1]
+            self._save()
+        return out_requests, out_sent
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self._path is None:
+            yield
+            return
+        try:
+            lock = open(self._path + ".lock", "a")  # noqa: SIM115 (held across the yield)
+        except OSError:
+            yield
+            return
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _load(self) -> None:
+        if self._path is None:
+            return
+        with contextlib.suppress(OSError, ValueError), open(self._path + ".state") as f:
+            stored = json.load(f)
+            self._state = {"labels": dict(stored["labels"]), "shown": dict(stored["shown"])}
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        with contextlib.suppress(OSError):
+            with open(self._path + ".tmp", "w") as f:
+                json.dump(self._state, f)
+            os.replace(self._path + ".tmp", self._path + ".state")

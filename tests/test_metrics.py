@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import time
@@ -35,7 +36,7 @@ SPEC_NAMES = {
     "keyfront_cache_write_errors",
     "keyfront_key_cache",
     "keyfront_store_errors",
-    "keyfront_usage_pending",
+    "keyfront_usage_pending_rows",  # SPEC's keyfront_usage_pending, with its unit (issue 15)
     "keyfront_customer_requests",
     "keyfront_customer_bytes",
 }
@@ -95,6 +96,86 @@ access_log: "off"
         assert all(key.split("_")[2] not in text for key in keys)  # never a key id
     finally:
         assert kf.stop() == 0
+
+
+def test_customer_counters_never_fall_when_the_top_customers_change(tmp_path: Path) -> None:
+    """Issue 15: ranked by requests, a customer with few requests and many bytes sat in
+    `other`; when it moved into the top N, `other` fell (400,000 to 873), which rate()
+    reads as a counter reset. Labels given are kept, and every series only grows."""
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "small").write_bytes(b"s" * 10)
+    (tmp_path / "files" / "large").write_bytes(b"L" * 100_000)
+    body = f"""
+store: sqlite://{tmp_path}/kf.db
+keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}, defaults: {{rate: null, burst: null}}}}
+routes: [{{prefix: /f/, origin: "file://{tmp_path}/files/"}}]
+metrics: {{customer_labels: 1}}
+access_log: "off"
+"""
+    kf = start_keyfront(body, str(tmp_path), "--workers", "2")
+    try:
+        key = {}
+        for customer in ("busy", "big"):
+            kf.cli("customers", "create", customer)
+            created = kf.cli("keys", "create", "--customer", customer, "--json").stdout
+            key[customer] = json.loads(created)["key"]
+        scrapes = []
+
+        def requests(customer: str, name: str, count: int) -> None:
+            for _ in range(count):
+                assert get(f"{kf.url}/f/{name}?key={key[customer]}") == 200
+            time.sleep(1.5)  # workers publish their counters every second
+            families = scrape(kf.admin_url)
+            scrapes.append(
+                {
+                    (family, labels["customer"]): value
+                    for family in ("keyfront_customer_requests", "keyfront_customer_bytes")
+                    for labels, value in families[family]
+                }
+            )
+
+        requests("busy", "small", 5)  # busy takes the one label
+        requests("big", "large", 2)  # big's bytes are in other
+        requests("big", "small", 10)  # big is now the busiest: before, other fell
+        for before, after in itertools.pairwise(scrapes):
+            for series, value in before.items():
+                assert after.get(series, 0) >= value, (series, before, after)
+        last = scrapes[-1]
+        assert last[("keyfront_customer_bytes", "other")] >= 200_000
+        assert ("keyfront_customer_requests", "big") not in last  # the one label is busy's
+        assert sum(v for (f, _), v in last.items() if f == "keyfront_customer_requests") == 17
+    finally:
+        assert kf.stop() == 0
+
+
+def test_the_page_says_what_runs_and_times_by_cache_outcome(tmp_path: Path) -> None:
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "a.txt").write_bytes(b"a" * 10)
+    body = f"""
+store: sqlite://{tmp_path}/kf.db
+keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
+routes: [{{prefix: /f/, origin: "file://{tmp_path}/files/", auth: none}}]
+access_log: "off"
+"""
+    kf = start_keyfront(body, str(tmp_path), "--workers", "2")
+    try:
+        assert get(f"{kf.url}/f/a.txt") == 200
+        time.sleep(1.5)
+        families = scrape(kf.admin_url)
+    finally:
+        assert kf.stop() == 0
+    (info_labels, info), *_ = families["keyfront_build_info"]
+    assert info == 1 and set(info_labels) == {"version", "python", "aiohttp"}
+    assert families["process_cpu_seconds"][0][1] > 0  # summed over both workers
+    assert families["process_resident_memory_bytes"][0][1] > 20_000_000
+    timed = {
+        (labels["route"], labels["cache"])
+        for labels, _ in families["keyfront_request_duration_seconds"]
+        if "le" in labels
+    }
+    assert len(timed) == 1 and next(iter(timed))[0] == "/f/"
+    bounds = {labels.get("le") for labels, _ in families["keyfront_request_duration_seconds"]}
+    assert "60.0" in bounds
 
 
 def test_origin_fetches_and_the_cache_folder_are_counted_once_across_workers(
