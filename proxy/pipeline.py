@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from . import failpoints
 from .accesslog import AccessLog
 from .cache import Cache
 from .config import Config
@@ -95,6 +96,9 @@ class Pipeline:
         self._usage = usage
         self._metrics = metrics
         self._cache = cache  # None: no disk cache, every request goes to the origin
+        if failpoints.armed(failpoints.AFTER_KEY):  # tests only: unarmed, it costs nothing
+            after_key = failpoints.after(failpoints.AFTER_KEY, self._authorise)
+            self._authorise = after_key  # type: ignore[method-assign]
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = self._request_ids(request.headers.get("X-Request-Id"))
@@ -113,6 +117,7 @@ class Pipeline:
             # SPEC section 1: a bug answers 500 internal_error with the request id, and
             # is logged with its traceback; once bytes are out, only an abort is left.
             log.exception("%s internal_error", exchange.request_id)
+            self._metrics.count("internal_errors", "public")
             if request.writer.output_size > 0:
                 raise
             status, code = 500, "internal_error"

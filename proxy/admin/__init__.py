@@ -145,6 +145,11 @@ def _errors_as_json(request_ids: RequestIds) -> Middleware:
         except web.HTTPException as exc:  # e.g. 413 from reading a body over client_max_size
             error = AdminError(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or "")
             response = error_response(error, request_id)
+        except Exception:  # a bug (SPEC section 1): 500 internal_error, as the proxy's
+            log.exception("%s admin API internal_error", request_id)
+            request.app[ADMIN].runtime.metrics.count("internal_errors", "admin")
+            response = error_response(AdminError(500, "internal_error", "internal error"),
+                                      request_id)  # fmt: skip
         response.headers["X-Request-Id"] = request_id
         return response
 

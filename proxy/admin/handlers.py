@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import failpoints
 from ..config import KeyDefaults
 from ..manage import Invalid, Missing
 from ..manage import actions as act
@@ -53,6 +54,7 @@ MAX_PURGE_PATHS = 1000
 
 
 async def list_customers(request: web.Request, caller: Caller) -> web.Response:
+    failpoints.check(failpoints.ADMIN_LIST_CUSTOMERS)  # tests only (proxy/failpoints.py)
     return reply([act.record_json(c) for c in await context(request).store.list_customers()])
 
 

@@ -15,6 +15,7 @@ from ..cache import Cache
 from ..config import Config
 from ..keys import KeySigner
 from ..manage import Invalid, Missing
+from ..metrics import Metrics
 from ..store import Store
 
 Access = Literal["public", "operator", "customer"]  # customer: a customer token may call it
@@ -26,6 +27,7 @@ class AdminRuntime(Protocol):
     config: Config
     store: Store
     cache: Cache | None  # None: no cache to purge
+    metrics: Metrics  # counts the admin API's internal errors
 
 
 @dataclass(frozen=True, slots=True)
