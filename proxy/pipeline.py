@@ -11,9 +11,7 @@ Every refusal is a `Refusal` raised by its step and rendered once, by
 
 from __future__ import annotations
 
-import functools
 import itertools
-import json
 import logging
 import os
 import re
@@ -35,6 +33,7 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     Refusal,
+    error_body,
 )
 from .exchange import SERVER, Exchange, Target
 from .imported import KeyIds
@@ -295,11 +294,12 @@ def preflight(exchange: Exchange, origin: str | None) -> web.Response:
 
 
 def refusal_response(refusal: Refusal, exchange: Exchange) -> web.StreamResponse:
-    """The one place a Refusal becomes a response: SPEC's JSON error body, with the
-    refusal's fixed message (never its detail). The key is never echoed. RateLimit-*
+    """The one place a Refusal becomes a public response: SPEC's JSON error body
+    (errors.error_body, the admin listener's too), with the refusal's fixed message
+    (never its detail). The key is never echoed. RateLimit-*
     headers ride along once the limiter has decided. A flood of garbage keys is
     answered here, so the response is written whole (wire.py)."""
-    body = _error_body(refusal, exchange.request_id)
+    body = error_body(refusal, exchange.request_id)
     headers = {"Server": SERVER, "X-Request-Id": exchange.request_id, **exchange.headers}
     headers.update(refusal.headers)
     headers["Content-Type"] = "application/json"
@@ -317,23 +317,10 @@ def error_page(status: int) -> web.Response:
     request_id = _page_ids(None)
     headers = {"Server": SERVER, "X-Request-Id": request_id, "Content-Type": "application/json"}
     response = web.Response(
-        status=refusal.status, body=_error_body(refusal, request_id), headers=headers
+        status=refusal.status, body=error_body(refusal, request_id), headers=headers
     )
     response.force_close()
     return response
 
 
 _page_ids = RequestIds()  # error pages have no Exchange, nor a request id of their own
-
-
-def _error_body(refusal: Refusal, request_id: str) -> bytes:
-    return f'{_error_head(refusal.code, refusal.message)}"{request_id}"}}}}'.encode()
-
-
-@functools.lru_cache(maxsize=1024)
-def _error_head(code: str, message: str) -> str:
-    """SPEC's JSON error body up to its request id, which needs no escaping (RequestIds
-    lets only [A-Za-z0-9._:-] through): the json.dumps of the whole body was ~4 µs of
-    each refusal, and codes and messages repeat."""
-    error = json.dumps({"code": code, "message": message}, separators=(",", ":"))
-    return f'{{"error":{error[:-1]},"request_id":'

@@ -28,10 +28,9 @@ from proxy.cache.entry import CacheEntry
 from proxy.cache.freshness import lifetime, storable
 from proxy.cache.serve import _if_range_holds
 from proxy.conditional import Validators, not_modified, parse_range, single_range
-from proxy.errors import Refusal
+from proxy.errors import Invalid, Refusal
 from proxy.keys import KeySigner, is_key_id, key_id_of
-from proxy.manage import Invalid
-from proxy.manage.values import (
+from proxy.manage.settings import (
     CUSTOMER_SETTINGS,
     KEY_SETTINGS,
     ROLL_SETTINGS,

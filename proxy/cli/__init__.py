@@ -32,16 +32,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
-from ..errors import ConfigError, StoreError
-from ..manage import ManageError
+from ..errors import ConfigError, KeyfrontError
 from ..store import Store, store_from_url
 from . import cache, customers, keys, local, usage
 from .customers import CUSTOMER_ID, CUSTOMER_SETTINGS, CUSTOMER_UPDATE_ONLY
 from .keys import GRACE, KEY_ID, KEY_SETTINGS, KEY_UPDATE_ONLY, customer_option
 from .local import SERVE_OPTIONS, SIGN_OPTIONS, load_config
-from .output import Failure, Output, emit, failure_of
+from .options import Option
+from .output import Output, emit, failure_text
 from .usage import USAGE_OPTIONS
-from .values import Option
 
 PRIVATE_UMASK = 0o077  # files 0600, folders 0700: see main()
 
@@ -227,16 +226,6 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return COMMANDS[(args.group, args.command)].run(args)
-    except ManageError as exc:
-        failure = failure_of(exc)
-        print(failure, file=sys.stderr)
-        return failure.exit_code
-    except Failure as exc:
-        print(exc, file=sys.stderr)
+    except KeyfrontError as exc:  # its exit status comes with its class (errors.py)
+        print(failure_text(exc), file=sys.stderr)
         return exc.exit_code
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except StoreError as exc:
-        print(f"store error: {exc}", file=sys.stderr)
-        return 1
