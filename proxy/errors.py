@@ -1,51 +1,53 @@
 """Every way keyfront refuses or fails, modelled once.
 
-    KeyfrontError                      status code                exit
-    ├── Refusal                        a public request refused (SPEC section 1)
-    │   ├── Refusal                    500 internal_error      1  an unexpected failure: a bug
-    │   ├── BadRequest                 400 bad_request            malformed HTTP (aiohttp's)
-    │   ├── BadPath                    400 bad_path
-    │   ├── KeyMissing                 401 key_missing
-    │   ├── KeyInvalid                 401 key_invalid
-    │   ├── KeyUnknown                 401 key_unknown
-    │   ├── KeyRevoked                 403 key_revoked
-    │   ├── KeyDisabled                403 key_disabled           the key or its customer
-    │   ├── KeyExpired                 403 key_expired
-    │   ├── LinkInvalid                403 link_invalid
-    │   ├── LinkExpired                403 link_expired
-    │   ├── LinkRequired               403 link_required
-    │   ├── ReferrerNotAllowed         403 referrer_not_allowed
-    │   ├── IpNotAllowed               403 ip_not_allowed
-    │   ├── PathNotAllowed             403 path_not_allowed
-    │   ├── NotFound                   404 not_found
-    │   ├── MethodNotAllowed           405 method_not_allowed     with Allow
-    │   ├── RateLimited                429 rate_limited
-    │   ├── QuotaExceeded              429 quota_exceeded
-    │   ├── OriginError                502 origin_error
-    │   ├── Unavailable                503 unavailable
-    │   └── OriginTimeout              504 origin_timeout
-    ├── ManageError                    an action of the CLI or the admin API refused
-    │   ├── Invalid                    400 bad_request         2  a bad value; names the field
-    │   ├── Unauthorized               401 unauthorized        1  no or unknown admin token
-    │   ├── Forbidden                  403 forbidden           1  not this caller's to do
-    │   ├── Missing                    404 not_found           1  no such customer, key, token
-    │   ├── WrongMethod                405 method_not_allowed  1  with Allow
-    │   ├── BodyTimeout                408 request_timeout     1
-    │   ├── Refused                    409 conflict            1  the id exists; a revoked key
-    │   ├── BodyTooLarge               413 payload_too_large   1
-    │   ├── NotSupported               501 not_implemented     1  e.g. a purge with no cache
-    │   └── HttpError                  any                     1  aiohttp's own HTTP errors
-    ├── CommandFailed                                          1  the CLI cannot do it
-    │   └── UsageError                 400 bad_request         2  a bad command-line value
-    ├── StoreError                     503 unavailable         1  translated at the adapter edge
-    │   └── Conflict                                           1  a create whose id exists
-    └── ConfigError                                            2  a bad config; names the field
+                                 status code                exit
+    KeyfrontError                500 internal_error         1  an unexpected failure: a bug
+    ├── Refusal                  500 internal_error         1  a public request refused (SPEC 1)
+    │   ├── BadRequest           400 bad_request            1  malformed HTTP (aiohttp's)
+    │   ├── BadPath              400 bad_path               1
+    │   ├── KeyMissing           401 key_missing            1
+    │   ├── KeyInvalid           401 key_invalid            1
+    │   ├── KeyUnknown           401 key_unknown            1
+    │   ├── KeyRevoked           403 key_revoked            1
+    │   ├── KeyDisabled          403 key_disabled           1  the key or its customer
+    │   ├── KeyExpired           403 key_expired            1
+    │   ├── LinkInvalid          403 link_invalid           1
+    │   ├── LinkExpired          403 link_expired           1
+    │   ├── LinkRequired         403 link_required          1
+    │   ├── ReferrerNotAllowed   403 referrer_not_allowed   1
+    │   ├── IpNotAllowed         403 ip_not_allowed         1
+    │   ├── PathNotAllowed       403 path_not_allowed       1
+    │   ├── NotFound             404 not_found              1
+    │   ├── MethodNotAllowed     405 method_not_allowed     1  with Allow
+    │   ├── RateLimited          429 rate_limited           1
+    │   ├── QuotaExceeded        429 quota_exceeded         1
+    │   ├── OriginError          502 origin_error           1
+    │   ├── Unavailable          503 unavailable            1
+    │   └── OriginTimeout        504 origin_timeout         1
+    ├── ManageError              400 bad_request            1  an action of the CLI or admin API
+    │   ├── Invalid              400 bad_request            2  a bad value; names the field
+    │   ├── Unauthorized         401 unauthorized           1  no or unknown admin token
+    │   ├── Forbidden            403 forbidden              1  not this caller's to do
+    │   ├── Missing              404 not_found              1  no such customer, key, token
+    │   ├── WrongMethod          405 method_not_allowed     1  with Allow
+    │   ├── BodyTimeout          408 request_timeout        1
+    │   ├── Refused              409 conflict               1  the id exists; a revoked key
+    │   ├── BodyTooLarge         413 payload_too_large      1
+    │   ├── NotSupported         501 not_implemented        1  e.g. a purge with no cache
+    │   └── HttpError            any                        1  aiohttp's own HTTP errors
+    ├── CommandFailed            -                          1  the CLI cannot do it
+    │   └── UsageError           -                          2  a bad command-line value
+    ├── StoreError               503 unavailable            1  translated at the adapter edge
+    │   └── Conflict             503 unavailable            1  a create whose id exists
+    └── ConfigError              -                          2  a bad config; names the field
 
 Each error carries what every front end shows of it: `status` and `code` (SPEC section
-1's statuses and codes, on the public and the admin listener alike), `message` (the
-text a client or a CLI user reads) and `exit_code` (the command line's, SPEC section
-8: 0 done, 1 not done, 2 bad usage or a bad config). `error_body` is the one renderer
-of the SPEC JSON body, for both listeners; the CLI prints `message` (cli/output.py).
+1's statuses and codes, on the public and the admin listener alike; "-": never an HTTP
+answer), `message` (the text a client or a CLI user reads) and `exit_code` (the
+command line's, SPEC section 8: 0 done, 1 not done, 2 bad usage or a bad config), as
+class attributes; tests/test_errors.py holds the classes to this table. `error_body`
+is the one renderer of the SPEC JSON body, for both listeners; `main` in proxy/cli
+prints the error and exits with its `exit_code`.
 
 A Refusal's and a StoreError's message are fixed: what went wrong in detail (an
 origin's status and error code, a folder's path, a Redis error reply) is the `detail`

@@ -11,10 +11,7 @@ Every refusal is a `Refusal` raised by its step and rendered once, by
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
-import re
 import time
 from collections.abc import Mapping
 
@@ -42,27 +39,13 @@ from .metrics import Metrics
 from .policy import check_link, client_ip, cors_headers, normalise_path, preflight_headers
 from .ratelimit import Limiter
 from .record_cache import CachedKey, RecordCache, status_refusal
+from .request_ids import RequestIds
 from .routing import Routes
 from .usage import UsageMeter
 from .wire import wire_response
 
 log = logging.getLogger("keyfront")
 ALLOW = "GET, HEAD, OPTIONS"
-_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-class RequestIds:
-    """X-Request-Id values: the client's when sane, else a per-process prefix and a
-    counter (unique, and cheaper than a random id per request)."""
-
-    def __init__(self) -> None:
-        self._prefix = os.urandom(6).hex()
-        self._counter = itertools.count(1)
-
-    def __call__(self, incoming: str | None) -> str:
-        if incoming and len(incoming) <= 128 and _SANE_REQUEST_ID.fullmatch(incoming):
-            return incoming
-        return f"{self._prefix}-{next(self._counter):x}"
 
 
 class Pipeline:

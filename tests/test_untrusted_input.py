@@ -45,8 +45,9 @@ from proxy.manage.settings import (
 )
 from proxy.origin.s3 import _ERROR_CODE, _match, _one_strong_tag
 from proxy.origin.s3 import _OBJECT_SIZE as _SIZE
-from proxy.pipeline import RequestIds, _bearer
+from proxy.pipeline import _bearer
 from proxy.policy import ReferrerRules, check_link, client_ip, cors_headers, normalise_path
+from proxy.request_ids import RequestIds
 from proxy.units import parse_duration, parse_rate, parse_size
 
 from conftest import SECRET

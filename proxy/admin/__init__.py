@@ -5,10 +5,19 @@
     handlers.py  customers and their tokens, keys, usage, purge, invalidation
     openapi.py   the OpenAPI 3.1 document, built from ENDPOINTS
 
-`ENDPOINTS` below is the one route table: `admin_app` registers each entry behind its
-access check, and the OpenAPI document describes the same entries. Every response is
-JSON, errors included, shaped as the proxy's: {"error": {code, message, request_id}}
-(400s add `field`). The domain logic lives in proxy.manage, shared with the CLI.
+It owns the HTTP side of management: routes, access checks, reading requests and
+writing JSON answers. `ENDPOINTS` below is the one route table: `admin_app` registers
+each entry behind its access check, and the OpenAPI document describes the same
+entries. Every response is JSON, errors included, shaped as the proxy's by the one
+renderer (errors.error_body): {"error": {code, message, request_id}} (400s add
+`field`); `_errors_as_json` is the one place errors become responses, a bug included
+(500 internal_error, logged with its traceback and counted).
+
+What it must not import (directly; tests/test_layers.py checks): the request path
+(proxy.pipeline, proxy.listener, proxy.delivery), which it shares nothing with but the
+request ids (proxy.request_ids) and the error model (proxy.errors); proxy.cli, its
+sibling front end; proxy.app, which mounts it. The domain logic lives in proxy.manage,
+shared with the CLI: a handler reads its input, calls manage, and answers.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from ..errors import HttpError, KeyfrontError, Missing, Refusal, StoreError, WrongMethod
 from ..keys import KeySigner
-from ..pipeline import RequestIds
+from ..request_ids import RequestIds
 from . import handlers as h
 from .auth import authenticate
 from .http import (

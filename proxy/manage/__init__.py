@@ -13,8 +13,9 @@ token may change. A refused action raises a ManageError (proxy/errors.py: Invali
 Forbidden, Missing, Refused), which carries its HTTP status and SPEC code for the admin
 API and its exit status for the command line; each front end only renders it.
 
-Imports flow one way, from the front ends into this package: it must not import
-aiohttp, proxy.admin or proxy.cli (they import it), nor the request path
-(proxy.pipeline, proxy.listener). It uses the store, the records, keys, the cache
-(purges) and errors.
+Imports flow one way, from the front ends into this package. What it must not import
+(directly; tests/test_layers.py checks): aiohttp, HTTP being the admin API's concern;
+proxy.admin or proxy.cli, which import it; proxy.app; the request path
+(proxy.pipeline, proxy.listener, proxy.delivery). It uses the store, the records,
+keys, the cache (for purges) and errors.
 """
