@@ -279,9 +279,9 @@ def preflight(exchange: Exchange, origin: str | None) -> web.Response:
 def refusal_response(refusal: Refusal, exchange: Exchange) -> web.StreamResponse:
     """The one place a Refusal becomes a public response: SPEC's JSON error body
     (errors.error_body, the admin listener's too), with the refusal's fixed message
-    (never its detail). The key is never echoed. RateLimit-*
-    headers ride along once the limiter has decided. A flood of garbage keys is
-    answered here, so the response is written whole (wire.py)."""
+    (never its detail). The key is never echoed. RateLimit-* headers ride along once
+    the limiter has decided. A flood of garbage keys is answered here, so the response
+    is written whole (wire.py)."""
     body = error_body(refusal, exchange.request_id)
     headers = {"Server": SERVER, "X-Request-Id": exchange.request_id, **exchange.headers}
     headers.update(refusal.headers)
