@@ -96,6 +96,7 @@ class Metrics(Collector):
                 "requests",
                 "response_bytes",
                 "denied",
+                "internal_errors",
                 "customer_requests",
                 "customer_bytes",
                 "key_cache",
@@ -225,6 +226,10 @@ class Metrics(Collector):
         )
         yield _counter("response_bytes", "Body bytes sent.", ["route"], c["response_bytes"])
         yield _counter("denied", "Requests refused, by SPEC code.", ["code"], c["denied"])
+        yield _counter(
+            "internal_errors", "Unexpected failures answered 500 internal_error, by listener.",
+            ["listener"], c["internal_errors"],
+        )  # fmt: skip
         yield _counter(
             "origin_requests", "Origin fetches.", ["route", "status"], c["origin_requests"]
         )

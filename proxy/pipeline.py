@@ -11,17 +11,13 @@ Every refusal is a `Refusal` raised by its step and rendered once, by
 
 from __future__ import annotations
 
-import functools
-import itertools
-import json
 import logging
-import os
-import re
 import time
 from collections.abc import Mapping
 
 from aiohttp import web
 
+from . import failpoints
 from .accesslog import AccessLog
 from .cache import Cache
 from .config import Config
@@ -34,6 +30,7 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     Refusal,
+    error_body,
 )
 from .exchange import SERVER, Exchange, Target
 from .imported import KeyIds
@@ -42,27 +39,13 @@ from .metrics import Metrics
 from .policy import check_link, client_ip, cors_headers, normalise_path, preflight_headers
 from .ratelimit import Limiter
 from .record_cache import CachedKey, RecordCache, status_refusal
+from .request_ids import RequestIds
 from .routing import Routes
 from .usage import UsageMeter
 from .wire import wire_response
 
 log = logging.getLogger("keyfront")
 ALLOW = "GET, HEAD, OPTIONS"
-_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-class RequestIds:
-    """X-Request-Id values: the client's when sane, else a per-process prefix and a
-    counter (unique, and cheaper than a random id per request)."""
-
-    def __init__(self) -> None:
-        self._prefix = os.urandom(6).hex()
-        self._counter = itertools.count(1)
-
-    def __call__(self, incoming: str | None) -> str:
-        if incoming and len(incoming) <= 128 and _SANE_REQUEST_ID.fullmatch(incoming):
-            return incoming
-        return f"{self._prefix}-{next(self._counter):x}"
 
 
 class Pipeline:
@@ -95,6 +78,9 @@ class Pipeline:
         self._usage = usage
         self._metrics = metrics
         self._cache = cache  # None: no disk cache, every request goes to the origin
+        if failpoints.armed(failpoints.AFTER_KEY):  # tests only: unarmed, it costs nothing
+            after_key = failpoints.after(failpoints.AFTER_KEY, self._authorise)
+            self._authorise = after_key  # type: ignore[method-assign]
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = self._request_ids(request.headers.get("X-Request-Id"))
@@ -113,6 +99,7 @@ class Pipeline:
             # SPEC section 1: a bug answers 500 internal_error with the request id, and
             # is logged with its traceback; once bytes are out, only an abort is left.
             log.exception("%s internal_error", exchange.request_id)
+            self._metrics.count("internal_errors", "public")
             if request.writer.output_size > 0:
                 raise
             status, code = 500, "internal_error"
@@ -290,11 +277,12 @@ def preflight(exchange: Exchange, origin: str | None) -> web.Response:
 
 
 def refusal_response(refusal: Refusal, exchange: Exchange) -> web.StreamResponse:
-    """The one place a Refusal becomes a response: SPEC's JSON error body, with the
-    refusal's fixed message (never its detail). The key is never echoed. RateLimit-*
-    headers ride along once the limiter has decided. A flood of garbage keys is
-    answered here, so the response is written whole (wire.py)."""
-    body = _error_body(refusal, exchange.request_id)
+    """The one place a Refusal becomes a public response: SPEC's JSON error body
+    (errors.error_body, the admin listener's too), with the refusal's fixed message
+    (never its detail). The key is never echoed. RateLimit-* headers ride along once
+    the limiter has decided. A flood of garbage keys is answered here, so the response
+    is written whole (wire.py)."""
+    body = error_body(refusal, exchange.request_id)
     headers = {"Server": SERVER, "X-Request-Id": exchange.request_id, **exchange.headers}
     headers.update(refusal.headers)
     headers["Content-Type"] = "application/json"
@@ -312,23 +300,10 @@ def error_page(status: int) -> web.Response:
     request_id = _page_ids(None)
     headers = {"Server": SERVER, "X-Request-Id": request_id, "Content-Type": "application/json"}
     response = web.Response(
-        status=refusal.status, body=_error_body(refusal, request_id), headers=headers
+        status=refusal.status, body=error_body(refusal, request_id), headers=headers
     )
     response.force_close()
     return response
 
 
 _page_ids = RequestIds()  # error pages have no Exchange, nor a request id of their own
-
-
-def _error_body(refusal: Refusal, request_id: str) -> bytes:
-    return f'{_error_head(refusal.code, refusal.message)}"{request_id}"}}}}'.encode()
-
-
-@functools.lru_cache(maxsize=1024)
-def _error_head(code: str, message: str) -> str:
-    """SPEC's JSON error body up to its request id, which needs no escaping (RequestIds
-    lets only [A-Za-z0-9._:-] through): the json.dumps of the whole body was ~4 µs of
-    each refusal, and codes and messages repeat."""
-    error = json.dumps({"code": code, "message": message}, separators=(",", ":"))
-    return f'{{"error":{error[:-1]},"request_id":'

@@ -678,7 +678,7 @@ def test_the_command_line_suspends_and_lifts_as_the_operator(deployment: Deploym
 
 
 def test_a_key_disabled_before_disabled_by_existed_stays_the_operators() -> None:
-    from proxy.manage import Forbidden
+    from proxy.errors import Forbidden
     from proxy.manage.actions import status_change
     from proxy.records import KeyRecord
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import ExternalKeysConfig
-from proxy.errors import KeyInvalid, KeyUnknown, Unavailable
+from proxy.errors import Invalid, KeyInvalid, KeyUnknown, Unavailable
 from proxy.imported import (
     ExternalKeys,
     ImportedSet,
@@ -21,7 +21,6 @@ from proxy.imported import (
     imported_key_id,
 )
 from proxy.keys import KeySigner, is_key_id
-from proxy.manage import Invalid
 from proxy.manage.imports import rows_of
 
 SECRET = b"imported-key-secret-0123456789"

@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 
 from proxy.config import DEFAULT_EXTERNAL_PATTERN, KeyDefaults, LookupConfig
+from proxy.errors import Invalid
 from proxy.keylookup import KeyApi, LookupCache
 from proxy.keylookup.answer import MalformedAnswer, answer_schema, read_answer
 from proxy.keylookup.digest import key_digests
-from proxy.manage import Invalid
 from proxy.manage.invalidate import MAX_TARGETS, invalidation_changes
 from proxy.records import Customer, KeyRecord
 from proxy.store import Change

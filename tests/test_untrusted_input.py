@@ -28,10 +28,9 @@ from proxy.cache.entry import CacheEntry
 from proxy.cache.freshness import lifetime, storable
 from proxy.cache.serve import _if_range_holds
 from proxy.conditional import Validators, not_modified, parse_range, single_range
-from proxy.errors import Refusal
+from proxy.errors import Invalid, Refusal
 from proxy.keys import KeySigner, is_key_id, key_id_of
-from proxy.manage import Invalid
-from proxy.manage.values import (
+from proxy.manage.settings import (
     CUSTOMER_SETTINGS,
     KEY_SETTINGS,
     ROLL_SETTINGS,
@@ -46,8 +45,9 @@ from proxy.manage.values import (
 )
 from proxy.origin.s3 import _ERROR_CODE, _match, _one_strong_tag
 from proxy.origin.s3 import _OBJECT_SIZE as _SIZE
-from proxy.pipeline import RequestIds, _bearer
+from proxy.pipeline import _bearer
 from proxy.policy import ReferrerRules, check_link, client_ip, cors_headers, normalise_path
+from proxy.request_ids import RequestIds
 from proxy.units import parse_duration, parse_rate, parse_size
 
 from conftest import SECRET

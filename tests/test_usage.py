@@ -95,7 +95,7 @@ def test_a_report_range_is_clamped_to_what_the_store_keeps() -> None:
 
 
 async def test_a_report_of_too_many_rows_is_refused(store: Store) -> None:
-    from proxy.manage import Invalid
+    from proxy.errors import Invalid
     from proxy.manage.usage import MAX_ROWS, usage_report
     from proxy.records import Customer
 
@@ -113,7 +113,7 @@ async def test_a_month_report_is_bounded_by_the_days_it_reads(store: Store) -> N
     """Month reports read daily rows: 400 days of every customer is 400 reads each, so
     250 customers pass a bound on the 14 rows returned but not one on reads (review
     finding 11: ~3 M HGETALLs for 7,700 customers)."""
-    from proxy.manage import Invalid
+    from proxy.errors import Invalid
     from proxy.manage.usage import MAX_ROWS, usage_report
     from proxy.records import Customer
 

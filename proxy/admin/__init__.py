@@ -1,14 +1,23 @@
 """The admin API (SPEC section 9): `/admin/v1/...` on the admin listener.
 
-    http.py      the caller, the Endpoint type, JSON in and out, AdminError
+    http.py      the caller, the Endpoint type, JSON in and out, error responses
     auth.py      bearer tokens: the operator's admin.token, customer tokens
     handlers.py  customers and their tokens, keys, usage, purge, invalidation
     openapi.py   the OpenAPI 3.1 document, built from ENDPOINTS
 
-`ENDPOINTS` below is the one route table: `admin_app` registers each entry behind its
-access check, and the OpenAPI document describes the same entries. Every response is
-JSON, errors included, shaped as the proxy's: {"error": {code, message, request_id}}
-(400s add `field`). The domain logic lives in proxy.manage, shared with the CLI.
+It owns the HTTP side of management: routes, access checks, reading requests and
+writing JSON answers. `ENDPOINTS` below is the one route table: `admin_app` registers
+each entry behind its access check, and the OpenAPI document describes the same
+entries. Every response is JSON, errors included, shaped as the proxy's by the one
+renderer (errors.error_body): {"error": {code, message, request_id}} (400s add
+`field`); `_errors_as_json` is the one place errors become responses, a bug included
+(500 internal_error, logged with its traceback and counted).
+
+What it must not import (directly; tests/test_layers.py checks): the request path
+(proxy.pipeline, proxy.listener, proxy.delivery), which it shares nothing with but the
+request ids (proxy.request_ids) and the error model (proxy.errors); proxy.cli, its
+sibling front end; proxy.app, which mounts it. The domain logic lives in proxy.manage,
+shared with the CLI: a handler reads its input, calls manage, and answers.
 """
 
 from __future__ import annotations
@@ -19,17 +28,15 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from ..errors import StoreError
+from ..errors import HttpError, KeyfrontError, Missing, Refusal, StoreError, WrongMethod
 from ..keys import KeySigner
-from ..manage import Invalid, ManageError
-from ..pipeline import RequestIds
+from ..request_ids import RequestIds
 from . import handlers as h
 from .auth import authenticate
 from .http import (
     ADMIN,
     NOBODY,
     AdminContext,
-    AdminError,
     AdminRuntime,
     Caller,
     Endpoint,
@@ -116,35 +123,34 @@ async def _checked(endpoint: Endpoint, request: web.Request) -> web.Response:
 
 
 async def _not_allowed(allowed: str, request: web.Request) -> web.Response:
-    raise AdminError(405, "method_not_allowed", f"allowed: {allowed}", {"Allow": allowed})
+    raise WrongMethod(f"allowed: {allowed}", {"Allow": allowed})
 
 
 async def _no_route(request: web.Request) -> web.Response:
-    raise AdminError(404, "not_found", f"no admin route {request.path} (see {PREFIX}/openapi.json)")
+    raise Missing(f"no admin route {request.path} (see {PREFIX}/openapi.json)")
 
 
 def _errors_as_json(request_ids: RequestIds) -> Middleware:
-    """The one place errors become responses, each with the request's X-Request-Id."""
+    """The one place the admin API's errors become responses, each with the request's
+    X-Request-Id: keyfront's own errors by their status and code (errors.py), aiohttp's
+    HTTP errors mapped to one, and any other exception, a bug, as the proxy's 500."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id = request_ids(request.headers.get("X-Request-Id"))
         try:
             response = await handler(request)
-        except AdminError as exc:
+        except KeyfrontError as exc:
+            if isinstance(exc, StoreError):  # its detail is for the log, not the caller
+                log.warning("%s admin API: %s", request_id, exc)
             response = error_response(exc, request_id)
-        except ManageError as exc:
-            field = exc.field if isinstance(exc, Invalid) else None
-            response = error_response(AdminError(exc.status, exc.code, exc.message, None, field),
-                                      request_id)  # fmt: skip
-        except StoreError as exc:
-            log.warning("admin API: %s", exc)
-            response = error_response(
-                AdminError(503, "unavailable", "the store failed"), request_id
-            )
         except web.HTTPException as exc:  # e.g. 413 from reading a body over client_max_size
-            error = AdminError(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or "")
-            response = error_response(error, request_id)
+            code = exc.reason.lower().replace(" ", "_")
+            response = error_response(HttpError(exc.status, code, exc.text or ""), request_id)
+        except Exception:  # a bug (SPEC section 1): 500 internal_error, as the proxy's
+            log.exception("%s admin API internal_error", request_id)
+            request.app[ADMIN].runtime.metrics.count("internal_errors", "admin")
+            response = error_response(Refusal(), request_id)
         response.headers["X-Request-Id"] = request_id
         return response
 

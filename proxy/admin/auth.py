@@ -13,29 +13,29 @@ import hmac
 
 from aiohttp import web
 
+from ..errors import Forbidden, Unauthorized
 from ..manage.actions import token_holder
-from .http import OPERATOR, Access, AdminError, Caller, context
+from .http import OPERATOR, Access, Caller, context
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="keyfront admin"'}  # RFC 6750 section 3
 
 
 async def authenticate(request: web.Request, access: Access) -> Caller:
-    """The caller, or AdminError 401 (no or unknown token) / 403 (not allowed)."""
+    """The caller, or Unauthorized (no or unknown token) / Forbidden (not allowed)."""
     admin = context(request)
     expected, given = admin.config.admin.token, _bearer(request)
     if expected is None or given is None:
-        raise AdminError(401, "unauthorized", "a valid admin or customer token is required",
-                         CHALLENGE)  # fmt: skip
+        raise Unauthorized("a valid admin or customer token is required", CHALLENGE)
     if hmac.compare_digest(given.encode(), expected.encode()):
         return OPERATOR
     token = await token_holder(admin.store, given)
     if token is None:
-        raise AdminError(401, "unauthorized", "the token is not valid", CHALLENGE)
+        raise Unauthorized("the token is not valid", CHALLENGE)
     if access != "customer":
-        raise AdminError(403, "forbidden", "only the operator's admin token may do this")
+        raise Forbidden("only the operator's admin token may do this")
     customer = await admin.store.get_customer(token.customer_id)
     if customer is None or customer.status != "active":
-        raise AdminError(403, "forbidden", f"customer {token.customer_id} is disabled")
+        raise Forbidden(f"customer {token.customer_id} is disabled")
     return Caller(token.customer_id)
 
 

@@ -15,8 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import failpoints
 from ..config import KeyDefaults
-from ..manage import Invalid, Missing
+from ..errors import BodyTooLarge, Invalid, Missing, NotSupported
 from ..manage import actions as act
 from ..manage.imports import FORMATS, SHARED_LOOP_BATCH, Importer, rows_of
 from ..manage.invalidate import (
@@ -26,8 +27,7 @@ from ..manage.invalidate import (
     parse_external_key,
 )
 from ..manage.purge import purge as purge_everywhere
-from ..manage.usage import GRAINS, usage_csv, usage_report
-from ..manage.values import (
+from ..manage.settings import (
     CUSTOMER_CHANGES,
     CUSTOMER_SETTINGS,
     DEFAULT_GRACE,
@@ -43,9 +43,10 @@ from ..manage.values import (
     parse_usage_key_id,
     read_settings,
 )
+from ..manage.usage import GRAINS, usage_csv, usage_report
 from ..records import DisabledBy, KeyRecord
 from ..units import parse_duration
-from .http import AdminError, Caller, Param, context, read_body, reply
+from .http import Caller, Param, context, read_body, reply
 
 MAX_PURGE_PATHS = 1000
 
@@ -53,6 +54,7 @@ MAX_PURGE_PATHS = 1000
 
 
 async def list_customers(request: web.Request, caller: Caller) -> web.Response:
+    failpoints.check(failpoints.ADMIN_LIST_CUSTOMERS)  # tests only (proxy/failpoints.py)
     return reply([act.record_json(c) for c in await context(request).store.list_customers()])
 
 
@@ -222,8 +224,8 @@ async def import_keys(request: web.Request, caller: Caller) -> web.Response:
 
 async def _upload(request: web.Request) -> str:
     """The body, read past the admin API's 64 KiB cap up to IMPORT_MAX_BODY (else 413)."""
-    too_large = AdminError(413, "payload_too_large", f"at most {IMPORT_MAX_BODY} bytes a call: "
-                           "split the file (importing is an upsert)")  # fmt: skip
+    too_large = BodyTooLarge(f"at most {IMPORT_MAX_BODY} bytes a call: "
+                             "split the file (importing is an upsert)")  # fmt: skip
     if (request.content_length or 0) > IMPORT_MAX_BODY:
         raise too_large
     chunks, size = [], 0
@@ -296,7 +298,7 @@ async def purge(request: web.Request, caller: Caller) -> web.Response:
     paths, prefix = _purge_targets(await read_body(request))
     runtime = context(request).runtime
     if runtime.cache is None:
-        raise AdminError(501, "not_implemented", "this keyfront has no cache to purge")
+        raise NotSupported("this keyfront has no cache to purge")
     purged = await purge_everywhere(runtime.store, runtime.cache, paths, prefix)
     return reply({"purged": purged})
 

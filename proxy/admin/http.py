@@ -1,5 +1,6 @@
 """What every admin endpoint shares: the caller, the route table's entry type, JSON in
-and out, and errors as the proxy renders them (SPEC section 1's error body)."""
+and out, and errors as the proxy renders them (SPEC section 1's error body, rendered by
+errors.error_body for both listeners)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from aiohttp import web
 
 from ..cache import Cache
 from ..config import Config
+from ..errors import BodyTimeout, Invalid, KeyfrontError, Missing, error_body
 from ..keys import KeySigner
-from ..manage import Invalid, Missing
+from ..metrics import Metrics
 from ..store import Store
 
 Access = Literal["public", "operator", "customer"]  # customer: a customer token may call it
@@ -26,6 +28,7 @@ class AdminRuntime(Protocol):
     config: Config
     store: Store
     cache: Cache | None  # None: no cache to purge
+    metrics: Metrics  # counts the admin API's internal errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,28 +98,14 @@ class Endpoint:
     query: tuple[Param, ...] = field(default=())
 
 
-class AdminError(Exception):
-    """An error response with the proxy's body: {"error": {code, message, request_id}}."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        headers: Mapping[str, str] | None = None,
-        field: str | None = None,  # the bad field or parameter, on a 400
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = dict(headers or {})
-        self.field = field
-
-
-def error_response(error: AdminError, request_id: str) -> web.Response:
-    body: dict[str, Any] = {"code": error.code, "message": error.message, "request_id": request_id}
-    if error.field is not None:
-        body["field"] = error.field
-    return reply({"error": body}, error.status, error.headers)
+def error_response(error: KeyfrontError, request_id: str) -> web.Response:
+    """An error as the proxy renders it (errors.error_body), with its headers."""
+    return web.Response(
+        status=error.status,
+        body=error_body(error, request_id),
+        content_type="application/json",
+        headers=error.headers,
+    )
 
 
 def reply(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -137,9 +126,7 @@ async def read_body(request: web.Request, optional: bool = False) -> dict[str, A
         async with asyncio.timeout(context(request).config.client_timeouts.headers):
             raw = await request.read()
     except TimeoutError:
-        raise AdminError(
-            408, "request_timeout", "the request body did not arrive in time"
-        ) from None
+        raise BodyTimeout("the request body did not arrive in time") from None
     if optional and not raw.strip():
         return {}
     try:

@@ -1,6 +1,6 @@
 """The admin API's OpenAPI 3.1 document, built from the route table (every path,
 method, parameter and status comes from an `Endpoint`) and from the same settings
-tables that validate request bodies (proxy.manage.values), so that the document
+tables that validate request bodies (proxy.manage.settings), so that the document
 cannot drift from what the API does."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..manage.invalidate import MAX_TARGETS
-from ..manage.values import (
+from ..manage.settings import (
     CUSTOMER_CHANGES,
     CUSTOMER_SETTINGS,
     KEY_CHANGES,

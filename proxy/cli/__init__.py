@@ -9,16 +9,24 @@ configured store, do one thing and close it. Output is text for people or, with
 warnings and errors go to stderr.
 
 Exit status: 0 done; 1 the command could not be done (no such record, a duplicate id,
-store error); 2 bad usage or a bad config, naming the option or the field path.
+store error); 2 bad usage or a bad config, naming the option or the field path. Each
+comes with the error's class (`exit_code`, the table in proxy/errors.py), and `main`
+is the one place an error becomes a message on stderr and an exit status.
 The customer and key commands share their logic with the admin API (`proxy.manage`).
 
 A full key is printed once, by `keys create` or `keys roll`: it is never stored, and no
 other command can show it. A link secret is printed only by the command that sets it.
 An admin API token is printed once, by `customers token`: only its hash is stored.
 
-This module holds the command table, the parser built from it and `main()`; the
-commands live in `customers`, `keys`, `usage`, `cache` and `local`, their values and
-options in `values`, and what they print in `output`.
+It owns the command line: this module holds the command table, the parser built from
+it and `main()`; the commands live in `customers`, `keys`, `usage`, `cache` and
+`local`, their options and the values only the command line takes in `options`, and
+what they print in `output`.
+
+What it must not import (directly; tests/test_layers.py checks): proxy.admin, its
+sibling front end (both call proxy.manage); the request path (proxy.pipeline,
+proxy.listener, proxy.delivery); aiohttp, which no command needs. `serve` starts the
+whole process through proxy.app, imported when it runs.
 """
 
 from __future__ import annotations
@@ -32,16 +40,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
-from ..errors import ConfigError, StoreError
-from ..manage import ManageError
+from ..errors import ConfigError, KeyfrontError
 from ..store import Store, store_from_url
 from . import cache, customers, keys, local, usage
 from .customers import CUSTOMER_ID, CUSTOMER_SETTINGS, CUSTOMER_UPDATE_ONLY
 from .keys import GRACE, KEY_ID, KEY_SETTINGS, KEY_UPDATE_ONLY, customer_option
 from .local import SERVE_OPTIONS, SIGN_OPTIONS, load_config
-from .output import Failure, Output, emit, failure_of
+from .options import Option
+from .output import Output, emit, failure_text
 from .usage import USAGE_OPTIONS
-from .values import Option
 
 PRIVATE_UMASK = 0o077  # files 0600, folders 0700: see main()
 
@@ -227,16 +234,6 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return COMMANDS[(args.group, args.command)].run(args)
-    except ManageError as exc:
-        failure = failure_of(exc)
-        print(failure, file=sys.stderr)
-        return failure.exit_code
-    except Failure as exc:
-        print(exc, file=sys.stderr)
+    except KeyfrontError as exc:  # its exit status comes with its class (errors.py)
+        print(failure_text(exc), file=sys.stderr)
         return exc.exit_code
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except StoreError as exc:
-        print(f"store error: {exc}", file=sys.stderr)
-        return 1

@@ -14,11 +14,12 @@ import os
 
 from ..cache import Cache
 from ..config import Config
+from ..errors import UsageError
 from ..manage.purge import purge
-from ..manage.values import parse_path_prefix
+from ..manage.settings import parse_path_prefix
 from ..store import Store
-from .output import Output, bad_option, warn
-from .values import Option
+from .options import Option
+from .output import Output, warn
 
 PURGE_OPTIONS: list[Option] = [
     ("paths", {"nargs": "*", "metavar": "PATH", "type": parse_path_prefix,
@@ -29,7 +30,7 @@ PURGE_OPTIONS: list[Option] = [
 
 async def cache_purge(args: argparse.Namespace, config: Config, store: Store) -> Output:
     if bool(args.paths) == (args.prefix is not None):
-        raise bad_option("PATH", "give paths or --prefix (one of the two)")
+        raise UsageError("PATH", "give paths or --prefix (one of the two)")
     cache = await _this_hosts_cache(config)
     try:
         purged = await purge(store, cache, args.paths, args.prefix)

@@ -18,11 +18,11 @@ from ..manage.actions import (
     revoke_token,
     token_json,
 )
-from ..manage.values import parse_customer_id, parse_positive
+from ..manage.settings import parse_customer_id, parse_positive
 from ..records import CUSTOMER_STATUSES, Customer
 from ..store import Store
+from .options import QUOTA_OPTIONS, Option, bucket_options, given_settings
 from .output import Output, fields_text, record_output, table
-from .values import QUOTA_OPTIONS, Option, bucket_options, given_settings
 
 CUSTOMER_ID: Option = ("customer_id", {"type": parse_customer_id, "metavar": "ID"})
 CUSTOMER_SETTINGS: list[Option] = [

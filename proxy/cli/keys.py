@@ -12,10 +12,9 @@ import sys
 from typing import Any
 
 from ..config import MAX_EXTERNAL_KEY, Config
-from ..errors import KeyInvalid
+from ..errors import CommandFailed, Invalid, KeyInvalid, Missing
 from ..imported import hash_secret, imported_key_id
 from ..keys import KeySigner
-from ..manage import Invalid, Missing
 from ..manage.actions import (
     change_key,
     check_plan_caps,
@@ -33,7 +32,7 @@ from ..manage.invalidate import (
     invalidation_changes,
     parse_external_key,
 )
-from ..manage.values import (
+from ..manage.settings import (
     DEFAULT_GRACE,
     parse_cidr,
     parse_customer_id,
@@ -47,8 +46,8 @@ from ..manage.values import (
 from ..records import Customer, KeyRecord
 from ..store import Store
 from ..units import parse_duration
-from .output import Failure, Output, fields_text, record_output, table, warn
-from .values import FLAG, QUOTA_OPTIONS, Option, bucket_options, given_settings
+from .options import FLAG, QUOTA_OPTIONS, Option, bucket_options, given_settings
+from .output import Output, fields_text, record_output, table, warn
 
 KEY_ID: Option = ("key_id", {"type": parse_key_id, "metavar": "KEY_ID", "help": "a key id or key"})
 GRACE_HELP = "how long the old key keeps working (default 24h; 0: not at all)"
@@ -181,7 +180,7 @@ async def keys_import(args: argparse.Namespace, config: Config, store: Store) ->
             with open(args.file, encoding="utf-8", newline="") as lines:
                 report = await importer.run(rows_of(lines, form))
     except (OSError, UnicodeDecodeError) as exc:
-        raise Failure(f"cannot read {args.file}: {exc}") from None
+        raise CommandFailed(f"cannot read {args.file}: {exc}") from None
     for line, field, problem in report.errors:
         print(f"line {line}: {field}: {problem}", file=sys.stderr)
     return Output(report.to_json(), _import_text(report), 1 if report.errors else 0)

@@ -8,11 +8,11 @@ import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..config import Config, describe, load
-from ..errors import Refusal
-from ..manage.values import parse_link_secret, parse_positive
+from ..errors import Refusal, UsageError
+from ..manage.settings import parse_link_secret, parse_positive
 from ..units import parse_duration
-from .output import Output, bad_option, emit
-from .values import Option, parse_key
+from .options import Option, parse_key
+from .output import Output, emit
 
 DEFAULT_TTL = "1h"  # `sign`: how long a signed link is valid
 SERVE_OPTIONS: list[Option] = [("--workers", {"type": parse_positive})]
@@ -56,7 +56,7 @@ def sign(args: argparse.Namespace) -> int:
     try:
         path = normalise_path(parts.path)  # what the proxy will check the signature over
     except Refusal as exc:
-        raise bad_option("URL", f"{parts.path!r}: {exc}") from None
+        raise UsageError("URL", f"{parts.path!r}: {exc}") from None
     expires = int(time.time() + args.ttl)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
              if k not in (param, "expires", "sig")]  # fmt: skip

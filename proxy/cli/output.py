@@ -13,32 +13,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..manage import Invalid, ManageError
+from ..errors import ConfigError, Invalid, KeyfrontError, StoreError
 from ..manage.actions import record_json
 from ..records import Customer, KeyRecord
 from ..units import format_size
 
 
-class Failure(Exception):
-    """The command cannot be done: the message goes to stderr, the process exits with
-    `exit_code` (1, or 2 for bad usage)."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def bad_option(option: str, problem: str) -> Failure:
-    """A bad command-line value found after parsing (exit 2, worded like argparse's)."""
-    return Failure(f"keyfront: error: argument {option}: {problem}", 2)
-
-
-def failure_of(error: ManageError) -> Failure:
-    """A refused action as the command line says it; a bad value names its option
-    (option dests are field names: `rate` is --rate)."""
+def failure_text(error: KeyfrontError) -> str:
+    """What the command line says of an error, on stderr (it exits with the error's
+    `exit_code`, errors.py). A bad value names its option, as argparse does (option
+    dests are field names: `rate` is --rate)."""
     if isinstance(error, Invalid):
-        return bad_option(f"--{error.field.replace('_', '-')}", error.problem)
-    return Failure(error.message, error.exit_code)
+        return f"keyfront: error: argument --{error.field.replace('_', '-')}: {error.problem}"
+    if isinstance(error, ConfigError):
+        return f"config error: {error}"
+    if isinstance(error, StoreError):
+        return f"store error: {error}"
+    return str(error)
 
 
 @dataclass(frozen=True, slots=True)

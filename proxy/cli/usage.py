@@ -12,12 +12,12 @@ import argparse
 import json
 
 from ..config import Config
+from ..manage.settings import parse_date, parse_usage_key_id
 from ..manage.usage import GRAINS, usage_columns, usage_csv, usage_report
-from ..manage.values import parse_date, parse_usage_key_id
 from ..store import Store
 from .keys import customer_option
+from .options import Option
 from .output import Output, table
-from .values import Option
 
 USAGE_OPTIONS: list[Option] = [
     customer_option(False),

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..manage import Invalid
-from ..manage.values import (
+from ..errors import Invalid
+from ..manage.settings import (
     CUSTOMER_CHANGES,
     ID,
     KEY_SETTINGS,

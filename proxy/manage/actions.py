@@ -18,13 +18,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..config import KeyDefaults
-from ..errors import Conflict
+from ..errors import Conflict, Forbidden, Invalid, Missing, Refused
 from ..keys import KEY_ID_ALPHABET, KeySigner, new_key_id
 from ..records import Customer, DisabledBy, KeyRecord
 from ..referrers import is_path_pattern
 from ..store import CustomerToken, Store
 from ..units import MAX_DURATION, Rate, format_size
-from . import Forbidden, Invalid, Missing, Refused
 
 # (key field, the customer's plan cap): a key's own setting may not exceed the cap.
 PLAN_CAPS = (

@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import MAX_EXTERNAL_KEY, ExternalKeysConfig
+from ..errors import Invalid
 from ..imported import hash_secret, imported_key_id
 from ..keys import KeySigner
 from ..records import Customer, KeyRecord
 from ..store import Change, Store
-from . import Invalid
 from .actions import live_keys, within_plan_caps
-from .values import KEY_IMPORT, parse_customer_id, read_settings
+from .settings import KEY_IMPORT, parse_customer_id, read_settings
 
 FORMATS = ("csv", "jsonl")
 BATCH = 5000  # records a store write (one SQLite transaction: fewer commits, faster)

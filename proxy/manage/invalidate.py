@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from ..errors import Invalid
 from ..keylookup.digest import key_digests
 from ..keys import key_id_of
 from ..store import Change, Store
-from . import Invalid
 
 MAX_TARGETS = 1000  # keys, key ids and customer ids in one call, together
 MAX_KEY_LENGTH = 1024

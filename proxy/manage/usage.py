@@ -22,9 +22,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from ..errors import Invalid, Missing
 from ..store import Store
 from ..usage import FIELDS, Grain, Scope, UsageRow, month_start, period_start, summed
-from . import Invalid, Missing
 from .actions import find_customer, find_key
 
 GRAINS = ("hour", "day", "month")

@@ -3,7 +3,7 @@
 An option is written once, as (flag, add_argument keywords), and shared by every
 command that takes it. Its `type` raises ValueError naming the problem, and argparse
 shows it after the option's name; the record settings' parsers are shared with the
-admin API (`proxy.manage.values`). Option dests are record field names, so
+admin API (`proxy.manage.settings`). Option dests are record field names, so
 `given_settings` can read a record's settings straight off the parsed arguments.
 """
 
@@ -14,7 +14,7 @@ import dataclasses
 from typing import Any
 
 from ..keys import key_id_of
-from ..manage.values import parse_positive
+from ..manage.settings import parse_positive
 from ..records import Customer, KeyRecord
 from ..units import parse_rate, parse_size
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..errors import Invalid
 from ..keys import is_key_id, key_id_of
 from ..referrers import validate_referrer_pattern
 from ..units import MAX_DURATION, parse_duration, parse_rate, parse_size
-from . import Invalid
 
 MIN_LINK_SECRET = 16
 # Bounds on what the CLI and admin API accept (issue 12 item 10: a 400-digit number was
