@@ -11,7 +11,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from functools import partial
@@ -204,6 +204,7 @@ class Config:
 # --- loading: read the YAML, interpolate ${VAR}, then parse field by field ------------
 
 _Parser = Callable[[Any, str, Path], Any]  # (raw YAML value, field path, config dir) -> value
+_Found = Iterator[tuple[str, str]]  # problems found: (field path, what is wrong)
 _VARIABLE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KINDS = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number"}
@@ -213,7 +214,8 @@ _KINDS |= {str: "a string", list: "a list", dict: "a mapping"}
 def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """The Config in `path` (else $KEYFRONT_CONFIG), with `${VAR}` taken from `environ`
     (default os.environ). Relative paths in it resolve against the file's folder.
-    Raises ConfigError naming the first bad field."""
+    Raises ConfigError naming every bad field of the file, in the file's order (issue
+    14); a YAML syntax error or an unreadable file is one error."""
     env = os.environ if environ is None else environ
     path = path or env.get("KEYFRONT_CONFIG")
     if not path:
@@ -221,21 +223,18 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
     source = os.path.abspath(path)
     tree = _interpolate(_read_yaml(source), "", env)
     config: Config = _CONFIG(tree, "", Path(source).parent)
-    _check_variants(config)
     return dataclasses.replace(config, source=source)
 
 
-def _check_variants(config: Config) -> None:
+def _variants_not_reserved(keys: KeysConfig, routes: tuple[Route, ...]) -> _Found:
     """Variant parameters may not be the parameters that carry the key or a signed
     link: those never enter the cache key (SPEC section 5)."""
-    reserved = {config.keys.query_param, "expires", "sig"}
-    for i, route in enumerate(config.routes):
+    reserved = {keys.query_param, "expires", "sig"}
+    for i, route in enumerate(routes):
         clash = reserved.intersection(route.variant_params)
         if clash:
-            raise ConfigError(
-                f"routes[{i}].variant_params",
-                f"{sorted(clash)[0]!r} carries a key or a link signature, not a variant",
-            )
+            problem = f"{sorted(clash)[0]!r} carries a key or a link signature, not a variant"
+            yield f"routes[{i}].variant_params", problem
 
 
 def describe(config: Config) -> str:
@@ -306,8 +305,19 @@ def _interpolate(node: Any, at: str, env: Mapping[str, str]) -> Any:
     if isinstance(node, list):
         return [_interpolate(v, f"{at}[{i}]", env) for i, v in enumerate(node)]
     if isinstance(node, str):
-        return _VARIABLE.sub(lambda match: _substitute(match, at, env), node)
+        try:
+            return _VARIABLE.sub(lambda match: _substitute(match, at, env), node)
+        except ConfigError as exc:
+            return _Unresolved(exc.problems)
     return node
+
+
+@dataclass(frozen=True, slots=True)
+class _Unresolved:
+    """A string whose `${VAR}` could not be resolved. Its problem is reported where a
+    parser reaches it, so it takes its place in the file's order among the others."""
+
+    problems: tuple[tuple[str, str], ...]
 
 
 def _substitute(match: re.Match[str], at: str, env: Mapping[str, str]) -> str:
@@ -345,29 +355,87 @@ def _convert(at: str, convert: Callable[[Any], Any], raw: Any, problem: str = ""
         raise ConfigError(at, problem or f"{raw!r} is too large") from None
 
 
+# --- every error at once (issue 14) ---------------------------------------------------
+# A parser returns its value or raises ConfigError with every problem it found. A
+# container (section, list, mapping) parses each of its items with `_attempt`, which
+# records an item's problems and goes on, then raises them all together.
+
+_FAILED: Any = object()  # an item that did not parse; its problems are recorded
+
+
+def _attempt(parse: _Parser, raw: Any, at: str, base: Path, problems: list[Any]) -> Any:
+    """`parse(raw)`, or _FAILED with its problems added to `problems`."""
+    if isinstance(raw, _Unresolved):
+        problems.extend(raw.problems)
+        return _FAILED
+    try:
+        return parse(raw, at, base)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return _FAILED
+
+
+def _raise_any(problems: list[tuple[str, str]]) -> None:
+    if problems:
+        raise ConfigError(*problems[0], *problems[1:])
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    """A check across fields of one section, run when all its `inputs` parsed; `find`
+    takes their values in that order and yields (path in the section, problem)."""
+
+    inputs: tuple[str, ...]
+    find: Callable[..., _Found]
+
+
 # --- parsers, each (raw, field path, config dir) -> typed value -----------------------
 
 
-def _section(cls: Callable[..., Any], fields: dict[str, _Parser], *required: str) -> _Parser:
+def _section(
+    cls: Callable[..., Any],
+    fields: dict[str, _Parser],
+    *required: str,
+    checks: tuple[_Check, ...] = (),
+) -> _Parser:
     """A mapping with only these fields (typos are errors); absent ones keep the
-    dataclass default, and so does a section left empty (`admin:`)."""
+    dataclass default, and so does a section left empty (`admin:`). Problems come in
+    the file's order, then missing fields, then the cross-field `checks`."""
+    defaults = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
 
     def parse(raw: Any, at: str, base: Path) -> Any:
         _expect({} if raw is None else raw, dict, "a mapping", at)
-        for name in raw or {}:
-            if name not in fields:
+        problems: list[tuple[str, str]] = []
+        values: dict[str, Any] = {}
+        for name, item in (raw or {}).items():
+            if name in fields:
+                values[name] = _attempt(fields[name], item, _join(at, name), base, problems)
+            else:
                 hint = "".join(
                     f" (did you mean {n}?)" for n in get_close_matches(str(name), fields, 1)
                 )
-                raise ConfigError(
-                    _join(at, name), f"unknown field{hint}; expected one of {', '.join(fields)}"
-                )
+                expected = f"unknown field{hint}; expected one of {', '.join(fields)}"
+                problems.append((_join(at, name), expected))
         for name in required:
-            if name not in (raw or {}):
-                raise ConfigError(_join(at, name), "required field is missing")
-        return cls(**{k: fields[k](v, _join(at, k), base) for k, v in (raw or {}).items()})
+            if name not in values:
+                problems.append((_join(at, name), "required field is missing"))
+                values[name] = _FAILED
+        for name in fields.keys() - values.keys():
+            values[name] = _default(defaults[name])
+        for check in checks:
+            inputs = [values[name] for name in check.inputs]
+            if not any(value is _FAILED for value in inputs):
+                problems += [(_join(at, path), problem) for path, problem in check.find(*inputs)]
+        _raise_any(problems)
+        return cls(**values)
 
     return parse
+
+
+def _default(spec: dataclasses.Field[Any]) -> Any:
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return spec.default
 
 
 def _optional(parse: _Parser, empty: tuple[object, ...] = (None,)) -> _Parser:
@@ -443,10 +511,15 @@ def _listen(raw: Any, at: str, base: Path) -> Listen:
 
 def _networks(raw: Any, at: str, base: Path) -> tuple[IPNetwork, ...]:
     _expect([] if raw is None else raw, list, "a list of CIDRs (e.g. [10.0.0.0/8])", at)
-    return tuple(_network(cidr, f"{at}[{i}]") for i, cidr in enumerate(raw or []))
+    problems: list[tuple[str, str]] = []
+    networks = [
+        _attempt(_network, cidr, f"{at}[{i}]", base, problems) for i, cidr in enumerate(raw or [])
+    ]
+    _raise_any(problems)
+    return tuple(networks)
 
 
-def _network(raw: Any, at: str) -> IPNetwork:
+def _network(raw: Any, at: str, base: Path) -> IPNetwork:
     _expect(raw, str, "a CIDR (e.g. 10.0.0.0/8)", at)
     parse = partial(ipaddress.ip_network, strict=False)
     network: IPNetwork = _convert(at, parse, raw, f"{raw!r} is not a CIDR (e.g. 10.0.0.0/8)")
@@ -509,12 +582,16 @@ def _secrets(raw: Any, at: str, base: Path) -> dict[int, str]:
     _expect(raw, dict, "a mapping of version -> secret", at)
     if not raw:
         raise ConfigError(at, "at least one secret is required (e.g. 1: ${KEYFRONT_KEY_SECRET})")
+    problems: list[tuple[str, str]] = []
     secrets: dict[int, str] = {}
-    for version, secret in raw.items():
-        number = _integer(1)(version, _join(at, version), base)
+    for version, text in raw.items():
+        number = _attempt(_integer(1), version, _join(at, version), base, problems)
         if number in secrets:
-            raise ConfigError(_join(at, version), f"version {number} is given twice")
-        secrets[number] = _SECRET(secret, _join(at, version), base)
+            problems.append((_join(at, version), f"version {number} is given twice"))
+        secret = _attempt(_SECRET, text, _join(at, version), base, problems)
+        if number is not _FAILED and secret is not _FAILED:
+            secrets.setdefault(number, secret)
+    _raise_any(problems)
     return secrets
 
 
@@ -571,32 +648,45 @@ def _routes(raw: Any, at: str, base: Path) -> tuple[Route, ...]:
     _expect(raw, list, "a list of routes", at)
     if not raw:
         raise ConfigError(at, "at least one route is required")
+    problems: list[tuple[str, str]] = []
+    first: dict[str, int] = {}  # prefix -> the index of the route that has it
     routes: list[Route] = []
     for i, item in enumerate(raw):
-        route: Route = _ROUTE(item, f"{at}[{i}]", base)
-        if route.s3 is not None and not route.origin.startswith("s3://"):
-            raise ConfigError(f"{at}[{i}].s3", "s3 settings are only allowed on an s3:// origin")
-        if route.variant_params and not route.origin.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"{at}[{i}].variant_params",
-                "only an http(s):// origin can serve variants (a file or S3 object has one)",
-            )
-        if route.prefix in (r.prefix for r in routes):
-            first = [r.prefix for r in routes].index(route.prefix)
-            raise ConfigError(f"{at}[{i}].prefix", f"{route.prefix} is used by {at}[{first}] too")
+        route = _attempt(_ROUTE, item, f"{at}[{i}]", base, problems)
+        if route is _FAILED:
+            continue
+        if route.prefix in first:
+            used = f"{route.prefix} is used by {at}[{first[route.prefix]}] too"
+            problems.append((f"{at}[{i}].prefix", used))
+        first.setdefault(route.prefix, i)
         routes.append(route)
+    _raise_any(problems)
     return tuple(routes)
+
+
+def _s3_origin_only(origin: str, s3: S3Settings | None) -> _Found:
+    if s3 is not None and not origin.startswith("s3://"):
+        yield "s3", "s3 settings are only allowed on an s3:// origin"
+
+
+def _variants_from_http_only(origin: str, variant_params: tuple[str, ...]) -> _Found:
+    if variant_params and not origin.startswith(("http://", "https://")):
+        problem = "only an http(s):// origin can serve variants (a file or S3 object has one)"
+        yield "variant_params", problem
 
 
 def _names(raw: Any, at: str, base: Path) -> tuple[str, ...]:
     """A list of distinct query parameter names."""
     _expect([] if raw is None else raw, list, "a list of query parameter names", at)
+    problems: list[tuple[str, str]] = []
     names: list[str] = []
     for i, item in enumerate(raw or []):
-        name = _PARAM_NAME(item, f"{at}[{i}]", base)
+        name = _attempt(_PARAM_NAME, item, f"{at}[{i}]", base, problems)
         if name in names:
-            raise ConfigError(f"{at}[{i}]", f"{name!r} is given twice")
-        names.append(name)
+            problems.append((f"{at}[{i}]", f"{name!r} is given twice"))
+        elif name is not _FAILED:
+            names.append(name)
+    _raise_any(problems)
     return tuple(names)
 
 
@@ -639,6 +729,10 @@ _ROUTE = _section(
     },
     "prefix",
     "origin",
+    checks=(
+        _Check(("origin", "s3"), _s3_origin_only),
+        _Check(("origin", "variant_params"), _variants_from_http_only),
+    ),
 )
 _KEY_DEFAULTS = _section(
     KeyDefaults,
@@ -654,29 +748,28 @@ def _lookup_url(raw: Any, at: str, base: Path) -> str:
     return str(raw)
 
 
-def _lookup(raw: Any, at: str, base: Path) -> LookupConfig:
-    lookup: LookupConfig = _LOOKUP_FIELDS(raw, at, base)
-    if lookup.max_stale < lookup.stale:
+def _max_stale_covers_stale(stale: float, max_stale: float) -> _Found:
+    if max_stale < stale:
         # A stale answer is served without asking during `stale`; `max_stale` bounds
         # what is served when the key API fails, so it cannot be the shorter.
-        raise ConfigError(_join(at, "max_stale"), "must be at least `stale`")
-    return lookup
+        yield "max_stale", "must be at least `stale`"
 
 
-_LOOKUP_FIELDS = _section(
+_LOOKUP = _section(
     LookupConfig,
     {"url": _lookup_url, "token": _OPTIONAL_TEXT, "timeout": _POSITIVE_SECONDS}
     | dict.fromkeys(("fresh", "stale", "max_stale", "negative_ttl"), _SECONDS)
     | {"concurrency": _integer(1), "unknown_key_rate": _rate, "unknown_key_burst": _integer(1)}
     | {"cache_size": _integer(1)},
     "url",
+    checks=(_Check(("stale", "max_stale"), _max_stale_covers_stale),),
 )
 _EXTERNAL = _section(
     ExternalKeysConfig,
     {
         "pattern": _key_pattern,
         "hash_secret": _optional(_SECRET, _UNSET_IF_EMPTY),
-        "lookup": _optional(_lookup),
+        "lookup": _optional(_LOOKUP),
     },
 )
 
@@ -740,4 +833,5 @@ _CONFIG = _section(
     },
     "keys",
     "routes",
+    checks=(_Check(("keys", "routes"), _variants_not_reserved),),
 )

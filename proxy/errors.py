@@ -26,7 +26,7 @@
     │   └── 503 Unavailable         unavailable
     ├── StoreError                  the store could not answer (translated at the adapter edge)
     │   └── Conflict                a create whose id already exists
-    └── ConfigError                 a bad config; names the field path
+    └── ConfigError                 a bad config: every problem, each with its field path
 
 A Refusal carries its HTTP status, SPEC error code and a fixed public message;
 `pipeline.refusal_response` is the one place that renders it. What went wrong in
@@ -146,9 +146,12 @@ class Conflict(StoreError):
 
 
 class ConfigError(KeyfrontError):
-    """A bad config file. `path` is the field path, e.g. `routes[0].origin`."""
+    """A bad config file: every problem found in it (SPEC section 7), each a field path
+    and what is wrong, e.g. `("routes[0].origin", "folder /x does not exist")`. str()
+    lists them one a line; `path` and `problem` are the first's."""
 
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}" if path else problem)
+    def __init__(self, path: str, problem: str, *more: tuple[str, str]) -> None:
+        self.problems = ((path, problem), *more)
+        super().__init__("\n".join(f"{p}: {m}" if p else m for p, m in self.problems))
         self.path = path
         self.problem = problem

@@ -802,3 +802,79 @@ def test_a_short_hash_secret_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_dict(tmp_path, data)
     assert caught.value.path == "keys.external.hash_secret"
+
+
+# --- issue 14: every error of the file at once ---------------------------------------------
+
+
+def problems_in(tmp_path: Path, data: dict[str, Any]) -> list[str]:
+    """The field paths `load()` names for `data`, written in its own key order."""
+    (tmp_path / "files").mkdir(exist_ok=True)
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, yaml.safe_dump(data, sort_keys=False)), {})
+    lines = str(caught.value).splitlines()
+    assert lines == [f"{path}: {problem}" for path, problem in caught.value.problems]
+    assert (caught.value.path, caught.value.problem) == caught.value.problems[0]
+    return [path for path, _ in caught.value.problems]
+
+
+def test_every_error_of_the_file_is_reported_at_once(tmp_path: Path) -> None:
+    data = minimal() | {"workers": 0, "listen": "nowhere", "cahce": {}}
+    data["keys"] |= {"prefix": "PK", "record_cache_size": 0}
+    data["keys"]["defaults"] = {"rate": "fast", "burst": 0}
+    data["keys"]["external"] = {"lookup": {"url": "http://k/", "stale": "1h", "max_stale": "1m"}}
+    data["routes"] += [
+        {"prefix": "/a/", "origin": "ftp://x/"},  # a bad item between good ones
+        {"prefix": "/files/", "origin": "s3://b"},  # a cross-item check: routes[0] parsed
+        {"prefix": "/v/", "origin": "file://files/", "auth": "x", "s3": {"region": "eu"}},
+        {"origin": "http://o.example/", "variant_params": ["w", "w", "a b"]},
+    ]
+    data["cache"] = {"max_size": "lots", "ttl": -1, "max_objects": 0}
+    data["trusted_proxies"] = ["10.0.0.0/8", "nope", "::1/128", 7]
+
+    # In the file's order; in a section, a missing field and then cross-field checks last.
+    assert problems_in(tmp_path, data) == [
+        "keys.prefix",
+        "keys.record_cache_size",
+        "keys.defaults.rate",
+        "keys.defaults.burst",
+        "keys.external.lookup.max_stale",
+        "routes[1].origin",
+        "routes[2].prefix",
+        "routes[3].auth",
+        "routes[3].s3",
+        "routes[4].variant_params[1]",
+        "routes[4].variant_params[2]",
+        "routes[4].prefix",
+        "workers",
+        "listen",
+        "cahce",
+        "cache.max_size",
+        "cache.ttl",
+        "cache.max_objects",
+        "trusted_proxies[1]",
+        "trusted_proxies[3]",
+    ]
+
+
+def test_every_unset_variable_is_reported_with_the_other_errors(tmp_path: Path) -> None:
+    data = minimal() | {"admin": {"token": "${TOKEN}"}, "workers": "${WORKERS}"}
+    data["keys"]["secrets"] = {1: "${SECRET}", 2: "${BAD"}
+    data["cache"] = {"ttl": "soon"}
+
+    assert problems_in(tmp_path, data) == [
+        "keys.secrets.1",
+        "keys.secrets.2",
+        "admin.token",
+        "workers",
+        "cache.ttl",
+    ]
+
+
+def test_a_cross_section_check_runs_when_its_sections_parsed(tmp_path: Path) -> None:
+    data = minimal() | {"workers": 0}
+    data["routes"].append(
+        {"prefix": "/v/", "origin": "http://o.example/", "variant_params": ["sig"]}
+    )
+
+    assert problems_in(tmp_path, data) == ["workers", "routes[1].variant_params"]

@@ -234,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     except Failure as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # every problem of the file, one a line (issue 14)
+        for line in str(exc).splitlines():
+            print(f"config error: {line}", file=sys.stderr)
         return 2
     except StoreError as exc:
         print(f"store error: {exc}", file=sys.stderr)
