@@ -1,7 +1,16 @@
 """The config model (SPEC section 7): frozen, typed, built once by `load()`.
 
-Every other module reads these dataclasses; nothing reads the YAML dict-of-dicts.
-`load()` raises ConfigError naming the field path (`routes[1].origin: ...`).
+This module owns the YAML file's schema and its reading: the frozen dataclasses every
+other module reads (nothing reads the YAML dict-of-dicts), `${VAR}` interpolation, the
+parsing and checking of each field, and `describe()` for `keyfront config check`. It
+is a leaf: it imports nothing of keyfront but `errors` and `units`, so any layer may
+name a config type without an import cycle.
+
+Each field is declared once, in its dataclass: its type, how its YAML value is read
+(`Annotated[type, parser]`), and its default (a field without one is required). One
+generic parser walks `dataclasses.fields()`; a field without a parser is an error at
+import. `load()` raises one ConfigError listing every problem of the file, each with
+its field path (`routes[1].origin: ...`), in the file's order (issue 14).
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from dataclasses import dataclass, field
 from difflib import get_close_matches
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 from urllib.parse import urlsplit
 
 import yaml
@@ -25,6 +34,16 @@ from .errors import ConfigError
 from .units import Rate, format_size, parse_duration, parse_rate, parse_size
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_EXTERNAL_PATTERN = "[A-Za-z0-9._~-]{8,128}"
+MAX_EXTERNAL_KEY = 256  # characters: a longer presented key is key_invalid before any regex
+
+_Parser = Callable[[Any, str, Path], Any]  # (raw YAML value, field path, config dir) -> value
+_Found = Iterator[tuple[str, str]]  # problems found: (field path, what is wrong)
+_KINDS = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number"}
+_KINDS |= {str: "a string", list: "a list", dict: "a mapping"}
+
+
+# --- the schema (SPEC section 7): each field once, `Annotated[type, parser] = default` --
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +59,11 @@ class Listen:
 class KeyDefaults:
     """Applied where a key record leaves a field unset."""
 
-    rate: Rate | None = Rate(20, 1.0)  # noqa: RUF009 (Rate is frozen, so sharing it is safe)
-    burst: int | None = 40
-    quota_requests: int | None = None
-    quota_bytes: int | None = None
-
-
-DEFAULT_EXTERNAL_PATTERN = "[A-Za-z0-9._~-]{8,128}"
-MAX_EXTERNAL_KEY = 256  # characters: a longer presented key is key_invalid before any regex
+    # Rate is frozen, so sharing it is safe
+    rate: Annotated[Rate | None, _optional(_rate)] = Rate(20, 1.0)  # noqa: RUF009
+    burst: Annotated[int | None, _optional(_integer(1))] = 40
+    quota_requests: Annotated[int | None, _optional(_integer(0))] = None
+    quota_bytes: Annotated[int | None, _optional(_SIZE)] = None
 
 
 # --- keys from an existing key system (SPEC section 13): the live lookup -------------
@@ -57,17 +73,28 @@ MAX_EXTERNAL_KEY = 256  # characters: a longer presented key is key_invalid befo
 class LookupConfig:
     """The operator's key API (SPEC section 13): `POST {url}` `{"key": ...}`."""
 
-    url: str
-    token: str | None = None  # sent as `Authorization: Bearer {token}`
-    timeout: float = 0.5  # the longest any request waits on a lookup
-    fresh: float = 60.0  # an answer is used as is for this long
-    stale: float = 600.0  # then served while one background refresh runs, this long
-    max_stale: float = 3600.0  # past freshness, used while the key API fails
-    negative_ttl: float = 30.0  # a 404 (unknown key) is remembered this long
-    concurrency: int = 32  # lookups in flight at once, per process
-    unknown_key_rate: Rate = Rate(5, 1.0)  # noqa: RUF009 (frozen); lookups of uncached keys per client IP
-    unknown_key_burst: int = 20
-    cache_size: int = 100_000  # answers remembered per process (not in SPEC: README)
+    url: Annotated[str, _lookup_url]
+    token: Annotated[str | None, _OPTIONAL_TEXT] = None  # sent as `Authorization: Bearer {token}`
+    # the longest any request waits on a lookup
+    timeout: Annotated[float, _POSITIVE_SECONDS] = 0.5
+    fresh: Annotated[float, _SECONDS] = 60.0  # an answer is used as is for this long
+    # then served while one background refresh runs, this long
+    stale: Annotated[float, _SECONDS] = 600.0
+    max_stale: Annotated[float, _SECONDS] = 3600.0  # past freshness, used while the key API fails
+    negative_ttl: Annotated[float, _SECONDS] = 30.0  # a 404 (unknown key) is remembered this long
+    concurrency: Annotated[int, _integer(1)] = 32  # lookups in flight at once, per process
+    # lookups of uncached keys per client IP (Rate is frozen, so sharing it is safe)
+    unknown_key_rate: Annotated[Rate, _rate] = Rate(5, 1.0)  # noqa: RUF009
+    unknown_key_burst: Annotated[int, _integer(1)] = 20
+    # answers remembered per process (not in SPEC: README)
+    cache_size: Annotated[int, _integer(1)] = 100_000
+
+
+def _max_stale_covers_stale(stale: float, max_stale: float) -> _Found:
+    if max_stale < stale:
+        # A stale answer is served without asking during `stale`; `max_stale` bounds
+        # what is served when the key API fails, so it cannot be the shorter.
+        yield "max_stale", "must be at least `stale`"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,20 +104,23 @@ class ExternalKeysConfig:
     keys are stored under; None: a secret keyfront generates once and keeps in the
     store (README "Bringing your existing keys")."""
 
-    pattern: re.Pattern[str] = re.compile(DEFAULT_EXTERNAL_PATTERN)
-    hash_secret: str | None = None
-    lookup: LookupConfig | None = None  # the operator's key API; None: imported keys only
+    pattern: Annotated[re.Pattern[str], _key_pattern] = re.compile(DEFAULT_EXTERNAL_PATTERN)
+    hash_secret: Annotated[str | None, _optional(_SECRET, _UNSET_IF_EMPTY)] = None
+    # the operator's key API; None: imported keys only
+    lookup: Annotated[LookupConfig | None, _optional(_LOOKUP)] = None
 
 
 @dataclass(frozen=True, slots=True)
 class KeysConfig:
-    secrets: dict[int, str]  # version -> secret; the highest version signs new keys
-    prefix: str = "pk"
-    query_param: str = "key"
-    record_cache_ttl: float = 60.0
-    record_cache_size: int = 100_000
-    defaults: KeyDefaults = field(default_factory=KeyDefaults)
-    external: ExternalKeysConfig = field(default_factory=ExternalKeysConfig)  # SPEC 13
+    secrets: Annotated[dict[int, str], _secrets]  # version -> secret; the highest signs
+    prefix: Annotated[str, _text(r"[a-z]{1,8}", "1 to 8 lowercase letters")] = "pk"
+    query_param: Annotated[str, _QUERY_PARAM] = "key"
+    record_cache_ttl: Annotated[float, _SECONDS] = 60.0
+    record_cache_size: Annotated[int, _integer(1)] = 100_000
+    defaults: Annotated[KeyDefaults, _section(KeyDefaults)] = field(default_factory=KeyDefaults)
+    external: Annotated[ExternalKeysConfig, _section(ExternalKeysConfig)] = field(
+        default_factory=ExternalKeysConfig  # SPEC section 13
+    )
 
     @property
     def signing_version(self) -> int:
@@ -99,55 +129,70 @@ class KeysConfig:
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
-    token: str | None = None  # None: the admin API answers 401 to everything
+    # None: the admin API answers 401 to everything
+    token: Annotated[str | None, _optional(_SECRET, _UNSET_IF_EMPTY)] = None
     # Live keys a customer token may hold when its customer record sets no max_keys
     # (issue 12): bounds what one token can write to the store. None: no cap.
-    customer_max_keys: int | None = 1000
+    customer_max_keys: Annotated[int | None, _optional(_integer(1))] = 1000
 
 
 @dataclass(frozen=True, slots=True)
 class S3Settings:
-    endpoint_url: str | None = None
-    region: str | None = None
-    access_key_id: str | None = None  # from AWS_* environment when absent
-    secret_access_key: str | None = None
+    endpoint_url: Annotated[str | None, _optional(_http_url, _UNSET_IF_EMPTY)] = None
+    region: Annotated[str | None, _OPTIONAL_TEXT] = None
+    access_key_id: Annotated[str | None, _OPTIONAL_TEXT] = None  # from AWS_* env when absent
+    secret_access_key: Annotated[str | None, _OPTIONAL_TEXT] = None
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    prefix: str  # starts and ends with "/"
-    origin: str  # absolute URL: file:///abs/dir/, http(s)://host/base/, s3://bucket/prefix/
-    auth: Literal["key", "none"] = "key"
-    cache_control: str = "private, max-age=3600"
-    s3: S3Settings | None = None
+    prefix: Annotated[str, _ROUTE_PREFIX]  # starts and ends with "/"
+    # absolute URL: file:///abs/dir/, http(s)://host/base/, s3://bucket/prefix/
+    origin: Annotated[str, _origin]
+    auth: Annotated[Literal["key", "none"], _text("key|none", "key or none")] = "key"
+    cache_control: Annotated[str, _text()] = "private, max-age=3600"
+    s3: Annotated[S3Settings | None, _section(S3Settings)] = None
     # SPEC section 5: the cache's freshness comes from cache.ttl unless the route
     # respects the origin's Cache-Control (README "Decisions").
-    origin_cache_control: Literal["ignore", "respect"] = "ignore"
+    origin_cache_control: Annotated[
+        Literal["ignore", "respect"], _text("ignore|respect", "ignore or respect")
+    ] = "ignore"
     # SPEC section 5: query parameters that select a variant (e.g. w, format): part of
     # the cache key and sent on to the origin. http(s) origins only.
-    variant_params: tuple[str, ...] = ()
+    variant_params: Annotated[tuple[str, ...], _names] = ()
+
+
+def _s3_origin_only(origin: str, s3: S3Settings | None) -> _Found:
+    if s3 is not None and not origin.startswith("s3://"):
+        yield "s3", "s3 settings are only allowed on an s3:// origin"
+
+
+def _variants_from_http_only(origin: str, variant_params: tuple[str, ...]) -> _Found:
+    if variant_params and not origin.startswith(("http://", "https://")):
+        problem = "only an http(s):// origin can serve variants (a file or S3 object has one)"
+        yield "variant_params", problem
 
 
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
-    dir: str = "/var/cache/keyfront"
-    max_size: int = 10 * 1024**3
-    max_object_size: int = 512 * 1024**2
+    dir: Annotated[str, _local_path] = "/var/cache/keyfront"
+    max_size: Annotated[int, _SIZE] = 10 * 1024**3
+    max_object_size: Annotated[int, _SIZE] = 512 * 1024**2
     # Objects in the folder, 404s included (issue 12): what bounds each worker's index
     # (~650 B an entry measured, at most ~1 KiB counted, so <= ~100 MiB) and the
     # folder's inodes when clients request many small or absent objects.
-    max_objects: int = 100_000
-    ttl: float = 3600.0
-    stale_while_revalidate: float = 60.0
-    stale_if_error: float = 86400.0
-    negative_ttl: float = 30.0
+    max_objects: Annotated[int, _integer(1)] = 100_000
+    ttl: Annotated[float, _SECONDS] = 3600.0
+    stale_while_revalidate: Annotated[float, _SECONDS] = 60.0
+    stale_if_error: Annotated[float, _SECONDS] = 86400.0
+    negative_ttl: Annotated[float, _SECONDS] = 30.0
 
 
 @dataclass(frozen=True, slots=True)
 class OriginTimeouts:
-    connect: float = 2.0
-    first_byte: float = 10.0
-    idle: float = 30.0
+    connect: Annotated[float, _POSITIVE_SECONDS] = 2.0
+    first_byte: Annotated[float, _POSITIVE_SECONDS] = 10.0
+    idle: Annotated[float, _POSITIVE_SECONDS] = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,60 +200,82 @@ class ClientTimeouts:
     """Deadlines for public clients (issue 12 items 4 and 5; SPEC is silent, README
     "Limits and timeouts"). None is reset by bytes trickling in or out."""
 
-    headers: float = 10.0  # a new connection's first request line and headers, from open
-    keepalive: float = 15.0  # the next request's headers, from the end of a response
-    send: float = 30.0  # a client that takes none of its response for this long is cut
+    # a new connection's first request line and headers, from open
+    headers: Annotated[float, _POSITIVE_SECONDS] = 10.0
+    # the next request's headers, from the end of a response
+    keepalive: Annotated[float, _POSITIVE_SECONDS] = 15.0
+    # a client that takes none of its response for this long is cut
+    send: Annotated[float, _POSITIVE_SECONDS] = 30.0
     # Bytes a second a client must take on average, over the time keyfront waits on it
     # for one response, once that wait passes `send` (review finding 3): a client that
     # drains a little every `send` no longer holds a pass-through's origin connection
     # for days. 2 KiB/s is below GPRS (~5 KB/s), the slowest mobile data in service.
-    # 0: no minimum.
-    min_send_rate: int = 2048
+    # 0: no minimum. Written as a size (a size a second).
+    min_send_rate: Annotated[int, _SIZE] = 2048
 
 
 @dataclass(frozen=True, slots=True)
 class UsageConfig:
-    flush_interval: float = 1.0
-    max_pending: int = 100_000
+    flush_interval: Annotated[float, _POSITIVE_SECONDS] = 1.0
+    max_pending: Annotated[int, _integer(1)] = 100_000
 
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    customer_labels: int = 50
+    customer_labels: Annotated[int, _integer(0)] = 50
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    keys: KeysConfig
-    routes: tuple[Route, ...]
-    listen: Listen = Listen("0.0.0.0", 8080)
-    admin_listen: Listen = Listen("127.0.0.1", 9080)
-    workers: int = 1
-    store: str = "sqlite:///var/lib/keyfront/keyfront.db"  # sqlite:/// paths made absolute
-    store_timeout: float = 0.05
-    on_store_error: Literal["allow", "deny"] = "allow"
-    trusted_proxies: tuple[IPNetwork, ...] = ()
-    admin: AdminConfig = field(default_factory=AdminConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    origin_timeouts: OriginTimeouts = field(default_factory=OriginTimeouts)
-    client_timeouts: ClientTimeouts = field(default_factory=ClientTimeouts)
-    max_connections: int = 10_000  # public client connections per worker (proxy/listener.py)
-    usage: UsageConfig = field(default_factory=UsageConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    shutdown_timeout: float = 30.0
-    access_log: str = "-"  # "-" (stdout), a file path, or "off"
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"  # not in SPEC: README "Decisions"
-    source: str = ""  # the file it was loaded from (for messages and worker processes)
+    keys: Annotated[KeysConfig, _section(KeysConfig)]
+    routes: Annotated[tuple[Route, ...], _routes]
+    listen: Annotated[Listen, _listen] = Listen("0.0.0.0", 8080)
+    admin_listen: Annotated[Listen, _listen] = Listen("127.0.0.1", 9080)
+    workers: Annotated[int, _integer(1)] = 1
+    # sqlite:/// paths made absolute
+    store: Annotated[str, _store] = "sqlite:///var/lib/keyfront/keyfront.db"
+    store_timeout: Annotated[float, _POSITIVE_SECONDS] = 0.05
+    on_store_error: Annotated[Literal["allow", "deny"], _text("allow|deny", "allow or deny")] = (
+        "allow"
+    )
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], _networks] = ()
+    admin: Annotated[AdminConfig, _section(AdminConfig)] = field(default_factory=AdminConfig)
+    cache: Annotated[CacheConfig, _section(CacheConfig)] = field(default_factory=CacheConfig)
+    origin_timeouts: Annotated[OriginTimeouts, _section(OriginTimeouts)] = field(
+        default_factory=OriginTimeouts
+    )
+    client_timeouts: Annotated[ClientTimeouts, _section(ClientTimeouts)] = field(
+        default_factory=ClientTimeouts
+    )
+    # public client connections per worker (proxy/listener.py)
+    max_connections: Annotated[int, _integer(1)] = 10_000
+    usage: Annotated[UsageConfig, _section(UsageConfig)] = field(default_factory=UsageConfig)
+    metrics: Annotated[MetricsConfig, _section(MetricsConfig)] = field(
+        default_factory=MetricsConfig
+    )
+    shutdown_timeout: Annotated[float, _SECONDS] = 30.0
+    access_log: Annotated[str, _access_log] = "-"  # "-" (stdout), a file path, or "off"
+    # not in SPEC: README "Decisions"
+    event_loop: Annotated[Literal["uvloop", "asyncio"], _EVENT_LOOP] = "uvloop"
+    # the file it was loaded from (for messages and worker processes)
+    source: Annotated[str, _SET_BY_LOAD] = ""
+
+
+def _variants_not_reserved(keys: KeysConfig, routes: tuple[Route, ...]) -> _Found:
+    """Variant parameters may not be the parameters that carry the key or a signed
+    link: those never enter the cache key (SPEC section 5)."""
+    reserved = {keys.query_param, "expires", "sig"}
+    for i, route in enumerate(routes):
+        clash = reserved.intersection(route.variant_params)
+        if clash:
+            problem = f"{sorted(clash)[0]!r} carries a key or a link signature, not a variant"
+            yield f"routes[{i}].variant_params", problem
 
 
 # --- loading: read the YAML, interpolate ${VAR}, then parse field by field ------------
 
-_Parser = Callable[[Any, str, Path], Any]  # (raw YAML value, field path, config dir) -> value
-_Found = Iterator[tuple[str, str]]  # problems found: (field path, what is wrong)
 _VARIABLE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_KINDS = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number"}
-_KINDS |= {str: "a string", list: "a list", dict: "a mapping"}
 
 
 def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -224,77 +291,6 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
     tree = _interpolate(_read_yaml(source), "", env)
     config: Config = _CONFIG(tree, "", Path(source).parent)
     return dataclasses.replace(config, source=source)
-
-
-def _variants_not_reserved(keys: KeysConfig, routes: tuple[Route, ...]) -> _Found:
-    """Variant parameters may not be the parameters that carry the key or a signed
-    link: those never enter the cache key (SPEC section 5)."""
-    reserved = {keys.query_param, "expires", "sig"}
-    for i, route in enumerate(routes):
-        clash = reserved.intersection(route.variant_params)
-        if clash:
-            problem = f"{sorted(clash)[0]!r} carries a key or a link signature, not a variant"
-            yield f"routes[{i}].variant_params", problem
-
-
-def describe(config: Config) -> str:
-    """A short summary for `keyfront config check`; shows no secret or password."""
-    store = urlsplit(config.store)
-    password = f":{store.password}@"
-    lines = [
-        f"listen {config.listen} (admin {config.admin_listen}), workers {config.workers}",
-        f"store {config.store.replace(password, ':***@', 1) if store.password else config.store}",
-        f"cache {config.cache.dir} ({format_size(config.cache.max_size)})",
-        f"key secrets: versions {sorted(config.keys.secrets)}, prefix {config.keys.prefix}",
-        _external_summary(config.keys.external),
-    ]
-    lines += [f"route {r.prefix} -> {r.origin} (auth {r.auth})" for r in config.routes]
-    return "\n".join(lines)
-
-
-def _external_summary(external: ExternalKeysConfig) -> str:
-    """How external keys are told apart and hashed: changing the hash secret makes
-    every imported key unknown until the keys are imported again."""
-    hashed = (
-        "keys.external.hash_secret (changing it unlinks every imported key)"
-        if external.hash_secret
-        else "a secret generated at the first import and kept in the store; it survives "
-        "signing-secret rotation (set keys.external.hash_secret to keep it out of the store)"
-    )
-    return (
-        f"external keys: whole key matches {external.pattern.pattern!r} "
-        f"(at most {MAX_EXTERNAL_KEY} characters); imported keys hashed with {hashed}"
-    )
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """Refuses a key written twice in one mapping, which PyYAML would silently let the
-    last one win (two `cache:` sections, say)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            key = (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
-            if key is not None and key_node.tag != "tag:yaml.org,2002:merge" and key in seen:
-                problem = f"duplicate key {key_node.value!r}"
-                raise yaml.MarkedYAMLError(problem=problem, problem_mark=key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def _read_yaml(source: str) -> Any:
-    try:
-        with open(source, encoding="utf-8") as file:
-            return yaml.load(file, Loader=_StrictLoader)  # a SafeLoader: plain data only
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise ConfigError("", f"cannot read config file {source}: {reason}") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError("", f"{source}{where}: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("", f"{source}: {exc}") from None
 
 
 def _interpolate(node: Any, at: str, env: Mapping[str, str]) -> Any:
@@ -336,6 +332,167 @@ def _substitute(match: re.Match[str], at: str, env: Mapping[str, str]) -> str:
     return value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Refuses a key written twice in one mapping, which PyYAML would silently let the
+    last one win (two `cache:` sections, say)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key_node.tag != "tag:yaml.org,2002:merge" and key in seen:
+                problem = f"duplicate key {key_node.value!r}"
+                raise yaml.MarkedYAMLError(problem=problem, problem_mark=key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(source: str) -> Any:
+    try:
+        with open(source, encoding="utf-8") as file:
+            return yaml.load(file, Loader=_StrictLoader)  # a SafeLoader: plain data only
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError("", f"cannot read config file {source}: {reason}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("", f"{source}{where}: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{source}: {exc}") from None
+
+
+def describe(config: Config) -> str:
+    """A short summary for `keyfront config check`; shows no secret or password."""
+    store = urlsplit(config.store)
+    password = f":{store.password}@"
+    lines = [
+        f"listen {config.listen} (admin {config.admin_listen}), workers {config.workers}",
+        f"store {config.store.replace(password, ':***@', 1) if store.password else config.store}",
+        f"cache {config.cache.dir} ({format_size(config.cache.max_size)})",
+        f"key secrets: versions {sorted(config.keys.secrets)}, prefix {config.keys.prefix}",
+        _external_summary(config.keys.external),
+    ]
+    lines += [f"route {r.prefix} -> {r.origin} (auth {r.auth})" for r in config.routes]
+    return "\n".join(lines)
+
+
+def _external_summary(external: ExternalKeysConfig) -> str:
+    """How external keys are told apart and hashed: changing the hash secret makes
+    every imported key unknown until the keys are imported again."""
+    hashed = (
+        "keys.external.hash_secret (changing it unlinks every imported key)"
+        if external.hash_secret
+        else "a secret generated at the first import and kept in the store; it survives "
+        "signing-secret rotation (set keys.external.hash_secret to keep it out of the store)"
+    )
+    return (
+        f"external keys: whole key matches {external.pattern.pattern!r} "
+        f"(at most {MAX_EXTERNAL_KEY} characters); imported keys hashed with {hashed}"
+    )
+
+
+# --- every error at once (issue 14) ---------------------------------------------------
+# A parser returns its value or raises ConfigError with every problem it found. A
+# container (section, list, mapping) parses each of its items with `_attempt`, which
+# records an item's problems and goes on, then raises them all together.
+
+_FAILED: Any = object()  # an item that did not parse; its problems are recorded
+_SET_BY_LOAD: Any = object()  # marks a field that is not read from the file
+
+
+def _attempt(parse: _Parser, raw: Any, at: str, base: Path, problems: list[Any]) -> Any:
+    """`parse(raw)`, or _FAILED with its problems added to `problems`."""
+    if isinstance(raw, _Unresolved):
+        problems.extend(raw.problems)
+        return _FAILED
+    try:
+        return parse(raw, at, base)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return _FAILED
+
+
+def _each(
+    parse: _Parser, raw: list[Any], at: str, base: Path, problems: list[Any]
+) -> Iterator[tuple[int, Any]]:
+    """(index, value) of each item of `raw` that parsed; the others' problems are
+    added to `problems`."""
+    for i, item in enumerate(raw):
+        value = _attempt(parse, item, f"{at}[{i}]", base, problems)
+        if value is not _FAILED:
+            yield i, value
+
+
+def _raise_any(problems: list[tuple[str, str]]) -> None:
+    if problems:
+        raise ConfigError(*problems[0], *problems[1:])
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    """A check across fields of one section, run when all its `inputs` parsed; `find`
+    takes their values in that order and yields (path in the section, problem)."""
+
+    inputs: tuple[str, ...]
+    find: Callable[..., _Found]
+
+
+def _section(cls: type[Any], *checks: _Check) -> _Parser:
+    """The parser of dataclass `cls` from a mapping: each field read by the parser in
+    its `Annotated` type, absent ones (and all of a section left empty, `admin:`) keep
+    the dataclass default; a field without a default is required; an unknown name is
+    an error (a typo). Problems come in the file's order, then missing fields, then
+    the cross-field `checks`."""
+    hints = get_type_hints(cls, include_extras=True)
+    fields: dict[str, dataclasses.Field[Any]] = {}
+    parsers: dict[str, _Parser] = {}
+    for spec in dataclasses.fields(cls):
+        reader = next(iter(getattr(hints[spec.name], "__metadata__", ())), None)
+        if reader is None:
+            raise TypeError(f"{cls.__name__}.{spec.name}: declare it Annotated[type, parser]")
+        if reader is not _SET_BY_LOAD:
+            fields[spec.name], parsers[spec.name] = spec, reader
+
+    def parse(raw: Any, at: str, base: Path) -> Any:
+        _expect({} if raw is None else raw, dict, "a mapping", at)
+        problems: list[tuple[str, str]] = []
+        values: dict[str, Any] = {}
+        for name, item in (raw or {}).items():
+            if name in parsers:
+                values[name] = _attempt(parsers[name], item, _join(at, name), base, problems)
+            else:
+                problems.append((_join(at, name), _unknown(name, parsers)))
+        for name, spec in fields.items():
+            if name not in values:
+                values[name] = _default(spec)
+                if values[name] is _FAILED:
+                    problems.append((_join(at, name), "required field is missing"))
+        for check in checks:
+            inputs = [values[name] for name in check.inputs]
+            if not any(value is _FAILED for value in inputs):
+                problems += [(_join(at, path), problem) for path, problem in check.find(*inputs)]
+        _raise_any(problems)
+        return cls(**values)
+
+    return parse
+
+
+def _unknown(name: object, known: Mapping[str, object]) -> str:
+    hint = "".join(f" (did you mean {n}?)" for n in get_close_matches(str(name), known, 1))
+    return f"unknown field{hint}; expected one of {', '.join(known)}"
+
+
+def _default(spec: dataclasses.Field[Any]) -> Any:
+    """The field's default, or _FAILED for a required field."""
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return _FAILED if spec.default is dataclasses.MISSING else spec.default
+
+
+# --- reading one value: each parser is (raw, field path, config dir) -> typed value ---
+
+
 def _join(at: str, name: object) -> str:
     return f"{at}.{name}" if at else str(name)
 
@@ -353,89 +510,6 @@ def _convert(at: str, convert: Callable[[Any], Any], raw: Any, problem: str = ""
         raise ConfigError(at, problem or str(exc)) from None
     except OverflowError:
         raise ConfigError(at, problem or f"{raw!r} is too large") from None
-
-
-# --- every error at once (issue 14) ---------------------------------------------------
-# A parser returns its value or raises ConfigError with every problem it found. A
-# container (section, list, mapping) parses each of its items with `_attempt`, which
-# records an item's problems and goes on, then raises them all together.
-
-_FAILED: Any = object()  # an item that did not parse; its problems are recorded
-
-
-def _attempt(parse: _Parser, raw: Any, at: str, base: Path, problems: list[Any]) -> Any:
-    """`parse(raw)`, or _FAILED with its problems added to `problems`."""
-    if isinstance(raw, _Unresolved):
-        problems.extend(raw.problems)
-        return _FAILED
-    try:
-        return parse(raw, at, base)
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-        return _FAILED
-
-
-def _raise_any(problems: list[tuple[str, str]]) -> None:
-    if problems:
-        raise ConfigError(*problems[0], *problems[1:])
-
-
-@dataclass(frozen=True, slots=True)
-class _Check:
-    """A check across fields of one section, run when all its `inputs` parsed; `find`
-    takes their values in that order and yields (path in the section, problem)."""
-
-    inputs: tuple[str, ...]
-    find: Callable[..., _Found]
-
-
-# --- parsers, each (raw, field path, config dir) -> typed value -----------------------
-
-
-def _section(
-    cls: Callable[..., Any],
-    fields: dict[str, _Parser],
-    *required: str,
-    checks: tuple[_Check, ...] = (),
-) -> _Parser:
-    """A mapping with only these fields (typos are errors); absent ones keep the
-    dataclass default, and so does a section left empty (`admin:`). Problems come in
-    the file's order, then missing fields, then the cross-field `checks`."""
-    defaults = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-
-    def parse(raw: Any, at: str, base: Path) -> Any:
-        _expect({} if raw is None else raw, dict, "a mapping", at)
-        problems: list[tuple[str, str]] = []
-        values: dict[str, Any] = {}
-        for name, item in (raw or {}).items():
-            if name in fields:
-                values[name] = _attempt(fields[name], item, _join(at, name), base, problems)
-            else:
-                hint = "".join(
-                    f" (did you mean {n}?)" for n in get_close_matches(str(name), fields, 1)
-                )
-                expected = f"unknown field{hint}; expected one of {', '.join(fields)}"
-                problems.append((_join(at, name), expected))
-        for name in required:
-            if name not in values:
-                problems.append((_join(at, name), "required field is missing"))
-                values[name] = _FAILED
-        for name in fields.keys() - values.keys():
-            values[name] = _default(defaults[name])
-        for check in checks:
-            inputs = [values[name] for name in check.inputs]
-            if not any(value is _FAILED for value in inputs):
-                problems += [(_join(at, path), problem) for path, problem in check.find(*inputs)]
-        _raise_any(problems)
-        return cls(**values)
-
-    return parse
-
-
-def _default(spec: dataclasses.Field[Any]) -> Any:
-    if spec.default_factory is not dataclasses.MISSING:
-        return spec.default_factory()
-    return spec.default
 
 
 def _optional(parse: _Parser, empty: tuple[object, ...] = (None,)) -> _Parser:
@@ -512,11 +586,9 @@ def _listen(raw: Any, at: str, base: Path) -> Listen:
 def _networks(raw: Any, at: str, base: Path) -> tuple[IPNetwork, ...]:
     _expect([] if raw is None else raw, list, "a list of CIDRs (e.g. [10.0.0.0/8])", at)
     problems: list[tuple[str, str]] = []
-    networks = [
-        _attempt(_network, cidr, f"{at}[{i}]", base, problems) for i, cidr in enumerate(raw or [])
-    ]
+    networks = tuple(network for _, network in _each(_network, raw or [], at, base, problems))
     _raise_any(problems)
-    return tuple(networks)
+    return networks
 
 
 def _network(raw: Any, at: str, base: Path) -> IPNetwork:
@@ -651,10 +723,7 @@ def _routes(raw: Any, at: str, base: Path) -> tuple[Route, ...]:
     problems: list[tuple[str, str]] = []
     first: dict[str, int] = {}  # prefix -> the index of the route that has it
     routes: list[Route] = []
-    for i, item in enumerate(raw):
-        route = _attempt(_ROUTE, item, f"{at}[{i}]", base, problems)
-        if route is _FAILED:
-            continue
+    for i, route in _each(_ROUTE, raw, at, base, problems):
         if route.prefix in first:
             used = f"{route.prefix} is used by {at}[{first[route.prefix]}] too"
             problems.append((f"{at}[{i}].prefix", used))
@@ -664,27 +733,15 @@ def _routes(raw: Any, at: str, base: Path) -> tuple[Route, ...]:
     return tuple(routes)
 
 
-def _s3_origin_only(origin: str, s3: S3Settings | None) -> _Found:
-    if s3 is not None and not origin.startswith("s3://"):
-        yield "s3", "s3 settings are only allowed on an s3:// origin"
-
-
-def _variants_from_http_only(origin: str, variant_params: tuple[str, ...]) -> _Found:
-    if variant_params and not origin.startswith(("http://", "https://")):
-        problem = "only an http(s):// origin can serve variants (a file or S3 object has one)"
-        yield "variant_params", problem
-
-
 def _names(raw: Any, at: str, base: Path) -> tuple[str, ...]:
     """A list of distinct query parameter names."""
     _expect([] if raw is None else raw, list, "a list of query parameter names", at)
     problems: list[tuple[str, str]] = []
     names: list[str] = []
-    for i, item in enumerate(raw or []):
-        name = _attempt(_PARAM_NAME, item, f"{at}[{i}]", base, problems)
+    for i, name in _each(_PARAM_NAME, raw or [], at, base, problems):
         if name in names:
             problems.append((f"{at}[{i}]", f"{name!r} is given twice"))
-        elif name is not _FAILED:
+        else:
             names.append(name)
     _raise_any(problems)
     return tuple(names)
@@ -696,7 +753,11 @@ def _access_log(raw: Any, at: str, base: Path) -> str:
     return str(raw) if raw in ("-", "off") else _local_path(raw, at, base)
 
 
-# --- the fields, by section: names and defaults follow SPEC section 7 -----------------
+def _lookup_url(raw: Any, at: str, base: Path) -> str:
+    """An http(s) URL, kept as written (its trailing slash is the key API's business)."""
+    _http_url(raw, at)
+    return str(raw)
+
 
 _SECRET = _text(min_length=16)
 _SECONDS = _measure(parse_duration, "a duration (e.g. 50ms, 30s, 1h)")
@@ -705,133 +766,23 @@ _SIZE = _measure(parse_size, "a size (e.g. 10GiB, 512MiB)")
 _UNSET_IF_EMPTY = (None, "")  # `${VAR:-}` leaves an optional string unset
 _OPTIONAL_TEXT = _optional(_text(), _UNSET_IF_EMPTY)
 _PARAM_NAME = _text(r"[A-Za-z0-9_.~-]+", "a query parameter name ([A-Za-z0-9_.~-]+)")
+_QUERY_PARAM = _text(r"[A-Za-z0-9_-]+", "a query parameter name ([A-Za-z0-9_-]+)")
+_EVENT_LOOP = _text("uvloop|asyncio", "uvloop or asyncio")
 # Compared with decoded request paths (routing.py), so written decoded: no "%" escape,
 # which would never match (issue 12 item 1), and nothing a path could not hold.
-_ROUTE_PREFIX = r"(?!.*/\.\.?/)/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]+/)*"
-
-_S3 = _section(
-    S3Settings,
-    {"endpoint_url": _optional(_http_url, _UNSET_IF_EMPTY), "region": _OPTIONAL_TEXT}
-    | {"access_key_id": _OPTIONAL_TEXT, "secret_access_key": _OPTIONAL_TEXT},
+_ROUTE_PREFIX = _text(
+    r"(?!.*/\.\.?/)/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]+/)*",
+    "a path that starts and ends with / (e.g. /files/), written unescaped",
 )
+
+
+# --- the sections' parsers, built last: they read the annotations above, whose parsers
+# are all defined by now. A field without a parser fails here, at import.
+
+_LOOKUP = _section(LookupConfig, _Check(("stale", "max_stale"), _max_stale_covers_stale))
 _ROUTE = _section(
     Route,
-    {
-        "prefix": _text(
-            _ROUTE_PREFIX, "a path that starts and ends with / (e.g. /files/), written unescaped"
-        ),
-        "origin": _origin,
-        "auth": _text("key|none", "key or none"),
-        "cache_control": _text(),
-        "s3": _S3,
-        "origin_cache_control": _text("ignore|respect", "ignore or respect"),
-        "variant_params": _names,
-    },
-    "prefix",
-    "origin",
-    checks=(
-        _Check(("origin", "s3"), _s3_origin_only),
-        _Check(("origin", "variant_params"), _variants_from_http_only),
-    ),
+    _Check(("origin", "s3"), _s3_origin_only),
+    _Check(("origin", "variant_params"), _variants_from_http_only),
 )
-_KEY_DEFAULTS = _section(
-    KeyDefaults,
-    {"rate": _optional(_rate), "burst": _optional(_integer(1))}
-    | {"quota_requests": _optional(_integer(0)), "quota_bytes": _optional(_SIZE)},
-)
-# --- keys.external (SPEC section 13); the lookup half's block ---
-
-
-def _lookup_url(raw: Any, at: str, base: Path) -> str:
-    """An http(s) URL, kept as written (its trailing slash is the key API's business)."""
-    _http_url(raw, at)
-    return str(raw)
-
-
-def _max_stale_covers_stale(stale: float, max_stale: float) -> _Found:
-    if max_stale < stale:
-        # A stale answer is served without asking during `stale`; `max_stale` bounds
-        # what is served when the key API fails, so it cannot be the shorter.
-        yield "max_stale", "must be at least `stale`"
-
-
-_LOOKUP = _section(
-    LookupConfig,
-    {"url": _lookup_url, "token": _OPTIONAL_TEXT, "timeout": _POSITIVE_SECONDS}
-    | dict.fromkeys(("fresh", "stale", "max_stale", "negative_ttl"), _SECONDS)
-    | {"concurrency": _integer(1), "unknown_key_rate": _rate, "unknown_key_burst": _integer(1)}
-    | {"cache_size": _integer(1)},
-    "url",
-    checks=(_Check(("stale", "max_stale"), _max_stale_covers_stale),),
-)
-_EXTERNAL = _section(
-    ExternalKeysConfig,
-    {
-        "pattern": _key_pattern,
-        "hash_secret": _optional(_SECRET, _UNSET_IF_EMPTY),
-        "lookup": _optional(_LOOKUP),
-    },
-)
-
-# --- end of keys.external ---
-
-_KEYS = _section(
-    KeysConfig,
-    {
-        "secrets": _secrets,
-        "prefix": _text(r"[a-z]{1,8}", "1 to 8 lowercase letters"),
-        "query_param": _text(r"[A-Za-z0-9_-]+", "a query parameter name ([A-Za-z0-9_-]+)"),
-        "record_cache_ttl": _SECONDS,
-        "record_cache_size": _integer(1),
-        "defaults": _KEY_DEFAULTS,
-        "external": _EXTERNAL,
-    },
-    "secrets",
-)
-_CACHE = _section(
-    CacheConfig,
-    {"dir": _local_path, "max_size": _SIZE, "max_object_size": _SIZE}
-    | {"max_objects": _integer(1)}
-    | dict.fromkeys(("ttl", "stale_while_revalidate", "stale_if_error", "negative_ttl"), _SECONDS),
-)
-_CONFIG = _section(
-    Config,
-    {
-        "listen": _listen,
-        "admin_listen": _listen,
-        "workers": _integer(1),
-        "store": _store,
-        "store_timeout": _POSITIVE_SECONDS,
-        "on_store_error": _text("allow|deny", "allow or deny"),
-        "trusted_proxies": _networks,
-        "keys": _KEYS,
-        "admin": _section(
-            AdminConfig,
-            {
-                "token": _optional(_SECRET, _UNSET_IF_EMPTY),
-                "customer_max_keys": _optional(_integer(1)),
-            },
-        ),
-        "routes": _routes,
-        "cache": _CACHE,
-        "origin_timeouts": _section(
-            OriginTimeouts, dict.fromkeys(("connect", "first_byte", "idle"), _POSITIVE_SECONDS)
-        ),
-        "client_timeouts": _section(
-            ClientTimeouts,
-            dict.fromkeys(("headers", "keepalive", "send"), _POSITIVE_SECONDS)
-            | {"min_send_rate": _SIZE},  # a size a second
-        ),
-        "max_connections": _integer(1),
-        "usage": _section(
-            UsageConfig, {"flush_interval": _POSITIVE_SECONDS, "max_pending": _integer(1)}
-        ),
-        "metrics": _section(MetricsConfig, {"customer_labels": _integer(0)}),
-        "shutdown_timeout": _SECONDS,
-        "access_log": _access_log,
-        "event_loop": _text("uvloop|asyncio", "uvloop or asyncio"),
-    },
-    "keys",
-    "routes",
-    checks=(_Check(("keys", "routes"), _variants_not_reserved),),
-)
+_CONFIG = _section(Config, _Check(("keys", "routes"), _variants_not_reserved))
