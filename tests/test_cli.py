@@ -503,6 +503,6 @@ def test_config_check_and_start_up_name_every_error_of_the_file(tmp_path: Path) 
             timeout=30,
         )
         assert done.returncode == 2, done.stderr
-        errors = [line for line in done.stderr.splitlines() if line.startswith("config error: ")]
-        named = [line.removeprefix("config error: ").split(": ", 1)[0] for line in errors]
-        assert sorted(named) == sorted(fields), done.stderr
+        lines = [line.removeprefix("config error: ") for line in done.stderr.splitlines()]
+        named = [line.split(": ", 1)[0] for line in lines]
+        assert sorted(named) == sorted(fields), done.stderr  # one line each, nothing else
