@@ -218,14 +218,14 @@ def names(raw: Any, at: str, base: Path) -> tuple[str, ...]:
     """A list of distinct query parameter names."""
     expect([] if raw is None else raw, list, "a list of query parameter names", at)
     problems: list[tuple[str, str]] = []
-    names: list[str] = []
+    seen: list[str] = []
     for i, name in each(PARAM_NAME, raw or [], at, base, problems):
-        if name in names:
+        if name in seen:
             problems.append((f"{at}[{i}]", f"{name!r} is given twice"))
         else:
-            names.append(name)
+            seen.append(name)
     raise_any(problems)
-    return tuple(names)
+    return tuple(seen)
 
 
 def access_log(raw: Any, at: str, base: Path) -> str:

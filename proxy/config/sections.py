@@ -50,7 +50,7 @@ def attempt(parse: Reader, raw: Any, at: str, base: Path, problems: list[Any]) -
 def each(
     parse: Reader, raw: list[Any], at: str, base: Path, problems: list[Any]
 ) -> Iterator[tuple[int, Any]]:
-    """(index, value) of each item of `raw` that parsed; the others' problems are
+    """(index, value) of each item of `raw` that was read; the others' problems are
     added to `problems`."""
     for i, item in enumerate(raw):
         value = attempt(parse, item, f"{at}[{i}]", base, problems)
@@ -65,7 +65,7 @@ def raise_any(problems: list[tuple[str, str]]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """A check across fields of one section, run when all its `inputs` parsed; `find`
+    """A check across fields of one section, run when all its `inputs` were read; `find`
     takes their values in that order and yields (path in the section, problem)."""
 
     inputs: tuple[str, ...]
@@ -73,30 +73,30 @@ class Check:
 
 
 def section(cls: type[Any], *checks: Check) -> Reader:
-    """The parser of dataclass `cls` from a mapping: each field read by the parser in
+    """The reader of dataclass `cls` from a mapping: each field read by the reader in
     its `Annotated` type, absent ones (and all of a section left empty, `admin:`) keep
     the dataclass default; a field without a default is required; an unknown name is
     an error (a typo). Problems come in the file's order, then missing fields, then
     the cross-field `checks`."""
     hints = get_type_hints(cls, include_extras=True)
     fields: dict[str, dataclasses.Field[Any]] = {}
-    parsers: dict[str, Reader] = {}
+    readers: dict[str, Reader] = {}
     for spec in dataclasses.fields(cls):
         reader = next(iter(getattr(hints[spec.name], "__metadata__", ())), None)
         if reader is None:
-            raise TypeError(f"{cls.__name__}.{spec.name}: declare it Annotated[type, parser]")
+            raise TypeError(f"{cls.__name__}.{spec.name}: declare it Annotated[type, reader]")
         if reader is not SET_BY_LOAD:
-            fields[spec.name], parsers[spec.name] = spec, reader
+            fields[spec.name], readers[spec.name] = spec, reader
 
     def parse(raw: Any, at: str, base: Path) -> Any:
         expect({} if raw is None else raw, dict, "a mapping", at)
         problems: list[tuple[str, str]] = []
         values: dict[str, Any] = {}
         for name, item in (raw or {}).items():
-            if name in parsers:
-                values[name] = attempt(parsers[name], item, join(at, name), base, problems)
+            if name in readers:
+                values[name] = attempt(readers[name], item, join(at, name), base, problems)
             else:
-                problems.append((join(at, name), _unknown(name, parsers)))
+                problems.append((join(at, name), _unknown(name, readers)))
         for name, spec in fields.items():
             if name not in values:
                 values[name] = _default(spec)
@@ -133,10 +133,10 @@ def expect(raw: Any, types: type | tuple[type, ...], what: str, at: str) -> None
         raise ConfigError(at, f"expected {what}, got {_KINDS.get(type(raw), 'something else')}")
 
 
-def convert(at: str, convert: Callable[[Any], Any], raw: Any, problem: str = "") -> Any:
-    """`convert(raw)`, its ValueError turned into a ConfigError for field `at`."""
+def convert(at: str, to_value: Callable[[Any], Any], raw: Any, problem: str = "") -> Any:
+    """`to_value(raw)`, its ValueError turned into a ConfigError for field `at`."""
     try:
-        return convert(raw)
+        return to_value(raw)
     except ValueError as exc:
         raise ConfigError(at, problem or str(exc)) from None
     except OverflowError:
