@@ -39,7 +39,7 @@
     │   └── UsageError           -                          2  a bad command-line value
     ├── StoreError               503 unavailable            1  translated at the adapter edge
     │   └── Conflict             503 unavailable            1  a create whose id exists
-    └── ConfigError              -                          2  a bad config; names the field
+    └── ConfigError              -                          2  every problem of a config, named
 
 Each error carries what every front end shows of it: `status` and `code` (SPEC section
 1's statuses and codes, on the public and the admin listener alike; "-": never an HTTP
@@ -289,11 +289,14 @@ class Conflict(StoreError):
 
 
 class ConfigError(KeyfrontError):
-    """A bad config file. `path` is the field path, e.g. `routes[0].origin`."""
+    """A bad config file: every problem found in it (SPEC section 7), each a field path
+    and what is wrong, e.g. `("routes[0].origin", "folder /x does not exist")`. str()
+    lists them one a line; `path` and `problem` are the first's."""
 
     exit_code = 2
 
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}" if path else problem)
+    def __init__(self, path: str, problem: str, *more: tuple[str, str]) -> None:
+        self.problems = ((path, problem), *more)
+        super().__init__("\n".join(f"{p}: {m}" if p else m for p, m in self.problems))
         self.path = path
         self.problem = problem

@@ -5,6 +5,7 @@ installed `keyfront` console script as a process."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -468,3 +469,40 @@ def test_console_script(tmp_path: Path) -> None:
     )
     assert module.returncode == 0 and json.loads(created.stdout)["key_id"] in module.stdout
     assert run("keys", "show", "nokeyidlikethis00000", "--json").returncode == 1
+
+
+def test_config_check_and_start_up_name_every_error_of_the_file(tmp_path: Path) -> None:
+    # Issue 14: every error at once, each with its field path, not only the first.
+    files = tmp_path / "files"
+    files.mkdir()
+    config = tmp_path / "broken.yaml"
+    config.write_text(
+        "workers: 0\n"
+        "keys:\n"
+        "  secrets: {1: short}\n"
+        "  defaults: {rate: fast, burst: 40}\n"
+        "admin: {token: '${KEYFRONT_TEST_UNSET_TOKEN}'}\n"
+        "routes:\n"
+        f"  - {{prefix: /files/, origin: 'file://{tmp_path}/nope/'}}\n"
+        "  - {prefix: /open/, origin: 'https://o.example/', auth: token}\n"
+        f"  - {{prefix: /s3/, origin: 'file://{files}/', s3: {{region: eu}}}}\n"
+        f"cache: {{dir: {tmp_path}/cache, max_size: lots}}\n"
+    )
+    fields = ["workers", "keys.secrets.1", "keys.defaults.rate", "admin.token"]
+    fields += ["routes[0].origin", "routes[1].auth", "routes[2].s3", "cache.max_size"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYFRONT_")}
+    keyfront = str(Path(sys.executable).with_name("keyfront"))
+
+    for command in (["config", "check"], ["serve"]):
+        done = subprocess.run(
+            [keyfront, *command, "-c", str(config)],
+            check=False,
+            capture_output=True,
+            env=env,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 2, done.stderr
+        lines = [line.removeprefix("config error: ") for line in done.stderr.splitlines()]
+        named = [line.split(": ", 1)[0] for line in lines]
+        assert sorted(named) == sorted(fields), done.stderr  # one line each, nothing else

@@ -3,15 +3,18 @@ that names the field path."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import ipaddress
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import pytest
 import yaml
 
+import proxy.config as config_module
 from proxy.config import (
     AdminConfig,
     CacheConfig,
@@ -802,3 +805,186 @@ def test_a_short_hash_secret_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_dict(tmp_path, data)
     assert caught.value.path == "keys.external.hash_secret"
+
+
+# --- issue 14: every error of the file at once ---------------------------------------------
+
+
+def problems_in(tmp_path: Path, data: dict[str, Any]) -> list[str]:
+    """The field paths `load()` names for `data`, written in its own key order."""
+    (tmp_path / "files").mkdir(exist_ok=True)
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, yaml.safe_dump(data, sort_keys=False)), {})
+    lines = str(caught.value).splitlines()
+    assert lines == [f"{path}: {problem}" for path, problem in caught.value.problems]
+    assert (caught.value.path, caught.value.problem) == caught.value.problems[0]
+    return [path for path, _ in caught.value.problems]
+
+
+def test_every_error_of_the_file_is_reported_at_once(tmp_path: Path) -> None:
+    data = minimal() | {"workers": 0, "listen": "nowhere", "cahce": {}}
+    data["keys"] |= {"prefix": "PK", "record_cache_size": 0}
+    data["keys"]["defaults"] = {"rate": "fast", "burst": 0}
+    data["keys"]["external"] = {"lookup": {"url": "http://k/", "stale": "1h", "max_stale": "1m"}}
+    data["routes"] += [
+        {"prefix": "/a/", "origin": "ftp://x/"},  # a bad item between good ones
+        {"prefix": "/files/", "origin": "s3://b"},  # a cross-item check: routes[0] parsed
+        {"prefix": "/v/", "origin": "file://files/", "auth": "x", "s3": {"region": "eu"}},
+        {"origin": "http://o.example/", "variant_params": ["w", "w", "a b"]},
+    ]
+    data["cache"] = {"max_size": "lots", "ttl": -1, "max_objects": 0}
+    data["trusted_proxies"] = ["10.0.0.0/8", "nope", "::1/128", 7]
+
+    # In the file's order; in a section, a missing field and then cross-field checks last.
+    assert problems_in(tmp_path, data) == [
+        "keys.prefix",
+        "keys.record_cache_size",
+        "keys.defaults.rate",
+        "keys.defaults.burst",
+        "keys.external.lookup.max_stale",
+        "routes[1].origin",
+        "routes[2].prefix",
+        "routes[3].auth",
+        "routes[3].s3",
+        "routes[4].variant_params[1]",
+        "routes[4].variant_params[2]",
+        "routes[4].prefix",
+        "workers",
+        "listen",
+        "cahce",
+        "cache.max_size",
+        "cache.ttl",
+        "cache.max_objects",
+        "trusted_proxies[1]",
+        "trusted_proxies[3]",
+    ]
+
+
+def test_every_unset_variable_is_reported_with_the_other_errors(tmp_path: Path) -> None:
+    data = minimal() | {"admin": {"token": "${TOKEN}"}, "workers": "${WORKERS}"}
+    data["keys"]["secrets"] = {1: "${SECRET}", 2: "${BAD"}
+    data["cache"] = {"ttl": "soon"}
+
+    assert problems_in(tmp_path, data) == [
+        "keys.secrets.1",
+        "keys.secrets.2",
+        "admin.token",
+        "workers",
+        "cache.ttl",
+    ]
+
+
+def test_a_cross_section_check_runs_when_its_sections_parsed(tmp_path: Path) -> None:
+    data = minimal() | {"workers": 0}
+    data["routes"].append(
+        {"prefix": "/v/", "origin": "http://o.example/", "variant_params": ["sig"]}
+    )
+
+    assert problems_in(tmp_path, data) == ["workers", "routes[1].variant_params"]
+
+
+# --- issue 14: the schema is written once ---------------------------------------------------
+
+EVERY_FIELD = """\
+listen: 127.0.0.1:8081
+admin_listen: 127.0.0.1:9081
+workers: 2
+store: redis://127.0.0.1:6379/1
+store_timeout: 100ms
+on_store_error: deny
+trusted_proxies: [10.0.0.0/8]
+max_connections: 50
+shutdown_timeout: 5s
+access_log: "off"
+event_loop: asyncio
+keys:
+  secrets: {1: 0123456789abcdef}
+  prefix: kf
+  query_param: api_key
+  record_cache_ttl: 5s
+  record_cache_size: 10
+  defaults: {rate: 5/s, burst: 6, quota_requests: 7, quota_bytes: 8MiB}
+  external:
+    pattern: "[0-9]{8}"
+    hash_secret: hash-secret-0123456789
+    lookup: {url: "http://127.0.0.1:7000/k", token: t, timeout: 1s, fresh: 2s, stale: 3s,
+             max_stale: 4s, negative_ttl: 5s, concurrency: 6, unknown_key_rate: 7/s,
+             unknown_key_burst: 8, cache_size: 9}
+admin: {token: admin-token-0123456789, customer_max_keys: 5}
+routes:
+  - {prefix: /v/, origin: "http://o.example/", auth: none, cache_control: no-store,
+     origin_cache_control: respect, variant_params: [w]}
+  - {prefix: /s3/, origin: "s3://bucket/", s3: {endpoint_url: "http://127.0.0.1:8333",
+     region: eu, access_key_id: a, secret_access_key: b}}
+cache: {dir: cache, max_size: 1GiB, max_object_size: 1MiB, max_objects: 10, ttl: 1m,
+        stale_while_revalidate: 2m, stale_if_error: 3m, negative_ttl: 4m}
+origin_timeouts: {connect: 1s, first_byte: 2s, idle: 3s}
+client_timeouts: {headers: 1s, keepalive: 2s, send: 3s, min_send_rate: 1KiB}
+usage: {flush_interval: 2s, max_pending: 10}
+metrics: {customer_labels: 5}
+"""
+
+
+def section_fields(cls: type[Any], seen: set[str]) -> Iterator[str]:
+    """`Class.field` for every field of `cls` and of the sections under it. A section is
+    a dataclass whose fields are all `Annotated[type, parser]` (Listen, Rate are values)."""
+    hints = get_type_hints(cls, include_extras=True)
+    for spec in dataclasses.fields(cls):
+        yield f"{cls.__name__}.{spec.name}"
+        for inner in dataclass_types(hints[spec.name]):
+            inner_hints = get_type_hints(inner, include_extras=True).values()
+            section = all(hasattr(hint, "__metadata__") for hint in inner_hints)
+            if section and inner.__name__ not in seen:
+                seen.add(inner.__name__)
+                yield from section_fields(inner, seen)
+
+
+def dataclass_types(hint: Any) -> Iterator[type[Any]]:
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        yield hint
+    for arg in get_args(hint):
+        yield from dataclass_types(arg)
+
+
+def fields_set(value: Any) -> Iterator[str]:
+    """`Class.field` for every field of a loaded section (and those under it) that holds
+    something other than its default, or that is required."""
+    if isinstance(value, tuple):
+        for item in value:
+            yield from fields_set(item)
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return
+    for spec in dataclasses.fields(value):
+        has_factory = spec.default_factory is not dataclasses.MISSING
+        default = spec.default_factory() if has_factory else spec.default
+        held = getattr(value, spec.name)
+        if default is dataclasses.MISSING or held != default:
+            yield f"{type(value).__name__}.{spec.name}"
+        yield from fields_set(held)
+
+
+def test_every_field_of_every_section_is_settable_from_yaml(tmp_path: Path) -> None:
+    # Issue 14: a field added to a dataclass without a parser is an error at import, and
+    # one added without a value here fails this test.
+    config = load(write(tmp_path, EVERY_FIELD), {})
+
+    schema = set(section_fields(Config, set())) - {"Config.source"}  # set by load()
+    assert len(schema) > 60
+    assert schema - set(fields_set(config)) == set()
+
+
+def test_config_imports_nothing_of_keyfront_but_errors_and_units() -> None:
+    # A leaf (STYLE 15; issue 14): any layer may name a config type without a cycle.
+    package = Path(config_module.__file__ or "").parent
+    outside: set[str] = set()  # `from ..x import`: what the package takes from keyfront
+    absolute: set[str] = set()
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level > 1:
+                outside.add(node.module or "")
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                absolute.add(node.module or "")
+            elif isinstance(node, ast.Import):
+                absolute |= {alias.name for alias in node.names}
+    assert outside == {"errors", "units"}
+    assert not [name for name in absolute if name.split(".")[0] == "proxy"]

@@ -25,8 +25,8 @@ def failure_text(error: KeyfrontError) -> str:
     dests are field names: `rate` is --rate)."""
     if isinstance(error, Invalid):
         return f"keyfront: error: argument --{error.field.replace('_', '-')}: {error.problem}"
-    if isinstance(error, ConfigError):
-        return f"config error: {error}"
+    if isinstance(error, ConfigError):  # every problem of the file, one a line (issue 14)
+        return "\n".join(f"config error: {line}" for line in str(error).splitlines())
     if isinstance(error, StoreError):
         return f"store error: {error}"
     return str(error)

@@ -1,0 +1,59 @@
+"""The config model (SPEC section 7): frozen, typed, built once by `load()`.
+
+This package owns the YAML file's schema and its reading: the frozen dataclasses that
+every other module reads (nothing reads the YAML dict-of-dicts), `${VAR}`
+interpolation, the reading and checking of each field, and `describe()` for `keyfront
+config check`. It is a leaf: it imports nothing of keyfront but `errors` and `units`,
+so any layer may name a config type without an import cycle (a test checks it).
+
+    schema.py    the dataclasses: each field once, `Annotated[type, reader] = default`
+    sections.py  the one reader of a section, collecting every problem (issue 14)
+    read.py      the readers of one value (sizes, durations, URLs, CIDRs, secrets, ...)
+    load.py      the file: strict YAML, `${VAR}`, load(), describe()
+
+`load()` raises one ConfigError listing every problem of the file, each with its field
+path (`routes[1].origin: ...`), in the file's order (issue 14).
+"""
+
+from .load import describe, load
+from .read import IPNetwork
+from .schema import (
+    DEFAULT_EXTERNAL_PATTERN,
+    MAX_EXTERNAL_KEY,
+    AdminConfig,
+    CacheConfig,
+    ClientTimeouts,
+    Config,
+    ExternalKeysConfig,
+    KeyDefaults,
+    KeysConfig,
+    Listen,
+    LookupConfig,
+    MetricsConfig,
+    OriginTimeouts,
+    Route,
+    S3Settings,
+    UsageConfig,
+)
+
+__all__ = [
+    "DEFAULT_EXTERNAL_PATTERN",
+    "MAX_EXTERNAL_KEY",
+    "AdminConfig",
+    "CacheConfig",
+    "ClientTimeouts",
+    "Config",
+    "ExternalKeysConfig",
+    "IPNetwork",
+    "KeyDefaults",
+    "KeysConfig",
+    "Listen",
+    "LookupConfig",
+    "MetricsConfig",
+    "OriginTimeouts",
+    "Route",
+    "S3Settings",
+    "UsageConfig",
+    "describe",
+    "load",
+]

@@ -1,0 +1,128 @@
+"""Loading the config file: read the YAML strictly, interpolate `${VAR}`, read the
+tree into a Config (schema.py); and `describe()` for `keyfront config check`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from ..errors import ConfigError
+from ..units import format_size
+from .schema import CONFIG, MAX_EXTERNAL_KEY, Config, ExternalKeysConfig
+from .sections import Unresolved, join
+
+_VARIABLE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The Config in `path` (else $KEYFRONT_CONFIG), with `${VAR}` taken from `environ`
+    (default os.environ). Relative paths in it resolve against the file's folder.
+    Raises ConfigError naming every bad field of the file, in the file's order (issue
+    14); a YAML syntax error or an unreadable file is one error."""
+    env = os.environ if environ is None else environ
+    path = path or env.get("KEYFRONT_CONFIG")
+    if not path:
+        raise ConfigError("", "no config file: pass -c FILE or set KEYFRONT_CONFIG")
+    source = os.path.abspath(path)
+    tree = _interpolate(_read_yaml(source), "", env)
+    config: Config = CONFIG(tree, "", Path(source).parent)
+    return dataclasses.replace(config, source=source)
+
+
+def _interpolate(node: Any, at: str, env: Mapping[str, str]) -> Any:
+    """`${VAR}` / `${VAR:-default}` in every string scalar. Done after YAML parsing, so
+    a secret's characters are never read as YAML; `$${` is a literal `${`."""
+    if isinstance(node, dict):
+        return {k: _interpolate(v, join(at, k), env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{at}[{i}]", env) for i, v in enumerate(node)]
+    if isinstance(node, str):
+        try:
+            return _VARIABLE.sub(lambda match: _substitute(match, at, env), node)
+        except ConfigError as exc:
+            return Unresolved(exc.problems)
+    return node
+
+
+def _substitute(match: re.Match[str], at: str, env: Mapping[str, str]) -> str:
+    if match.group(0) == "$${":
+        return "${"
+    if match.group(1) is None:
+        raise ConfigError(at, "unterminated ${ (write $${ for a literal ${)")
+    name, has_default, default = match.group(1).partition(":-")
+    if not _NAME.fullmatch(name):
+        raise ConfigError(at, f"bad variable reference ${{{match.group(1)}}}")
+    value = env.get(name)
+    if has_default and not value:  # as in the shell and compose: unset or empty
+        return default
+    if value is None:
+        raise ConfigError(at, f"environment variable {name} is not set")
+    return value
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Refuses a key written twice in one mapping, which PyYAML would silently let the
+    last one win (two `cache:` sections, say)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key_node.tag != "tag:yaml.org,2002:merge" and key in seen:
+                problem = f"duplicate key {key_node.value!r}"
+                raise yaml.MarkedYAMLError(problem=problem, problem_mark=key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(source: str) -> Any:
+    try:
+        with open(source, encoding="utf-8") as file:
+            return yaml.load(file, Loader=_StrictLoader)  # a SafeLoader: plain data only
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError("", f"cannot read config file {source}: {reason}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("", f"{source}{where}: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{source}: {exc}") from None
+
+
+def describe(config: Config) -> str:
+    """A short summary for `keyfront config check`; shows no secret or password."""
+    store = urlsplit(config.store)
+    password = f":{store.password}@"
+    lines = [
+        f"listen {config.listen} (admin {config.admin_listen}), workers {config.workers}",
+        f"store {config.store.replace(password, ':***@', 1) if store.password else config.store}",
+        f"cache {config.cache.dir} ({format_size(config.cache.max_size)})",
+        f"key secrets: versions {sorted(config.keys.secrets)}, prefix {config.keys.prefix}",
+        _external_summary(config.keys.external),
+    ]
+    lines += [f"route {r.prefix} -> {r.origin} (auth {r.auth})" for r in config.routes]
+    return "\n".join(lines)
+
+
+def _external_summary(external: ExternalKeysConfig) -> str:
+    """How external keys are told apart and hashed: changing the hash secret makes
+    every imported key unknown until the keys are imported again."""
+    hashed = (
+        "keys.external.hash_secret (changing it unlinks every imported key)"
+        if external.hash_secret
+        else "a secret generated at the first import and kept in the store; it survives "
+        "signing-secret rotation (set keys.external.hash_secret to keep it out of the store)"
+    )
+    return (
+        f"external keys: whole key matches {external.pattern.pattern!r} "
+        f"(at most {MAX_EXTERNAL_KEY} characters); imported keys hashed with {hashed}"
+    )
