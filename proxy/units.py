@@ -71,8 +71,13 @@ def parse_size(text: str | int | float) -> int:
 
 
 def parse_duration(text: str | int | float) -> float:
-    """Seconds from `50ms`, `30s`, `1m`, `1h`, `2d`, or a plain number of seconds."""
+    """Seconds from `50ms`, `30s`, `1m`, `1h`, `2d`. The unit is required (SPEC section
+    7): `store_timeout: 50` read as seconds was 1,000 times the 50 ms meant (issue 15).
+    Only 0 needs none."""
     number, unit = _split(text, "duration (e.g. 50ms, 30s, 1h)")
+    if not unit and number > 0:  # (a negative one is refused by its caller: "at least 0")
+        shown = f"{number:g}"
+        raise ValueError(f"{text!r} has no unit: write {shown}s, {shown}ms, {shown}m or {shown}h")
     if unit not in _DURATION_UNITS:
         raise ValueError(f"{text!r}: unknown duration unit {unit!r} (use ms, s, m, h, d)")
     return _at_most(number * _DURATION_UNITS[unit], MAX_DURATION, text, "duration")

@@ -988,3 +988,21 @@ def test_config_imports_nothing_of_keyfront_but_errors_and_units() -> None:
                 absolute |= {alias.name for alias in node.names}
     assert outside == {"errors", "units"}
     assert not [name for name in absolute if name.split(".")[0] == "proxy"]
+
+
+@pytest.mark.parametrize("raw", [50, 0.5, "50", " 2 "])
+def test_a_duration_without_its_unit_is_refused(tmp_path: Path, raw: object) -> None:
+    """Issue 15: `store_timeout: 50` was 50 seconds, not the 50 ms default's scale, and
+    config check said ok. SPEC section 7: a unit is required."""
+    data = minimal()
+    data["store_timeout"] = raw
+    with pytest.raises(ConfigError) as caught:
+        load_dict(tmp_path, data)
+    assert caught.value.path == "store_timeout"
+    assert "has no unit" in caught.value.problem
+
+
+def test_a_zero_duration_needs_no_unit(tmp_path: Path) -> None:
+    data = minimal()
+    data["shutdown_timeout"] = 0
+    assert load_dict(tmp_path, data).shutdown_timeout == 0
