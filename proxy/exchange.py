@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .config import Route
 from .origin import Origin
-from .record_cache import CachedKey
+from .records import CachedKey
 from .routing import key_space
 
 SERVER = "keyfront"  # not aiohttp's default, which names its and Python's versions

@@ -41,7 +41,8 @@ from .keylookup import LookupCache
 from .metrics import Metrics
 from .policy import check_link, client_ip, cors_headers, normalise_path, preflight_headers
 from .ratelimit import Limiter
-from .record_cache import CachedKey, RecordCache, status_refusal
+from .record_cache import RecordCache, status_refusal
+from .records import CachedKey
 from .routing import Routes
 from .usage import UsageMeter
 from .wire import wire_response

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 
 from .config import KeyDefaults
 from .errors import KeyDisabled, KeyExpired, KeyRevoked, Refusal, StoreError, Unavailable
 from .policy import KeyPolicy
 from .ratelimit import KeyLimits
-from .records import Customer, KeyRecord
+from .records import CachedKey, Customer, KeyRecord
 from .store import Change, Store
 
 
@@ -28,18 +27,6 @@ def status_refusal(record: KeyRecord, customer: Customer | None, now: float) -> 
     if record.expires_at is not None and record.expires_at <= now:
         return KeyExpired()
     return None
-
-
-@dataclass(slots=True)
-class CachedKey:
-    """What a request needs of one key id, ready to use: the record (None when the
-    store has no such key), its customer, and its compiled policy."""
-
-    record: KeyRecord | None
-    customer: Customer | None
-    policy: KeyPolicy | None
-    limits: KeyLimits | None
-    fresh_until: float  # monotonic
 
 
 class RecordCache:

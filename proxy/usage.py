@@ -21,31 +21,18 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import StoreError
+from .store.base import Grain, Scope, UsageRow, day_of
 
 if TYPE_CHECKING:  # exchange -> record_cache -> store -> usage: types only here
     from .exchange import Exchange
 
 log = logging.getLogger(__name__)
 
-Scope = Literal["key", "customer"]
-Grain = Literal["hour", "day", "month"]
 FIELDS = ("requests", "bytes", "hits", "misses", "not_modified")
 HIT_STATES = frozenset({"HIT", "STALE", "REVALIDATED"})
-
-
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    """The counts of one key (or customer) in one period starting at `start` (unix
-    seconds, UTC: an hour, day or month boundary)."""
-
-    scope: Scope
-    id: str
-    start: int
-    counts: dict[str, int]
 
 
 class UsageLedger(Protocol):
@@ -158,10 +145,6 @@ def _count(counts: dict[str, int], status: int, sent: int, cache: str, code: str
         counts["hits"] = counts.get("hits", 0) + 1
     elif cache == "MISS":
         counts["misses"] = counts.get("misses", 0) + 1
-
-
-def day_of(ts: int) -> int:
-    return ts // 86400 * 86400
 
 
 def month_start(ts: int) -> int:

@@ -22,8 +22,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from ..store import Store
-from ..usage import FIELDS, Grain, Scope, UsageRow, month_start, period_start, summed
+from ..store import Grain, Scope, Store, UsageRow
+from ..usage import FIELDS, month_start, period_start, summed
 from . import Invalid, Missing
 from .actions import find_customer, find_key
 
