@@ -38,6 +38,7 @@ from .listener import PublicServer, connection_cap, raise_open_files_limit
 from .metrics import Metrics
 from .origin import Origin, origin_from_url
 from .origin.metered import MeteredOrigin
+from .periodic import stop_tasks
 from .pipeline import Pipeline, error_page
 from .ratelimit import Limiter, LocalLimiter
 from .record_cache import RecordCache
@@ -302,21 +303,3 @@ def limiter_for(config: Config, store: Store) -> Limiter:
     client = resp_client_from_url(config.store)
     fallback = LocalLimiter(quotas=False)  # quotas are not checked while degraded
     return SharedLimiter(client, config.store_timeout, config.on_store_error, fallback)
-
-
-async def stop_tasks(tasks: list[asyncio.Task[None]], grace: float = 2.0) -> None:
-    """Cancel `tasks` and wait for them, `grace` seconds at most: a task that swallows its
-    cancellation (a driver turning a cancel into its own timeout error) must not hold a
-    SIGTERM'd process for ever. One that does is named in the log."""
-    for task in tasks:
-        task.cancel()
-    if not tasks:
-        return
-    done, pending = await asyncio.wait(tasks, timeout=grace)
-    for task in done:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task %s failed", task.get_name(), exc_info=task.exception())
-    for task in pending:
-        log.warning(
-            "task %s did not stop within %.0f s of its cancellation", task.get_name(), grace
-        )

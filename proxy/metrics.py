@@ -16,7 +16,6 @@ busiest (others are summed as `other`), never a key id.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import contextlib
 import glob
@@ -28,6 +27,9 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from .periodic import Periodic
+
+PUBLISH_INTERVAL = 1.0  # seconds: how stale another worker's counts in /metrics may be
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 Snapshot = dict[str, dict[str, Any]]
 
@@ -66,7 +68,7 @@ class Metrics(Collector):
         # Called before each publish and scrape to copy in what other parts count
         # themselves (record cache hits, usage rows pending, cache size).
         self.sources: list[Callable[[Metrics], None]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._publisher = Periodic("metrics publish", PUBLISH_INTERVAL, self.publish)
 
     # --- the request path: dict updates only ---
 
@@ -88,19 +90,10 @@ class Metrics(Collector):
 
     def start(self) -> None:
         if self._dir is not None:
-            self._task = asyncio.create_task(self._publish_forever())
+            self._publisher.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.publish()
-
-    async def _publish_forever(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            self.publish()
+        await self._publisher.stop()  # and a last publish
 
     def publish(self) -> None:
         if self._dir is None:

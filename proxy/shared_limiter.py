@@ -61,6 +61,7 @@ from importlib import resources
 from typing import Literal, cast
 
 from .errors import QuotaExceeded, RateLimited, StoreError, Unavailable
+from .periodic import Periodic, stop_tasks
 from .ratelimit import (
     Bucket,
     Decision,
@@ -157,24 +158,21 @@ class SharedLimiter(Limiter):
         # (stage id, month) -> (stage, requests): refunds whose call failed, sent again
         self._kept: dict[tuple[str, str], tuple[Stage, int]] = {}
         self.healthy = True
-        self._tasks: list[asyncio.Task[None]] = []
+        self._flusher = Periodic(
+            "quota byte flush", BYTES_FLUSH_INTERVAL, self._flush_if_healthy, final=self._flush_last
+        )
+        self._tasks: list[asyncio.Task[None]] = []  # the breaker's probe
 
     async def open(self) -> None:
-        self._tasks.append(asyncio.create_task(self._flush_bytes_forever()))
+        self._flusher.start()
         try:
             await self._client.ensure_connected()
         except StoreError as exc:
             self._trip(exc)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:  # bounded: a cancel that a timeout turns into TimeoutError is lost
-            await asyncio.wait(self._tasks, timeout=2.0)
-        with contextlib.suppress(StoreError, TimeoutError):
-            async with asyncio.timeout(1.0):
-                await self._flush_bytes()
-                await self._flush_kept()
+        await stop_tasks(self._tasks)  # bounded: see periodic.stop_tasks
+        await self._flusher.stop()  # and a last flush
         self._client.close()
 
     async def check(self, limits: KeyLimits, client_ip: str) -> Decision:
@@ -404,15 +402,19 @@ class SharedLimiter(Limiter):
 
     # --- bytes for the byte quotas, for owners with no request in flight ---
 
-    async def _flush_bytes_forever(self) -> None:
-        while True:
-            await asyncio.sleep(BYTES_FLUSH_INTERVAL)
-            if self.healthy:
-                with contextlib.suppress(StoreError, TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await self._flush_kept()
-                        await self._flush_bytes()
-                _raise_if_cancelled()
+    async def _flush_if_healthy(self) -> None:
+        if self.healthy:
+            with contextlib.suppress(StoreError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._flush_kept()
+                    await self._flush_bytes()
+
+    async def _flush_last(self) -> None:
+        """At close: whatever the breaker says, one bounded try."""
+        with contextlib.suppress(StoreError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._flush_bytes()
+                await self._flush_kept()
 
     async def _flush_bytes(self) -> None:
         pending, self._bytes = self._bytes, {}
