@@ -15,6 +15,7 @@ the value type or interface in the middle of it wants a leaf module of its own.
 from __future__ import annotations
 
 import ast
+import functools
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,7 @@ def dependencies(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     return deps
 
 
+@functools.cache  # parsed once per test run: the package does not change meanwhile
 def import_graph(root: Path) -> dict[str, set[str]]:
     known = modules(root)
     return {name: dependencies(name, path, known) for name, path in known.items()}
@@ -171,6 +173,40 @@ def test_value_types_sit_below_their_users() -> None:
                    "proxy.store.sqlite_usage"):  # fmt: skip
         assert "proxy.usage" not in graph[module], module
     assert "proxy.record_cache" not in graph["proxy.exchange"]
+
+
+# What each package's docstring says it must not import (issue 14, item 5).
+MUST_NOT_IMPORT = {
+    "proxy.store": ("proxy.usage", "proxy.record_cache", "proxy.ratelimit",
+                    "proxy.shared_limiter", "proxy.pipeline", "proxy.delivery", "proxy.cache",
+                    "proxy.exchange", "proxy.admin", "proxy.app"),
+    "proxy.origin": ("proxy.cache", "proxy.pipeline", "proxy.store", "proxy.app"),
+    "proxy.keylookup": ("proxy.pipeline", "proxy.delivery", "proxy.cache", "proxy.exchange",
+                        "proxy.admin", "proxy.app"),
+    "proxy.supervisors": ("proxy.app", "proxy.pipeline", "proxy.delivery", "proxy.cache",
+                          "proxy.origin", "proxy.store", "proxy.admin"),
+}  # fmt: skip
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+@pytest.mark.parametrize("package", sorted(MUST_NOT_IMPORT))
+def test_packages_import_only_what_their_docstring_allows(package: str) -> None:
+    graph = import_graph(PACKAGE)
+    wrong = sorted(
+        f"{module} -> {dep}"
+        for module, deps in graph.items()
+        if _within(module, package)
+        for dep in deps
+        if any(_within(dep, banned) for banned in MUST_NOT_IMPORT[package])
+    )
+    assert wrong == []
+
+
+def test_the_root_package_imports_nothing() -> None:
+    assert import_graph(PACKAGE)["proxy"] == set()
 
 
 def _package(tmp_path: Path, files: dict[str, str]) -> Path:

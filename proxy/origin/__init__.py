@@ -8,6 +8,14 @@ OriginError (-> 502) or OriginTimeout (-> 504). Errors while the body streams ar
 raised from the body iterator, after the headers went out: the pipeline then aborts
 the connection (STYLE "streaming rule"). Every implementation passes the contract
 suite in tests/test_origin.py.
+
+    base.py      OriginRequest, OriginResponse and the Origin interface (a leaf)
+    file.py, http.py, s3.py    the backends, each imported when a route names it
+    metered.py   MeteredOrigin: any origin, timed and counted for /metrics
+
+The package owns talking to origins. Backends import base.py, never this module (whose
+factory imports them): imports flow one way (issue 14). It must not import the cache,
+the pipeline or the store.
 """
 
 from __future__ import annotations

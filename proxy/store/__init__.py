@@ -3,9 +3,21 @@
     store_from_url("sqlite:///var/lib/keyfront/keyfront.db")   embedded, one host
     store_from_url("redis://127.0.0.1:6379/0")                  shared by many instances
 
+    base.py                        the Store interface and its value types: Change,
+                                   CustomerToken, UsageRow (Scope, Grain)
+    sqlite.py, sqlite_usage.py     SqliteStore
+    redis.py, redis_usage.py       RedisStore (redis-py), usage.lua
+    resp.py                        the request path's pipelined Redis client (the shared
+                                   rate limiter's), bucket.lua
+
 Every implementation passes the one contract suite in tests/test_store.py. Drivers'
 exceptions are translated at this edge into `StoreError` (and `Conflict` for a create
 whose id exists); callers never see sqlite3 or redis exceptions.
+
+The package owns persistence and the change feed. It imports only the values it
+stores (records.py) and errors.py: never the layers that use it (usage.py,
+record_cache.py, ratelimit.py, the request path, the admin API), so that their value
+types live here or below, and a backend is imported only when its URL is chosen.
 """
 
 from __future__ import annotations
