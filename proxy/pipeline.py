@@ -24,6 +24,7 @@ from aiohttp import web
 
 from .accesslog import AccessLog
 from .cache import Cache
+from .cached_key import CachedKey
 from .config import Config
 from .delivery import deliver
 from .errors import (
@@ -42,7 +43,6 @@ from .metrics import Metrics
 from .policy import check_link, client_ip, cors_headers, normalise_path, preflight_headers
 from .ratelimit import Limiter
 from .record_cache import RecordCache, status_refusal
-from .records import CachedKey
 from .routing import Routes
 from .usage import UsageMeter
 from .wire import wire_response

@@ -10,11 +10,10 @@ import asyncio
 import time
 from collections import OrderedDict
 
+from .cached_key import CachedKey, compile_key
 from .config import KeyDefaults
 from .errors import KeyDisabled, KeyExpired, KeyRevoked, Refusal, StoreError, Unavailable
-from .policy import KeyPolicy
-from .ratelimit import KeyLimits
-from .records import CachedKey, Customer, KeyRecord
+from .records import Customer, KeyRecord
 from .store import Change, Store
 
 
@@ -130,19 +129,6 @@ class RecordCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def compile_key(
-    found: tuple[KeyRecord, Customer | None] | None, fresh_until: float, defaults: KeyDefaults
-) -> CachedKey:
-    """The CachedKey of a record and its customer (None: no such key), its policy and
-    limits compiled once: the store's records here, the key API's answers in
-    keylookup/cache.py (SPEC section 13), so both kinds of key are checked alike."""
-    if found is None:
-        return CachedKey(None, None, None, None, fresh_until)
-    record, customer = found
-    limits = KeyLimits.of(record, customer, defaults)
-    return CachedKey(record, customer, KeyPolicy.of(record), limits, fresh_until)
 
 
 def _customer_of(entry: CachedKey) -> str | None:

@@ -9,14 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from .units import Rate, parse_rate
-
-if TYPE_CHECKING:  # compiled from the records by policy.py and ratelimit.py, which import
-    # this module: CachedKey only names their types (issue 14: imports flow one way)
-    from .policy import KeyPolicy
-    from .ratelimit import KeyLimits
 
 KeyStatus = Literal["active", "disabled", "revoked"]
 CustomerStatus = Literal["active", "disabled"]
@@ -89,19 +84,6 @@ class KeyRecord:
         for name in ("referrers", "ips", "paths"):
             data[name] = tuple(data.get(name) or ())
         return cls(**data)
-
-
-@dataclass(slots=True)
-class CachedKey:
-    """What a request needs of one key id, ready to use: the record (None when the
-    store has no such key), its customer, and its compiled policy and limits. Built
-    by record_cache.compile_key; held by the record cache and the key API's cache."""
-
-    record: KeyRecord | None
-    customer: Customer | None
-    policy: KeyPolicy | None
-    limits: KeyLimits | None
-    fresh_until: float  # monotonic
 
 
 def _dump(record: Customer | KeyRecord) -> str:

@@ -166,13 +166,14 @@ def test_the_package_has_no_import_cycle() -> None:
 
 def test_value_types_sit_below_their_users() -> None:
     """The leaves issue 14 named: the store layer never imports the usage meter, and
-    what a request knows of a key (CachedKey) sits with the records, not behind the
-    record cache and its store."""
+    what a request knows of a key (CachedKey) sits in a leaf beside the records, not
+    behind the record cache and its store."""
     graph = import_graph(PACKAGE)
     for module in ("proxy.store", "proxy.store.base", "proxy.store.redis_usage",
                    "proxy.store.sqlite_usage"):  # fmt: skip
         assert "proxy.usage" not in graph[module], module
     assert "proxy.record_cache" not in graph["proxy.exchange"]
+    assert "proxy.record_cache" not in graph["proxy.keylookup.cache"]
 
 
 # What each package's docstring says it must not import (issue 14, item 5).
@@ -181,8 +182,8 @@ MUST_NOT_IMPORT = {
                     "proxy.shared_limiter", "proxy.pipeline", "proxy.delivery", "proxy.cache",
                     "proxy.exchange", "proxy.admin", "proxy.app"),
     "proxy.origin": ("proxy.cache", "proxy.pipeline", "proxy.store", "proxy.app"),
-    "proxy.keylookup": ("proxy.pipeline", "proxy.delivery", "proxy.cache", "proxy.exchange",
-                        "proxy.admin", "proxy.app"),
+    "proxy.keylookup": ("proxy.record_cache", "proxy.pipeline", "proxy.delivery",
+                        "proxy.cache", "proxy.exchange", "proxy.admin", "proxy.app"),
     "proxy.supervisors": ("proxy.app", "proxy.pipeline", "proxy.delivery", "proxy.cache",
                           "proxy.origin", "proxy.store", "proxy.admin"),
 }  # fmt: skip

@@ -14,10 +14,11 @@ access log and metrics treat both kinds of key alike, under the operator's key_i
 customer_id.
 
 The package owns the key API: its HTTP client, the answers' validation and their cache.
-It builds on the layers below it (records, the record cache's compile_key, the local
+It builds on the layers below it (records, cached_key.py's compile_key, the local
 token buckets, manage/values.py's validation, the store's Change, config) and must
-not import the request path (pipeline, delivery, cache/, exchange), the admin API or
-app.py: the pipeline calls it, never the reverse.
+not import the record cache (a sibling: both build CachedKeys), the request path
+(pipeline, delivery, cache/, exchange), the admin API or app.py: the pipeline calls
+it, never the reverse.
 """
 
 from __future__ import annotations
