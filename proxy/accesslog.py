@@ -9,7 +9,6 @@ its MAC or a signed link's signature: only the key id, and the path without its 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -17,6 +16,7 @@ import time
 from typing import IO
 
 from .exchange import Exchange
+from .periodic import Periodic
 
 FLUSH_INTERVAL = 1.0  # seconds
 FLUSH_BYTES = 64 * 1024
@@ -35,18 +35,14 @@ class AccessLog:
         self._size = 0
         self._second = -1
         self._stamp = ""
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher = Periodic("access log flush", FLUSH_INTERVAL, self.flush)
 
     def start(self) -> None:
         if self.enabled:
-            self._flusher = asyncio.create_task(self._flush_forever())
+            self._flusher.start()
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        self.flush()
+        await self._flusher.stop()  # and a last flush
         if self._file is not None:
             self._file.close()
 
@@ -80,11 +76,6 @@ class AccessLog:
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view) :]
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
-            self.flush()
 
     def _now(self) -> str:
         now = time.time()

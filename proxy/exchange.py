@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .cached_key import CachedKey
 from .config import Route
 from .origin import Origin
-from .record_cache import CachedKey
 from .routing import key_space
 
 SERVER = "keyfront"  # not aiohttp's default, which names its and Python's versions

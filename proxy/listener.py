@@ -8,9 +8,9 @@ descriptors with the public one, and customer tokens use it.
 a line over 8 KiB) in its protocol handler, before keyfront's handler is called, and
 answers with a text page that names aiohttp's and Python's versions in `Server` and
 echoes the request line, a key in its query included. `KeyfrontServer` makes every
-connection answer those with the `error_page` it is given (the pipeline's: the SPEC
-JSON body, `Server: keyfront`), with no traceback in the log for a client's malformed
-bytes. It is handed in rather than imported, since the send paths import this module.
+connection answer those with the `error_page` it is given (`error_page` below, for
+both listeners: the SPEC JSON body, `Server: keyfront`), with no traceback in the log
+for a client's malformed bytes.
 
 aiohttp's defaults leave a public port open to slowloris: its RequestHandler has no
 deadline for a request's headers, and keeps an idle connection 3,630 s. Nor do its
@@ -76,8 +76,10 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 
 from .config import ClientTimeouts
+from .errors import BadRequest, Refusal, error_body
 from .exchange import SERVER
 from .metrics import Metrics
+from .request_ids import RequestIds
 
 log = logging.getLogger("keyfront")
 
@@ -521,3 +523,22 @@ def connection_cap(configured: int, open_files: int) -> int:
         )
         return fits
     return configured
+
+
+def error_page(status: int) -> web.Response:
+    """The answer to what aiohttp refuses before any handler runs (a malformed request
+    line or header, one too long) or to a failure escaping a handler, on either
+    listener: the SPEC error body and `Server: keyfront`, in place of aiohttp's text
+    page, which names its and Python's versions and echoes the request line, key and
+    all (issue 12 item 9). Its connection is closed after it."""
+    refusal = BadRequest() if status < 500 else Refusal()
+    request_id = _page_ids(None)
+    headers = {"Server": SERVER, "X-Request-Id": request_id, "Content-Type": "application/json"}
+    response = web.Response(
+        status=refusal.status, body=error_body(refusal, request_id), headers=headers
+    )
+    response.force_close()
+    return response
+
+
+_page_ids = RequestIds()  # error pages have no Exchange, nor a request id of their own

@@ -22,7 +22,6 @@ directory), and its series counts from that moment: what it did before stays in
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import contextlib
 import fcntl
@@ -38,6 +37,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from .periodic import Periodic
+
+PUBLISH_INTERVAL = 1.0  # seconds: how stale another worker's counts in /metrics may be
 # Up to a minute: a large download over a slow link is a request too (issue 15).
 DURATION_BUCKETS = (
     *(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
@@ -120,7 +122,7 @@ class Metrics(Collector):
         # Called before each publish and scrape to copy in what other parts count
         # themselves (record cache hits, usage rows pending, cache size).
         self.sources: list[Callable[[Metrics], None]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._publisher = Periodic("metrics publish", PUBLISH_INTERVAL, self.publish)
         self._labels = CustomerLabels(directory, customer_labels)
         self._process = ProcessCollector(registry=None)
 
@@ -153,19 +155,10 @@ class Metrics(Collector):
 
     def start(self) -> None:
         if self._dir is not None:
-            self._task = asyncio.create_task(self._publish_forever())
+            self._publisher.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.publish()
-
-    async def _publish_forever(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            self.publish()
+        await self._publisher.stop()  # and a last publish
 
     def publish(self) -> None:
         if self._dir is None:

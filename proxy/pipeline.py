@@ -20,10 +20,10 @@ from aiohttp import web
 from . import failpoints
 from .accesslog import AccessLog
 from .cache import Cache
+from .cached_key import CachedKey
 from .config import Config
 from .delivery import deliver
 from .errors import (
-    BadRequest,
     KeyInvalid,
     KeyMissing,
     KeyUnknown,
@@ -38,7 +38,7 @@ from .keylookup import LookupCache
 from .metrics import Metrics
 from .policy import check_link, client_ip, cors_headers, normalise_path, preflight_headers
 from .ratelimit import Limiter
-from .record_cache import CachedKey, RecordCache, status_refusal
+from .record_cache import RecordCache, status_refusal
 from .request_ids import RequestIds
 from .routing import Routes
 from .usage import UsageMeter
@@ -288,22 +288,3 @@ def refusal_response(refusal: Refusal, exchange: Exchange) -> web.StreamResponse
     headers["Content-Type"] = "application/json"
     wire = wire_response(exchange.request, refusal.status, headers, body)
     return wire or web.Response(status=refusal.status, body=body, headers=headers)
-
-
-def error_page(status: int) -> web.Response:
-    """The answer to what aiohttp refuses before any handler runs (a malformed request
-    line or header, one too long) or to a failure escaping a handler, on either
-    listener: the SPEC error body and `Server: keyfront`, in place of aiohttp's text
-    page, which names its and Python's versions and echoes the request line, key and
-    all (issue 12 item 9). Its connection is closed after it."""
-    refusal = BadRequest() if status < 500 else Refusal()
-    request_id = _page_ids(None)
-    headers = {"Server": SERVER, "X-Request-Id": request_id, "Content-Type": "application/json"}
-    response = web.Response(
-        status=refusal.status, body=error_body(refusal, request_id), headers=headers
-    )
-    response.force_close()
-    return response
-
-
-_page_ids = RequestIds()  # error pages have no Exchange, nor a request id of their own

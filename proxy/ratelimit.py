@@ -20,9 +20,7 @@ Both return a `Decision`, whose headers go on every keyed response.
 from __future__ import annotations
 
 import abc
-import asyncio
 import calendar
-import contextlib
 import ipaddress
 import math
 import time
@@ -32,6 +30,7 @@ from typing import Protocol
 
 from .config import KeyDefaults
 from .errors import QuotaExceeded, RateLimited, Refusal, StoreError
+from .periodic import Periodic
 from .records import Customer, KeyRecord
 from .units import Rate
 
@@ -426,23 +425,13 @@ class LocalLimiter(Limiter):
         self.buckets = LocalBuckets(scale)
         self.quotas = LocalQuotas(ledger)
         self._quotas_on = quotas
-        self._sync_interval = sync_interval
-        self._syncer: asyncio.Task[None] | None = None
+        self._syncer = Periodic("quota sync", sync_interval, self.quotas.sync)
 
     async def open(self) -> None:
-        self._syncer = asyncio.create_task(self._sync_forever())
+        self._syncer.start()
 
     async def close(self) -> None:
-        if self._syncer is not None:
-            self._syncer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._syncer
-        await self.quotas.sync()
-
-    async def _sync_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._sync_interval)
-            await self.quotas.sync()
+        await self._syncer.stop()  # and a last sync
 
     async def check(self, limits: KeyLimits, client_ip: str) -> Decision:
         return self.decide(limits, client_ip)

@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 
+from .cached_key import CachedKey, compile_key
 from .config import KeyDefaults
 from .errors import KeyDisabled, KeyExpired, KeyRevoked, Refusal, StoreError, Unavailable
-from .policy import KeyPolicy
-from .ratelimit import KeyLimits
 from .records import Customer, KeyRecord
 from .store import Change, Store
 
@@ -28,18 +26,6 @@ def status_refusal(record: KeyRecord, customer: Customer | None, now: float) -> 
     if record.expires_at is not None and record.expires_at <= now:
         return KeyExpired()
     return None
-
-
-@dataclass(slots=True)
-class CachedKey:
-    """What a request needs of one key id, ready to use: the record (None when the
-    store has no such key), its customer, and its compiled policy."""
-
-    record: KeyRecord | None
-    customer: Customer | None
-    policy: KeyPolicy | None
-    limits: KeyLimits | None
-    fresh_until: float  # monotonic
 
 
 class RecordCache:
@@ -143,19 +129,6 @@ class RecordCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def compile_key(
-    found: tuple[KeyRecord, Customer | None] | None, fresh_until: float, defaults: KeyDefaults
-) -> CachedKey:
-    """The CachedKey of a record and its customer (None: no such key), its policy and
-    limits compiled once: the store's records here, the key API's answers in
-    keylookup/cache.py (SPEC section 13), so both kinds of key are checked alike."""
-    if found is None:
-        return CachedKey(None, None, None, None, fresh_until)
-    record, customer = found
-    limits = KeyLimits.of(record, customer, defaults)
-    return CachedKey(record, customer, KeyPolicy.of(record), limits, fresh_until)
 
 
 def _customer_of(entry: CachedKey) -> str | None:

@@ -61,6 +61,7 @@ from importlib import resources
 from typing import Literal, cast
 
 from .errors import QuotaExceeded, RateLimited, StoreError, Unavailable
+from .periodic import Periodic, stop_tasks
 from .ratelimit import (
     Bucket,
     Decision,
@@ -73,7 +74,7 @@ from .ratelimit import (
     retry_after_tokens,
     seconds_to_month_end,
 )
-from .store.resp import HotPathClient
+from .store.resp import PipelinedClient
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,14 @@ LEASE_SHARE = 100  # a lease holds at most burst / LEASE_SHARE tokens (1% of the
 LEASE_MAX = 256  # and at most this many
 LEASE_LIFE = 0.05  # seconds: unspent leased tokens lapse
 MAX_LEASES = 10_000  # past this many, lapsed leases are dropped when a new one starts
+NO_QUOTA = -1  # bucket.lua ARGV[4] and ARGV[5]: this quota is not set
 MAX_KEPT_REFUNDS = 10_000  # stages whose refund failed, kept for the next flush; more: dropped
 
 
 @dataclass(slots=True)  # not frozen: one per request, and a frozen __init__ is slower
-class Outcome:
-    """One request's share of a coalesced stage call."""
+class StageVerdict:
+    """One request's verdict from a coalesced stage call (`_settle` hands each waiter
+    its own)."""
 
     admitted: bool
     levels: list[float]  # each bucket's tokens after the call, shared by its waiters
@@ -104,7 +107,7 @@ class Batch:
     """The requests of one tick that share a stage (its buckets and quota)."""
 
     stage: Stage
-    waiters: list[asyncio.Future[Outcome]] = field(default_factory=list)
+    waiters: list[asyncio.Future[StageVerdict]] = field(default_factory=list)
     lease: int = 0  # tokens asked for beyond the waiters', to keep as a lease
     # Requests this stage admitted that were not served (another stage refused them,
     # or they gave up), by the quota month they were counted in.
@@ -131,7 +134,7 @@ class Tick:
     timer: asyncio.TimerHandle | None = None
 
 
-def _expire(waiters: list[asyncio.Future[Outcome]]) -> None:
+def _expire(waiters: list[asyncio.Future[StageVerdict]]) -> None:
     for waiter in waiters:
         if not waiter.done():
             waiter.set_exception(TimeoutError())
@@ -140,7 +143,7 @@ def _expire(waiters: list[asyncio.Future[Outcome]]) -> None:
 class SharedLimiter(Limiter):
     def __init__(
         self,
-        client: HotPathClient,
+        client: PipelinedClient,
         timeout: float,
         on_store_error: Literal["allow", "deny"],
         fallback: LocalLimiter,
@@ -157,24 +160,21 @@ class SharedLimiter(Limiter):
         # (stage id, month) -> (stage, requests): refunds whose call failed, sent again
         self._kept: dict[tuple[str, str], tuple[Stage, int]] = {}
         self.healthy = True
-        self._tasks: list[asyncio.Task[None]] = []
+        self._flusher = Periodic(
+            "quota byte flush", BYTES_FLUSH_INTERVAL, self._flush_if_healthy, final=self._flush_last
+        )
+        self._tasks: list[asyncio.Task[None]] = []  # the breaker's probe
 
     async def open(self) -> None:
-        self._tasks.append(asyncio.create_task(self._flush_bytes_forever()))
+        self._flusher.start()
         try:
             await self._client.ensure_connected()
         except StoreError as exc:
             self._trip(exc)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:  # bounded: a cancel that a timeout turns into TimeoutError is lost
-            await asyncio.wait(self._tasks, timeout=2.0)
-        with contextlib.suppress(StoreError, TimeoutError):
-            async with asyncio.timeout(1.0):
-                await self._flush_bytes()
-                await self._flush_kept()
+        await stop_tasks(self._tasks)  # bounded: see periodic.stop_tasks
+        await self._flusher.stop()  # and a last flush
         self._client.close()
 
     async def check(self, limits: KeyLimits, client_ip: str) -> Decision:
@@ -222,7 +222,7 @@ class SharedLimiter(Limiter):
             batch.refunds = {}
         batch.refunds[month] = batch.refunds.get(month, 0) + requests
 
-    def _give_back_if_admitted(self, stage: Stage, wait: asyncio.Future[Outcome]) -> None:
+    def _give_back_if_admitted(self, stage: Stage, wait: asyncio.Future[StageVerdict]) -> None:
         """A request gave up on `wait` (review finding 6a): if its stage admitted it,
         now or when the reply lands, that goes back. A waiter that timed out or was
         cancelled before its reply is _settle's to give back."""
@@ -232,7 +232,7 @@ class SharedLimiter(Limiter):
             self._give_back(stage, wait.result().month, 1)
 
     def _decide(
-        self, limits: KeyLimits, stages: tuple[Stage, ...], outcomes: list[Outcome]
+        self, limits: KeyLimits, stages: tuple[Stage, ...], outcomes: list[StageVerdict]
     ) -> Decision:
         first = stages[0]
         key_tokens = outcomes[0].levels[first.key_index] if first.key_index >= 0 else 0.0
@@ -264,8 +264,8 @@ class SharedLimiter(Limiter):
 
     # --- coalescing: one script call per stage per loop tick ---
 
-    def _ask(self, stage: Stage, leasing: bool = False) -> asyncio.Future[Outcome]:
-        waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    def _ask(self, stage: Stage, leasing: bool = False) -> asyncio.Future[StageVerdict]:
+        waiter: asyncio.Future[StageVerdict] = asyncio.get_running_loop().create_future()
         batch = self._batch(stage)
         batch.waiters.append(waiter)
         if leasing:  # a tick's demand twice over, or a live lease that ran dry doubled
@@ -339,10 +339,10 @@ class SharedLimiter(Limiter):
         self, stage: Stage, cost: int, refund: int, nbytes: int, now: float, *, month: str
     ) -> asyncio.Future[object]:
         keys = [bucket.id for bucket in stage.buckets]
-        limits = (-1, -1)
+        limits = (NO_QUOTA, NO_QUOTA)
         if stage.quota_owner is not None:
             keys.append(f"{stage.quota_id}:{month}")
-            limits = (_or_none(stage.quota_requests), _or_none(stage.quota_bytes))
+            limits = (_quota_arg(stage.quota_requests), _quota_arg(stage.quota_bytes))
         ttl = int(seconds_to_month_end(now)) + QUOTA_RETENTION
         args: list[float] = [len(stage.buckets), cost, refund, limits[0], limits[1], nbytes, ttl]
         for bucket in stage.buckets:
@@ -379,7 +379,7 @@ class SharedLimiter(Limiter):
         for i, waiter in enumerate(batch.waiters):
             if not waiter.done():
                 quota_exhausted = bool(exhausted) and i >= admitted
-                waiter.set_result(Outcome(i < admitted, levels, quota_exhausted, month))
+                waiter.set_result(StageVerdict(i < admitted, levels, quota_exhausted, month))
             elif i < admitted:  # admitted, but its request gave up (timed out, cancelled)
                 unused += 1
         if unused:  # review finding 6a: their tokens and count go back
@@ -404,15 +404,19 @@ class SharedLimiter(Limiter):
 
     # --- bytes for the byte quotas, for owners with no request in flight ---
 
-    async def _flush_bytes_forever(self) -> None:
-        while True:
-            await asyncio.sleep(BYTES_FLUSH_INTERVAL)
-            if self.healthy:
-                with contextlib.suppress(StoreError, TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await self._flush_kept()
-                        await self._flush_bytes()
-                _raise_if_cancelled()
+    async def _flush_if_healthy(self) -> None:
+        if self.healthy:
+            with contextlib.suppress(StoreError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._flush_kept()
+                    await self._flush_bytes()
+
+    async def _flush_last(self) -> None:
+        """At close: whatever the breaker says, one bounded try."""
+        with contextlib.suppress(StoreError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._flush_bytes()
+                await self._flush_kept()
 
     async def _flush_bytes(self) -> None:
         pending, self._bytes = self._bytes, {}
@@ -491,8 +495,9 @@ def _lease_size(bucket: Bucket) -> int:
     return min(LEASE_MAX, bucket.burst // LEASE_SHARE)
 
 
-def _or_none(value: int | None) -> int:
-    return -1 if value is None else value
+def _quota_arg(value: int | None) -> int:
+    """A monthly quota as the script takes it: the limit, or NO_QUOTA for none."""
+    return NO_QUOTA if value is None else value
 
 
 def _raise_if_cancelled() -> None:

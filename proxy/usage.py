@@ -14,38 +14,25 @@ dropped, counted in `dropped` and logged once per outage.
 
 from __future__ import annotations
 
-import asyncio
 import calendar
 import contextlib
 import logging
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import StoreError
+from .periodic import Periodic
+from .store.base import Grain, Scope, UsageRow, day_of
 
 if TYPE_CHECKING:  # exchange -> record_cache -> store -> usage: types only here
     from .exchange import Exchange
 
 log = logging.getLogger(__name__)
 
-Scope = Literal["key", "customer"]
-Grain = Literal["hour", "day", "month"]
 FIELDS = ("requests", "bytes", "hits", "misses", "not_modified")
 HIT_STATES = frozenset({"HIT", "STALE", "REVALIDATED"})
-
-
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    """The counts of one key (or customer) in one period starting at `start` (unix
-    seconds, UTC: an hour, day or month boundary)."""
-
-    scope: Scope
-    id: str
-    start: int
-    counts: dict[str, int]
 
 
 class UsageLedger(Protocol):
@@ -66,13 +53,14 @@ class UsageLedger(Protocol):
 class UsageMeter:
     def __init__(self, ledger: UsageLedger, flush_interval: float, max_pending: int) -> None:
         self._ledger = ledger
-        self._interval = flush_interval
         self._max_pending = max_pending
         self._pending: dict[tuple[str, str, int], dict[str, int]] = {}  # key, customer, hour
         self._retry: tuple[str, list[UsageRow]] | None = None  # a batch the store refused
         self._batches = 0
         self._prefix = f"{os.getpid()}-{os.urandom(4).hex()}"
-        self._task: asyncio.Task[None] | None = None
+        self._flusher = Periodic(
+            "usage flush", flush_interval, self._flush_quietly, final=self._flush_all
+        )
         self.dropped = 0
 
     @property
@@ -98,23 +86,20 @@ class UsageMeter:
         _count(counts, status, exchange.sent, exchange.cache, code)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._flush_forever())
+        self._flusher.start()
 
     async def close(self) -> None:
         """Stop and flush what is counted (SPEC section 11: at graceful shutdown)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._flusher.stop()
+
+    async def _flush_quietly(self) -> None:
+        with contextlib.suppress(StoreError):  # flush() logged it; the rows are kept
+            await self.flush()
+
+    async def _flush_all(self) -> None:
         with contextlib.suppress(StoreError):
             await self.flush()
             await self.flush()  # the retried batch, then what was counted meanwhile
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            with contextlib.suppress(StoreError):
-                await self.flush()
 
     async def flush(self) -> None:
         """Send one batch. A refused batch is retried with the same id before anything
@@ -158,10 +143,6 @@ def _count(counts: dict[str, int], status: int, sent: int, cache: str, code: str
         counts["hits"] = counts.get("hits", 0) + 1
     elif cache == "MISS":
         counts["misses"] = counts.get("misses", 0) + 1
-
-
-def day_of(ts: int) -> int:
-    return ts // 86400 * 86400
 
 
 def month_start(ts: int) -> int:

@@ -175,7 +175,7 @@ async def test_shutdown_stops_waiting_on_a_task_that_swallows_its_cancellation()
     import asyncio
     import time
 
-    from proxy.app import stop_tasks
+    from proxy.periodic import stop_tasks
 
     swallowed = asyncio.Event()
 

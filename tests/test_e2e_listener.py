@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from proxy.app import ADMIN_MAX_CONNECTIONS
+from proxy.admin.listener import ADMIN_MAX_CONNECTIONS
 
 from conftest import HttpOriginServer, KeyfrontProcess, start_keyfront
 

@@ -21,8 +21,9 @@ RULES: dict[str, tuple[str, ...]] = {
     "proxy.request_ids": ("proxy", "aiohttp"),
     # the shared domain logic of the two front ends
     "proxy.manage": ("aiohttp", "proxy.admin", "proxy.cli", "proxy.app", *REQUEST_PATH),
-    # the front ends: neither imports the other, nor the request path
-    "proxy.admin": ("proxy.cli", "proxy.app", *REQUEST_PATH),
+    # the front ends: neither imports the other, nor the request path; the admin listener
+    # shares the public one's connection classes (proxy.listener: deadlines, error pages)
+    "proxy.admin": ("proxy.cli", "proxy.app", "proxy.pipeline", "proxy.delivery"),
     "proxy.cli": ("aiohttp", "proxy.admin", *REQUEST_PATH),
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import time
 from collections.abc import AsyncIterator
 
@@ -12,7 +13,7 @@ import pytest
 from proxy.errors import StoreError
 from proxy.store import resp
 from proxy.store.resp import (
-    HotPathClient,
+    PipelinedClient,
     RespClient,
     RespCluster,
     RespConnection,
@@ -60,7 +61,7 @@ async def cluster(redis_cluster: list[int]) -> AsyncIterator[RespCluster]:
     await opened.wait_closed()
 
 
-async def eventually(client: HotPathClient, *args: str) -> object:
+async def eventually(client: PipelinedClient, *args: str) -> object:
     """The first reply to `args` within 5 s that is not a StoreError: calls fail at once
     while the client reconnects."""
     deadline = time.monotonic() + 5.0
@@ -263,6 +264,24 @@ async def test_key_slot_agrees_with_the_server(redis_cluster: list[int]) -> None
         )
     finally:
         node.close()
+
+
+async def test_key_slot_agrees_with_the_server_over_many_keys(redis_cluster: list[int]) -> None:
+    """Issue 14: key_slot is redis-py's now; it must still give the server's answer for
+    every shape of key, hash tags (`{...}`, empty, unclosed, nested, several) included."""
+    rng = random.Random(14)
+    alphabet = b"ab{}:x\x00\xff"
+    keys: list[str | bytes | int] = [bytes(rng.choices(alphabet, k=rng.randint(0, 12)))
+                                     for _ in range(1500)]  # fmt: skip
+    keys += [f"kf:b:{{k_{rng.getrandbits(64):x}}}" for _ in range(300)]
+    keys += [f"kf:q:{{c:{i}}}:2026{i % 12 + 1:02d}" for i in range(100)]
+    keys += list(range(-50, 50))
+    node = await RespConnection.open("127.0.0.1", redis_cluster[0])
+    try:
+        expected = await asyncio.gather(*(node.call("CLUSTER", "KEYSLOT", k) for k in keys))
+    finally:
+        node.close()
+    assert [key_slot(k) for k in keys] == expected
 
 
 async def test_keys_in_every_slot_range_route_to_their_node(

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from proxy.errors import StoreError
-from proxy.store import Store, store_from_url
-from proxy.usage import UsageMeter, UsageRow, summed
+from proxy.store import Store, UsageRow, store_from_url
+from proxy.usage import UsageMeter, summed
 
 from conftest import free_port
 

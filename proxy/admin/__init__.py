@@ -4,6 +4,7 @@
     auth.py      bearer tokens: the operator's admin.token, customer tokens
     handlers.py  customers and their tokens, keys, usage, purge, invalidation
     openapi.py   the OpenAPI 3.1 document, built from ENDPOINTS
+    listener.py  the admin listener: /healthz, /readyz, /metrics and this API
 
 It owns the HTTP side of management: routes, access checks, reading requests and
 writing JSON answers. `ENDPOINTS` below is the one route table: `admin_app` registers
@@ -14,9 +15,10 @@ renderer (errors.error_body): {"error": {code, message, request_id}} (400s add
 (500 internal_error, logged with its traceback and counted).
 
 What it must not import (directly; tests/test_layers.py checks): the request path
-(proxy.pipeline, proxy.listener, proxy.delivery), which it shares nothing with but the
-request ids (proxy.request_ids) and the error model (proxy.errors); proxy.cli, its
-sibling front end; proxy.app, which mounts it. The domain logic lives in proxy.manage,
+(proxy.pipeline, proxy.delivery), which it shares nothing with but the request ids
+(proxy.request_ids), the error model (proxy.errors) and the listeners' connection
+classes (proxy.listener: deadlines, caps, error pages); proxy.cli, its sibling front
+end; proxy.app, which mounts it. The domain logic lives in proxy.manage,
 shared with the CLI: a handler reads its input, calls manage, and answers.
 """
 

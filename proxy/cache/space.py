@@ -55,6 +55,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+from ..periodic import stop_tasks
 from .entry import MAX_META, PREFIX, header_key
 from .locks import still_linked
 from .store import FANOUT, DiskStore, absent_bound
@@ -84,10 +85,8 @@ class Space:
         self._users: int | None = None  # `users`, flocked from rescan() on
 
     async def close(self) -> None:
-        if self._sweep is not None:
-            self._sweep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweep
+        if self._sweep is not None:  # a sweep is started on demand, not every interval
+            await stop_tasks([self._sweep])
         os.close(self._fd)
         if self._users is not None:
             os.close(self._users)  # and with it the flock

@@ -12,6 +12,13 @@ format and matches `keys.external.pattern`, awaits `resolve()`. Either gives the
 CachedKey a keyfront key gets from the record cache, so checks 4 to 10, usage, the
 access log and metrics treat both kinds of key alike, under the operator's key_id and
 customer_id.
+
+The package owns the key API: its HTTP client, the answers' validation and their cache.
+It builds on the layers below it (records, cached_key.py's compile_key, the local
+token buckets, manage/values.py's validation, the store's Change, config) and must
+not import the record cache (a sibling: both build CachedKeys), the request path
+(pipeline, delivery, cache/, exchange), the admin API or app.py: the pipeline calls
+it, never the reverse.
 """
 
 from __future__ import annotations

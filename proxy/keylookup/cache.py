@@ -35,11 +35,11 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..cached_key import CachedKey, compile_key
 from ..config import MAX_EXTERNAL_KEY, KeyDefaults, LookupConfig
 from ..errors import RateLimited, Unavailable
 from ..keys import key_id_of
 from ..ratelimit import Bucket, LocalBuckets, client_prefix, decision, retry_after_tokens
-from ..record_cache import CachedKey, compile_key
 from ..store import Change
 from .client import Found, KeyApi, LookupFailed
 from .digest import key_digests

@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import Invalid, Missing
-from ..store import Store
-from ..usage import FIELDS, Grain, Scope, UsageRow, month_start, period_start, summed
+from ..store import Grain, Scope, Store, UsageRow
+from ..usage import FIELDS, month_start, period_start, summed
 from .actions import find_customer, find_key
 
 GRAINS = ("hour", "day", "month")

@@ -8,68 +8,29 @@ OriginError (-> 502) or OriginTimeout (-> 504). Errors while the body streams ar
 raised from the body iterator, after the headers went out: the pipeline then aborts
 the connection (STYLE "streaming rule"). Every implementation passes the contract
 suite in tests/test_origin.py.
+
+    base.py      OriginRequest, OriginResponse and the Origin interface (a leaf)
+    file.py, http.py, s3.py    the backends, each imported when a route names it
+    metered.py   MeteredOrigin: any origin, timed and counted for /metrics
+
+The package owns talking to origins. Backends import base.py, never this module (whose
+factory imports them): imports flow one way (issue 14). It must not import the cache,
+the pipeline or the store.
 """
 
 from __future__ import annotations
 
-import abc
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal
-
 from ..config import OriginTimeouts, Route
+from .base import Origin, OriginRequest, OriginResponse, s3_endpoint_from_env
 
-# Where an s3:// route without `s3.endpoint_url` sends its requests (else AWS itself).
-S3_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-
-
-@dataclass(frozen=True, slots=True)
-class OriginRequest:
-    path: str  # decoded, normalised object path below the route prefix; no leading "/"
-    method: Literal["GET", "HEAD"] = "GET"
-    range: str | None = None  # the client's Range header, forwarded as is
-    if_none_match: str | None = None
-    if_modified_since: str | None = None
-    query: str = ""  # the route's variant parameters, encoded (http(s) origins only)
-
-
-@dataclass(slots=True)
-class OriginResponse:
-    """Status is 200, 206, 304 or 416. `headers` holds only what keyfront passes on:
-    Content-Type, Content-Length, ETag, Last-Modified, Content-Range.
-
-    The body is either `data` (small objects, already in memory) or `stream`, an
-    async iterator of chunks; both are empty for HEAD, 304 and 416. `close()` must be
-    called once the response is done with, whatever happened."""
-
-    status: int
-    headers: dict[str, str]
-    data: bytes | None = None
-    stream: AsyncIterator[bytes] | None = None
-    release: Callable[[], Awaitable[None]] | None = None  # frees the origin connection / file
-    # The origin's Cache-Control, Expires and Date: for a route that respects them when
-    # caching (SPEC section 5); never sent on to clients.
-    freshness: dict[str, str] | None = None
-
-    async def close(self) -> None:
-        if self.release is not None:
-            release, self.release = self.release, None
-            await release()
-
-
-class Origin(abc.ABC):
-    async def open(self) -> None:
-        """Create clients / sessions. Called once before use."""
-
-    async def close(self) -> None:
-        """Release them. Called once at shutdown."""
-
-    @abc.abstractmethod
-    async def fetch(self, request: OriginRequest) -> OriginResponse: ...
-
-    async def ping(self) -> None:
-        """Raise OriginError unless the origin is reachable (for /readyz)."""
+__all__ = [
+    "Origin",
+    "OriginRequest",
+    "OriginResponse",
+    "origin_from_url",
+    "origin_identity",
+    "s3_endpoint_from_env",
+]
 
 
 def origin_from_url(route: Route, timeouts: OriginTimeouts) -> Origin:
@@ -105,7 +66,3 @@ def origin_identity(route: Route) -> str:
         return route.origin
     endpoint = route.s3.endpoint_url if route.s3 is not None else None
     return f"{route.origin} at {endpoint or s3_endpoint_from_env() or 'aws'}"
-
-
-def s3_endpoint_from_env() -> str | None:
-    return next((os.environ[name] for name in S3_ENDPOINT_ENV if os.environ.get(name)), None)

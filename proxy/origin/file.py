@@ -30,7 +30,7 @@ from ..conditional import (
 )
 from ..config import Route
 from ..errors import NotFound, OriginError
-from . import Origin, OriginRequest, OriginResponse
+from .base import Origin, OriginRequest, OriginResponse
 
 SMALL_BODY = 256 * 1024  # read whole in the loop thread; larger bodies stream
 CHUNK = 256 * 1024

@@ -22,7 +22,7 @@ from yarl import URL
 from ..conditional import LONGEST_DATE, etag_list, single_range
 from ..config import OriginTimeouts, Route
 from ..errors import NotFound, OriginError, OriginTimeout
-from . import Origin, OriginRequest, OriginResponse
+from .base import Origin, OriginRequest, OriginResponse
 
 CHUNK = 64 * 1024
 # A body of known length up to this size is read whole before answering: the pipeline

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from ..errors import NotFound, OriginError, OriginTimeout
 from ..metrics import Metrics
-from . import Origin, OriginRequest, OriginResponse
+from .base import Origin, OriginRequest, OriginResponse
 
 
 class MeteredOrigin(Origin):

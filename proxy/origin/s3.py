@@ -56,7 +56,7 @@ from botocore.credentials import Credentials, RefreshableCredentials
 from ..conditional import Validators, not_modified
 from ..config import OriginTimeouts, Route, S3Settings
 from ..errors import ConfigError, NotFound, OriginError, OriginTimeout
-from . import OriginRequest, OriginResponse, s3_endpoint_from_env
+from .base import OriginRequest, OriginResponse, s3_endpoint_from_env
 from .http import HttpOrigin
 
 log = logging.getLogger(__name__)

@@ -3,193 +3,47 @@
     store_from_url("sqlite:///var/lib/keyfront/keyfront.db")   embedded, one host
     store_from_url("redis://127.0.0.1:6379/0")                  shared by many instances
 
+    base.py                        the Store interface and its value types: Change,
+                                   CustomerToken, UsageRow (Scope, Grain)
+    sqlite.py, sqlite_usage.py     SqliteStore
+    redis.py, redis_usage.py       RedisStore (redis-py), usage.lua
+    resp.py                        the request path's pipelined Redis client (the shared
+                                   rate limiter's), bucket.lua
+
 Every implementation passes the one contract suite in tests/test_store.py. Drivers'
 exceptions are translated at this edge into `StoreError` (and `Conflict` for a create
 whose id exists); callers never see sqlite3 or redis exceptions.
+
+The package owns persistence and the change feed. It imports only the values it
+stores (records.py) and errors.py: never the layers that use it (usage.py,
+record_cache.py, ratelimit.py, the request path, the admin API), so that their value
+types live here or below, and a backend is imported only when its URL is chosen.
 """
 
 from __future__ import annotations
 
-import abc
-import dataclasses
-import json
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
-from typing import Literal, get_args
+from .base import (
+    CHANGE_KINDS,
+    Change,
+    ChangeKind,
+    CustomerToken,
+    Grain,
+    Scope,
+    Store,
+    UsageRow,
+)
 
-from ..records import Customer, KeyRecord
-from ..usage import Grain, Scope, UsageRow
-
-ChangeKind = Literal["key", "customer", "all", "purge", "purge_prefix", "imported", "lookup_key"]
-CHANGE_KINDS: frozenset[str] = frozenset(get_args(ChangeKind))
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """A record changed: every instance drops its cached copy. `all` drops every cached
-    record (sent after a lost subscription, when changes may have been missed).
-    `purge` / `purge_prefix` carry a cache purge (SPEC section 5) to every instance:
-    `id` is the public URL path or prefix. `imported` (SPEC section 13): the key id
-    joins every instance's set of imported keys; without an id, a bulk import: every
-    instance reloads the set.
-    `lookup_key` drops the key API's cached
-    answers for external keys (SPEC section 13): `id` lists their keyed digests
-    (keylookup/digest.py), never the keys."""
-
-    kind: ChangeKind
-    id: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class CustomerToken:
-    """A customer's admin API token (SPEC section 9), as stored: the store keeps it
-    under the SHA-256 of the token string, never the token itself."""
-
-    token_id: str
-    customer_id: str
-    name: str = ""
-    created_at: int = 0  # unix seconds
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> CustomerToken:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
-
-
-class Store(abc.ABC):
-    """Customers and key records. Writes announce a Change to every subscriber."""
-
-    async def open(self) -> None:
-        """Connect / create the schema. Called once before use. A network store may
-        connect lazily, so that keyfront starts while it is down: ping() tells."""
-
-    async def close(self) -> None:
-        """Release connections. Called once at shutdown."""
-
-    @abc.abstractmethod
-    async def ping(self) -> None:
-        """Raise StoreError unless the store answers (for /readyz)."""
-
-    # customers
-    @abc.abstractmethod
-    async def create_customer(self, customer: Customer) -> None:
-        """Insert; raise Conflict if the id exists."""
-
-    @abc.abstractmethod
-    async def put_customer(self, customer: Customer) -> None:
-        """Replace an existing customer and announce the change. (Every store writes a
-        missing one too, as an upsert; callers read first when the difference matters.)"""
-
-    @abc.abstractmethod
-    async def get_customer(self, customer_id: str) -> Customer | None: ...
-
-    @abc.abstractmethod
-    async def list_customers(self) -> list[Customer]:
-        """All customers, ordered by customer_id."""
-
-    # keys
-    @abc.abstractmethod
-    async def create_key(self, record: KeyRecord) -> None:
-        """Insert; raise Conflict if the key_id exists. Announces the change (so a
-        cached "unknown" answer for that id is dropped)."""
-
-    @abc.abstractmethod
-    async def put_key(self, record: KeyRecord) -> None:
-        """Replace an existing key record and announce the change. (A missing one is
-        written too, as for put_customer.)"""
-
-    @abc.abstractmethod
-    async def get_key(self, key_id: str) -> KeyRecord | None: ...
-
-    @abc.abstractmethod
-    async def list_keys(self, customer_id: str | None = None) -> list[KeyRecord]:
-        """Keys of one customer (or all), ordered by created_at then key_id."""
-
-    @abc.abstractmethod
-    async def count_keys(self, customer_id: str) -> int:
-        """How many key records (live, revoked or expired) the customer holds, at least:
-        one index lookup, no record read (a cap on them, manage.actions.record_cap)."""
-
-    async def get_key_and_customer(self, key_id: str) -> tuple[KeyRecord, Customer | None] | None:
-        """The request path's read on a record-cache miss. Stores that can join in one
-        round trip override this."""
-        record = await self.get_key(key_id)
-        if record is None:
-            return None
-        return record, await self.get_customer(record.customer_id)
-
-    # imported keys (SPEC section 13; proxy/imported.py)
-    async def get_keys(self, key_ids: list[str]) -> dict[str, KeyRecord]:
-        """The records of those of `key_ids` that exist (an import's upserts). Stores
-        that can read in bulk override this."""
-        found = {}
-        for key_id in key_ids:
-            record = await self.get_key(key_id)
-            if record is not None:
-                found[key_id] = record
-        return found
-
-    @abc.abstractmethod
-    async def import_keys(self, records: list[KeyRecord]) -> None:
-        """Write the records (upserts) and list their ids as imported, in bulk (one
-        transaction, or pipelined). Announces nothing: the importer announces once
-        for the whole file (`announce_all`)."""
-
-    @abc.abstractmethod
-    def scan_imported(self) -> AsyncIterator[list[str]]:
-        """Every imported key id, in batches, in ascending order (the in-memory set is
-        built from it without a sort)."""
-
-    @abc.abstractmethod
-    async def imported_secret(self, create: bool) -> str | None:
-        """The secret imported keys are hashed with, when keys.external.hash_secret is
-        not set: made once (first writer wins) when `create`, then kept."""
-
-    # customer tokens (SPEC section 9), by the hex SHA-256 of the token string
-    @abc.abstractmethod
-    async def create_token(self, token_hash: str, token: CustomerToken) -> None:
-        """Insert; raise Conflict if the hash exists."""
-
-    @abc.abstractmethod
-    async def get_token(self, token_hash: str) -> CustomerToken | None: ...
-
-    @abc.abstractmethod
-    async def list_tokens(self, customer_id: str) -> list[CustomerToken]:
-        """The customer's tokens, ordered by created_at then token_id."""
-
-    @abc.abstractmethod
-    async def delete_token(self, customer_id: str, token_id: str) -> CustomerToken | None:
-        """Delete the customer's token `token_id`; the deleted token, or None."""
-
-    # usage counters (SPEC section 4; see usage.py)
-    @abc.abstractmethod
-    async def add_usage(self, batch_id: str, rows: list[UsageRow]) -> None:
-        """Add hourly rows and their daily roll-ups, at most once per batch id."""
-
-    @abc.abstractmethod
-    async def read_usage(
-        self, scope: Scope, ids: Iterable[str], start: int, end: int, grain: Grain
-    ) -> list[UsageRow]:
-        """Stored rows of `grain` (hour, else day) starting in [start, end)."""
-
-    # change notification (SPEC section 2: a change reaches every instance within 1 s)
-    @abc.abstractmethod
-    async def announce(self, change: Change) -> None:
-        """Send a change that is not a record write (a cache purge) to every
-        instance's `changes()`, this one's included."""
-
-    async def announce_all(self, changes: list[Change]) -> None:
-        """`announce` each change, in bulk where the store can."""
-        for change in changes:
-            await self.announce(change)
-
-    @abc.abstractmethod
-    def changes(self) -> AsyncIterator[Change]:
-        """Changes made by any instance, from now on, until the store closes. After a
-        gap (lost connection) it yields Change("all") first."""
+__all__ = [
+    "CHANGE_KINDS",
+    "Change",
+    "ChangeKind",
+    "CustomerToken",
+    "Grain",
+    "Scope",
+    "Store",
+    "UsageRow",
+    "store_from_url",
+]
 
 
 def store_from_url(url: str) -> Store:

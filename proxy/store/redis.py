@@ -40,7 +40,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from ..errors import Conflict, StoreError
 from ..records import Customer, KeyRecord
-from . import CHANGE_KINDS, Change, ChangeKind, CustomerToken, Store
+from .base import CHANGE_KINDS, Change, ChangeKind, CustomerToken, Store
 from .redis_usage import RedisUsage
 
 log = logging.getLogger(__name__)

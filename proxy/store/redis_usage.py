@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from ..usage import Grain, Scope, UsageRow, day_of
+from .base import Grain, Scope, UsageRow, day_of
 
 T = TypeVar("T")
 

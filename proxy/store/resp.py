@@ -5,7 +5,7 @@ tick in one `transport.write` and parsing replies with `hiredis.Reader` costs 7-
 (NOTES.md "Redis"). redis-py stays in use for everything off the hot path.
 
     RespConnection   one socket; `call()` returns a future at once, never a coroutine
-    HotPathClient    what the rate limiter is typed against
+    PipelinedClient  what the rate limiter is typed against: auto-pipelined calls
     ├── RespClient   redis:// and rediss://, one lazily (re)connected RespConnection
     └── RespCluster  redis+cluster://, one RespClient per master, routed by key slot
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import binascii
 import collections
 import contextlib
 import functools
@@ -29,6 +28,7 @@ from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
+from redis.crc import key_slot as redis_key_slot
 
 from ..errors import StoreError
 
@@ -198,9 +198,10 @@ class RespConnection(asyncio.Protocol):
         await asyncio.shield(self._gone)
 
 
-class HotPathClient(abc.ABC):
-    """The rate limiter's view of Redis, alone or as a cluster. Calls never wait on a
-    dead store; `ensure_connected()` is for start-up and probes."""
+class PipelinedClient(abc.ABC):
+    """The rate limiter's view of Redis, alone or as a cluster: every call of a loop
+    tick leaves in one write, and returns a future at once. Calls never wait on a dead
+    store; `ensure_connected()` is for start-up and probes."""
 
     def __init__(self) -> None:
         self._scripts: dict[str, str] = {}  # sha -> body, SCRIPT LOADed on every connect
@@ -231,7 +232,7 @@ class HotPathClient(abc.ABC):
     def close(self) -> None: ...
 
 
-class RespClient(HotPathClient):
+class RespClient(PipelinedClient):
     """`redis://[user:pass@]host:port/db` or `rediss://`. Reconnects lazily: at most one
     attempt in flight, BACKOFF_MIN doubling to BACKOFF_MAX between failed ones."""
 
@@ -350,7 +351,7 @@ class RespClient(HotPathClient):
             await self._conn.wait_closed()
 
 
-class RespCluster(HotPathClient):
+class RespCluster(PipelinedClient):
     """`redis+cluster://[user:pass@]host:port[,host:port...]` (`rediss+cluster://` for
     TLS). Routes by the CRC16 slot of the key, follows MOVED (and refreshes the slot map
     in the background) and ASK once per command."""
@@ -462,7 +463,7 @@ class RespCluster(HotPathClient):
             await node.wait_closed()
 
 
-def resp_client_from_url(url: str) -> HotPathClient:
+def resp_client_from_url(url: str) -> PipelinedClient:
     """RespCluster for redis+cluster:// and rediss+cluster://, else RespClient."""
     if url.partition("://")[0].endswith("+cluster"):
         return RespCluster.from_url(url)
@@ -471,13 +472,11 @@ def resp_client_from_url(url: str) -> HotPathClient:
 
 @functools.lru_cache(maxsize=65536)  # bucket keys repeat: a hot key's slot is a dict hit
 def key_slot(key: Arg) -> int:
-    """The Redis Cluster slot: CRC16-XMODEM (binascii.crc_hqx, in C) of the key or of
-    its first non-empty {hash tag}, mod 16384."""
-    data = key if isinstance(key, bytes) else str(key).encode()
-    start = data.find(b"{")
-    if start >= 0 and (end := data.find(b"}", start + 1)) > start + 1:
-        data = data[start + 1 : end]
-    return binascii.crc_hqx(data, 0) & 16383
+    """The Redis Cluster slot of a key: redis-py's (CRC16-XMODEM of the key or of its
+    first non-empty {hash tag}, mod 16384), for any argument as RESP sends it. Cached:
+    a hit costs the same ~70 ns as the hand-written one it replaced (timeit; a miss
+    ~0.5 µs either way)."""
+    return redis_key_slot(key if isinstance(key, bytes) else str(key).encode())
 
 
 def _first_key(args: Command) -> Arg | None:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar, cast
 
 from ..errors import Conflict, StoreError
 from ..records import Customer, KeyRecord
-from . import Change, ChangeKind, CustomerToken, Store
+from .base import Change, ChangeKind, CustomerToken, Store
 from .sqlite_usage import USAGE_SCHEMA, SqliteUsage
 
 log = logging.getLogger(__name__)

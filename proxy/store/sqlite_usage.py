@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
-from ..usage import Grain, Scope, UsageRow, day_of
+from .base import Grain, Scope, UsageRow, day_of
 
 T = TypeVar("T")
 
