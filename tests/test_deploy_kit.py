@@ -234,9 +234,7 @@ def test_alert_rules_pass_promtool_and_their_unit_tests() -> None:
         ["check", "rules", "keyfront-rules.yaml"],
         ["test", "rules", "keyfront-rules.test.yaml"],
     ):
-        done = subprocess.run(
-            [PROMTOOL, *command], cwd=MONITORING, capture_output=True, text=True, timeout=60
-        )
+        done = _run(PROMTOOL, *command, cwd=MONITORING)
         assert done.returncode == 0, done.stdout + done.stderr
     alerts = {rule["alert"] for rule in _rules()}
     assert {
@@ -285,7 +283,8 @@ def test_the_metric_name_check_catches_a_typo() -> None:
     known = {"keyfront_requests_total", "keyfront_request_duration_seconds_bucket"}
     good = (
         "histogram_quantile(0.99, sum by (le, cache) (rate("
-        'keyfront_request_duration_seconds_bucket{job=~"$job", cache=~"HIT|MISS"}[$__rate_interval])))'
+        'keyfront_request_duration_seconds_bucket{job=~"$job", cache=~"HIT|MISS"}'
+        "[$__rate_interval])))"
         ' / on (job) group_left sum(rate(keyfront_requests_total{status=~"5.."}[5m]))'
     )
     assert unknown_metrics(good, known) == set()
@@ -329,7 +328,8 @@ access_log: "off"
     for line in page.splitlines():
         if line.startswith("# TYPE "):
             _, _, family, kind = line.split()
-            names |= {family + s for s in ("_bucket", "_sum", "_count")} if kind == "histogram" else {family}  # fmt: skip
+            parts = ("_bucket", "_sum", "_count") if kind == "histogram" else ("",)
+            names |= {family + part for part in parts}
         elif line and not line.startswith("#"):
             names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
     return names
@@ -413,15 +413,10 @@ def test_systemd_unit_passes_verify_with_its_sandbox_and_stop_timeout(tmp_path: 
     # verify checks that ExecStart exists: point it at this venv's keyfront.
     path = tmp_path / "keyfront.service"
     path.write_text(source.replace("/opt/keyfront/bin/keyfront", KEYFRONT))
-    verified = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", str(path)], capture_output=True, text=True, timeout=30
-    )
+    verified = _run(SYSTEMD_ANALYZE, "verify", str(path))
     # An unknown or misspelt directive is only a warning: no output at all is required.
     assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
-    security = subprocess.run(
-        [SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(path)],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    security = _run(SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(path))
     exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
     assert exposure, security.stdout + security.stderr
     assert float(exposure.group(1)) <= 2.5  # "OK" in systemd's words; 1.8 when written
@@ -468,10 +463,7 @@ def test_compose_keyfront_scrapeable_with_a_cache_volume_each_and_a_long_stop_gr
     shutil.copy(DEPLOY / "compose" / "prometheus.yml", tmp_path)
     shutil.copy(MONITORING / "keyfront-rules.yaml", tmp_path)
     assert PROMTOOL is not None
-    checked = subprocess.run(
-        [PROMTOOL, "check", "config", str(tmp_path / "prometheus.yml")],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    checked = _run(PROMTOOL, "check", "config", str(tmp_path / "prometheus.yml"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     targets = _yaml(tmp_path / "prometheus.yml")["scrape_configs"][0]["static_configs"][0]
     assert sorted(targets["targets"]) == [f"{name}:9080" for name in sorted(instances)]
@@ -488,6 +480,10 @@ def test_dockerfile_runs_as_a_fixed_non_root_user_without_a_python_healthcheck()
 
 
 # --- helpers -----------------------------------------------------------------------
+
+
+def _run(*command: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 
 
 def _yaml(path: Path) -> Any:
@@ -529,7 +525,7 @@ def _config_of(objects: list[dict[str, Any]], pod: dict[str, Any], tmp_path: Pat
 
 def _quantity(value: str | int) -> float:
     """A Kubernetes quantity: 10Gi, 512Mi, 500m, 2."""
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9}  # fmt: skip
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "m": 1e-3, "k": 1e3, "G": 1e9}
     number, unit = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(value)).groups()  # type: ignore[union-attr]
     return float(number) * units.get(unit, 1)
 
