@@ -45,6 +45,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 check-tools:
 	@command -v redis-server >/dev/null || deploy/install-test-tool.sh redis-server redis-server
 	@command -v promtool >/dev/null || deploy/install-test-tool.sh promtool prometheus
+	@command -v systemd-analyze >/dev/null || deploy/install-test-tool.sh systemd-analyze systemd
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
