@@ -160,7 +160,7 @@ async def startup(config: Config, stack: contextlib.AsyncExitStack) -> Runtime:
     usage = UsageMeter(store, config.usage.flush_interval, config.usage.max_pending)
     usage.start()
     stack.push_async_callback(usage.close)
-    metrics.sources.append(functools.partial(_gauges, records, usage, external))
+    metrics.sources.append(functools.partial(_gauges, records, usage, external, limiter))
     metrics.start()
     stack.push_async_callback(metrics.close)
     pipeline = Pipeline(
@@ -285,11 +285,17 @@ async def follow_changes(
 
 
 def _gauges(
-    records: RecordCache, usage: UsageMeter, external: ExternalKeys, metrics: Metrics
+    records: RecordCache,
+    usage: UsageMeter,
+    external: ExternalKeys,
+    limiter: Limiter,
+    metrics: Metrics,
 ) -> None:
     metrics.counters["key_cache"] = {"hit": records.hits, "miss": records.misses}
+    metrics.counters["usage_dropped_requests"] = {"": usage.dropped_total}
     metrics.host_gauges["imported_keys"] = len(external)  # every worker holds the same set
     metrics.gauges["usage_pending"] = usage.pending
+    metrics.gauges["store_degraded"] = int(limiter.degraded)  # summed: workers degraded
 
 
 def limiter_for(config: Config, store: Store) -> Limiter:

@@ -104,6 +104,7 @@ class Metrics(Collector):
                 "key_cache",
                 "key_lookups",
                 "store_errors",
+                "usage_dropped_requests",
                 "cache_evictions",
                 "cache_coalesced",
                 "cache_write_errors",
@@ -122,6 +123,7 @@ class Metrics(Collector):
         # Called before each publish and scrape to copy in what other parts count
         # themselves (record cache hits, usage rows pending, cache size).
         self.sources: list[Callable[[Metrics], None]] = []
+        self.in_flight = 0  # public requests being answered (the pipeline counts them)
         self._publisher = Periodic("metrics publish", PUBLISH_INTERVAL, self.publish)
         self._labels = CustomerLabels(directory, customer_labels)
         self._process = ProcessCollector(registry=None)
@@ -170,6 +172,7 @@ class Metrics(Collector):
             os.replace(path + ".tmp", path)
 
     def _snapshot(self) -> Snapshot:
+        self.gauges["requests_in_flight"] = self.in_flight
         for source in self.sources:
             source(self)
         return {
@@ -234,6 +237,7 @@ class Metrics(Collector):
         )  # fmt: skip
         yield _counter("store_errors", "Store failures.", ["op"], c["store_errors"])
         for name, doc in (
+            ("usage_dropped_requests", "Requests not metered: the usage buffer was full."),
             ("cache_evictions", "Objects evicted."),
             ("cache_coalesced", "Misses served by another request's fetch."),
             ("cache_write_errors", "Cache writes that failed."),

@@ -86,6 +86,7 @@ class Pipeline:
         request_id = self._request_ids(request.headers.get("X-Request-Id"))
         exchange = Exchange(request, request_id, time.monotonic())
         status, code = 500, None
+        self._metrics.in_flight += 1
         try:
             response = await self._serve(exchange)
             status = response.status
@@ -105,6 +106,7 @@ class Pipeline:
             status, code = 500, "internal_error"
             return refusal_response(Refusal(), exchange)
         finally:
+            self._metrics.in_flight -= 1
             self._count(exchange)
             self._usage.record(exchange, status, code)
             self._measure(exchange, status, code)

@@ -277,6 +277,12 @@ class Limiter(abc.ABC):
     async def close(self) -> None:
         """Flush what is pending and stop."""
 
+    @property
+    def degraded(self) -> bool:
+        """The store's circuit breaker is open: limits are decided in this process
+        (the keyfront_store_degraded gauge)."""
+        return False
+
     @abc.abstractmethod
     async def check(self, limits: KeyLimits, client_ip: str) -> Decision:
         """Checks 9 and 10 for one request: take one token from each bucket and count

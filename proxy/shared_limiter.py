@@ -445,6 +445,10 @@ class SharedLimiter(Limiter):
 
     # --- the circuit breaker ---
 
+    @property
+    def degraded(self) -> bool:
+        return not self.healthy
+
     def _degraded(self, limits: KeyLimits, client_ip: str) -> Decision:
         if self._deny_on_error:
             return Decision(0, 0, 0, Unavailable("the rate-limit store is unreachable"))

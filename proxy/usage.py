@@ -61,7 +61,8 @@ class UsageMeter:
         self._flusher = Periodic(
             "usage flush", flush_interval, self._flush_quietly, final=self._flush_all
         )
-        self.dropped = 0
+        self.dropped = 0  # since the last successful flush: the outage's, for its log line
+        self.dropped_total = 0  # for the life of the process: keyfront_usage_dropped_requests
 
     @property
     def pending(self) -> int:
@@ -81,6 +82,7 @@ class UsageMeter:
                     log.error("usage buffer full (%d rows): new counts are dropped until the "
                               "store answers", self._max_pending)  # fmt: skip
                 self.dropped += 1
+                self.dropped_total += 1
                 return
             counts = self._pending[row] = {}
         _count(counts, status, exchange.sent, exchange.cache, code)

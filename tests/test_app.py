@@ -52,7 +52,12 @@ def test_health_and_readiness(tmp_path: Path, origin: HttpOriginServer) -> None:
         status, body = fetch(f"{kf.admin_url}/readyz")
         assert status == 200, body
         origin.stop()
+        # An origin's outage does not make the instance unready (issue 16: every pod
+        # would leave the load balancer, and cache hits with them) ...
         status, body = fetch(f"{kf.admin_url}/readyz")
+        assert status == 200, body
+        # ... but is there to see when asked for.
+        status, body = fetch(f"{kf.admin_url}/readyz?origins=1")
         assert status == 503
         assert "origin /open/" in json.loads(body)["failed"]
     finally:

@@ -51,15 +51,9 @@ ENV = {
 # it. Any other name a query uses must be on the live /metrics page: a typo fails. When
 # keyfront starts exporting one, the test says to remove it from here.
 NOT_YET_EXPORTED = {
-    # Issue 16, "store breaker" (deploy-16 report, proxy changes needed): workers whose
-    # store circuit breaker is open. proxy/metrics.py has its help text; nothing sets it.
-    "keyfront_store_degraded",
     # Issue 16, TLS (SPEC section 14): notAfter of each served certificate, label `name`
     # (its first DNS name), for the "expires within 14 days" alert.
     "keyfront_tls_certificate_expiry_timestamp_seconds",
-    # Issue 16, SRE list (deploy-16 report): usage rows dropped at usage.max_pending
-    # (proxy/usage.py counts them in UsageMeter.dropped but does not export them).
-    "keyfront_usage_dropped_rows_total",
 }
 # Series Prometheus makes itself, not keyfront.
 PROMETHEUS_OWN = {"up"}

@@ -127,6 +127,16 @@ def redis_outage(redis_server: RedisServer, redis_url: str) -> Iterator[RedisSer
         redis_server.start()
 
 
+async def degraded(session: aiohttp.ClientSession, kf: KeyfrontProcess) -> float:
+    """keyfront_store_degraded on the instance's /metrics: workers whose store circuit
+    breaker is open (issue 16's dashboard and alert read it)."""
+    async with session.get(f"{kf.admin_url}/metrics") as response:
+        for line in (await response.text()).splitlines():
+            if line.startswith("keyfront_store_degraded "):
+                return float(line.split()[1])
+    raise AssertionError("no keyfront_store_degraded on /metrics")
+
+
 async def test_store_outage_allow_deny_and_recovery(
     tmp_path: Path, files: Path, redis_outage: RedisServer, redis_url: str
 ) -> None:
@@ -140,6 +150,7 @@ async def test_store_outage_allow_deny_and_recovery(
                 async with session.get(f"{kf.url}/files/a.txt?key={key}") as response:
                     assert response.status == 200
             assert redis_outage.cli("EXISTS", f"kf:b:{{{key_id}}}").strip() == "1"
+            assert await degraded(session, allow) == 0
 
             load = Load()
             traffic = asyncio.create_task(
@@ -154,6 +165,7 @@ async def test_store_outage_allow_deny_and_recovery(
                 assert (await response.json())["error"]["code"] == "unavailable"
             await traffic
             assert set(load.statuses) == {200}, load.statuses
+            assert await degraded(session, allow) == 1  # the breaker is open: on the page
             during = [took for at, _, took in load.latencies if at >= killed_at]
             assert len(during) > 100  # the outage was under load, not after it
             slow = [
@@ -179,6 +191,7 @@ async def test_store_outage_allow_deny_and_recovery(
                     break
                 await asyncio.sleep(0.1)
             assert status == 200
+            assert await degraded(session, allow) == 0
     finally:
         for kf in (allow, deny):
             assert kf.stop() == 0

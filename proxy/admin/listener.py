@@ -74,11 +74,14 @@ async def metrics_page(metrics: Metrics, request: web.Request) -> web.Response:
 
 
 async def readyz(runtime: ListenerRuntime, request: web.Request) -> web.Response:
-    """200 when the store and every origin answer within READY_TIMEOUT, else 503
-    naming what failed."""
+    """200 when this instance can serve: the store answers within READY_TIMEOUT, else
+    503 naming what failed. Origins are not asked unless `?origins=1`: an origin's
+    outage would otherwise take every instance out of its load balancer at once, and
+    cache hits with them (issue 16); origins belong in metrics and alerts."""
     checks: dict[str, Awaitable[None]] = {"store": runtime.store.ping()}
-    for route, origin in zip(runtime.config.routes, runtime.origins, strict=True):
-        checks[f"origin {route.prefix}"] = origin.ping()
+    if request.query.get("origins") == "1":
+        for route, origin in zip(runtime.config.routes, runtime.origins, strict=True):
+            checks[f"origin {route.prefix}"] = origin.ping()
     failed = {}
     for name, check in checks.items():
         try:
