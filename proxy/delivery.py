@@ -22,6 +22,7 @@ origin request alike; a route without them never looks at the query.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Literal
 
@@ -30,10 +31,11 @@ from aiohttp import web
 from .cache import Cache, CacheEntry, Fill, Freshness, Outcome
 from .cache.entry import cache_key, variant_query
 from .cache.serve import base_headers, from_entry, from_fill
+from .conditional import if_range_holds, preconditions_hold, validators_of
 from .errors import NotFound, OriginError, OriginTimeout
 from .exchange import Exchange, Target
 from .listener import unsent
-from .origin import OriginRequest, OriginResponse
+from .origin import Origin, OriginRequest, OriginResponse
 
 
 async def deliver(
@@ -135,16 +137,18 @@ async def pass_through(
     request = exchange.request
     headers = request.headers
     method: Literal["GET", "HEAD"] = "HEAD" if request.method == "HEAD" else "GET"
-    fetched = await target.origin.fetch(
-        OriginRequest(
-            object_path,
-            method,
-            headers.get("Range"),
-            headers.get("If-None-Match"),
-            headers.get("If-Modified-Since"),
-            variant,
-        )
+    asked = OriginRequest(
+        object_path,
+        method,
+        headers.get("Range"),
+        headers.get("If-None-Match"),
+        headers.get("If-Modified-Since"),
+        variant,
+        headers.get("If-Range"),
+        headers.get("If-Match"),
+        headers.get("If-Unmodified-Since"),
     )
+    fetched = await _fetch_judged(target.origin, asked)
     try:
         out = base_headers(target.route, exchange)
         out.update(fetched.headers)
@@ -154,6 +158,35 @@ async def pass_through(
         return await _stream(exchange, fetched, out)
     finally:
         await fetched.close()
+
+
+async def _fetch_judged(origin: Origin, asked: OriginRequest) -> OriginResponse:
+    """The origin's answer to `asked`, judged by keyfront as a cache hit would be
+    (conditional.py), whatever the origin made of the headers: a failed If-Match or
+    If-Unmodified-Since becomes 412, and a 206 of another version than the client's
+    If-Range names is fetched again whole (issue 14 item 1: an origin that ignores
+    If-Range must not splice two versions into one download)."""
+    fetched = await origin.fetch(asked)
+    if fetched.status not in (200, 206) or not _judged(asked):
+        return fetched
+    validators = validators_of(0, fetched.headers)
+    if not preconditions_hold(asked, validators):
+        await fetched.close()
+        kept = {k: v for k, v in fetched.headers.items() if k in ("ETag", "Last-Modified")}
+        return OriginResponse(412, kept)
+    if_range = asked.if_range
+    if fetched.status == 206 and if_range is not None and not if_range_holds(if_range, validators):
+        await fetched.close()
+        return await origin.fetch(dataclasses.replace(asked, range=None, if_range=None))
+    return fetched
+
+
+def _judged(asked: OriginRequest) -> bool:
+    return (
+        asked.if_range is not None
+        or asked.if_match is not None
+        or (asked.if_unmodified_since is not None)
+    )
 
 
 async def _stream(

@@ -1,8 +1,8 @@
 """Answering a request from the cache: from a published entry (HIT, STALE,
 REVALIDATED) or from a fill as it grows (MISS).
 
-Conditionals, then Range, are judged on the entry's validators with the same pure
-functions the file origin uses (conditional.py), so both answer alike: 304 with the
+Preconditions, conditionals, then Range with If-Range are judged on the entry's
+validators by the one planner every path uses (conditional.plan): 412, 304 with the
 origin's ETag and Last-Modified, 206 for one range, 416, or 200.
 
 Body paths, fastest first (NOTES.md "Serving cache hits fast", "1 MB hits"):
@@ -24,13 +24,8 @@ import os
 
 from aiohttp import web
 
-from ..conditional import (
-    UNSATISFIABLE,
-    ByteRange,
-    not_modified,
-    parse_range,
-    unsatisfied_range,
-)
+from ..conditional import ByteRange, HeadersAsked, unsatisfied_range
+from ..conditional import plan as conditional_plan
 from ..config import Route
 from ..errors import NotFound, Refusal
 from ..exchange import SERVER, Exchange
@@ -42,6 +37,7 @@ from .fill import Fill, FillBroken, body_chunks
 from .store import SMALL_OBJECT, DiskStore
 
 CHUNK = 128 * 1024  # what a reader of a growing fill sends per write
+_VALIDATORS = ("ETag", "Last-Modified")
 
 log = logging.getLogger("keyfront")
 
@@ -64,44 +60,23 @@ def base_headers(route: Route, exchange: Exchange) -> dict[str, str]:
 def plan(
     entry: CacheEntry, exchange: Exchange, route: Route
 ) -> tuple[int, dict[str, str], ByteRange | None]:
-    """Status, headers, and the body bytes a GET gets (None: no body), in RFC 9110
-    section 13.2.2's order: conditionals first, then Range."""
+    """Status, headers, and the body bytes a GET gets (None: no body), as
+    conditional.plan decides on the entry's validators for every path."""
     if entry.status != 200:
         raise NotFound()  # a cached 404 (negative_ttl)
-    request_headers = exchange.request.headers
     out = base_headers(route, exchange)
-    validators = entry.validators
-    inm, ims = request_headers.get("If-None-Match"), request_headers.get("If-Modified-Since")
-    if (inm is not None or ims is not None) and not_modified(inm, ims, validators):
-        out.update((k, v) for k, v in entry.headers.items() if k in ("ETag", "Last-Modified"))
-        return 304, out, None
-    size = entry.size
-    wanted = request_headers.get("Range")
-    if wanted is not None and not _if_range_holds(request_headers.get("If-Range"), entry):
-        wanted = None
-    selected = parse_range(wanted, size)
-    if selected is UNSATISFIABLE:
-        out["Content-Range"] = unsatisfied_range(size)
-        return 416, out, None
+    status, part = conditional_plan(HeadersAsked(exchange.request.headers), entry.validators)
+    if part is None:
+        if status == 416:
+            out["Content-Range"] = unsatisfied_range(entry.size)
+        else:  # 304, 412: the validators only (RFC 9110 15.4.5)
+            out.update((k, v) for k, v in entry.headers.items() if k in _VALIDATORS)
+        return status, out, None
     out.update(entry.headers)
-    if selected is None:
-        out["Content-Length"] = str(size)
-        return 200, out, ByteRange(0, size - 1)
-    out["Content-Length"] = str(selected.length)
-    out["Content-Range"] = selected.content_range(size)
-    return 206, out, selected
-
-
-def _if_range_holds(if_range: str | None, entry: CacheEntry) -> bool:
-    """If-Range (RFC 9110 section 13.1.5): a range of a client's partial download is sent
-    only if the object is still the one it has (strong ETag match, or the same date);
-    else the whole object, so a resumed download never splices two versions."""
-    if if_range is None:
-        return True
-    if if_range.startswith(("W/", '"')):
-        etag = entry.headers.get("ETag")
-        return etag is not None and not etag.startswith("W/") and etag == if_range
-    return if_range == entry.headers.get("Last-Modified")
+    out["Content-Length"] = str(part.length)
+    if status == 206:
+        out["Content-Range"] = part.content_range(entry.size)
+    return status, out, part
 
 
 async def from_entry(

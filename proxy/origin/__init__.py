@@ -32,11 +32,17 @@ class OriginRequest:
     if_none_match: str | None = None
     if_modified_since: str | None = None
     query: str = ""  # the route's variant parameters, encoded (http(s) origins only)
+    if_range: str | None = None  # forwarded with the Range (issue 14 item 1)
+    # Judged by keyfront (conditional.plan), on the file's stat or the origin's answer;
+    # not forwarded, so that an origin's 412 never becomes a 502.
+    if_match: str | None = None
+    if_unmodified_since: str | None = None
 
 
 @dataclass(slots=True)
 class OriginResponse:
-    """Status is 200, 206, 304 or 416. `headers` holds only what keyfront passes on:
+    """Status is 200, 206, 304 or 416 (and 412 from the file origin, which judges
+    If-Match itself). `headers` holds only what keyfront passes on:
     Content-Type, Content-Length, ETag, Last-Modified, Content-Range.
 
     The body is either `data` (small objects, already in memory) or `stream`, an

@@ -19,15 +19,7 @@ import os
 import stat
 import threading
 
-from ..conditional import (
-    UNSATISFIABLE,
-    ByteRange,
-    Validators,
-    http_date,
-    not_modified,
-    parse_range,
-    unsatisfied_range,
-)
+from ..conditional import ByteRange, Validators, http_date, plan, unsatisfied_range
 from ..config import Route
 from ..errors import NotFound, OriginError
 from . import Origin, OriginRequest, OriginResponse
@@ -127,24 +119,21 @@ def _resolved(fd: int, full: str) -> str:
 def _select(
     request: OriginRequest, st: os.stat_result
 ) -> tuple[int, dict[str, str], ByteRange | None]:
-    """Status, headers and the bytes a GET would send (None for 304 and 416), in the
-    order of RFC 9110 section 13.2.2: conditionals first, then Range."""
+    """Status, headers and the bytes a GET would send (None for 304, 412 and 416), as
+    conditional.plan decides for every path."""
     size = st.st_size
     etag = f'"{st.st_mtime_ns:x}-{size:x}"'  # strong, as nginx makes it
     headers = {"ETag": etag, "Last-Modified": http_date(st.st_mtime)}
-    validators = Validators(size, etag, st.st_mtime)
-    if not_modified(request.if_none_match, request.if_modified_since, validators):
-        return 304, headers, None
-    selected = parse_range(request.range, size)
-    if selected is UNSATISFIABLE:
-        return 416, {"Content-Range": unsatisfied_range(size)}, None
+    status, part = plan(request, Validators(size, etag, st.st_mtime))
+    if part is None:
+        if status == 416:
+            return 416, {"Content-Range": unsatisfied_range(size)}, None
+        return status, headers, None
     headers["Content-Type"] = content_type(request.path)
-    if selected is None:
-        headers["Content-Length"] = str(size)
-        return 200, headers, ByteRange(0, size - 1)
-    headers["Content-Length"] = str(selected.length)
-    headers["Content-Range"] = selected.content_range(size)
-    return 206, headers, selected
+    headers["Content-Length"] = str(part.length)
+    if status == 206:
+        headers["Content-Range"] = part.content_range(size)
+    return status, headers, part
 
 
 def _regular_file(fd: int) -> os.stat_result:

@@ -1,0 +1,121 @@
+"""Delivery end to end (issue 14): keyfront as a real process in front of a real HTTP
+origin and a real folder, asserting what a resuming client and an editor of the folder
+see (status, X-Cache, body bytes)."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import time
+from collections.abc import Iterator
+from email.utils import formatdate
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from conftest import HttpOriginServer, KeyfrontProcess, start_keyfront
+
+OLD = random.Random(141).randbytes(100_000)  # over max_object_size: passed through
+NEW = random.Random(142).randbytes(100_000)  # the same size: only the validators differ
+
+
+class RangeBlindOrigin(HttpOriginServer):
+    """The origin of conftest, plus `blind/<file>`: honours Range but ignores If-Range
+    (as some origins do), so a range of whatever version it holds comes back."""
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info["path"]
+        if not path.startswith("blind/"):
+            return await super()._serve(request)
+        full = os.path.join(self.root, path.removeprefix("blind/"))
+        body = Path(full).read_bytes()
+        st = os.stat(full)
+        headers = {
+            "ETag": f'"{st.st_mtime_ns:x}"',
+            "Last-Modified": formatdate(st.st_mtime, usegmt=True),
+            "Content-Type": "application/octet-stream",
+        }
+        wanted = request.http_range
+        if request.headers.get("Range") and wanted.start is not None:
+            part = body[wanted]
+            end = wanted.start + len(part) - 1
+            headers["Content-Range"] = f"bytes {wanted.start}-{end}/{len(body)}"
+            return web.Response(status=206, body=part, headers=headers)
+        return web.Response(body=body, headers=headers)
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Iterator[RangeBlindOrigin]:
+    root = tmp_path / "origin"
+    root.mkdir()
+    (root / "big.bin").write_bytes(OLD)
+    server = RangeBlindOrigin(str(root))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def keyfront(tmp_path: Path, origin: RangeBlindOrigin) -> Iterator[KeyfrontProcess]:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    config = f"""
+store: sqlite://{tmp_path}/kf.db
+keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
+routes:
+  - {{prefix: /http/, origin: "{origin.url}", auth: none}}
+  - {{prefix: /files/, origin: "file://{folder}/", auth: none}}
+cache: {{dir: {tmp_path}/cache, max_size: 64MiB, max_object_size: 32KiB}}
+access_log: "off"
+"""
+    kf = start_keyfront(config, str(tmp_path))
+    yield kf
+    assert kf.stop() == 0
+
+
+def get(kf: KeyfrontProcess, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", kf.port, timeout=10)
+    try:
+        conn.request("GET", path, headers={k.replace("_", "-"): v for k, v in headers.items()})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def replace_file(path: Path, body: bytes) -> None:
+    """A new version, its mtime a second on (so every validator of it changes)."""
+    path.write_bytes(body)
+    later = time.time() + 1
+    os.utime(path, (later, later))
+
+
+# --- If-Range on pass-through (issue 14 item 1) ----------------------------------------
+
+
+@pytest.mark.parametrize("route", ["/http/big.bin", "/http/blind/big.bin"])
+@pytest.mark.parametrize("validator", ["ETag", "Last-Modified"])
+def test_a_resumed_download_of_a_changed_object_gets_the_whole_new_version(
+    keyfront: KeyfrontProcess, origin: RangeBlindOrigin, route: str, validator: str
+) -> None:
+    status, headers, body = get(keyfront, route)
+    assert (status, headers["X-Cache"], body) == (200, "BYPASS", OLD)
+    replace_file(Path(origin.root, "big.bin"), NEW)
+    status, headers, body = get(keyfront, route, Range="bytes=50000-", If_Range=headers[validator])
+    assert status == 200 and "Content-Range" not in headers
+    assert body == NEW  # never a 206 of the new version spliced onto the old one
+
+
+@pytest.mark.parametrize("route", ["/http/big.bin", "/http/blind/big.bin"])
+def test_a_resumed_download_of_an_unchanged_object_gets_the_rest(
+    keyfront: KeyfrontProcess, route: str
+) -> None:
+    status, headers, body = get(keyfront, route)
+    status, headers, body = get(keyfront, route, Range="bytes=50000-", If_Range=headers["ETag"])
+    assert (status, headers["Content-Range"], body) == (
+        206,
+        "bytes 50000-99999/100000",
+        OLD[50000:],
+    )
