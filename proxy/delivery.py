@@ -13,6 +13,9 @@
                                      else 502 / 504
       over max_object_size, or the cache cannot write -> pass through      BYPASS
 
+A `file://` route never uses the disk cache (SPEC section 5): every request is passed
+through to the folder (BYPASS), so an edit shows at once.
+
 Pass-through forwards the client's Range and conditionals, and streams with bounded
 memory. After the headers are out, a failure aborts the connection (STYLE "streaming
 rule"). A route's variant parameters (`variant_params`) go into the cache key and the
@@ -46,7 +49,10 @@ async def deliver(
     route = target.route
     query = exchange.request.query if route.variant_params else None
     variant = variant_query(route.variant_params, query) if query else ""
-    if cache is None:
+    if cache is None or target.origin.local:
+        # No disk cache, or a folder (issue 14 item 3): edits show at once. X-Cache
+        # says BYPASS: the answer is the origin's as it is now, whatever memory the
+        # file origin keeps of small files (validated by stat on every request).
         return await pass_through(exchange, target, object_path, variant)
     key = cache_key(target.key_space, object_path, variant)
     if not cache.bypassed(key):

@@ -119,3 +119,68 @@ def test_a_resumed_download_of_an_unchanged_object_gets_the_rest(
         "bytes 50000-99999/100000",
         OLD[50000:],
     )
+
+
+# --- file:// routes straight from the folder (issue 14 item 3) --------------------------
+
+
+def settle(path: Path) -> None:
+    """Modified an hour ago, and unchanged for over a second: a file keyfront's file
+    origin may hold in memory (origin/file.py HeldFiles), so the tests see that tier
+    validated too, not only reads from disk."""
+    past = time.time() - 3600
+    os.utime(path, (past, past))
+    time.sleep(1.05)
+
+
+@pytest.mark.parametrize("size", [10_000, 300_000])  # held in memory / streamed
+def test_a_file_edited_in_place_is_served_new_at_once(
+    keyfront: KeyfrontProcess, tmp_path: Path, size: int
+) -> None:
+    path = tmp_path / "folder" / "page.bin"
+    old, new = random.Random(1).randbytes(size), random.Random(2).randbytes(size)
+    path.write_bytes(old)
+    settle(path)
+    for _ in range(3):
+        status, headers, body = get(keyfront, "/files/page.bin")
+        assert (status, headers["X-Cache"], body) == (200, "BYPASS", old)
+    with open(path, "r+b") as f:  # in place: same inode, same size
+        f.write(new)
+    status, headers, body = get(keyfront, "/files/page.bin")
+    assert (status, headers["X-Cache"], body) == (200, "BYPASS", new)
+
+
+def test_a_file_replaced_by_rename_is_served_new_at_once(
+    keyfront: KeyfrontProcess, tmp_path: Path
+) -> None:
+    path = tmp_path / "folder" / "page.txt"
+    path.write_bytes(b"version 1")
+    settle(path)
+    assert get(keyfront, "/files/page.txt")[2] == b"version 1"
+    assert get(keyfront, "/files/page.txt")[2] == b"version 1"
+    temp = tmp_path / "folder" / ".page.txt.tmp"
+    temp.write_bytes(b"version 2")
+    # even with the very same mtime and size as the old file
+    os.utime(temp, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))
+    os.replace(temp, path)
+    assert get(keyfront, "/files/page.txt")[2] == b"version 2"
+    path.unlink()
+    assert get(keyfront, "/files/page.txt")[0] == 404
+
+
+def test_a_file_route_answers_conditionals_and_ranges_of_the_current_file(
+    keyfront: KeyfrontProcess, tmp_path: Path
+) -> None:
+    path = tmp_path / "folder" / "doc.txt"
+    path.write_bytes(b"0123456789")
+    settle(path)
+    etag = get(keyfront, "/files/doc.txt")[1]["ETag"]
+    assert get(keyfront, "/files/doc.txt", If_None_Match=etag)[0] == 304
+    assert get(keyfront, "/files/doc.txt", Range="bytes=2-4", If_Range=etag)[::2] == (206, b"234")
+    path.write_bytes(b"abcdefghij")
+    assert get(keyfront, "/files/doc.txt", If_None_Match=etag)[::2] == (200, b"abcdefghij")
+    assert get(keyfront, "/files/doc.txt", Range="bytes=2-4", If_Range=etag)[::2] == (
+        200,
+        b"abcdefghij",
+    )
+    assert get(keyfront, "/files/doc.txt", If_Match=etag)[0] == 412

@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -72,6 +73,8 @@ from .store import DiskStore
 __all__ = ["Cache", "CacheEntry", "Fill", "FillBroken", "Freshness", "Outcome"]
 
 MAX_PASSING = 10_000  # keys remembered as passing through, per process
+
+log = logging.getLogger("keyfront.cache")
 
 
 class Freshness(enum.Enum):
@@ -230,6 +233,10 @@ class Cache:
         if found is None:
             return 0
         route, space = found
+        if route.origin.startswith("file://"):
+            # Such a route is served from its folder, never from here (SPEC section 5):
+            # an edit shows within a second. Only entries of older versions may remain.
+            log.info("purge %s: a file:// route is not cached; its files are current", path)
         object_path = public[len(route.prefix) :]
         variant = variant_query(route.variant_params, _first_values(query)) if query else ""
         key = cache_key(space, object_path, variant)

@@ -65,6 +65,10 @@ class OriginResponse:
 
 
 class Origin(abc.ABC):
+    # Already on this host (file://): served straight from it, never copied into the
+    # disk cache, where an edit would stay unseen for up to cache.ttl (SPEC section 5).
+    local: bool = False
+
     async def open(self) -> None:
         """Create clients / sessions. Called once before use."""
 
