@@ -31,7 +31,7 @@ from typing import Literal
 
 from aiohttp import web
 
-from .cache import Cache, CacheEntry, Fill, Freshness, Outcome
+from .cache import Cache, CacheEntry, Fill, FillOutcome, Freshness
 from .cache.entry import cache_key, variant_query
 from .cache.serve import base_headers, from_entry, from_fill
 from .conditional import if_range_holds, preconditions_hold, validators_of
@@ -39,6 +39,7 @@ from .errors import NotFound, OriginError, OriginTimeout
 from .exchange import Exchange, Target
 from .listener import unsent
 from .origin import Origin, OriginRequest, OriginResponse
+from .xcache import XCache
 
 
 async def deliver(
@@ -61,7 +62,7 @@ async def deliver(
             if response is not None:
                 return response
             cache.forget(key)
-    exchange.cache = "BYPASS"
+    exchange.cache = XCache.BYPASS
     return await pass_through(exchange, target, object_path, variant)
 
 
@@ -74,11 +75,11 @@ async def _from_cache(
         freshness = cache.freshness(entry, now)
         if freshness is Freshness.FRESH:
             cache.store.touch(entry, now)
-            exchange.cache = "HIT"
+            exchange.cache = XCache.HIT
             return await from_entry(exchange, target.route, entry, cache.store)
         if freshness is Freshness.STALE_SERVE:
             _fill(cache, target, key, object_path, variant=variant, stale=entry)  # a refresh
-            exchange.cache = "STALE"
+            exchange.cache = XCache.STALE
             return await from_entry(exchange, target.route, entry, cache.store)
     return await _through_fill(
         cache, exchange, target, key, object_path, variant=variant, stale=entry
@@ -113,18 +114,18 @@ async def _through_fill(
         except (OriginError, OriginTimeout):
             if stale is None or not cache.usable_on_error(stale, time.time()):
                 raise
-            exchange.cache = "STALE"  # SPEC 5 stale_if_error
+            exchange.cache = XCache.STALE  # SPEC 5 stale_if_error
             return await from_entry(exchange, target.route, stale, cache.store)
-        if outcome is Outcome.STORED:
-            exchange.cache = "MISS"
+        if outcome is FillOutcome.STORED:
+            exchange.cache = XCache.MISS
             return await from_fill(exchange, target.route, fill, target.origin)
-        if outcome is Outcome.ABSENT:
-            exchange.cache = "MISS"
+        if outcome is FillOutcome.ABSENT:
+            exchange.cache = XCache.MISS
             raise NotFound()
-        if outcome in (Outcome.PASS, Outcome.UNCACHED):
-            exchange.cache = "BYPASS"
+        if outcome in (FillOutcome.PASS, FillOutcome.UNCACHED):
+            exchange.cache = XCache.BYPASS
             return await pass_through(exchange, target, object_path, variant)
-        exchange.cache = "REVALIDATED" if outcome is Outcome.REFRESHED else "HIT"
+        exchange.cache = XCache.REVALIDATED if outcome is FillOutcome.REFRESHED else XCache.HIT
         assert fill.entry is not None
         return await from_entry(exchange, target.route, fill.entry, cache.store)
     finally:

@@ -12,6 +12,7 @@ from .config import Route
 from .origin import Origin
 from .record_cache import CachedKey
 from .routing import key_space
+from .xcache import XCache
 
 SERVER = "keyfront"  # not aiohttp's default, which names its and Python's versions
 
@@ -42,4 +43,4 @@ class Exchange:
     client_ip: str | None = None
     headers: dict[str, str] = field(default_factory=dict)  # RateLimit-*, CORS
     sent: int = 0  # body bytes handed to the transport
-    cache: str = "BYPASS"  # X-Cache: HIT | MISS | STALE | REVALIDATED | BYPASS
+    cache: XCache = XCache.BYPASS  # how delivery answered (SPEC section 5)

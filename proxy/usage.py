@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from .errors import StoreError
+from .xcache import HIT_STATES, XCache
 
 if TYPE_CHECKING:  # exchange -> record_cache -> store -> usage: types only here
     from .exchange import Exchange
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 Scope = Literal["key", "customer"]
 Grain = Literal["hour", "day", "month"]
 FIELDS = ("requests", "bytes", "hits", "misses", "not_modified")
-HIT_STATES = frozenset({"HIT", "STALE", "REVALIDATED"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +156,7 @@ def _count(counts: dict[str, int], status: int, sent: int, cache: str, code: str
         counts["not_modified"] = counts.get("not_modified", 0) + 1
     if cache in HIT_STATES:
         counts["hits"] = counts.get("hits", 0) + 1
-    elif cache == "MISS":
+    elif cache == XCache.MISS:
         counts["misses"] = counts.get("misses", 0) + 1
 
 

@@ -65,12 +65,13 @@ from ..policy import normalise_path
 from ..routing import SEPARATOR, Routes, key_space
 from .echoes import PurgeEchoes
 from .entry import CacheEntry, cache_key, file_name, public_path, variant_query
-from .fill import Fill, FillBroken, Outcome
+from .files import DiskStore
+from .fill import Fill
+from .fill_outcome import FillBroken, FillOutcome
 from .share import FillSharing
 from .space import Space, remove_matching
-from .store import DiskStore
 
-__all__ = ["Cache", "CacheEntry", "Fill", "FillBroken", "Freshness", "Outcome"]
+__all__ = ["Cache", "CacheEntry", "Fill", "FillBroken", "FillOutcome", "Freshness"]
 
 MAX_PASSING = 10_000  # keys remembered as passing through, per process
 

@@ -33,8 +33,9 @@ from ..listener import unsent
 from ..origin import Origin, OriginResponse
 from ..wire import SentResponse, wire_head, wire_response
 from .entry import CacheEntry
-from .fill import Fill, FillBroken, body_chunks
-from .store import SMALL_OBJECT, DiskStore
+from .files import SMALL_OBJECT, DiskStore
+from .fill import Fill, body_chunks
+from .fill_outcome import FillBroken
 
 CHUNK = 128 * 1024  # what a reader of a growing fill sends per write
 _VALIDATORS = ("ETag", "Last-Modified")
