@@ -5,7 +5,9 @@ Preconditions, conditionals, then Range with If-Range are judged on the entry's
 validators by the one planner every path uses (conditional.plan): 412, 304 with the
 origin's ETag and Last-Modified, 206 for one range, 416, or 200.
 
-Body paths, fastest first (NOTES.md "Serving cache hits fast", "1 MB hits"):
+Body paths, fastest first (10 KB hits measured with aiohttp on one core: ~11,200 req/s
+with the body in memory, ~5,800 reading the file in the loop thread; 1 MB hits: 481 µs
+of server CPU with loop.sendfile against 673 µs with web.FileResponse):
 - a small body held in memory: one `web.Response`, headers and body in one write;
 - a small body on disk: one pread in the loop thread (~6 µs page-cached), then the same;
 - a large body: its head as bytes (wire.py), then one `os.sendfile` in the loop thread,
