@@ -24,10 +24,10 @@ import enum
 import functools
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_tz
-from typing import Final, Protocol
+from typing import Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,73 +69,28 @@ def unsatisfied_range(size: int) -> str:
     return f"bytes */{size}"
 
 
-class Asked(Protocol):
-    """A request's conditional and range headers (None: absent). An OriginRequest is
-    one; `HeadersAsked` reads them from a request's headers."""
-
-    @property
-    def if_match(self) -> str | None: ...
-    @property
-    def if_unmodified_since(self) -> str | None: ...
-    @property
-    def if_none_match(self) -> str | None: ...
-    @property
-    def if_modified_since(self) -> str | None: ...
-    @property
-    def range(self) -> str | None: ...
-    @property
-    def if_range(self) -> str | None: ...
-
-
-class HeadersAsked:
-    """`Asked` over a request's headers, each read only when the planner gets to it:
-    a plain GET costs one lookup per header the planner checks, nothing more."""
-
-    __slots__ = ("_headers",)
-
-    def __init__(self, headers: Mapping[str, str]) -> None:
-        self._headers = headers
-
-    @property
-    def if_match(self) -> str | None:
-        return self._headers.get("If-Match")
-
-    @property
-    def if_unmodified_since(self) -> str | None:
-        return self._headers.get("If-Unmodified-Since")
-
-    @property
-    def if_none_match(self) -> str | None:
-        return self._headers.get("If-None-Match")
-
-    @property
-    def if_modified_since(self) -> str | None:
-        return self._headers.get("If-Modified-Since")
-
-    @property
-    def range(self) -> str | None:
-        return self._headers.get("Range")
-
-    @property
-    def if_range(self) -> str | None:
-        return self._headers.get("If-Range")
+# What the planner reads of a request: its conditional and range headers, by name. A
+# request's own headers are passed as they are (a lookup per header the planner gets
+# to, ~70 ns each: a plain GET pays five); an OriginRequest gives `conditionals()`.
+Asked = Mapping[str, str]
 
 
 def plan(asked: Asked, v: Validators) -> tuple[int, ByteRange | None]:
     """The status a GET or HEAD of an object with validators `v` gets, and the bytes
     it sends (None for 304, 412 and 416), in RFC 9110 section 13.2.2's order."""
-    if not preconditions_hold(asked, v):
+    get = asked.get
+    if not _preconditions_hold(get("If-Match"), get, v):
         return 412, None
-    if_none_match = asked.if_none_match
+    if_none_match = get("If-None-Match")
     if if_none_match is not None:
         if _etag_matches(if_none_match, v.etag):
             return 304, None
-    elif (since := asked.if_modified_since) is not None and not_modified(None, since, v):
+    elif (since := get("If-Modified-Since")) is not None and not_modified(None, since, v):
         return 304, None
-    wanted = asked.range
+    wanted = get("Range")
     if wanted is None:
         return 200, ByteRange(0, v.size - 1)
-    if_range = asked.if_range
+    if_range = get("If-Range")
     if if_range is not None and not if_range_holds(if_range, v):
         return 200, ByteRange(0, v.size - 1)  # another version: the whole of it
     selected = parse_range(wanted, v.size)
@@ -150,10 +105,15 @@ def preconditions_hold(asked: Asked, v: Validators) -> bool:
     """If-Match (strong comparison, "*" matches any object), else If-Unmodified-Since
     (ignored if not a date or the object has none): False means 412 (RFC 9110 13.1.1,
     13.1.4)."""
-    if_match = asked.if_match
+    return _preconditions_hold(asked.get("If-Match"), asked.get, v)
+
+
+def _preconditions_hold(
+    if_match: str | None, get: Callable[[str], str | None], v: Validators
+) -> bool:
     if if_match is not None:
         return if_match.strip(" \t") == "*" or _strong_match(if_match, v.etag)
-    unmodified = asked.if_unmodified_since
+    unmodified = get("If-Unmodified-Since")
     if unmodified is None or v.last_modified is None:
         return True
     since = parse_http_date(unmodified)

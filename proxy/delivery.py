@@ -196,7 +196,7 @@ async def _fetch_judged(origin: Origin, asked: OriginRequest) -> OriginResponse:
     if fetched.status not in (200, 206) or not _judged(asked):
         return fetched
     validators = validators_of(0, fetched.headers)
-    if not preconditions_hold(asked, validators):
+    if not preconditions_hold(asked.conditionals(), validators):
         await fetched.close()
         kept = {k: v for k, v in fetched.headers.items() if k in ("ETag", "Last-Modified")}
         return OriginResponse(412, kept)

@@ -50,7 +50,6 @@ from proxy.manage.values import (
     parse_referrer,
     read_settings,
 )
-from proxy.origin import OriginRequest
 from proxy.origin.s3 import _ERROR_CODE, _match, _one_strong_tag
 from proxy.origin.s3 import _OBJECT_SIZE as _SIZE
 from proxy.pipeline import RequestIds, _bearer
@@ -104,10 +103,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "If-Modified-Since": lambda t: not_modified(None, t, VALIDATORS),
     "Range": lambda t: (parse_range(t, 1000), single_range(t)),
     "If-Range": lambda t: if_range_holds(t, ENTRY.validators),
-    "If-Match": lambda t: preconditions_hold(OriginRequest("x", if_match=t), VALIDATORS),
-    "If-Unmodified-Since": lambda t: preconditions_hold(
-        OriginRequest("x", if_unmodified_since=t), VALIDATORS
-    ),
+    "If-Match": lambda t: preconditions_hold({"If-Match": t}, VALIDATORS),
+    "If-Unmodified-Since": lambda t: preconditions_hold({"If-Unmodified-Since": t}, VALIDATORS),
     "Authorization": lambda t: _bearer({"Authorization": t}),
     "X-Forwarded-For": lambda t: client_ip("127.0.0.1", t, TRUSTED),
     "X-Request-Id": RequestIds(),

@@ -26,7 +26,7 @@ import io
 import os
 from collections.abc import AsyncGenerator, Mapping
 
-from ..conditional import ByteRange, HeadersAsked, unsatisfied_range
+from ..conditional import ByteRange, unsatisfied_range
 from ..conditional import plan as conditional_plan
 from ..errors import NotFound
 from ..origin import Origin, OriginResponse
@@ -46,7 +46,7 @@ def plan(
     response headers so far) gets the entry's headers for that status."""
     if entry.status != 200:
         raise NotFound()  # a cached 404 (negative_ttl)
-    status, part = conditional_plan(HeadersAsked(asked), entry.validators)
+    status, part = conditional_plan(asked, entry.validators)
     if part is None:
         if status == 416:
             out["Content-Range"] = unsatisfied_range(entry.size)

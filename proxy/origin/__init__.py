@@ -51,6 +51,19 @@ class OriginRequest:
     if_match: str | None = None
     if_unmodified_since: str | None = None
 
+    def conditionals(self) -> dict[str, str]:
+        """The client's conditional and range headers by name, as conditional.plan
+        reads them."""
+        named = (
+            ("If-Match", self.if_match),
+            ("If-Unmodified-Since", self.if_unmodified_since),
+            ("If-None-Match", self.if_none_match),
+            ("If-Modified-Since", self.if_modified_since),
+            ("Range", self.range),
+            ("If-Range", self.if_range),
+        )
+        return {name: value for name, value in named if value is not None}
+
 
 @dataclass(slots=True)
 class OriginResponse:

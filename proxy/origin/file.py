@@ -203,7 +203,7 @@ def _select(
     size = st.st_size
     etag = f'"{st.st_mtime_ns:x}-{size:x}"'  # strong, as nginx makes it
     headers = {"ETag": etag, "Last-Modified": http_date(st.st_mtime)}
-    status, part = plan(request, Validators(size, etag, st.st_mtime))
+    status, part = plan(request.conditionals(), Validators(size, etag, st.st_mtime))
     if part is None:
         if status == 416:
             return 416, {"Content-Range": unsatisfied_range(size)}, None
