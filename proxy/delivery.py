@@ -244,7 +244,7 @@ def base_headers(route: Route, exchange: Exchange) -> dict[str, str]:
         "Server": SERVER,
         "Accept-Ranges": "bytes",
         "Cache-Control": route.cache_control,
-        "X-Cache": exchange.cache,
+        "X-Cache": exchange.cache._value_,  # the plain str: see xcache.py
         "X-Request-Id": exchange.request_id,
     }
     if exchange.headers:

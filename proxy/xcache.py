@@ -1,6 +1,10 @@
 """The X-Cache values of SPEC section 5: how a response was answered. A leaf module
 (it imports nothing of keyfront), so that delivery, the exchange, the metrics and the
-usage counters name the same values without importing one another."""
+usage counters name the same values without importing one another.
+
+Where a value is formatted on every request (the X-Cache header, the metrics label),
+its `_value_` (the plain str) is used: an f-string of a str subclass costs ~130 ns
+against ~50 ns for a str, measured with timeit on CPython 3.11."""
 
 from __future__ import annotations
 
