@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_tz
 from typing import Final
 
+from aiohttp import hdrs
+
 
 @dataclass(frozen=True, slots=True)
 class Validators:
@@ -73,24 +75,32 @@ def unsatisfied_range(size: int) -> str:
 # request's own headers are passed as they are (a lookup per header the planner gets
 # to, ~70 ns each: a plain GET pays five); an OriginRequest gives `conditionals()`.
 Asked = Mapping[str, str]
+# aiohttp's names are multidict istr, which carry their case-folded form: a lookup in
+# a request's CIMultiDict then costs ~18 ns instead of ~41 ns for a str (timeit).
+_IF_MATCH = hdrs.IF_MATCH
+_IF_UNMODIFIED_SINCE = hdrs.IF_UNMODIFIED_SINCE
+_IF_NONE_MATCH = hdrs.IF_NONE_MATCH
+_IF_MODIFIED_SINCE = hdrs.IF_MODIFIED_SINCE
+_RANGE_HEADER = hdrs.RANGE
+_IF_RANGE = hdrs.IF_RANGE
 
 
 def plan(asked: Asked, v: Validators) -> tuple[int, ByteRange | None]:
     """The status a GET or HEAD of an object with validators `v` gets, and the bytes
     it sends (None for 304, 412 and 416), in RFC 9110 section 13.2.2's order."""
     get = asked.get
-    if not _preconditions_hold(get("If-Match"), get, v):
+    if not _preconditions_hold(get(_IF_MATCH), get, v):
         return 412, None
-    if_none_match = get("If-None-Match")
+    if_none_match = get(_IF_NONE_MATCH)
     if if_none_match is not None:
         if _etag_matches(if_none_match, v.etag):
             return 304, None
-    elif (since := get("If-Modified-Since")) is not None and not_modified(None, since, v):
+    elif (since := get(_IF_MODIFIED_SINCE)) is not None and not_modified(None, since, v):
         return 304, None
-    wanted = get("Range")
+    wanted = get(_RANGE_HEADER)
     if wanted is None:
         return 200, ByteRange(0, v.size - 1)
-    if_range = get("If-Range")
+    if_range = get(_IF_RANGE)
     if if_range is not None and not if_range_holds(if_range, v):
         return 200, ByteRange(0, v.size - 1)  # another version: the whole of it
     selected = parse_range(wanted, v.size)
@@ -105,7 +115,7 @@ def preconditions_hold(asked: Asked, v: Validators) -> bool:
     """If-Match (strong comparison, "*" matches any object), else If-Unmodified-Since
     (ignored if not a date or the object has none): False means 412 (RFC 9110 13.1.1,
     13.1.4)."""
-    return _preconditions_hold(asked.get("If-Match"), asked.get, v)
+    return _preconditions_hold(asked.get(_IF_MATCH), asked.get, v)
 
 
 def _preconditions_hold(
@@ -113,7 +123,7 @@ def _preconditions_hold(
 ) -> bool:
     if if_match is not None:
         return if_match.strip(" \t") == "*" or _strong_match(if_match, v.etag)
-    unmodified = get("If-Unmodified-Since")
+    unmodified = get(_IF_UNMODIFIED_SINCE)
     if unmodified is None or v.last_modified is None:
         return True
     since = parse_http_date(unmodified)

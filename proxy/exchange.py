@@ -24,9 +24,11 @@ class Target:
     route: Route
     origin: Origin
     key_space: str = field(init=False)
+    local: bool = field(init=False)  # the origin's `local`, read once per request
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key_space", key_space(self.route))
+        object.__setattr__(self, "local", self.origin.local)
 
 
 @dataclass(slots=True)
