@@ -12,6 +12,7 @@ from .cached_key import CachedKey
 from .config import Route
 from .origin import Origin
 from .routing import key_space
+from .xcache import XCache
 
 SERVER = "keyfront"  # not aiohttp's default, which names its and Python's versions
 
@@ -23,9 +24,11 @@ class Target:
     route: Route
     origin: Origin
     key_space: str = field(init=False)
+    local: bool = field(init=False)  # the origin's `local`, read once per request
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key_space", key_space(self.route))
+        object.__setattr__(self, "local", self.origin.local)
 
 
 @dataclass(slots=True)
@@ -42,4 +45,4 @@ class Exchange:
     client_ip: str | None = None
     headers: dict[str, str] = field(default_factory=dict)  # RateLimit-*, CORS
     sent: int = 0  # body bytes handed to the transport
-    cache: str = "BYPASS"  # X-Cache: HIT | MISS | STALE | REVALIDATED | BYPASS
+    cache: XCache = XCache.BYPASS  # how delivery answered (SPEC section 5)

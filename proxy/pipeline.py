@@ -233,7 +233,8 @@ class Pipeline:
     def _measure(self, exchange: Exchange, status: int, code: str | None) -> None:
         metrics = self._metrics
         duration = time.monotonic() - exchange.started
-        metrics.request(exchange.route or "none", status, exchange.cache, exchange.sent, duration)
+        cache = exchange.cache._value_  # the plain str: see xcache.py
+        metrics.request(exchange.route or "none", status, cache, exchange.sent, duration)
         if code is not None:
             metrics.count("denied", code)
         elif status < 400 and exchange.entry is not None and exchange.entry.record is not None:

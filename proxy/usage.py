@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 from .errors import StoreError
 from .periodic import Periodic
 from .store.base import Grain, Scope, UsageRow, day_of
+from .xcache import HIT_STATES, XCache
 
 if TYPE_CHECKING:  # exchange -> record_cache -> store -> usage: types only here
     from .exchange import Exchange
@@ -32,7 +33,6 @@ if TYPE_CHECKING:  # exchange -> record_cache -> store -> usage: types only here
 log = logging.getLogger(__name__)
 
 FIELDS = ("requests", "bytes", "hits", "misses", "not_modified")
-HIT_STATES = frozenset({"HIT", "STALE", "REVALIDATED"})
 
 
 class UsageLedger(Protocol):
@@ -143,7 +143,7 @@ def _count(counts: dict[str, int], status: int, sent: int, cache: str, code: str
         counts["not_modified"] = counts.get("not_modified", 0) + 1
     if cache in HIT_STATES:
         counts["hits"] = counts.get("hits", 0) + 1
-    elif cache == "MISS":
+    elif cache == XCache.MISS:
         counts["misses"] = counts.get("misses", 0) + 1
 
 

@@ -24,7 +24,14 @@ from proxy.errors import Conflict
 from proxy.keys import KeySigner
 from proxy.store import CustomerToken, store_from_url
 
-from conftest import SECRET, KeyfrontProcess, RedisServer, empty_store_url, start_keyfront
+from conftest import (
+    SECRET,
+    HttpOriginServer,
+    KeyfrontProcess,
+    RedisServer,
+    empty_store_url,
+    start_keyfront,
+)
 
 SIGNER = KeySigner("pk", {1: SECRET})
 ADMIN_TOKEN = "operator-token-0123456789"
@@ -105,7 +112,23 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def config(store_url: str, files: Path, admin: str = f"admin: {{token: {ADMIN_TOKEN}}}") -> str:
+@pytest.fixture(scope="module")
+def web_origin(files: Path) -> Iterator[HttpOriginServer]:
+    server = HttpOriginServer(str(files))
+    server.start()
+    yield server
+    server.stop()
+
+
+def config(
+    store_url: str,
+    files: Path,
+    admin: str = f"admin: {{token: {ADMIN_TOKEN}}}",
+    web: HttpOriginServer | None = None,
+) -> str:
+    # /web/: the same files through an HTTP origin, which the disk cache holds (a
+    # file:// route is served from its folder, never cached: SPEC section 5).
+    web_route = f'  - {{prefix: /web/, origin: "{web.url}"}}\n' if web else ""
     return f"""
 store: {store_url}
 keys:
@@ -114,7 +137,7 @@ keys:
 usage: {{flush_interval: 100ms}}
 routes:
   - {{prefix: /files/, origin: "file://{files}/"}}
-"""
+{web_route}"""
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
@@ -123,10 +146,11 @@ def deployment(
     tmp_path_factory: pytest.TempPathFactory,
     redis_server: RedisServer,
     files: Path,
+    web_origin: HttpOriginServer,
 ) -> Iterator[Deployment]:
     workdir = tmp_path_factory.mktemp(f"admin-{request.param}")
     store_url = empty_store_url(request.param, redis_server, str(workdir))
-    kf = start_keyfront(config(store_url, files), str(workdir))
+    kf = start_keyfront(config(store_url, files, web=web_origin), str(workdir))
     kf.cli("customers", "create", "acme", *ACME_CAPS)
     kf.cli("customers", "create", "globex")
     tokens = {
@@ -461,19 +485,22 @@ def test_usage_matches_keyfront_usage(deployment: Deployment) -> None:
 
 def test_purge_by_path_and_prefix_empties_the_cache(deployment: Deployment) -> None:
     key = deployment.admin("POST", "/keys", {"customer_id": "acme"}, expect=201).json()["key"]
-    url = f"/files/a.txt?key={key}"
+    url = f"/web/a.txt?key={key}"
 
-    def cached() -> str:
+    def cached(url: str = url) -> str:
         return call(deployment.kf.url, "GET", url, token=None).headers["X-Cache"]
 
     cached()
     assert cached() == "HIT"
-    purged = deployment.admin("POST", "/purge", {"paths": ["/files/a.txt", "/files/b.txt"]})
+    purged = deployment.admin("POST", "/purge", {"paths": ["/web/a.txt", "/web/b.txt"]})
     assert (purged.status, purged.json()) == (200, {"purged": 1})
     assert cached() == "MISS"
     assert cached() == "HIT"
-    assert deployment.admin("POST", "/purge", {"prefix": "/files/"}).json() == {"purged": 1}
+    assert deployment.admin("POST", "/purge", {"prefix": "/web/"}).json() == {"purged": 1}
     assert cached() == "MISS"
+    # A file:// route is never cached: nothing to purge, and it is always current.
+    assert cached(f"/files/a.txt?key={key}") == "BYPASS"
+    assert deployment.admin("POST", "/purge", {"paths": ["/files/a.txt"]}).json() == {"purged": 0}
     for body in ({}, {"paths": []}, {"paths": ["no-slash"]}, {"prefix": 1},
                  {"paths": ["/a"], "prefix": "/b"}):  # fmt: skip
         reply = deployment.admin("POST", "/purge", body)

@@ -30,8 +30,8 @@ from multidict import CIMultiDict
 
 from proxy.cache import Cache, space
 from proxy.cache.entry import CacheEntry, encode_header
+from proxy.cache.files import DiskStore
 from proxy.cache.locks import KeyLock
-from proxy.cache.store import DiskStore
 from proxy.conditional import UNSATISFIABLE, http_date, parse_range
 from proxy.config import CacheConfig, OriginTimeouts, Route
 from proxy.delivery import deliver
@@ -518,7 +518,7 @@ async def test_cached_404s_leave_before_any_object_when_space_runs_out(
 async def test_a_key_has_a_cached_404_or_an_object_on_disk_never_both(
     start: Start, origin: tuple[OriginBehaviour, str]
 ) -> None:
-    """Cached 404s live in a folder of their own (store.py): an object that appears at
+    """Cached 404s live in a folder of their own (files.py): an object that appears at
     the origin removes the key's 404 file, one that disappears removes the object's
     file, and a purge removes either; the shared counts follow."""
     behaviour, _ = origin

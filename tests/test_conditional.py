@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,11 +13,14 @@ from proxy.conditional import (
     ByteRange,
     Validators,
     http_date,
+    if_range_holds,
     not_modified,
     parse_http_date,
     parse_range,
+    plan,
     single_range,
     unsatisfied_range,
+    validators_of,
 )
 
 SIZE = 1000
@@ -200,3 +205,91 @@ def test_http_date_round_trips(second: int) -> None:
 def test_parse_http_date_never_raises(text: str) -> None:
     result = parse_http_date(text)
     assert result is None or isinstance(result, float)
+
+
+# --- the planner: RFC 9110 section 13.2.2's order, on every path (issue 14 item 2) ------
+
+TAG = '"v2"'
+DATE = "Sun, 06 Nov 1994 08:49:37 GMT"  # = 784111777
+EARLIER = "Sun, 06 Nov 1994 08:49:36 GMT"
+OBJECT = Validators(100, TAG, 784111777.5)
+
+
+@dataclass(frozen=True)
+class Ask:
+    if_match: str | None = None
+    if_unmodified_since: str | None = None
+    if_none_match: str | None = None
+    if_modified_since: str | None = None
+    range: str | None = None
+    if_range: str | None = None
+
+
+WHOLE = ByteRange(0, 99)
+
+
+@pytest.mark.parametrize(
+    ("asked", "expected"),
+    [
+        (Ask(), (200, WHOLE)),
+        # If-Match: strong comparison, "*" for any object; failing it is 412
+        (Ask(if_match=TAG), (200, WHOLE)),
+        (Ask(if_match='"v1", "v2"'), (200, WHOLE)),
+        (Ask(if_match="*"), (200, WHOLE)),
+        (Ask(if_match='"v1"'), (412, None)),
+        (Ask(if_match='W/"v2"'), (412, None)),  # a weak tag never matches strongly
+        (Ask(if_match='"v1", W/"v2"'), (412, None)),
+        # If-Unmodified-Since: only when If-Match is absent, only on a valid date
+        (Ask(if_unmodified_since=DATE), (200, WHOLE)),
+        (Ask(if_unmodified_since=EARLIER), (412, None)),
+        (Ask(if_unmodified_since="yesterday"), (200, WHOLE)),
+        (Ask(if_match=TAG, if_unmodified_since=EARLIER), (200, WHOLE)),
+        # preconditions come before If-None-Match
+        (Ask(if_match='"v1"', if_none_match=TAG), (412, None)),
+        (Ask(if_none_match=TAG), (304, None)),
+        (Ask(if_none_match='W/"v2"'), (304, None)),  # weak comparison for If-None-Match
+        (Ask(if_modified_since=DATE), (304, None)),
+        (Ask(if_none_match='"v1"', if_modified_since=DATE), (200, WHOLE)),
+        # conditionals come before Range
+        (Ask(if_none_match=TAG, range="bytes=0-9"), (304, None)),
+        (Ask(range="bytes=0-9"), (206, ByteRange(0, 9))),
+        (Ask(range="bytes=100-"), (416, None)),
+        (Ask(range="bytes=junk"), (200, WHOLE)),
+        # If-Range: the range only of the version the client has, else all of it
+        (Ask(range="bytes=10-", if_range=TAG), (206, ByteRange(10, 99))),
+        (Ask(range="bytes=10-", if_range='"v1"'), (200, WHOLE)),
+        (Ask(range="bytes=10-", if_range='W/"v2"'), (200, WHOLE)),
+        (Ask(range="bytes=10-", if_range=DATE), (206, ByteRange(10, 99))),
+        (Ask(range="bytes=10-", if_range=EARLIER), (200, WHOLE)),
+        (Ask(range="bytes=10-", if_range="garbage"), (200, WHOLE)),
+        (Ask(range="bytes=100-", if_range='"v1"'), (200, WHOLE)),  # no 416 for another version
+        (Ask(if_range='"v1"'), (200, WHOLE)),  # If-Range without Range: ignored
+    ],
+)
+def test_plan(asked: Ask, expected: tuple[int, ByteRange | None]) -> None:
+    assert plan(_headers(asked), OBJECT) == expected
+
+
+def _headers(asked: Ask) -> dict[str, str]:
+    names = {
+        "if_match": "If-Match",
+        "if_unmodified_since": "If-Unmodified-Since",
+        "if_none_match": "If-None-Match",
+        "if_modified_since": "If-Modified-Since",
+        "range": "Range",
+        "if_range": "If-Range",
+    }
+    return {names[k]: v for k, v in vars(asked).items() if v is not None}
+
+
+def test_if_range_needs_a_strong_etag_on_the_object() -> None:
+    weak = Validators(100, 'W/"v2"', None)
+    assert not if_range_holds('W/"v2"', weak)
+    assert not if_range_holds('"v2"', weak)
+    assert not if_range_holds(DATE, weak)  # no Last-Modified to compare with
+
+
+def test_validators_of_an_origin_answer() -> None:
+    headers = {"ETag": TAG, "Last-Modified": DATE}
+    assert validators_of(5, headers) == Validators(5, TAG, 784111777.0)
+    assert validators_of(0, {}) == Validators(0, None, None)

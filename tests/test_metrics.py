@@ -222,7 +222,7 @@ access_log: "off"
     assert observed == {"+Inf": 3}
     on_disk = [
         p.stat().st_size
-        for folder in ("objects", "absent")  # a cached 404 is kept apart (cache/store.py)
+        for folder in ("objects", "absent")  # a cached 404 is kept apart (cache/files.py)
         for p in (tmp_path / "cache" / folder).rglob("*")
         if p.is_file()
     ]

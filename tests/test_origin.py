@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from proxy.config import OriginTimeouts, Route
 from proxy.errors import NotFound, OriginError, OriginTimeout
 from proxy.origin import Origin, OriginRequest, OriginResponse, origin_from_url
-from proxy.origin.file import SMALL_BODY, FileOrigin, content_type
+from proxy.origin.file import SETTLED, SMALL_BODY, FileOrigin, content_type
 
 from conftest import S3Server, free_port
 
@@ -598,3 +598,46 @@ async def test_http_origin_reuses_connections() -> None:
         for _ in range(5):
             await get(origin, "a")
     assert len(peers) == 1
+
+
+# --- the file origin's memory tier (issue 14 item 3) ------------------------------------
+
+
+def _settled(path: Path, body: bytes) -> None:
+    """A file unchanged for the second the file origin waits before holding it."""
+    path.write_bytes(body)
+    past = time.time() - 3600
+    os.utime(path, (past, past))
+    time.sleep(SETTLED + 0.05)
+
+
+async def test_a_held_file_is_read_again_after_any_change(tmp_path: Path) -> None:
+    origin = file_origin(tmp_path)
+    path = tmp_path / "held.txt"
+    _settled(path, b"one")
+    for _ in range(2):  # the second answer comes from memory
+        assert (await origin.fetch(OriginRequest("held.txt"))).data == b"one"
+    stat_before = path.stat()
+    path.write_bytes(b"two")  # same size; then the mtime put back as it was
+    os.utime(path, ns=(stat_before.st_atime_ns, stat_before.st_mtime_ns))
+    assert (await origin.fetch(OriginRequest("held.txt"))).data == b"two"  # ctime moved
+    path.chmod(0)
+    if os.geteuid() != 0:  # root reads anything
+        with pytest.raises(NotFound):
+            await origin.fetch(OriginRequest("held.txt"))
+    path.chmod(0o644)
+    path.unlink()
+    (tmp_path / "held.txt").symlink_to("/etc/hostname")  # out of the folder now
+    with pytest.raises(NotFound):
+        await origin.fetch(OriginRequest("held.txt"))
+
+
+async def test_held_files_answer_ranges_and_conditionals(tmp_path: Path) -> None:
+    origin = file_origin(tmp_path)
+    _settled(tmp_path / "r.txt", b"0123456789")
+    first = await origin.fetch(OriginRequest("r.txt"))
+    etag = first.headers["ETag"]
+    held = await origin.fetch(OriginRequest("r.txt", range="bytes=2-4", if_range=etag))
+    assert (held.status, held.data, held.headers["Content-Range"]) == (206, b"234", "bytes 2-4/10")
+    assert (await origin.fetch(OriginRequest("r.txt", if_none_match=etag))).status == 304
+    assert (await origin.fetch(OriginRequest("r.txt", if_match='"other"'))).status == 412

@@ -26,8 +26,14 @@ from proxy.accesslog import referrer_host
 from proxy.admin.handlers import _moment
 from proxy.cache.entry import CacheEntry
 from proxy.cache.freshness import lifetime, storable
-from proxy.cache.serve import _if_range_holds
-from proxy.conditional import Validators, not_modified, parse_range, single_range
+from proxy.conditional import (
+    Validators,
+    if_range_holds,
+    not_modified,
+    parse_range,
+    preconditions_hold,
+    single_range,
+)
 from proxy.errors import Invalid, Refusal
 from proxy.keys import KeySigner, is_key_id, key_id_of
 from proxy.manage.settings import (
@@ -55,6 +61,8 @@ from conftest import SECRET
 BOUND = 0.020  # seconds of CPU per input: ~100x what a linear parse takes here
 SIGNER = KeySigner("pk", {1: SECRET})
 VALIDATORS = Validators(100, '"abc"', 1_700_000_000.0)
+
+
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.0/8"))
 RULES = ReferrerRules.compile(
     ["example.com", "*.example.org", "https://app.example.net/embed/*", "[::1]:8080"], False
@@ -94,7 +102,9 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "If-None-Match": lambda t: not_modified(t, None, VALIDATORS),
     "If-Modified-Since": lambda t: not_modified(None, t, VALIDATORS),
     "Range": lambda t: (parse_range(t, 1000), single_range(t)),
-    "If-Range": lambda t: _if_range_holds(t, ENTRY),
+    "If-Range": lambda t: if_range_holds(t, ENTRY.validators),
+    "If-Match": lambda t: preconditions_hold({"If-Match": t}, VALIDATORS),
+    "If-Unmodified-Since": lambda t: preconditions_hold({"If-Unmodified-Since": t}, VALIDATORS),
     "Authorization": lambda t: _bearer({"Authorization": t}),
     "X-Forwarded-For": lambda t: client_ip("127.0.0.1", t, TRUSTED),
     "X-Request-Id": RequestIds(),

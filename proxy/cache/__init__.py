@@ -1,18 +1,33 @@
-"""The disk cache (SPEC section 5), purpose-built: NOTES.md "Caching libraries" says
-why neither aiohttp-client-cache (bodies in memory, pickles, no bound, unsafe across
-processes) nor diskcache (an SQLite write per LRU read) fits file bodies.
+"""The disk cache (SPEC section 5), purpose-built: neither aiohttp-client-cache (bodies
+in memory, pickled, unbounded, unsafe across processes) nor diskcache (an SQLite write
+per LRU read) fits file bodies shared by worker processes.
 
-    entry.py   CacheEntry and the one-file format (header + body, os.replace'd whole)
-    store.py   the files, this process's index of them, the in-memory tier
-    fill.py    coalesced fills: one origin fetch per object, readers served as it grows
-    locks.py   the per-object flock that coalesces fills across worker processes
-    share.py   other processes follow a fill as it grows, through a Unix socket
-    space.py   the max_size and max_objects bounds: shared counts and an LRU sweep
-    echoes.py  purges this process announced, whose echo on the change feed it skips
-    serve.py   answering from an entry or a fill: 200/206/304/416, HEAD, sendfile
+    entry.py         CacheEntry and the one-file format (header + body, os.replace'd whole)
+    files.py         the files, this process's index of them, the in-memory tier
+    fill.py          coalesced fills: one origin fetch per object, readers served as it grows
+    fill_outcome.py  what a fill tells its readers: FillOutcome, FillBroken (a leaf)
+    locks.py         the per-object flock that coalesces fills across worker processes
+    share.py         other processes follow a fill as it grows, through a Unix socket
+    space.py         the max_size and max_objects bounds: shared counts and an LRU sweep
+    echoes.py        purges this process announced, whose echo on the change feed it skips
+    serve.py         answering from an entry or a fill: 200/206/304/412/416, HEAD, sendfile
+    freshness.py     an origin's Cache-Control / Expires, for routes that respect them
 
 `Cache` ties them together for `delivery.deliver`, which decides per request between
-HIT, STALE, a fill (MISS / REVALIDATED) and BYPASS.
+HIT, STALE, a fill (MISS / REVALIDATED) and BYPASS. A `file://` route never comes here
+(its files are served from the folder: delivery.py).
+
+What this package owns, and what it may import: the cache folder and everything in it,
+fills, and answering from an entry. It imports, of keyfront, only the value and edge
+modules below the request pipeline: config, errors, conditional, origin (to fetch),
+routing (cache keys), wire and listener (the bytes on the socket), exchange (the
+request it answers), metrics (counters at scrape time) and policy.normalise_path (a
+purge path is normalised as a request path is). It must never import pipeline,
+delivery, the record store (proxy/store/), usage, ratelimit, keys, records or admin:
+the cache knows nothing of API keys, customers or billing. Inside it, imports flow one
+way: fill_outcome, entry and locks are leaves; share.py does not import fill.py (it
+names the fill it shares as a Protocol), and fill.py takes the narrow `FillHost`
+Protocol, not `Cache`.
 
 Decisions where SPEC section 5 leaves room:
 - Freshness is `cache.ttl` from the fetch or the last revalidation, unless the route
@@ -51,6 +66,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -64,14 +80,17 @@ from ..policy import normalise_path
 from ..routing import SEPARATOR, Routes, key_space
 from .echoes import PurgeEchoes
 from .entry import CacheEntry, cache_key, file_name, public_path, variant_query
-from .fill import Fill, FillBroken, Outcome
+from .files import DiskStore
+from .fill import Fill
+from .fill_outcome import FillBroken, FillOutcome
 from .share import FillSharing
 from .space import Space, remove_matching
-from .store import DiskStore
 
-__all__ = ["Cache", "CacheEntry", "Fill", "FillBroken", "Freshness", "Outcome"]
+__all__ = ["Cache", "CacheEntry", "Fill", "FillBroken", "FillOutcome", "Freshness"]
 
 MAX_PASSING = 10_000  # keys remembered as passing through, per process
+
+log = logging.getLogger("keyfront.cache")
 
 
 class Freshness(enum.Enum):
@@ -230,6 +249,10 @@ class Cache:
         if found is None:
             return 0
         route, space = found
+        if route.origin.startswith("file://"):
+            # Such a route is served from its folder, never from here (SPEC section 5):
+            # an edit shows within a second. Only entries of older versions may remain.
+            log.info("purge %s: a file:// route is not cached; its files are current", path)
         object_path = public[len(route.prefix) :]
         variant = variant_query(route.variant_params, _first_values(query)) if query else ""
         key = cache_key(space, object_path, variant)

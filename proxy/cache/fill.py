@@ -28,43 +28,45 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from ..config import CacheConfig
 from ..errors import NotFound, OriginError, OriginTimeout, Unavailable
 from ..origin import Origin, OriginRequest, OriginResponse
 from .entry import CacheEntry, file_name, kept_headers
+from .files import SMALL_OBJECT, DiskStore, TempObject
+from .fill_outcome import FillBroken, FillOutcome
 from .freshness import lifetime, storable
 from .locks import ATTEMPTS, KeyLock
-from .share import FollowedFill
-from .store import SMALL_OBJECT, TempObject
-
-if TYPE_CHECKING:
-    from . import Cache
+from .share import FillSharing, FollowedFill
+from .space import Space
 
 log = logging.getLogger("keyfront.cache")
 
 
-class Outcome(enum.Enum):
-    STORED = "stored"  # a 200 is being written: stream it from the fill
-    FOUND = "found"  # another process stored it meanwhile: serve the entry
-    REFRESHED = "refreshed"  # origin 304: the stale entry is fresh again
-    ABSENT = "absent"  # origin 404: a negative entry, answered 404
-    PASS = "pass"  # over max_object_size, of unknown length, or no-store: pass through
-    UNCACHED = "uncached"  # the temp file could not be created: pass through
+class FillHost(Protocol):
+    """The pieces of the cache a fill uses, and no more (`Cache` is one): its files,
+    their space, the fills other processes share, its settings, and three reports
+    back: entry freshness, "pass this key through", "this fill is done"."""
 
+    config: CacheConfig
+    store: DiskStore
+    space: Space
+    sharing: FillSharing
+    write_errors: int  # counted here: the cache could not write (SPEC section 5)
 
-class FillBroken(Exception):
-    """The fill stopped mid-body: `by_origin` (an origin failure: the response is cut
-    short) or a write error (readers fetch the rest from the origin)."""
+    @property
+    def sharing_address(self) -> str: ...
 
-    def __init__(self, by_origin: bool) -> None:
-        super().__init__("origin failure" if by_origin else "cache write error")
-        self.by_origin = by_origin
+    def fresh(self, entry: CacheEntry, now: float) -> bool: ...
+
+    def bypass_for(self, key: str, seconds: float) -> None: ...
+
+    def finished(self, fill: Fill) -> None: ...
 
 
 class _WriteError(Exception):
@@ -76,7 +78,7 @@ class Fill:
 
     def __init__(
         self,
-        cache: Cache,
+        cache: FillHost,
         key: str,
         origin: Origin,
         request: OriginRequest,
@@ -91,7 +93,7 @@ class Fill:
         self.request = request  # the object (and variant) to GET, without conditionals
         self.previous = previous  # the stale entry being revalidated, if any
         self.respect = respect  # freshness from the origin's Cache-Control (freshness.py)
-        self.started: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.started: asyncio.Future[FillOutcome] = asyncio.get_running_loop().create_future()
         self.started.add_done_callback(_retrieve)
         self.entry: CacheEntry | None = None
         self.written = 0  # body bytes in the temp file
@@ -195,7 +197,7 @@ class Fill:
         if followed is None:
             return False
         self._temp, self.entry = followed, followed.entry
-        self._start(Outcome.STORED)
+        self._start(FillOutcome.STORED)
         try:
             async for written in followed.progress():
                 self.written = written
@@ -217,7 +219,7 @@ class Fill:
             outcome = await asyncio.shield(self.started)
         except Exception:  # any failure means: nothing to follow
             return False
-        return outcome is Outcome.STORED and isinstance(self._temp, TempObject)
+        return outcome is FillOutcome.STORED and isinstance(self._temp, TempObject)
 
     @property
     def temp_path(self) -> str:
@@ -236,7 +238,7 @@ class Fill:
         ):
             return False
         self.entry = found
-        self._start(Outcome.FOUND)
+        self._start(FillOutcome.FOUND)
         return True
 
     async def _receive(self, response: OriginResponse, base: CacheEntry | None) -> None:
@@ -244,19 +246,19 @@ class Fill:
             self.cache.store.refresh(base, time.time())
             self.cache.store.remember(base)
             self.entry = base
-            self._start(Outcome.REFRESHED)
+            self._start(FillOutcome.REFRESHED)
             return
         if response.status != 200:
             raise OriginError(f"the origin answered {response.status} to a full GET")
         config = self.cache.config
         if self.respect and not storable(response.freshness):
             self.cache.bypass_for(self.key, config.negative_ttl)
-            self._start(Outcome.PASS)
+            self._start(FillOutcome.PASS)
             return
         length = _content_length(response.headers)
         if length is None or length > config.max_object_size:
             self.cache.bypass_for(self.key, config.ttl)
-            self._start(Outcome.PASS)
+            self._start(FillOutcome.PASS)
             return
         entry = self._new_entry(200, length, kept_headers(response.headers))
         if self.respect:
@@ -265,12 +267,12 @@ class Fill:
             self._temp = TempObject(self.cache.store, entry)
         except OSError:
             self.cache.write_errors += 1
-            self._start(Outcome.UNCACHED)
+            self._start(FillOutcome.UNCACHED)
             return
         self.entry = entry
         self._allocated = self.cache.store.allocated(entry.file_size)
         self.cache.space.reserve(self._allocated)
-        self._start(Outcome.STORED)
+        self._start(FillOutcome.STORED)
         try:
             await self._write_body(response, entry, self._temp)
         except BaseException:
@@ -309,7 +311,7 @@ class Fill:
 
     def _publish(self, temp: TempObject, absent: bool = False) -> bool:
         """Put the object (or the cached 404) in place, and remove the key's cached 404
-        (or object) if there is one: it is out of date (store.py: one of the two)."""
+        (or object) if there is one: it is out of date (files.py: one of the two)."""
         space, store = self.cache.space, self.cache.store
         try:
             replaced = temp.publish()
@@ -326,7 +328,7 @@ class Fill:
 
     def _store_absent(self) -> None:
         """Origin 404: a header-only file with status 404 in absent/ (bounded apart from
-        the objects, store.py), so that other processes see it too; kept in the index
+        the objects, files.py), so that other processes see it too; kept in the index
         even if it cannot be written."""
         entry = self._new_entry(404, 0, {})
         try:
@@ -340,11 +342,11 @@ class Fill:
             temp.close()
         self.cache.store.remember(entry)
         self.entry = entry
-        self._start(Outcome.ABSENT)
+        self._start(FillOutcome.ABSENT)
 
     # --- ends ----------------------------------------------------------------------
 
-    def _start(self, outcome: Outcome) -> None:
+    def _start(self, outcome: FillOutcome) -> None:
         if not self.started.done():
             self.started.set_result(outcome)
 
@@ -393,7 +395,7 @@ def _content_length(headers: dict[str, str]) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _retrieve(future: asyncio.Future[Outcome]) -> None:
+def _retrieve(future: asyncio.Future[FillOutcome]) -> None:
     """A background refresh may have no reader: mark its exception as seen."""
     if not future.cancelled():
         future.exception()

@@ -1,248 +1,83 @@
-"""Answering a request from the cache: from a published entry (HIT, STALE,
-REVALIDATED) or from a fill as it grows (MISS).
+"""Answering from the cache, as values: what a request gets from a published entry
+(HIT, STALE, REVALIDATED) or from a fill as it grows (MISS). delivery.py writes it;
+nothing here touches the socket or the request's Exchange (issue 14 item 6).
 
-Conditionals, then Range, are judged on the entry's validators with the same pure
-functions the file origin uses (conditional.py), so both answer alike: 304 with the
+    plan(entry, request headers, out)   -> status and the bytes to send; `out` gets
+                                           the entry's headers
+    entry_body(entry, files, part)      -> those bytes: in memory, or the open file
+    fill_chunks(fill, part)             -> those bytes as the fill writes them
+    rest_from_origin(origin, fill, ...) -> the rest from the origin, when the cache
+                                           could not write the object (disk full)
+
+Preconditions, conditionals, then Range with If-Range are judged on the entry's
+validators by the one planner every path uses (conditional.plan): 412, 304 with the
 origin's ETag and Last-Modified, 206 for one range, 416, or 200.
 
-Body paths, fastest first (NOTES.md "Serving cache hits fast", "1 MB hits"):
-- a small body held in memory: one `web.Response`, headers and body in one write;
-- a small body on disk: one pread in the loop thread (~6 µs page-cached), then the same;
-- a large body: its head as bytes (wire.py), then one `os.sendfile` in the loop thread,
-  and `loop.sendfile` (or, on uvloop, chunked reads) only for what the socket did not
-  take. Never `web.FileResponse`: ~300 µs of executor hops a request, and it would
-  replace the origin's ETag with its own.
+Body sources, fastest first (10 KB hits measured with aiohttp on one core: ~11,200
+req/s with the body in memory, ~5,800 reading the file in the loop thread): a small
+body held in memory; a small body on disk, one pread in the loop thread (~6 µs
+page-cached); a large body as its open file, which delivery.py sends with sendfile.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
-import logging
 import os
+from collections.abc import AsyncGenerator, Mapping
 
-from aiohttp import web
-
-from ..conditional import (
-    UNSATISFIABLE,
-    ByteRange,
-    not_modified,
-    parse_range,
-    unsatisfied_range,
-)
-from ..config import Route
-from ..errors import NotFound, Refusal
-from ..exchange import SERVER, Exchange
-from ..listener import unsent
+from ..conditional import ByteRange, unsatisfied_range
+from ..conditional import plan as conditional_plan
+from ..errors import NotFound
 from ..origin import Origin, OriginResponse
-from ..wire import SentResponse, wire_head, wire_response
 from .entry import CacheEntry
-from .fill import Fill, FillBroken, body_chunks
-from .store import SMALL_OBJECT, DiskStore
+from .files import SMALL_OBJECT, DiskStore
+from .fill import Fill, body_chunks
 
-CHUNK = 128 * 1024  # what a reader of a growing fill sends per write
-
-log = logging.getLogger("keyfront")
-
-
-def base_headers(route: Route, exchange: Exchange) -> dict[str, str]:
-    """The headers every delivered response carries (SPEC section 1). A plain dict:
-    aiohttp copies it into its own CIMultiDict once; every name here is canonical."""
-    out = {
-        "Server": SERVER,
-        "Accept-Ranges": "bytes",
-        "Cache-Control": route.cache_control,
-        "X-Cache": exchange.cache,
-        "X-Request-Id": exchange.request_id,
-    }
-    if exchange.headers:
-        out.update(exchange.headers)
-    return out
+CHUNK = 128 * 1024  # what a reader of a growing fill reads per wake-up
+_VALIDATORS = ("ETag", "Last-Modified")
 
 
 def plan(
-    entry: CacheEntry, exchange: Exchange, route: Route
-) -> tuple[int, dict[str, str], ByteRange | None]:
-    """Status, headers, and the body bytes a GET gets (None: no body), in RFC 9110
-    section 13.2.2's order: conditionals first, then Range."""
+    entry: CacheEntry, asked: Mapping[str, str], out: dict[str, str]
+) -> tuple[int, ByteRange | None]:
+    """The status a request with headers `asked` gets from `entry`, and the bytes of
+    its body (None: no body), as conditional.plan decides for every path; `out` (the
+    response headers so far) gets the entry's headers for that status."""
     if entry.status != 200:
         raise NotFound()  # a cached 404 (negative_ttl)
-    request_headers = exchange.request.headers
-    out = base_headers(route, exchange)
-    validators = entry.validators
-    inm, ims = request_headers.get("If-None-Match"), request_headers.get("If-Modified-Since")
-    if (inm is not None or ims is not None) and not_modified(inm, ims, validators):
-        out.update((k, v) for k, v in entry.headers.items() if k in ("ETag", "Last-Modified"))
-        return 304, out, None
-    size = entry.size
-    wanted = request_headers.get("Range")
-    if wanted is not None and not _if_range_holds(request_headers.get("If-Range"), entry):
-        wanted = None
-    selected = parse_range(wanted, size)
-    if selected is UNSATISFIABLE:
-        out["Content-Range"] = unsatisfied_range(size)
-        return 416, out, None
+    status, part = conditional_plan(asked, entry.validators)
+    if part is None:
+        if status == 416:
+            out["Content-Range"] = unsatisfied_range(entry.size)
+        else:  # 304, 412: the validators only (RFC 9110 15.4.5)
+            out.update((k, v) for k, v in entry.headers.items() if k in _VALIDATORS)
+        return status, None
     out.update(entry.headers)
-    if selected is None:
-        out["Content-Length"] = str(size)
-        return 200, out, ByteRange(0, size - 1)
-    out["Content-Length"] = str(selected.length)
-    out["Content-Range"] = selected.content_range(size)
-    return 206, out, selected
+    out["Content-Length"] = str(part.length)
+    if status == 206:
+        out["Content-Range"] = part.content_range(entry.size)
+    return status, part
 
 
-def _if_range_holds(if_range: str | None, entry: CacheEntry) -> bool:
-    """If-Range (RFC 9110 section 13.1.5): a range of a client's partial download is sent
-    only if the object is still the one it has (strong ETag match, or the same date);
-    else the whole object, so a resumed download never splices two versions."""
-    if if_range is None:
-        return True
-    if if_range.startswith(("W/", '"')):
-        etag = entry.headers.get("ETag")
-        return etag is not None and not etag.startswith("W/") and etag == if_range
-    return if_range == entry.headers.get("Last-Modified")
-
-
-async def from_entry(
-    exchange: Exchange, route: Route, entry: CacheEntry, store: DiskStore
-) -> web.StreamResponse | None:
-    """The answer from a published entry; None if its file vanished or was replaced
-    by another process meanwhile (the caller looks again)."""
-    status, headers, part = plan(entry, exchange, route)
-    if part is None or exchange.request.method == "HEAD":
-        return web.Response(status=status, headers=headers)
+def entry_body(entry: CacheEntry, files: DiskStore, part: ByteRange) -> bytes | io.FileIO | None:
+    """The bytes of `part` of a published entry: from memory or one pread when small,
+    else its file, open (its body starts at `entry.body_offset`; the caller closes it).
+    None if the file vanished or another process replaced it meanwhile."""
     body = entry.body
     if body is None and entry.size <= SMALL_OBJECT:
-        body = store.read_small(entry)
+        body = files.read_small(entry)
         if body is None:
             return None
     if body is not None:
-        if part.length != len(body):
-            body = body[part.start : part.end + 1]
-        exchange.sent = len(body)
-        wire = wire_response(exchange.request, status, headers, body)
-        return wire or web.Response(status=status, headers=headers, body=body)
-    file = store.open_body(entry)
-    if file is None:
-        return None
-    return await _sendfile(exchange, status, headers, file, at=entry.body_offset, part=part)
+        return body if part.length == len(body) else body[part.start : part.end + 1]
+    return files.open_body(entry)
 
 
-async def _sendfile(
-    exchange: Exchange,
-    status: int,
-    headers: dict[str, str],
-    file: io.FileIO,
-    *,
-    at: int,
-    part: ByteRange,
-) -> web.StreamResponse:
-    """Zero-copy from the file (whose body starts at `at`) to the socket, after the
-    head, written as bytes (wire.py) where it can be: first one `os.sendfile` straight
-    away, then `_send_rest` for whatever the socket did not take. `exchange.sent` is
-    what the kernel took, also when the client leaves midway."""
-    request = exchange.request
-    offset = at + part.start
-    head = wire_head(request, status, headers, part.length)
-    response = (
-        web.StreamResponse(status=status, headers=headers) if head is None else SentResponse(status)
-    )
-    try:
-        transport = request.transport
-        if head is None:
-            await response.prepare(request)
-        elif transport is not None and not transport.is_closing():
-            transport.write(head)
-        if transport is None or transport.is_closing():
-            return response
-        try:
-            exchange.sent = _send_now(transport, file, offset, part.length)
-            if exchange.sent < part.length:
-                await _send_rest(exchange, transport, file, offset, part.length)
-        except (OSError, RuntimeError) as exc:
-            # The head is out: whatever failed (the client left, or the file or the
-            # socket did: EBADF, EIO), only an abort is left (STYLE streaming rule); an
-            # error page now would be a second status line in a keep-alive stream.
-            if not isinstance(exc, ConnectionError | RuntimeError):
-                log.warning("%s: sending a cached body failed: %s", exchange.request_id, exc)
-            exchange.sent = max(0, exchange.sent - unsent(request))
-            transport.abort()
-            return response
-        exchange.sent = part.length
-    finally:
-        file.close()
-    await response.write_eof()
-    return response
-
-
-def _send_now(transport: asyncio.Transport, file: io.FileIO, offset: int, count: int) -> int:
-    """One non-blocking `os.sendfile` from the loop thread, as `loop.sendfile` itself
-    makes, when nothing is queued ahead of it (the headers went out whole): the bytes
-    the socket took. On loopback it takes a whole 1 MB hit at once; `loop.sendfile`
-    would then still pause reading, wait a loop turn for writability and seek the
-    file: 4 epoll_ctl calls and a future a request (strace). Server CPU per 1 MB hit,
-    interleaved wrk runs at 8 and 64 connections: 24% less (187 -> 142 µs), and 30%
-    less with the head written as bytes too."""
-    sock = transport.get_extra_info("socket")
-    if sock is None or transport.get_write_buffer_size():
-        return 0
-    try:
-        return os.sendfile(sock.fileno(), file.fileno(), offset, count)
-    except (BlockingIOError, InterruptedError):
-        return 0
-
-
-async def _send_rest(
-    exchange: Exchange, transport: asyncio.Transport, file: io.FileIO, offset: int, length: int
-) -> None:
-    """The bytes from `offset + exchange.sent` on, to a socket that did not take them
-    at once, in CHUNK reads written as the client drains them. Not `loop.sendfile`
-    (which uvloop lacks anyway): it waits on the socket with no deadline and no way to
-    learn how far it got, while a write and `drain()` stay under the listener's send
-    deadline (proxy/listener.py), which cuts a client that stops reading (issue 12
-    item 5). Only a client slower than its socket buffers comes here."""
-    writer = exchange.request.writer
-    while exchange.sent < length:
-        data = os.pread(file.fileno(), min(CHUNK, length - exchange.sent), offset + exchange.sent)
-        if not data or transport.is_closing():
-            raise ConnectionResetError("the file shrank or the client left")
-        transport.write(data)
-        exchange.sent += len(data)
-        await writer.drain()
-
-
-async def from_fill(
-    exchange: Exchange, route: Route, fill: Fill, origin: Origin
-) -> web.StreamResponse:
-    """A MISS: the client's bytes from the fill's temp file as it grows. The caller
-    has joined the fill, so its file stays open until the caller leaves."""
-    assert fill.entry is not None
-    entry = fill.entry
-    status, headers, part = plan(entry, exchange, route)
-    if part is None or exchange.request.method == "HEAD":
-        return web.Response(status=status, headers=headers)
-    response = web.StreamResponse(status=status, headers=headers)
-    await response.prepare(exchange.request)
-    try:
-        position = await _copy_growing(exchange, response, fill, part)
-    except FillBroken as broken:
-        if broken.by_origin:
-            return _abort(exchange, response)
-        return await _rest_from_origin(exchange, response, origin, fill, part)
-    except ConnectionError:
-        return _abort(exchange, response)  # the client left; the fill goes on
-    if position <= part.end:
-        return _abort(exchange, response)
-    await response.write_eof()
-    return response
-
-
-async def _copy_growing(
-    exchange: Exchange, response: web.StreamResponse, fill: Fill, part: ByteRange
-) -> int:
-    """Send body bytes part.start..part.end as they reach the file: wake per chunk,
-    pread what is there (just written: in the page cache), write, repeat."""
+async def fill_chunks(fill: Fill, part: ByteRange) -> AsyncGenerator[bytes, None]:
+    """Body bytes part.start..part.end as they reach the fill's file: wake per chunk,
+    pread what is there (just written: in the page cache), repeat. Raises FillBroken
+    if the fill stops; ends early (short) if the file is shorter than it says."""
     assert fill.entry is not None
     offset = fill.entry.body_offset
     position, end = part.start, part.end + 1
@@ -251,54 +86,32 @@ async def _copy_growing(
         size = min(CHUNK, available - position, end - position)
         data = os.pread(fill.fd, size, offset + position)
         if len(data) != size:
-            break
-        await response.write(data)
-        exchange.sent += size
+            return
+        yield data
         position += size
-    return position
 
 
-async def _rest_from_origin(
-    exchange: Exchange, response: web.StreamResponse, origin: Origin, fill: Fill, part: ByteRange
-) -> web.StreamResponse:
-    """The cache could not write the object (disk full): fetch the bytes this client
-    still lacks from the origin with a Range, as long as it is the same object."""
+async def rest_from_origin(
+    origin: Origin, fill: Fill, start: int, end: int
+) -> AsyncGenerator[bytes, None]:
+    """Bytes start..end of the fill's object fetched from the origin with a Range, for
+    a reader of a fill the cache could not write (disk full): nothing, if the origin
+    no longer has the same object (never splice two versions). Raises what the origin
+    raises (Refusal) and closes its response however the caller stops."""
     assert fill.entry is not None
-    start = part.start + max(0, exchange.sent)
-    wanted = dataclasses.replace(fill.request, range=f"bytes={start}-{part.end}")
-    try:
-        fetched = await origin.fetch(wanted)
-    except Refusal:
-        return _abort(exchange, response)
+    wanted = dataclasses.replace(fill.request, range=f"bytes={start}-{end}")
+    fetched = await origin.fetch(wanted)
     try:
         if fetched.status != 206 or not _same_object(fetched, fill.entry):
-            return _abort(exchange, response)
+            return
         async for chunk in body_chunks(fetched):
-            await response.write(chunk)
-            exchange.sent += len(chunk)
-    except (Refusal, ConnectionError):
-        return _abort(exchange, response)
+            yield chunk
     finally:
         await fetched.close()
-    if exchange.sent != part.length:
-        return _abort(exchange, response)
-    await response.write_eof()
-    return response
 
 
 def _same_object(fetched: OriginResponse, entry: CacheEntry) -> bool:
-    for validator in ("ETag", "Last-Modified"):
+    for validator in _VALIDATORS:
         if validator in entry.headers:
             return fetched.headers.get(validator) == entry.headers[validator]
     return False  # nothing to tell versions apart by: do not splice
-
-
-def _abort(exchange: Exchange, response: web.StreamResponse) -> web.StreamResponse:
-    """STYLE streaming rule: headers are out, so a failure cuts the connection and the
-    client sees a truncated transfer, never a short 'complete' one. What a client cut
-    for not reading never got is not counted as sent."""
-    exchange.sent = max(0, exchange.sent - unsent(exchange.request))
-    transport = exchange.request.transport
-    if transport is not None:
-        transport.abort()
-    return response

@@ -45,12 +45,10 @@ import socket
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .entry import HEAD_READ, PREFIX, CacheEntry, decode_header
-
-if TYPE_CHECKING:
-    from .fill import Fill
+from .fill_outcome import FillBroken
 
 log = logging.getLogger("keyfront.cache")
 MAX_LINE = 4096
@@ -61,11 +59,25 @@ _CREDENTIALS = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 _OPEN_TEMP = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
+class SharedFill(Protocol):
+    """What this module needs of a fill of this process to share it (fill.Fill is
+    one): named structurally, so that share.py never imports fill.py, which imports it."""
+
+    entry: CacheEntry | None
+
+    @property
+    def temp_path(self) -> str: ...
+
+    async def readable(self, position: int) -> int: ...
+
+    async def storing(self) -> bool: ...
+
+
 class FillSharing:
     """This process's socket, where other processes follow its fills."""
 
     def __init__(
-        self, root: str, temp_folder: str, fill_named: Callable[[str], Fill | None]
+        self, root: str, temp_folder: str, fill_named: Callable[[str], SharedFill | None]
     ) -> None:
         digest = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:16]
         self.address = f"\0keyfront-fills-{digest}-{os.getpid()}"
@@ -133,9 +145,7 @@ class FillSharing:
                 self._connections.discard(task)
 
 
-async def _stream_progress(fill: Fill, writer: asyncio.StreamWriter) -> None:
-    from .fill import FillBroken  # a cycle at import time: fill.py imports this module
-
+async def _stream_progress(fill: SharedFill, writer: asyncio.StreamWriter) -> None:
     assert fill.entry is not None
     writer.write(b"TEMP %s\n" % fill.temp_path.encode())
     position, size = 0, fill.entry.size

@@ -9,7 +9,7 @@ Bytes are what the filesystem allocates: whole blocks (`DiskStore.allocated`), s
 cached 404 of ~100 bytes counts the 4 KiB it takes, and lock files count while their
 fill holds them (they are removed as it ends, locks.py). Clients choose the paths, so
 the number of objects is bounded too: each one costs an inode and an index entry in
-every worker (store.py).
+every worker (files.py).
 
 Cached 404s have a bound of their own, `max_objects` / 10 (store.ABSENT_SHARE), and
 leave among themselves, oldest first (review finding 8): any client can make one per
@@ -57,8 +57,8 @@ from typing import NamedTuple
 
 from ..periodic import stop_tasks
 from .entry import MAX_META, PREFIX, header_key
+from .files import FANOUT, DiskStore, absent_bound
 from .locks import still_linked
-from .store import FANOUT, DiskStore, absent_bound
 
 log = logging.getLogger("keyfront.cache")
 LOW_WATER = 0.9  # a sweep evicts down to this fraction of max_size and max_objects

@@ -13,9 +13,20 @@ suite in tests/test_origin.py.
     file.py, http.py, s3.py    the backends, each imported when a route names it
     metered.py   MeteredOrigin: any origin, timed and counted for /metrics
 
-The package owns talking to origins. Backends import base.py, never this module (whose
-factory imports them): imports flow one way (issue 14). It must not import the cache,
-the pipeline or the store.
+Conditionals: an OriginRequest carries the client's Range, If-Range, If-None-Match,
+If-Modified-Since, If-Match and If-Unmodified-Since. The file origin answers them all
+itself through conditional.plan; the http(s) and s3 origins forward Range with its
+If-Range, If-None-Match and If-Modified-Since, and delivery.py judges their answer
+with the same planner (a 206 of another version is never passed on).
+
+What this package owns, and what it may import: reaching origins (files, HTTP, S3),
+translating their failures into keyfront's errors in one place per origin, and origin
+metrics (metered.py). It imports, of keyfront, only config, errors, conditional and
+metrics. Backends import base.py, never this module (whose factory imports them):
+imports flow one way (issue 14). It must never import the cache, delivery, pipeline,
+exchange, the record store or policy: an origin knows nothing of who asks, or of
+caching (a file origin's memory of small files is validated by stat on every request,
+not a cache with a lifetime).
 """
 
 from __future__ import annotations

@@ -23,11 +23,30 @@ class OriginRequest:
     if_none_match: str | None = None
     if_modified_since: str | None = None
     query: str = ""  # the route's variant parameters, encoded (http(s) origins only)
+    if_range: str | None = None  # forwarded with the Range (issue 14 item 1)
+    # Judged by keyfront (conditional.plan), on the file's stat or the origin's answer;
+    # not forwarded, so that an origin's 412 never becomes a 502.
+    if_match: str | None = None
+    if_unmodified_since: str | None = None
+
+    def conditionals(self) -> dict[str, str]:
+        """The client's conditional and range headers by name, as conditional.plan
+        reads them."""
+        named = (
+            ("If-Match", self.if_match),
+            ("If-Unmodified-Since", self.if_unmodified_since),
+            ("If-None-Match", self.if_none_match),
+            ("If-Modified-Since", self.if_modified_since),
+            ("Range", self.range),
+            ("If-Range", self.if_range),
+        )
+        return {name: value for name, value in named if value is not None}
 
 
 @dataclass(slots=True)
 class OriginResponse:
-    """Status is 200, 206, 304 or 416. `headers` holds only what keyfront passes on:
+    """Status is 200, 206, 304 or 416 (and 412 from the file origin, which judges
+    If-Match itself). `headers` holds only what keyfront passes on:
     Content-Type, Content-Length, ETag, Last-Modified, Content-Range.
 
     The body is either `data` (small objects, already in memory) or `stream`, an
@@ -50,6 +69,10 @@ class OriginResponse:
 
 
 class Origin(abc.ABC):
+    # Already on this host (file://): served straight from it, never copied into the
+    # disk cache, where an edit would stay unseen for up to cache.ttl (SPEC section 5).
+    local: bool = False
+
     async def open(self) -> None:
         """Create clients / sessions. Called once before use."""
 

@@ -2,8 +2,9 @@
 
 Bytes arrive exactly as stored (`Accept-Encoding: identity`, no decompression), so a
 forwarded Range means the same bytes the client asked for. Range (single ranges only,
-see conditional.single_range), If-None-Match and If-Modified-Since are forwarded; the
-origin's own 200/206/304/416 pass through with only the headers keyfront sends on.
+see conditional.single_range) with its If-Range, If-None-Match and If-Modified-Since
+are forwarded; the origin's own 200/206/304/416 pass through with only the headers
+keyfront sends on.
 
 Failures are translated in one place, `_origin_failures`: timeouts -> OriginTimeout
 (504), everything else -> OriginError (502), both `from` the aiohttp exception.
@@ -32,6 +33,7 @@ POOL_SIZE = 256  # connections to the origin, all requests of this worker togeth
 KEEPALIVE = 30.0  # seconds an idle origin connection stays open
 
 _PASSED = (200, 206, 304, 416)
+_LONGEST_IF_RANGE = 256  # an ETag or a date; anything longer is not forwarded
 _GONE = (404, 410)
 # Per status, the origin headers passed on (SPEC 1: x-amz-*, Set-Cookie, Server and the
 # rest are dropped). A 304 carries the validators only (RFC 9110 15.4.5); a 416 only
@@ -182,6 +184,11 @@ def _forwarded(request: OriginRequest) -> dict[str, str]:
     headers = {}
     if (wanted := single_range(request.range)) is not None:
         headers["Range"] = wanted
+        # With its If-Range, so that the origin sends the whole new version rather than
+        # a range of it (issue 14 item 1); delivery.py checks the answer all the same.
+        if_range = request.if_range
+        if if_range is not None and if_range.isascii() and len(if_range) <= _LONGEST_IF_RANGE:
+            headers["If-Range"] = if_range
     if request.if_none_match is not None and _forwardable(request.if_none_match):
         headers["If-None-Match"] = request.if_none_match
     since = request.if_modified_since

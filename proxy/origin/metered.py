@@ -21,6 +21,7 @@ from .base import Origin, OriginRequest, OriginResponse
 class MeteredOrigin(Origin):
     def __init__(self, inner: Origin, route: str, metrics: Metrics) -> None:
         self.inner = inner
+        self.local = inner.local
         self._route = route
         self._metrics = metrics
 
