@@ -1,6 +1,6 @@
 """The access log (SPEC section 11): one JSON line per request, written buffered.
 
-`logging` costs ~14.5 µs a line and `json.dumps` of a dict ~6 µs (NOTES.md); a line here
+`logging` costs ~14.5 µs a line and `json.dumps` of a dict ~6 µs (docs/dependencies.md); a line here
 is one f-string, with `json.dumps` only on the client-controlled strings (path,
 referrer host) that need escaping, appended to a list and written every
 FLUSH_INTERVAL or FLUSH_BYTES, whichever comes first. A line never holds the full key,

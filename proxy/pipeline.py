@@ -6,7 +6,7 @@
 
 Every refusal is a `Refusal` raised by its step and rendered once, by
 `refusal_response`. The public listener runs this handler on aiohttp's low-level
-`web.Server`: `web.Application`'s router alone costs ~25 µs a request (NOTES.md).
+`web.Server`: `web.Application`'s router alone costs ~25 µs a request (docs/dependencies.md).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ quota of one Redis hash slot) atomically on the server's clock, all or nothing. 
 requests of one loop tick that share a stage are coalesced into one script call with
 their count as its cost, and the calls of a tick leave in one socket write
 (store/resp.py): redis-py costs 100-160 µs of client CPU per call, this ~10 µs per
-call and one call per hot key per tick (NOTES.md "Redis").
+call and one call per hot key per tick (docs/dependencies.md "Redis").
 
 A refusal never spends another's tokens or quota (issue 12 item 6). Within a stage the
 script sees to it: a request refused by its per-IP bucket takes nothing from the key's

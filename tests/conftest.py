@@ -334,7 +334,7 @@ class S3Server:
     """A `moto_server` process on a free loopback port with one bucket. Every request
     must carry a valid SigV4 signature of `access_key_id` (an IAM user allowed s3:*):
     moto only checks signatures once its first few unauthenticated calls, which set
-    that user up, are used up (NOTES.md "S3")."""
+    that user up, are used up (docs/dependencies.md "S3")."""
 
     endpoint_url: str
     access_key_id: str

@@ -239,7 +239,7 @@ def test_urls_choose_the_client() -> None:
 
 
 async def test_client_cpu_per_call(client: RespClient, capsys: pytest.CaptureFixture[str]) -> None:
-    """Not asserted: prints µs of client CPU per EVALSHA (NOTES.md "Redis": 7-13 µs)."""
+    """Not asserted: prints µs of client CPU per EVALSHA (docs/dependencies.md "Redis": 7-13 µs)."""
     await client.evalsha(SHA, SCRIPT, ["warm"], [1])
     calls, batch = 10_000, 64
     started = time.process_time()

@@ -188,7 +188,7 @@ async def test_a_key_moved_to_another_customer_is_listed_only_there(store: Store
 
 
 async def test_concurrent_writers_from_two_instances_all_land(store: Store, store_url: str) -> None:
-    # More calls at once than MAX_CONNECTIONS (NOTES.md: redis-py's default pool raises
+    # More calls at once than MAX_CONNECTIONS (docs/dependencies.md: redis-py's default pool raises
     # at 100), from two instances contending for SQLite's write lock.
     async with opened(store_url) as other:
         writes = [

@@ -21,7 +21,7 @@ from . import PREFIX, admin_app
 from .http import AdminRuntime
 
 READY_TIMEOUT = 2.0  # seconds each /readyz check may take
-# The admin API's largest request is a key with its lists (manage/values.py MAX_ITEMS:
+# The admin API's largest request is a key with its lists (manage/settings.py MAX_ITEMS:
 # 256 referrer patterns, CIDRs and path prefixes): ~60 KB at the most. aiohttp's default
 # is 1 MiB; a smaller cap bounds what one customer token makes the loop parse (issue 12
 # item 3). Larger bodies get 413.

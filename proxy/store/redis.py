@@ -52,7 +52,8 @@ CUSTOMERS, KEYS = "kf:customers", "kf:keys"
 IMPORTED, IMPORTED_SECRET = "kf:imported", "kf:meta:imported_secret"
 IMPORT_BATCH = 2000  # records per MSET and per pipeline of their index entries
 SCAN_COUNT = 10_000  # imported key ids per ZRANGE
-MAX_CONNECTIONS = 64  # per process; callers beyond it wait (NOTES.md: the default pool raises)
+# Per process; callers beyond it wait (docs/dependencies.md: the default pool raises).
+MAX_CONNECTIONS = 64
 POOL_WAIT = 5.0  # seconds a caller waits for a free connection before StoreError
 SOCKET_TIMEOUT = 3.0  # admin and record reads; the hot path bounds its own wait (50 ms)
 HEALTH_CHECK_INTERVAL = 15.0  # PING a pooled connection idle this long before reusing it

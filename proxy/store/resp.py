@@ -2,7 +2,7 @@
 
 redis-py costs 100-160 µs of client CPU per call; writing every command of one loop
 tick in one `transport.write` and parsing replies with `hiredis.Reader` costs 7-13 µs
-(NOTES.md "Redis"). redis-py stays in use for everything off the hot path.
+(docs/dependencies.md "Redis"). redis-py stays in use for everything off the hot path.
 
     RespConnection   one socket; `call()` returns a future at once, never a coroutine
     PipelinedClient  what the rate limiter is typed against: auto-pipelined calls
