@@ -28,6 +28,7 @@ from conftest import SECRET, KeyfrontProcess, RedisServer, empty_store_url, star
 
 SIGNER = KeySigner("pk", {1: SECRET})
 ADMIN_TOKEN = "operator-token-0123456789"
+ADMIN_API_OFF = "the admin API is off: set admin.token in the config"
 ACME_CAPS = ("--max-rate", "10/s", "--max-burst", "20",
              "--quota-requests", "1000", "--quota-bytes", "1GiB")  # fmt: skip
 
@@ -164,6 +165,7 @@ def test_wrong_or_missing_token_is_401_on_every_route(deployment: Deployment) ->
         for token in (None, "wrong-token", ADMIN_TOKEN[:-1], "kfc_" + "A" * 43):
             reply = deployment.admin(method, concrete(path), {}, token=token)
             assert (reply.status, reply.code) == (401, "unauthorized"), (method, path, token)
+            assert reply.json()["error"]["message"] != ADMIN_API_OFF
             assert reply.headers["WWW-Authenticate"].startswith("Bearer")
             assert reply.json()["error"]["request_id"] == reply.headers["X-Request-Id"]
         checked += 1
@@ -518,7 +520,9 @@ async def test_purge_without_a_cache_is_501(tmp_path: Path, aiohttp_client: Any)
 
 
 def test_without_an_admin_token_every_call_is_401(tmp_path: Path, files: Path) -> None:
-    """(On SQLite only: the check never reaches the store.)"""
+    """Every call says the admin API is off, customer tokens' too: they work only while
+    admin.token is set (SPEC section 9). (On SQLite only: the check never reaches the
+    store.)"""
     store_url = f"sqlite://{tmp_path}/kf.db"
     kf = start_keyfront(config(store_url, files, admin=""), str(tmp_path))
     try:
@@ -531,6 +535,8 @@ def test_without_an_admin_token_every_call_is_401(tmp_path: Path, files: Path) -
                 path = PREFIX + concrete(endpoint.path)
                 reply = call(kf.admin_url, endpoint.method, path, {}, bearer)
                 assert reply.status == 401, (endpoint.method, path)
+                # Issue 15: it says why, whatever the token (customer tokens included).
+                assert reply.json()["error"]["message"] == ADMIN_API_OFF, (endpoint.method, path)
         assert call(kf.admin_url, "GET", f"{PREFIX}/openapi.json", token=None).status == 200
     finally:
         assert kf.stop() == 0

@@ -28,7 +28,7 @@ STRING, INTEGER = {"type": "string"}, {"type": "integer"}
 OPTIONAL_BODIES = frozenset({"Roll", "TokenCreate"})  # read_body(optional=True) in handlers
 ERRORS = {
     "400": "a bad value: `field` names it",
-    "401": "no token, or not a valid one",
+    "401": "no token, or not a valid one; or the admin API is off (no admin.token set)",
     "403": "a customer token calling an operator-only route, or its customer is disabled",
     "404": "no such record (or another customer's)",
     "409": "the id exists, the key is revoked, or the customer is disabled",
