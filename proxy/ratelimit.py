@@ -293,6 +293,13 @@ class Limiter(abc.ABC):
         """Count body bytes sent, for the monthly byte quotas (the key's and its
         customer's). Never blocks."""
 
+    @abc.abstractmethod
+    async def quota_used(self, owner: str) -> tuple[int, int]:
+        """(requests, bytes) counted this month (UTC) against `owner`'s quota (a key
+        id, or customer_quota_owner(id)), read as check() reads it, with what this
+        process counted and has not yet sent (GET /admin/v1/me, issue 15). Bytes are
+        counted only where a byte quota is set. StoreError if the store cannot say."""
+
 
 class LocalBuckets:
     """Token buckets in this process: the monotonic clock, no I/O, ~0.5 µs a take.
@@ -397,6 +404,18 @@ class LocalQuotas:
             pending[0] += requests
             pending[1] += nbytes
 
+    async def used(self, owner: str) -> tuple[int, int]:
+        """`owner`'s totals this month: the ledger's (every process's sent counts) plus
+        this process's pending ones."""
+        month = month_of(time.time())
+        if self._ledger is not None:
+            totals = await self._ledger.add_quota_usage(month, {}, (owner,))
+            requests, nbytes = totals.get(owner, (0, 0))
+        else:
+            requests, nbytes = self._totals.get(owner, (0, 0)) if month == self._month else (0, 0)
+        pending = self._pending.get(owner, (0, 0)) if month == self._month else (0, 0)
+        return requests + pending[0], nbytes + pending[1]
+
     async def sync(self) -> None:
         """Send what was counted here, read back every process's totals."""
         if self._ledger is None:
@@ -475,6 +494,9 @@ class LocalLimiter(Limiter):
         if admitted:
             return decision(limits.bucket, key_tokens)
         return decision(limits.bucket, key_tokens, RateLimited, retry_after_tokens(bucket, tokens))
+
+    async def quota_used(self, owner: str) -> tuple[int, int]:
+        return await self.quotas.used(owner)
 
     def sent(self, limits: KeyLimits, nbytes: int) -> None:
         if not self._quotas_on:

@@ -262,6 +262,21 @@ class SharedLimiter(Limiter):
                     self._bytes[owner] = self._bytes.get(owner, 0) + nbytes
         self._fallback.sent(limits, nbytes)
 
+    async def quota_used(self, owner: str) -> tuple[int, int]:
+        """The script with no bucket and nothing to count reads the quota's hash and
+        writes nothing: the counters as check() reads them."""
+        if not self.healthy:
+            raise StoreError("the rate-limit store is unreachable")
+        now = self.clock()
+        stage = Stage(f"kf:q:{{{owner}}}", (), owner)
+        try:
+            async with asyncio.timeout(max(self._timeout, 1.0)):
+                reply = await self._call(stage, 0, 0, 0, now, month=month_of(now))
+        except TimeoutError:
+            raise StoreError("the rate-limit store did not answer in time") from None
+        _, _, requests, nbytes, *_ = cast(list[int], reply)
+        return requests, nbytes + self._bytes.get(owner, 0)
+
     # --- coalescing: one script call per stage per loop tick ---
 
     def _ask(self, stage: Stage, leasing: bool = False) -> asyncio.Future[StageVerdict]:

@@ -4,6 +4,7 @@ OpenAPI document. Customers and tokens are seeded with the real `keyfront` CLI."
 
 from __future__ import annotations
 
+import calendar
 import http.client
 import json
 import os
@@ -842,3 +843,47 @@ async def test_a_customer_token_is_capped_by_default(tmp_path: Path, files: Path
         assert kf.cli("keys", "create", "--customer", "open").returncode == 0
     finally:
         assert kf.stop() == 0
+
+
+# --- GET /me: a customer's own plan (issue 15) -------------------------------------------
+
+
+def test_me_shows_a_customer_token_its_plan_keys_and_quota_left(deployment: Deployment) -> None:
+    caps = {"max_rate": "50/s", "max_burst": 60, "quota_requests": 10, "quota_bytes": 1000,
+            "max_keys": 3}  # fmt: skip
+    deployment.admin("POST", "/customers", {"customer_id": "planned", **caps}, expect=201)
+    token = deployment.admin("POST", "/customers/planned/tokens", {}, expect=201).json()["token"]
+    keys = [deployment.admin("POST", "/keys", {}, token=token, expect=201).json()["key"]
+            for _ in range(2)]  # fmt: skip
+    for key in keys:  # 4 requests of 100 bytes, from the pool of both keys
+        assert [deployment.fetch(key) for _ in range(2)] == [200, 200]
+    deadline = time.monotonic() + 5
+    while True:  # bytes are counted as responses finish
+        plan = deployment.admin("GET", "/me", token=token, expect=200).json()
+        if plan["quota"]["bytes"]["used"] == 400 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert {name: plan[name] for name in caps} == caps
+    assert (plan["customer_id"], plan["status"]) == ("planned", "active")
+    assert plan["keys"] == {"live": 2, "max": 3}
+    assert plan["quota"]["requests"] == {"limit": 10, "used": 4, "left": 6}
+    assert plan["quota"]["bytes"] == {"limit": 1000, "used": 400, "left": 600}
+    now = time.gmtime()
+    next_month = (now.tm_year + now.tm_mon // 12, now.tm_mon % 12 + 1, 1, 0, 0, 0)
+    assert plan["quota"]["resets_at"] == calendar.timegm(next_month)
+    assert plan["quota"]["month"] == time.strftime("%Y-%m", now)
+    # No quota on the plan: nothing counted against one; the token's default key cap.
+    other = deployment.as_customer("globex", "GET", "/me").json()
+    assert other["quota"]["requests"] == {"limit": None, "used": None, "left": None}
+    assert other["keys"]["max"] == 1000  # admin.customer_max_keys, the default
+    # The operator has no plan of its own.
+    operator = deployment.admin("GET", "/me")
+    assert (operator.status, operator.code) == (400, "bad_request")
+    assert "customer token" in operator.json()["error"]["message"]
+    document = deployment.admin("GET", "/openapi.json", token=None, expect=200).json()
+    me = document["paths"][f"{PREFIX}/me"]["get"]
+    assert me["x-access"] == "customer"
+    assert me["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Plan"
+    }
+    assert set(document["components"]["schemas"]["Plan"]["required"]) >= {"keys", "quota"}

@@ -153,6 +153,10 @@ KEY_MINTED = {
 }
 MINTED_KEY = _record(KeyRecord, **KEY_MINTED)
 USAGE_COUNTS = {name: INTEGER for name in FIELDS}
+NULLABLE_INTEGER = {"type": ["integer", "null"]}
+QUOTA = {**_object({"limit": NULLABLE_INTEGER, "used": NULLABLE_INTEGER, "left":
+                    NULLABLE_INTEGER}, ["limit", "used", "left"]),
+         "description": "null: no such quota on the plan"}  # fmt: skip
 SCHEMAS: dict[str, Any] = {
     "Error": _object({"error": _object(
         {"code": STRING, "message": STRING, "request_id": STRING, "field": STRING},
@@ -161,6 +165,17 @@ SCHEMAS: dict[str, Any] = {
     "CustomerCreate": {**_input(CUSTOMER_SETTINGS, customer_id=CUSTOMER_ID),
                        "required": ["customer_id"]},
     "CustomerPatch": _input(CUSTOMER_CHANGES),
+    "Plan": {**_object({**_record(Customer)["properties"],
+                        "keys": _object({"live": INTEGER, "max": NULLABLE_INTEGER},
+                                        ["live", "max"]),
+                        "quota": _object({"month": {**STRING, "examples": ["2026-12"]},
+                                          "resets_at": {**INTEGER, "description":
+                                                        "unix seconds: the month's end (UTC)"},
+                                          "requests": QUOTA, "bytes": QUOTA},
+                                         ["month", "resets_at", "requests", "bytes"])},
+                       [*_record(Customer)["required"], "keys", "quota"]),
+             "description": "the customer's record (its caps), live keys against the cap "
+                            "that applies to its tokens, and its pooled monthly quota"},
     "Key": _record(KeyRecord),
     "MintedKey": {**MINTED_KEY, "required": ["key", *MINTED_KEY["required"]], "description":
                   "the only time the key is shown; link_secret in place of has_link_secret"},
