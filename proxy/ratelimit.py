@@ -448,6 +448,7 @@ class LocalQuotas:
         self._month = month_of(time.time())
         self._totals: dict[str, tuple[int, int]] = {}
         self._pending: dict[str, list[int]] = {}
+        self._sending: dict[str, tuple[int, int]] = {}  # the part of _pending a sync sends
 
     def exhausted(self, stage: Stage) -> QuotaUnit | None:
         """What of `stage`'s quota is spent, so that no request of it may start; None
@@ -477,28 +478,44 @@ class LocalQuotas:
         """`owner`'s totals this month: the ledger's (every process's sent counts) plus
         this process's pending ones."""
         month = month_of(time.time())
-        if self._ledger is not None:
-            totals = await self._ledger.add_quota_usage(month, {}, (owner,))
-            requests, nbytes = totals.get(owner, (0, 0))
-        else:
-            requests, nbytes = self._totals.get(owner, (0, 0)) if month == self._month else (0, 0)
-        pending = self._pending.get(owner, (0, 0)) if month == self._month else (0, 0)
-        return requests + pending[0], nbytes + pending[1]
+        if month != self._month:
+            return 0, 0  # the next sync starts the month
+        pending = tuple(self._pending.get(owner, (0, 0)))
+        if self._ledger is None:
+            requests, nbytes = self._totals.get(owner, (0, 0))
+            return requests + pending[0], nbytes + pending[1]
+        # Taken before the read: the ledger runs one job at a time, so a sync in flight
+        # now is in the totals read, and in `pending` too until it is back.
+        sending = self._sending.get(owner, (0, 0))
+        totals = await self._ledger.add_quota_usage(month, {}, (owner,))
+        requests, nbytes = totals.get(owner, (0, 0))
+        return requests + pending[0] - sending[0], nbytes + pending[1] - sending[1]
 
     async def sync(self) -> None:
-        """Send what was counted here, read back every process's totals."""
+        """Send what was counted here, read back every process's totals. The counts
+        sent stay pending until the totals that include them are back: taken out
+        before, they counted nowhere while the ledger worked, and requests decided
+        meanwhile were admitted past the quota (a pooled quota of 5 served 6, issue 15)."""
         if self._ledger is None:
             return
         month = month_of(time.time())
         if month != self._month:
             self._month, self._totals = month, {}
-        pending, self._pending = self._pending, {}
-        deltas = {k: (v[0], v[1]) for k, v in pending.items()}
+        deltas = {k: (v[0], v[1]) for k, v in self._pending.items()}
+        self._sending = deltas
         try:
-            self._totals = await self._ledger.add_quota_usage(month, deltas, self._totals)
+            totals = await self._ledger.add_quota_usage(month, deltas, self._totals)
         except StoreError:
-            for owner, (requests, nbytes) in deltas.items():  # kept for the next try
-                self.count(owner, requests, nbytes)
+            return  # still pending: the next sync sends them
+        finally:
+            self._sending = {}
+        for owner, (requests, nbytes) in deltas.items():
+            pending = self._pending[owner]
+            pending[0] -= requests
+            pending[1] -= nbytes
+            if pending == [0, 0]:
+                del self._pending[owner]
+        self._totals = totals
 
 
 class LocalLimiter(Limiter):
