@@ -397,3 +397,37 @@ async def test_a_429_says_which_limit_refused_it(
             assert abs(time.time() + int(headers["X-Quota-Reset"]) - _month_end()) < 5
     finally:
         assert kf.stop() == 0
+
+
+async def test_a_pooled_quota_refusal_spends_nothing_of_the_keys_own_quota(
+    tmp_path: Path, files: Path, store_url: str
+) -> None:
+    """Issue 15, plans per customer: the customer's pool and the key's own quota are
+    decided together, all or nothing; raising the pool lets the key use the rest of its
+    own quota, which the pool's refusals did not touch."""
+    key_id = new_key_id()
+    (key,) = await _provision_customer(
+        store_url,
+        Customer("pool", quota_requests=2),
+        KeyRecord(key_id, "pool", created_at=int(time.time()), quota_requests=3),
+    )
+    kf = start_keyfront(config(store_url, files, "trusted_proxies: [127.0.0.1/32]"), str(tmp_path))
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"{kf.url}/files/a.txt?key={key}"
+            seen = [await _refusal(session, url, "10.3.0.1") for _ in range(6)]
+            assert [status for status, _, _ in seen] == [200] * 2 + [429] * 4
+            assert {error["message"] for _, _, error in seen[2:]} == {
+                "monthly quota exhausted: the customer's quota, shared by all its keys"
+            }
+            kf.cli("customers", "update", "pool", "--quota-requests", "10")
+            deadline, status = time.monotonic() + 5, 429
+            while status == 429 and time.monotonic() < deadline:  # the record cache
+                status, _, error = await _refusal(session, url, "10.3.0.1")
+                await asyncio.sleep(0.05)
+            assert status == 200  # the key's third: refused by the pool, it spent none
+            status, headers, error = await _refusal(session, url, "10.3.0.1")
+            assert (status, error["message"]) == (429, "monthly quota exhausted: this key's quota")
+            assert (headers["X-Quota-Limit"], headers["X-Quota-Unit"]) == ("3", "requests")
+    finally:
+        assert kf.stop() == 0
