@@ -233,6 +233,13 @@ class CustomerRateLimited(RateLimited):
     message = "rate limit exceeded: the customer's plan rate, shared by all its keys"
 
 
+class LookupRateLimited(RateLimited):
+    """keys.external.lookup's unknown_key_rate (SPEC section 13): keys this instance
+    has no answer for, looked up in the operator's key API, per client IP."""
+
+    message = "rate limit exceeded: keys not seen before, from this client IP"
+
+
 class KeyQuotaExceeded(QuotaExceeded):
     message = "monthly quota exhausted: this key's quota"
 
