@@ -20,6 +20,7 @@ Both return a `Decision`, whose headers go on every keyed response.
 from __future__ import annotations
 
 import abc
+import asyncio
 import calendar
 import ipaddress
 import math
@@ -514,15 +515,21 @@ class LocalQuotas:
             totals = await self._ledger.add_quota_usage(month, deltas, self._totals)
         except StoreError:
             return  # still pending: the next sync sends them
+        except asyncio.CancelledError:  # stopping: the ledger's thread may write them
+            self._sent(deltas)  # still, and the final sync must not count them twice
+            raise
         finally:
             self._sending = {}
+        self._sent(deltas)
+        self._totals = totals
+
+    def _sent(self, deltas: dict[str, tuple[int, int]]) -> None:
         for owner, (requests, nbytes) in deltas.items():
             pending = self._pending[owner]
             pending[0] -= requests
             pending[1] -= nbytes
             if pending == [0, 0]:
                 del self._pending[owner]
-        self._totals = totals
 
 
 class LocalLimiter(Limiter):
