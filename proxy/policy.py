@@ -294,7 +294,8 @@ class KeyPolicy:
 
 _EXPOSE = (
     "ETag, Content-Length, Content-Range, Last-Modified, RateLimit-Limit, "
-    "RateLimit-Remaining, RateLimit-Reset, Retry-After, X-Cache, X-Request-Id"
+    "RateLimit-Remaining, RateLimit-Reset, Retry-After, X-Cache, X-Request-Id, "
+    "X-Quota-Limit, X-Quota-Remaining, X-Quota-Reset, X-Quota-Unit"
 )
 _PREFLIGHT = {
     "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",

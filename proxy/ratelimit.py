@@ -20,13 +20,14 @@ Both return a `Decision`, whose headers go on every keyed response.
 from __future__ import annotations
 
 import abc
+import asyncio
 import calendar
 import ipaddress
 import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from .config import KeyDefaults
 from .errors import QuotaExceeded, RateLimited, Refusal, StoreError
@@ -213,6 +214,75 @@ def _first(value: int | None, default: int | None) -> int | None:
     return value if value is not None else default
 
 
+# --- which limit refused (issue 15: a 429 says so) ---------------------------------------
+# SPEC section 1's codes stay rate_limited and quota_exceeded; each class below fixes its
+# own public message, so a client (and its developer) learns which limit to raise or
+# wait for. The messages are constants: nothing of the request is echoed. They are
+# subclasses, so `isinstance(refusal, RateLimited)` and the usage counter's
+# denied_<code> are unchanged, and errors.py keeps one class per SPEC code.
+
+
+class KeyRateLimited(RateLimited):
+    message = "rate limit exceeded: this key's rate (its token bucket)"
+
+
+class ClientRateLimited(RateLimited):
+    message = "rate limit exceeded: this key's rate per client IP address"
+
+
+class CustomerRateLimited(RateLimited):
+    message = "rate limit exceeded: the customer's plan rate, shared by all its keys"
+
+
+class LookupRateLimited(RateLimited):
+    """keys.external.lookup's unknown_key_rate (SPEC section 13): keys this instance
+    has no answer for, looked up in the operator's key API, per client IP."""
+
+    message = "rate limit exceeded: keys not seen before, from this client IP"
+
+
+class KeyQuotaExceeded(QuotaExceeded):
+    message = "monthly quota exhausted: this key's quota"
+
+
+class CustomerQuotaExceeded(QuotaExceeded):
+    message = "monthly quota exhausted: the customer's quota, shared by all its keys"
+
+
+def rate_refusal(limits: KeyLimits, bucket: Bucket) -> type[RateLimited]:
+    """The refusal of `bucket`, one of `limits`' (the per-IP bucket is built per
+    request, so it is the one that is neither the key's nor the customer's)."""
+    if bucket is limits.bucket:
+        return KeyRateLimited
+    if bucket is limits.customer_bucket:
+        return CustomerRateLimited
+    return ClientRateLimited
+
+
+QuotaUnit = Literal["requests", "bytes"]
+
+
+def quota_refusal(
+    limits: KeyLimits, key_tokens: float, stage: Stage, unit: QuotaUnit, now: float
+) -> Decision:
+    """429 quota_exceeded for `stage`'s quota, spent in `unit`: the key bucket's
+    RateLimit-* headers as on every keyed response (SPEC section 1), Retry-After until
+    the month (UTC) ends (SPEC section 3), and the quota's own X-Quota-* headers (SPEC
+    is silent on their names; RateLimit-* keep meaning the key's bucket, so that a
+    client pacing itself by them never sees them jump to a monthly figure): the limit,
+    its unit, 0 remaining, and the seconds until it resets at the month's end."""
+    refusal = KeyQuotaExceeded if stage.quota_owner == limits.key_id else CustomerQuotaExceeded
+    wait = seconds_to_month_end(now)
+    limit = stage.quota_bytes if unit == "bytes" else stage.quota_requests
+    quota = {
+        "X-Quota-Limit": str(limit),
+        "X-Quota-Remaining": "0",
+        "X-Quota-Reset": str(max(1, math.ceil(wait))),
+        "X-Quota-Unit": unit,
+    }
+    return decision(limits.bucket, key_tokens, refusal, wait, quota)
+
+
 @dataclass(slots=True)  # not frozen: built per request, and frozen __init__ costs ~0.4 µs
 class Decision:
     """The outcome of checks 9 and 10 for one request, and its RateLimit-* headers
@@ -237,8 +307,10 @@ def decision(
     tokens: float,
     refusal: type[Refusal] | None = None,
     retry_after: float = 0.0,
+    more_headers: dict[str, str] | None = None,
 ) -> Decision:
-    """Build a Decision from the key bucket's tokens after this request."""
+    """Build a Decision from the key bucket's tokens after this request; a refusal's
+    headers add Retry-After and `more_headers`."""
     if bucket is None:
         result = Decision(0, 0, 0)
     else:
@@ -250,6 +322,8 @@ def decision(
         return result
     headers = result.headers() if bucket else {}
     headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if more_headers:
+        headers.update(more_headers)
     result.refusal = refusal(headers=headers)
     return result
 
@@ -292,6 +366,13 @@ class Limiter(abc.ABC):
     def sent(self, limits: KeyLimits, nbytes: int) -> None:
         """Count body bytes sent, for the monthly byte quotas (the key's and its
         customer's). Never blocks."""
+
+    @abc.abstractmethod
+    async def quota_used(self, owner: str) -> tuple[int, int]:
+        """(requests, bytes) counted this month (UTC) against `owner`'s quota (a key
+        id, or customer_quota_owner(id)), read as check() reads it, with what this
+        process counted and has not yet sent (GET /admin/v1/me, issue 15). Bytes are
+        counted only where a byte quota is set. StoreError if the store cannot say."""
 
 
 class LocalBuckets:
@@ -375,19 +456,23 @@ class LocalQuotas:
         self._month = month_of(time.time())
         self._totals: dict[str, tuple[int, int]] = {}
         self._pending: dict[str, list[int]] = {}
+        self._sending: dict[str, tuple[int, int]] = {}  # the part of _pending a sync sends
 
-    def exhausted(self, stage: Stage) -> bool:
-        """No request of `stage` may start: its quota is spent."""
+    def exhausted(self, stage: Stage) -> QuotaUnit | None:
+        """What of `stage`'s quota is spent, so that no request of it may start; None
+        while neither is."""
         owner = stage.quota_owner
         if owner is None:
-            return False
+            return None
         requests, nbytes = self._totals.get(owner, (0, 0))
         pending = self._pending.get(owner)
         if pending:
             requests, nbytes = requests + pending[0], nbytes + pending[1]
         if stage.quota_bytes is not None and nbytes >= stage.quota_bytes:
-            return True
-        return stage.quota_requests is not None and requests >= stage.quota_requests
+            return "bytes"
+        if stage.quota_requests is not None and requests >= stage.quota_requests:
+            return "requests"
+        return None
 
     def count(self, owner: str, requests: int, nbytes: int) -> None:
         pending = self._pending.get(owner)
@@ -397,20 +482,54 @@ class LocalQuotas:
             pending[0] += requests
             pending[1] += nbytes
 
+    async def used(self, owner: str) -> tuple[int, int]:
+        """`owner`'s totals this month: the ledger's (every process's sent counts) plus
+        this process's pending ones."""
+        month = month_of(time.time())
+        if month != self._month:
+            return 0, 0  # the next sync starts the month
+        pending = tuple(self._pending.get(owner, (0, 0)))
+        if self._ledger is None:
+            requests, nbytes = self._totals.get(owner, (0, 0))
+            return requests + pending[0], nbytes + pending[1]
+        # Taken before the read: the ledger runs one job at a time, so a sync in flight
+        # now is in the totals read, and in `pending` too until it is back.
+        sending = self._sending.get(owner, (0, 0))
+        totals = await self._ledger.add_quota_usage(month, {}, (owner,))
+        requests, nbytes = totals.get(owner, (0, 0))
+        return requests + pending[0] - sending[0], nbytes + pending[1] - sending[1]
+
     async def sync(self) -> None:
-        """Send what was counted here, read back every process's totals."""
+        """Send what was counted here, read back every process's totals. The counts
+        sent stay pending until the totals that include them are back: taken out
+        before, they counted nowhere while the ledger worked, and requests decided
+        meanwhile were admitted past the quota (a pooled quota of 5 served 6, issue 15)."""
         if self._ledger is None:
             return
         month = month_of(time.time())
         if month != self._month:
             self._month, self._totals = month, {}
-        pending, self._pending = self._pending, {}
-        deltas = {k: (v[0], v[1]) for k, v in pending.items()}
+        deltas = {k: (v[0], v[1]) for k, v in self._pending.items()}
+        self._sending = deltas
         try:
-            self._totals = await self._ledger.add_quota_usage(month, deltas, self._totals)
+            totals = await self._ledger.add_quota_usage(month, deltas, self._totals)
         except StoreError:
-            for owner, (requests, nbytes) in deltas.items():  # kept for the next try
-                self.count(owner, requests, nbytes)
+            return  # still pending: the next sync sends them
+        except asyncio.CancelledError:  # stopping: the ledger's thread may write them
+            self._sent(deltas)  # still, and the final sync must not count them twice
+            raise
+        finally:
+            self._sending = {}
+        self._sent(deltas)
+        self._totals = totals
+
+    def _sent(self, deltas: dict[str, tuple[int, int]]) -> None:
+        for owner, (requests, nbytes) in deltas.items():
+            pending = self._pending[owner]
+            pending[0] -= requests
+            pending[1] -= nbytes
+            if pending == [0, 0]:
+                del self._pending[owner]
 
 
 class LocalLimiter(Limiter):
@@ -453,11 +572,11 @@ class LocalLimiter(Limiter):
                 if not self.buckets.admits(bucket):
                     key_tokens = self.buckets.level(limits.bucket) if limits.bucket else 0.0
                     wait = retry_after_tokens(bucket, self.buckets.level(bucket))
-                    return decision(limits.bucket, key_tokens, RateLimited, wait)
-            if self._quotas_on and self.quotas.exhausted(stage):
+                    return decision(limits.bucket, key_tokens, rate_refusal(limits, bucket), wait)
+            spent = self.quotas.exhausted(stage) if self._quotas_on else None
+            if spent is not None:
                 key_tokens = self.buckets.level(limits.bucket) if limits.bucket else 0.0
-                wait = seconds_to_month_end(time.time())
-                return decision(limits.bucket, key_tokens, QuotaExceeded, wait)
+                return quota_refusal(limits, key_tokens, stage, spent, time.time())
         key_tokens = 0.0
         for stage in stages:
             for bucket in stage.buckets:
@@ -474,7 +593,11 @@ class LocalLimiter(Limiter):
         key_tokens = tokens if bucket is limits.bucket else 0.0
         if admitted:
             return decision(limits.bucket, key_tokens)
-        return decision(limits.bucket, key_tokens, RateLimited, retry_after_tokens(bucket, tokens))
+        wait = retry_after_tokens(bucket, tokens)
+        return decision(limits.bucket, key_tokens, rate_refusal(limits, bucket), wait)
+
+    async def quota_used(self, owner: str) -> tuple[int, int]:
+        return await self.quotas.used(owner)
 
     def sent(self, limits: KeyLimits, nbytes: int) -> None:
         if not self._quotas_on:

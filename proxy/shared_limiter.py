@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Literal, cast
 
-from .errors import QuotaExceeded, RateLimited, StoreError, Unavailable
+from .errors import StoreError, Unavailable
 from .periodic import Periodic, stop_tasks
 from .ratelimit import (
     Bucket,
@@ -68,9 +68,12 @@ from .ratelimit import (
     KeyLimits,
     Limiter,
     LocalLimiter,
+    QuotaUnit,
     Stage,
     decision,
     month_of,
+    quota_refusal,
+    rate_refusal,
     retry_after_tokens,
     seconds_to_month_end,
 )
@@ -99,6 +102,7 @@ class StageVerdict:
     admitted: bool
     levels: list[float]  # each bucket's tokens after the call, shared by its waiters
     quota_exhausted: bool
+    bytes_used: int  # the quota's byte count after the call: which of it is spent
     month: str  # the quota month the call counted in: a refund goes back there
 
 
@@ -238,11 +242,15 @@ class SharedLimiter(Limiter):
         key_tokens = outcomes[0].levels[first.key_index] if first.key_index >= 0 else 0.0
         for stage, outcome in zip(stages, outcomes, strict=True):
             if outcome.quota_exhausted:
-                wait = seconds_to_month_end(time.time())
-                return decision(limits.bucket, key_tokens, QuotaExceeded, wait)
+                spent_bytes = (
+                    stage.quota_bytes is not None and outcome.bytes_used >= stage.quota_bytes
+                )
+                unit: QuotaUnit = "bytes" if spent_bytes else "requests"
+                return quota_refusal(limits, key_tokens, stage, unit, time.time())
             if not outcome.admitted:
                 wait = _retry_after(stage, outcome.levels)
-                return decision(limits.bucket, key_tokens, RateLimited, wait)
+                refused_by = _refusing_bucket(stage, outcome.levels)
+                return decision(limits.bucket, key_tokens, rate_refusal(limits, refused_by), wait)
         return decision(limits.bucket, key_tokens, None)
 
     def _spend(self, stage: Stage, lease: Lease) -> Decision:
@@ -261,6 +269,21 @@ class SharedLimiter(Limiter):
                 if owner is not None and stage.quota_bytes is not None:
                     self._bytes[owner] = self._bytes.get(owner, 0) + nbytes
         self._fallback.sent(limits, nbytes)
+
+    async def quota_used(self, owner: str) -> tuple[int, int]:
+        """The script with no bucket and nothing to count reads the quota's hash and
+        writes nothing: the counters as check() reads them."""
+        if not self.healthy:
+            raise StoreError("the rate-limit store is unreachable")
+        now = self.clock()
+        stage = Stage(f"kf:q:{{{owner}}}", (), owner)
+        try:
+            async with asyncio.timeout(max(self._timeout, 1.0)):
+                reply = await self._call(stage, 0, 0, 0, now, month=month_of(now))
+        except TimeoutError:
+            raise StoreError("the rate-limit store did not answer in time") from None
+        _, _, requests, nbytes, *_ = cast(list[int], reply)
+        return requests, nbytes + self._bytes.get(owner, 0)
 
     # --- coalescing: one script call per stage per loop tick ---
 
@@ -373,13 +396,14 @@ class SharedLimiter(Limiter):
                 if not waiter.done():
                     waiter.set_exception(StoreError(str(error)))
             return
-        admitted, exhausted, _, _, *milli = cast(list[int], reply.result())
+        admitted, exhausted, _, bytes_used, *milli = cast(list[int], reply.result())
         levels = [tokens / 1000 for tokens in milli]
         unused = 0
         for i, waiter in enumerate(batch.waiters):
             if not waiter.done():
                 quota_exhausted = bool(exhausted) and i >= admitted
-                waiter.set_result(StageVerdict(i < admitted, levels, quota_exhausted, month))
+                verdict = StageVerdict(i < admitted, levels, quota_exhausted, bytes_used, month)
+                waiter.set_result(verdict)
             elif i < admitted:  # admitted, but its request gave up (timed out, cancelled)
                 unused += 1
         if unused:  # review finding 6a: their tokens and count go back
@@ -492,6 +516,15 @@ def _retry_after(stage: Stage, levels: list[float]) -> float:
         retry_after_tokens(b, t) for b, t in zip(stage.buckets, levels, strict=True) if t < 1.0
     ]
     return max(waits, default=1.0)
+
+
+def _refusing_bucket(stage: Stage, levels: list[float]) -> Bucket:
+    """The narrowest bucket of the stage left without a whole token: the script admits
+    as many as its emptiest bucket allows, so that one is below 1 after the call."""
+    for bucket, tokens in zip(stage.buckets, levels, strict=True):
+        if tokens < 1.0:
+            return bucket
+    return stage.buckets[-1]
 
 
 def _lease_size(bucket: Bucket) -> int:

@@ -4,6 +4,7 @@ OpenAPI document. Customers and tokens are seeded with the real `keyfront` CLI."
 
 from __future__ import annotations
 
+import calendar
 import http.client
 import json
 import os
@@ -35,6 +36,7 @@ from conftest import (
 
 SIGNER = KeySigner("pk", {1: SECRET})
 ADMIN_TOKEN = "operator-token-0123456789"
+ADMIN_API_OFF = "the admin API is off: set admin.token in the config"
 ACME_CAPS = ("--max-rate", "10/s", "--max-burst", "20",
              "--quota-requests", "1000", "--quota-bytes", "1GiB")  # fmt: skip
 
@@ -188,6 +190,7 @@ def test_wrong_or_missing_token_is_401_on_every_route(deployment: Deployment) ->
         for token in (None, "wrong-token", ADMIN_TOKEN[:-1], "kfc_" + "A" * 43):
             reply = deployment.admin(method, concrete(path), {}, token=token)
             assert (reply.status, reply.code) == (401, "unauthorized"), (method, path, token)
+            assert reply.json()["error"]["message"] != ADMIN_API_OFF
             assert reply.headers["WWW-Authenticate"].startswith("Bearer")
             assert reply.json()["error"]["request_id"] == reply.headers["X-Request-Id"]
         checked += 1
@@ -545,7 +548,9 @@ async def test_purge_without_a_cache_is_501(tmp_path: Path, aiohttp_client: Any)
 
 
 def test_without_an_admin_token_every_call_is_401(tmp_path: Path, files: Path) -> None:
-    """(On SQLite only: the check never reaches the store.)"""
+    """Every call says the admin API is off, customer tokens' too: they work only while
+    admin.token is set (SPEC section 9). (On SQLite only: the check never reaches the
+    store.)"""
     store_url = f"sqlite://{tmp_path}/kf.db"
     kf = start_keyfront(config(store_url, files, admin=""), str(tmp_path))
     try:
@@ -558,6 +563,8 @@ def test_without_an_admin_token_every_call_is_401(tmp_path: Path, files: Path) -
                 path = PREFIX + concrete(endpoint.path)
                 reply = call(kf.admin_url, endpoint.method, path, {}, bearer)
                 assert reply.status == 401, (endpoint.method, path)
+                # Issue 15: it says why, whatever the token (customer tokens included).
+                assert reply.json()["error"]["message"] == ADMIN_API_OFF, (endpoint.method, path)
         assert call(kf.admin_url, "GET", f"{PREFIX}/openapi.json", token=None).status == 200
     finally:
         assert kf.stop() == 0
@@ -863,3 +870,47 @@ async def test_a_customer_token_is_capped_by_default(tmp_path: Path, files: Path
         assert kf.cli("keys", "create", "--customer", "open").returncode == 0
     finally:
         assert kf.stop() == 0
+
+
+# --- GET /me: a customer's own plan (issue 15) -------------------------------------------
+
+
+def test_me_shows_a_customer_token_its_plan_keys_and_quota_left(deployment: Deployment) -> None:
+    caps = {"max_rate": "50/s", "max_burst": 60, "quota_requests": 10, "quota_bytes": 1000,
+            "max_keys": 3}  # fmt: skip
+    deployment.admin("POST", "/customers", {"customer_id": "planned", **caps}, expect=201)
+    token = deployment.admin("POST", "/customers/planned/tokens", {}, expect=201).json()["token"]
+    keys = [deployment.admin("POST", "/keys", {}, token=token, expect=201).json()["key"]
+            for _ in range(2)]  # fmt: skip
+    for key in keys:  # 4 requests of 100 bytes, from the pool of both keys
+        assert [deployment.fetch(key) for _ in range(2)] == [200, 200]
+    deadline = time.monotonic() + 5
+    while True:  # bytes are counted as responses finish
+        plan = deployment.admin("GET", "/me", token=token, expect=200).json()
+        if plan["quota"]["bytes"]["used"] == 400 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert {name: plan[name] for name in caps} == caps
+    assert (plan["customer_id"], plan["status"]) == ("planned", "active")
+    assert plan["keys"] == {"live": 2, "max": 3}
+    assert plan["quota"]["requests"] == {"limit": 10, "used": 4, "left": 6}
+    assert plan["quota"]["bytes"] == {"limit": 1000, "used": 400, "left": 600}
+    now = time.gmtime()
+    next_month = (now.tm_year + now.tm_mon // 12, now.tm_mon % 12 + 1, 1, 0, 0, 0)
+    assert plan["quota"]["resets_at"] == calendar.timegm(next_month)
+    assert plan["quota"]["month"] == time.strftime("%Y-%m", now)
+    # No quota on the plan: nothing counted against one; the token's default key cap.
+    other = deployment.as_customer("globex", "GET", "/me").json()
+    assert other["quota"]["requests"] == {"limit": None, "used": None, "left": None}
+    assert other["keys"]["max"] == 1000  # admin.customer_max_keys, the default
+    # The operator has no plan of its own.
+    operator = deployment.admin("GET", "/me")
+    assert (operator.status, operator.code) == (400, "bad_request")
+    assert "customer token" in operator.json()["error"]["message"]
+    document = deployment.admin("GET", "/openapi.json", token=None, expect=200).json()
+    me = document["paths"][f"{PREFIX}/me"]["get"]
+    assert me["x-access"] == "customer"
+    assert me["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Plan"
+    }
+    assert set(document["components"]["schemas"]["Plan"]["required"]) >= {"keys", "quota"}

@@ -4,6 +4,7 @@ SQLite and on one shared redis-server, and a redis-server killed mid-traffic."""
 from __future__ import annotations
 
 import asyncio
+import calendar
 import json
 import time
 from collections.abc import Iterator
@@ -305,5 +306,128 @@ async def test_a_refused_client_spends_no_one_elses_tokens_nor_the_quota(
             await asyncio.sleep(0.1)
         billed = (rows[0]["requests"], rows[0]["denied_rate_limited"])
         assert billed == (4, 10)  # the refused requests are seen, not billed
+    finally:
+        assert kf.stop() == 0
+
+
+# --- issue 15: a 429 says which limit refused it; a quota's 429 carries its headers ----
+
+
+async def _refusal(
+    session: aiohttp.ClientSession, url: str, ip: str
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    async with session.get(url, headers={"X-Forwarded-For": ip}) as response:
+        body = await response.read()
+        error = json.loads(body)["error"] if response.status != 200 else {}
+        return response.status, dict(response.headers), error
+
+
+def _month_end() -> int:
+    now = time.gmtime()
+    return calendar.timegm((now.tm_year + now.tm_mon // 12, now.tm_mon % 12 + 1, 1, 0, 0, 0))
+
+
+async def test_a_429_says_which_limit_refused_it(
+    tmp_path: Path, files: Path, store_url: str
+) -> None:
+    slow, now = Rate(1, 60.0), int(time.time())
+    per_ip, by_rate = new_key_id(), new_key_id()
+    quota, pooled = new_key_id(), new_key_id()
+    keys = await _provision_customer(
+        store_url,
+        Customer("acme", max_rate=slow, max_burst=3),
+        KeyRecord(per_ip, "acme", created_at=now, rate=slow, burst=2, ip_rate=slow, ip_burst=1),
+        KeyRecord(by_rate, "acme", created_at=now),  # keys.defaults' bucket, 20/s
+    )
+    keys += await _provision_customer(
+        store_url,
+        Customer("initech"),
+        KeyRecord(quota, "initech", created_at=now, quota_requests=2),
+    )
+    keys += await _provision_customer(
+        store_url, Customer("pool", quota_bytes=150), KeyRecord(pooled, "pool", created_at=now)
+    )
+    extra = "trusted_proxies: [127.0.0.1/32]\nusage: {flush_interval: 100ms}"
+    kf = start_keyfront(config(store_url, files, extra), str(tmp_path))
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"{kf.url}/files/a.txt?key="
+            seen = [await _refusal(session, url + keys[0], ip) for ip in ("10.0.0.1",) * 2]
+            seen += [await _refusal(session, url + keys[0], ip) for ip in ("10.0.0.2", "10.0.0.3")]
+            seen += [await _refusal(session, url + keys[1], "10.0.0.4") for _ in range(2)]
+            seen += [await _refusal(session, url + keys[2], "10.0.0.5") for _ in range(3)]
+            messages = [(status, error.get("message")) for status, _, error in seen]
+            assert messages == [
+                (200, None),
+                (429, "rate limit exceeded: this key's rate per client IP address"),
+                (200, None),
+                (429, "rate limit exceeded: this key's rate (its token bucket)"),
+                (200, None),  # the plan's third token: the refusals above spent none
+                (429, "rate limit exceeded: the customer's plan rate, shared by all its keys"),
+                (200, None),
+                (200, None),
+                (429, "monthly quota exhausted: this key's quota"),
+            ]
+            assert {error["code"] for _, _, error in seen if error} == {
+                "rate_limited",
+                "quota_exceeded",
+            }
+            assert not any("X-Quota-Limit" in headers for _, headers, _ in seen[:6])
+            _, headers, _ = seen[-1]
+            assert (headers["X-Quota-Limit"], headers["X-Quota-Unit"]) == ("2", "requests")
+            assert headers["X-Quota-Remaining"] == "0"
+            reset = int(headers["X-Quota-Reset"])
+            assert abs(time.time() + reset - _month_end()) < 5
+            assert headers["Retry-After"] == headers["X-Quota-Reset"]
+            # RateLimit-* stay the key bucket's (keys.defaults: burst 40), as on a 200.
+            assert headers["RateLimit-Limit"] == "40"
+
+            # A byte quota of 150 shared by the customer's keys: requests of 100 bytes
+            # are served until the bytes sent reach it (counted as responses finish).
+            deadline, status = time.monotonic() + 5, 200
+            while status == 200 and time.monotonic() < deadline:
+                status, headers, error = await _refusal(session, url + keys[3], "10.0.0.6")
+                await asyncio.sleep(0.2)
+            assert (status, error["code"]) == (429, "quota_exceeded")
+            assert error["message"] == (
+                "monthly quota exhausted: the customer's quota, shared by all its keys"
+            )
+            assert (headers["X-Quota-Limit"], headers["X-Quota-Unit"]) == ("150", "bytes")
+            assert headers["X-Quota-Remaining"] == "0"
+            assert abs(time.time() + int(headers["X-Quota-Reset"]) - _month_end()) < 5
+    finally:
+        assert kf.stop() == 0
+
+
+async def test_a_pooled_quota_refusal_spends_nothing_of_the_keys_own_quota(
+    tmp_path: Path, files: Path, store_url: str
+) -> None:
+    """Issue 15, plans per customer: the customer's pool and the key's own quota are
+    decided together, all or nothing; raising the pool lets the key use the rest of its
+    own quota, which the pool's refusals did not touch."""
+    key_id = new_key_id()
+    (key,) = await _provision_customer(
+        store_url,
+        Customer("pool", quota_requests=2),
+        KeyRecord(key_id, "pool", created_at=int(time.time()), quota_requests=3),
+    )
+    kf = start_keyfront(config(store_url, files, "trusted_proxies: [127.0.0.1/32]"), str(tmp_path))
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"{kf.url}/files/a.txt?key={key}"
+            seen = [await _refusal(session, url, "10.3.0.1") for _ in range(6)]
+            assert [status for status, _, _ in seen] == [200] * 2 + [429] * 4
+            assert {error["message"] for _, _, error in seen[2:]} == {
+                "monthly quota exhausted: the customer's quota, shared by all its keys"
+            }
+            kf.cli("customers", "update", "pool", "--quota-requests", "10")
+            deadline, status = time.monotonic() + 5, 429
+            while status == 429 and time.monotonic() < deadline:  # the record cache
+                status, _, error = await _refusal(session, url, "10.3.0.1")
+                await asyncio.sleep(0.05)
+            assert status == 200  # the key's third: refused by the pool, it spent none
+            status, headers, error = await _refusal(session, url, "10.3.0.1")
+            assert (status, error["message"]) == (429, "monthly quota exhausted: this key's quota")
+            assert (headers["X-Quota-Limit"], headers["X-Quota-Unit"]) == ("3", "requests")
     finally:
         assert kf.stop() == 0

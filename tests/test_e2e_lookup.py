@@ -376,6 +376,8 @@ async def test_flood_of_made_up_keys_costs_a_bounded_number_of_lookups(
             assert int(reply.headers["Retry-After"]) >= 1
             assert reply.headers["RateLimit-Limit"] == "5"  # unknown_key_burst
             assert reply.headers["RateLimit-Remaining"] == "0"
+            message = json.loads(reply.body)["error"]["message"]  # which limit (issue 15)
+            assert message == "rate limit exceeded: keys not seen before, from this client IP"
     looked_up = key_api.total() - before
     assert looked_up <= 5 + 1 * (time.monotonic() - started) + 1  # burst + rate * time
     assert statuses["rate_limited"] >= 40 - looked_up - 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import time
 from pathlib import Path
@@ -238,3 +239,25 @@ def test_the_shared_limiters_fallback_keeps_no_quotas() -> None:
     for _ in range(11):
         fallback.sent(key, 10**9)
     assert [fallback.decide(key, "").refusal for _ in range(5)] == [None] * 5
+
+
+async def test_counts_being_synced_still_count(tmp_path: Path) -> None:
+    """While a sync sends this process's counts to the ledger, they are neither pending
+    nor in the totals read back yet: requests decided meanwhile must still see them (a
+    customer's pooled quota of 5 once served a sixth request, issue 15)."""
+    store = SqliteStore(f"sqlite://{tmp_path}/kf.db")
+    await store.open()
+    try:
+        limiter = LocalLimiter(1.0, store)
+        key = limits(rate=Rate(1000, 1.0), burst=1000, quota_requests=3)
+        assert all(limiter.decide(key, "").refusal is None for _ in range(3))
+        syncing = asyncio.create_task(limiter.quotas.sync())
+        await asyncio.sleep(0)  # the sync has taken the pending counts and awaits the ledger
+        assert not syncing.done()
+        assert isinstance(limiter.decide(key, "").refusal, QuotaExceeded)
+        assert await limiter.quota_used(key.key_id) == (3, 0)
+        await syncing
+        assert isinstance(limiter.decide(key, "").refusal, QuotaExceeded)
+        assert await limiter.quota_used(key.key_id) == (3, 0)
+    finally:
+        await store.close()

@@ -13,7 +13,7 @@ import pytest
 
 from proxy.config import KeyDefaults
 from proxy.errors import QuotaExceeded, RateLimited, Unavailable
-from proxy.ratelimit import KeyLimits, LocalLimiter, month_of
+from proxy.ratelimit import KeyLimits, LocalLimiter, customer_quota_owner, month_of
 from proxy.records import Customer, KeyRecord
 from proxy.shared_limiter import LEASE_MAX, SharedLimiter
 from proxy.store.resp import key_slot, resp_client_from_url
@@ -422,3 +422,27 @@ async def test_a_refund_goes_to_the_month_its_request_was_counted_in(
                 _cli(ports[0], "HGET", "kf:q:{c:acme}:202602", "r"))  # fmt: skip
 
     assert await _until(lambda: counts() == ("1", "7"), within=1.0), counts()
+
+
+async def test_quota_used_reads_the_counters_and_spends_nothing(
+    deployment: tuple[Factory, list[int]],
+) -> None:
+    """GET /admin/v1/me's read (issue 15): the script's counters, bytes not yet sent
+    included, and the read itself changes nothing; the refusal names the bytes."""
+    make, _ = deployment
+    limiter = make()
+    await limiter.open()
+    customer = Customer("acme", quota_requests=5, quota_bytes=1000)
+    key = limits("u" * 22, customer)
+    owner = customer_quota_owner("acme")
+    assert await limiter.quota_used(owner) == (0, 0)
+    assert all([(await limiter.check(key, "")).refusal is None for _ in range(2)])
+    limiter.sent(key, 300)
+    assert await limiter.quota_used(owner) == (2, 300)
+    assert await limiter.quota_used(owner) == (2, 300)  # a read spends nothing
+    limiter.sent(key, 700)
+    refused = (await limiter.check(key, "")).refusal
+    assert isinstance(refused, QuotaExceeded) and "customer's quota" in refused.message
+    assert (refused.headers["X-Quota-Limit"], refused.headers["X-Quota-Unit"]) == ("1000", "bytes")
+    assert await limiter.quota_used(owner) == (2, 1000)
+    await limiter.close()

@@ -2,7 +2,7 @@
 
     http.py      the caller, the Endpoint type, JSON in and out, error responses
     auth.py      bearer tokens: the operator's admin.token, customer tokens
-    handlers.py  customers and their tokens, keys, usage, purge, invalidation
+    handlers.py  customers and their tokens, keys, usage, purge, invalidation, /me
     openapi.py   the OpenAPI 3.1 document, built from ENDPOINTS
     listener.py  the admin listener: /healthz, /readyz, /metrics and this API
 
@@ -78,6 +78,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/keys/invalidate", h.invalidate_keys, "operator", "drop cached answers "
              "of the key API (SPEC section 13) for these keys, key ids or customers on every "
              "instance within a second", "Invalidated", body="Invalidate"),
+    Endpoint("GET", "/me", h.me, "customer", "a customer token's own plan: its caps, its live "
+             "keys against max_keys, and its pooled monthly quota used and left (UTC month); "
+             "400 for the operator's token", "Plan"),
     Endpoint("GET", "/keys", h.list_keys, "customer", "list keys", "[Key]",
              query=h.KEYS_QUERY),
     Endpoint("POST", "/keys", h.create_key, "customer",

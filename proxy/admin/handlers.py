@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from .. import failpoints
 from ..config import KeyDefaults
-from ..errors import BodyTooLarge, Invalid, Missing, NotSupported
+from ..errors import BodyTooLarge, Invalid, ManageError, Missing, NotSupported
 from ..manage import actions as act
 from ..manage.imports import FORMATS, SHARED_LOOP_BATCH, Importer, rows_of
 from ..manage.invalidate import (
@@ -44,6 +45,7 @@ from ..manage.settings import (
     read_settings,
 )
 from ..manage.usage import GRAINS, usage_csv, usage_report
+from ..ratelimit import customer_quota_owner, seconds_to_month_end
 from ..records import DisabledBy, KeyRecord
 from ..units import parse_duration
 from .http import Caller, Param, context, read_body, reply
@@ -188,6 +190,35 @@ def _default_max_keys(request: web.Request, caller: Caller) -> int | None:
 
 def _warned(data: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
     return {**data, "warnings": warnings} if warnings else data
+
+
+# --- the caller's own plan (SPEC section 9: GET /admin/v1/me; issue 15) ----------------
+
+
+async def me(request: web.Request, caller: Caller) -> web.Response:
+    """A customer token's view of its plan: the customer's record (its caps), its live
+    keys against the cap that applies to this token, and its pooled monthly quota used
+    and left, read from the counters the limiter enforces. The operator has no plan of
+    its own: 400 pointing at the customer's record, rather than a guess at a customer."""
+    if caller.customer_id is None:
+        raise ManageError("GET /me is a customer token's own plan; the operator's admin "
+                          "token has none (read GET /customers/{customer_id})")  # fmt: skip
+    runtime = context(request).runtime
+    customer = await act.find_customer(runtime.store, caller.customer_id)
+    cap = act.key_cap(customer, _default_max_keys(request, caller))
+    live = await act.live_keys(runtime.store, customer.customer_id)
+    now = time.time()
+    quota: dict[str, Any] = {"month": time.strftime("%Y-%m", time.gmtime(now)),
+                             "resets_at": round(now + seconds_to_month_end(now))}  # fmt: skip
+    used = (0, 0)
+    if customer.quota_requests is not None or customer.quota_bytes is not None:
+        used = await runtime.limiter.quota_used(customer_quota_owner(customer.customer_id))
+    for name, limit, spent in (("requests", customer.quota_requests, used[0]),
+                               ("bytes", customer.quota_bytes, used[1])):  # fmt: skip
+        quota[name] = {"limit": limit, "used": None if limit is None else spent,
+                       "left": None if limit is None else max(0, limit - spent)}  # fmt: skip
+    keys = {"live": live, "max": cap[0] if cap else None}
+    return reply({**act.record_json(customer), "keys": keys, "quota": quota})
 
 
 # --- imported keys (SPEC section 13; operator only) ------------------------------------

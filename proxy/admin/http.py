@@ -17,6 +17,7 @@ from ..config import Config
 from ..errors import BodyTimeout, Invalid, KeyfrontError, Missing, error_body
 from ..keys import KeySigner
 from ..metrics import Metrics
+from ..ratelimit import Limiter
 from ..store import Store
 
 Access = Literal["public", "operator", "customer"]  # customer: a customer token may call it
@@ -29,6 +30,7 @@ class AdminRuntime(Protocol):
     store: Store
     cache: Cache | None  # None: no cache to purge
     metrics: Metrics  # counts the admin API's internal errors
+    limiter: Limiter  # reads a customer's quota counters (GET /me)
 
 
 @dataclass(frozen=True, slots=True)

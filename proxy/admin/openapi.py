@@ -28,7 +28,7 @@ STRING, INTEGER = {"type": "string"}, {"type": "integer"}
 OPTIONAL_BODIES = frozenset({"Roll", "TokenCreate"})  # read_body(optional=True) in handlers
 ERRORS = {
     "400": "a bad value: `field` names it",
-    "401": "no token, or not a valid one",
+    "401": "no token, or not a valid one; or the admin API is off (no admin.token set)",
     "403": "a customer token calling an operator-only route, or its customer is disabled",
     "404": "no such record (or another customer's)",
     "409": "the id exists, the key is revoked, or the customer is disabled",
@@ -153,6 +153,10 @@ KEY_MINTED = {
 }
 MINTED_KEY = _record(KeyRecord, **KEY_MINTED)
 USAGE_COUNTS = {name: INTEGER for name in FIELDS}
+NULLABLE_INTEGER = {"type": ["integer", "null"]}
+QUOTA = {**_object({"limit": NULLABLE_INTEGER, "used": NULLABLE_INTEGER, "left":
+                    NULLABLE_INTEGER}, ["limit", "used", "left"]),
+         "description": "null: no such quota on the plan"}  # fmt: skip
 SCHEMAS: dict[str, Any] = {
     "Error": _object({"error": _object(
         {"code": STRING, "message": STRING, "request_id": STRING, "field": STRING},
@@ -161,6 +165,17 @@ SCHEMAS: dict[str, Any] = {
     "CustomerCreate": {**_input(CUSTOMER_SETTINGS, customer_id=CUSTOMER_ID),
                        "required": ["customer_id"]},
     "CustomerPatch": _input(CUSTOMER_CHANGES),
+    "Plan": {**_object({**_record(Customer)["properties"],
+                        "keys": _object({"live": INTEGER, "max": NULLABLE_INTEGER},
+                                        ["live", "max"]),
+                        "quota": _object({"month": {**STRING, "examples": ["2026-12"]},
+                                          "resets_at": {**INTEGER, "description":
+                                                        "unix seconds: the month's end (UTC)"},
+                                          "requests": QUOTA, "bytes": QUOTA},
+                                         ["month", "resets_at", "requests", "bytes"])},
+                       [*_record(Customer)["required"], "keys", "quota"]),
+             "description": "the customer's record (its caps), live keys against the cap "
+                            "that applies to its tokens, and its pooled monthly quota"},
     "Key": _record(KeyRecord),
     "MintedKey": {**MINTED_KEY, "required": ["key", *MINTED_KEY["required"]], "description":
                   "the only time the key is shown; link_secret in place of has_link_secret"},

@@ -37,9 +37,16 @@ from dataclasses import dataclass
 
 from ..cached_key import CachedKey, compile_key
 from ..config import MAX_EXTERNAL_KEY, KeyDefaults, LookupConfig
-from ..errors import RateLimited, Unavailable
+from ..errors import Unavailable
 from ..keys import key_id_of
-from ..ratelimit import Bucket, LocalBuckets, client_prefix, decision, retry_after_tokens
+from ..ratelimit import (
+    Bucket,
+    LocalBuckets,
+    LookupRateLimited,
+    client_prefix,
+    decision,
+    retry_after_tokens,
+)
 from ..store import Change
 from .client import Found, KeyApi, LookupFailed
 from .digest import key_digests
@@ -152,7 +159,8 @@ class LookupCache:
         bucket = Bucket(client_prefix(client_ip), *self._bucket_args)
         admitted, tokens = self._clients.take(bucket)
         if not admitted:
-            refused = decision(bucket, tokens, RateLimited, retry_after_tokens(bucket, tokens))
+            wait = retry_after_tokens(bucket, tokens)
+            refused = decision(bucket, tokens, LookupRateLimited, wait)
             assert refused.refusal is not None
             raise refused.refusal
 
