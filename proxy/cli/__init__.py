@@ -25,8 +25,9 @@ An admin API token is printed once, by `customers token`: only its hash is store
 
 It owns the command line: this module holds the command table, the parser built from
 it and `main()`; the commands live in `customers`, `keys`, `usage`, `cache` and
-`local`, their options and the values only the command line takes in `options`, and
-what they print in `output`.
+`local`, their options and the values only the command line takes in `options`, what
+they print in `output`, and the parser class, exit status table and version in
+`parser`.
 
 What it must not import (directly; tests/test_layers.py checks): proxy.admin, its
 sibling front end (both call proxy.manage); the request path (proxy.pipeline,
@@ -38,13 +39,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError, KeyfrontError, UsageError
@@ -55,6 +55,7 @@ from .keys import GRACE, KEY_ID, KEY_SETTINGS, KEY_UPDATE_ONLY, customer_option
 from .local import SERVE_OPTIONS, SIGN_OPTIONS, load_config
 from .options import Option
 from .output import BAD_USAGE, Output, emit, error_json, failure_json, failure_text
+from .parser import EXIT_CODES, BadUsage, Parser, version
 from .usage import USAGE_OPTIONS
 
 PRIVATE_UMASK = 0o077  # files 0600, folders 0700: see main()
@@ -185,46 +186,6 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
         "add expires and sig to a URL for a key that uses signed links", local.sign, SIGN_OPTIONS
     ),
 }
-
-
-# The exit statuses scripts can rely on (issue 15): errors.py gives each error class
-# its own; `keyfront --help` prints this table, and README "Command line" repeats it.
-EXIT_CODES = """exit status:
-  0  done
-  1  not found (no such customer, key or token), or not done (a file it cannot read,
-     an import with bad rows)
-  2  bad usage: a bad option or value, conflicting options, a bad config file
-  3  conflict: the record already exists, the key is revoked, the customer disabled,
-     a cap is reached
-  4  the store is unreachable (try again)
-
-With --json, an error is {"error": {"code": ..., "message": ...}} on stderr and
-stdout stays empty. Commands that mint or verify a key (serve, config check, keys
-create|roll|import|find|invalidate) need the signing secrets (keys.secrets); the
-others run with only KEYFRONT_CONFIG set."""
-
-
-class BadUsage(Exception):
-    """argparse's usage error, raised so that `main` renders it (as JSON with --json)."""
-
-    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
-        super().__init__(message)
-        self.parser = parser
-
-
-class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are raised, not printed; its subparsers
-    are Parsers too (argparse makes them of their parent's class)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise BadUsage(self, message)
-
-
-def version() -> str:
-    try:
-        return importlib.metadata.version("keyfront")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree
-        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:

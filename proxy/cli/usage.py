@@ -28,7 +28,7 @@ USAGE_OPTIONS: list[Option] = [
     ("--key", {"dest": "key_id", "type": parse_usage_key_id, "metavar": "KEY_ID",
                "help": "one key's usage (a key id or the key)"}),
     ("--from", {"dest": "start", "type": parse_date, "metavar": "DATE",
-                "help": f"inclusive: {DATE}; a time of day counts from that hour, whatever "
+                "help": f"inclusive: {DATE}; with a time of day, the hours from it count, whatever "
                         "--by (default: the start of this month)"}),
     ("--to", {"dest": "end", "type": parse_date, "metavar": "DATE",
               "help": "exclusive: the first moment not counted, after --from (default: now)"}),
