@@ -140,6 +140,21 @@ def test_commands_that_sign_name_the_secret_they_need(acme: Keyfront) -> None:
     assert [k["key_id"] for k in acme.given("keys", "list")] == [key_id]  # nothing minted
 
 
+def test_only_secrets_may_be_left_unset(tmp_path: Path) -> None:
+    """The admin token (config/redis.yaml has no default for it) is a secret too; any
+    other field's unset variable is still the config error it always was."""
+    config = tmp_path / "keyfront.yaml"
+    config.write_text(config_text(tmp_path, f"sqlite://{tmp_path}/kf.db") +
+                      "admin: {token: '${KEYFRONT_ADMIN_TOKEN}'}\n")  # fmt: skip
+    kf = Keyfront(config, tmp_path / "kf.db")
+    assert kf.json("customers", "list", secret=False) == []
+    config.write_text(config_text(tmp_path, "${KEYFRONT_TEST_STORE}"))
+    refused = kf("customers", "list", expect=2, secret=False)
+    assert refused.stderr.splitlines() == [
+        "config error: store: environment variable KEYFRONT_TEST_STORE is not set"
+    ]
+
+
 # --- 2. usage CSV: one header whatever the data ----------------------------------------
 
 
