@@ -123,7 +123,7 @@ def customer_option(required: bool, help: str = "the customer the key belongs to
 LIST_OPTIONS: list[Option] = [
     customer_option(False, "only this customer's keys"),
     ("--status", {"choices": KEY_STATES, "help": "only keys in this state: expired is an "
-                                                 "active or disabled key past its expiry"}),
+                                                 "active key past its expiry"}),
 ]  # fmt: skip
 
 
