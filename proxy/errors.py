@@ -31,23 +31,25 @@
     │   ├── Missing              404 not_found              1  no such customer, key, token
     │   ├── WrongMethod          405 method_not_allowed     1  with Allow
     │   ├── BodyTimeout          408 request_timeout        1
-    │   ├── Refused              409 conflict               1  the id exists; a revoked key
+    │   ├── Refused              409 conflict               3  the id exists; a revoked key
     │   ├── BodyTooLarge         413 payload_too_large      1
     │   ├── NotSupported         501 not_implemented        1  e.g. a purge with no cache
     │   └── HttpError            any                        1  aiohttp's own HTTP errors
     ├── CommandFailed            -                          1  the CLI cannot do it
     │   └── UsageError           -                          2  a bad command-line value
-    ├── StoreError               503 unavailable            1  translated at the adapter edge
-    │   └── Conflict             503 unavailable            1  a create whose id exists
+    ├── StoreError               503 unavailable            4  translated at the adapter edge
+    │   └── Conflict             503 unavailable            3  a create whose id exists
     └── ConfigError              -                          2  every problem of a config, named
 
 Each error carries what every front end shows of it: `status` and `code` (SPEC section
 1's statuses and codes, on the public and the admin listener alike; "-": never an HTTP
 answer), `message` (the text a client or a CLI user reads) and `exit_code` (the
-command line's, SPEC section 8: 0 done, 1 not done, 2 bad usage or a bad config), as
-class attributes; tests/test_errors.py holds the classes to this table. `error_body`
-is the one renderer of the SPEC JSON body, for both listeners; `main` in proxy/cli
-prints the error and exits with its `exit_code`.
+command line's, SPEC section 8 and issue 15: 0 done; 1 not found, or not done for
+another reason; 2 bad usage or a bad config; 3 a conflict with the store's state: the
+record exists, the key is revoked, the customer disabled, a cap reached; 4 the store
+did not answer), as class attributes; tests/test_errors.py holds the classes to this
+table. `error_body` is the one renderer of the SPEC JSON body, for both listeners;
+`main` in proxy/cli prints the error and exits with its `exit_code`.
 
 A Refusal's and a StoreError's message are fixed: what went wrong in detail (an
 origin's status and error code, a folder's path, a Redis error reply) is the `detail`
@@ -242,7 +244,7 @@ class BodyTimeout(ManageError):
 
 
 class Refused(ManageError):
-    status, code = 409, "conflict"
+    status, code, exit_code = 409, "conflict", 3
 
 
 class BodyTooLarge(ManageError):
@@ -282,10 +284,13 @@ class StoreError(KeyfrontError):
     """The store could not answer; adapters raise it `from` the driver's exception."""
 
     status, code, message = 503, "unavailable", "the store failed"
+    exit_code = 4  # scripts retry this one, not a 1 (issue 15)
 
 
 class Conflict(StoreError):
     """A create whose id already exists."""
+
+    exit_code = 3
 
 
 class ConfigError(KeyfrontError):

@@ -779,7 +779,7 @@ def test_max_keys_caps_live_keys_for_tokens_and_the_operator(deployment: Deploym
         assert (full.status, full.code) == (409, "conflict")
         assert "max_keys 2" in full.json()["error"]["message"]
     cli = deployment.kf.cli("keys", "create", "--customer", "capped", check=False)
-    assert cli.returncode == 1 and "max_keys 2" in cli.stderr
+    assert cli.returncode == 3 and "max_keys 2" in cli.stderr  # a conflict (issue 15)
     # A roll replaces a key: the retiring one does not count, for one roll at a time.
     rolled = deployment.admin("POST", f"/keys/{first['key_id']}/roll", {}, token=token)
     assert rolled.status == 201
@@ -818,7 +818,7 @@ def test_an_expired_key_comes_back_to_life_only_within_max_keys(deployment: Depl
             assert revived.code == "conflict"
             assert "max_keys 2" in revived.json()["error"]["message"]
     cli = deployment.kf.cli("keys", "update", expiring[0], "--expires", "30d", check=False)
-    assert cli.returncode == 1 and "max_keys 2" in cli.stderr
+    assert cli.returncode == 3 and "max_keys 2" in cli.stderr  # a conflict (issue 15)
     shown = deployment.admin("GET", f"/keys/{expiring[0]}", token=token, expect=200).json()
     assert shown["expires_at"] == soon  # unchanged
     # A change that leaves it expired is no revival; with a slot free, it comes back.

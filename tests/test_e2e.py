@@ -458,4 +458,4 @@ def test_usage_counts_every_request_and_byte_once(deployment: Deployment) -> Non
     by_customer = json.loads(deployment.kf.cli("usage", "--customer", "metered", "--json").stdout)
     assert sum(r["requests"] for r in by_customer) == 7
     csv_text = deployment.kf.cli("usage", "--key", key_id, "--format", "csv").stdout
-    assert csv_text.splitlines()[0].startswith("key,period,requests,bytes")
+    assert csv_text.splitlines()[0].startswith("customer,key,period,requests,bytes")

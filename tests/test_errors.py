@@ -12,6 +12,7 @@ import pytest
 from proxy import errors
 from proxy.errors import (
     ConfigError,
+    Conflict,
     HttpError,
     Invalid,
     KeyfrontError,
@@ -19,6 +20,7 @@ from proxy.errors import (
     Missing,
     OriginError,
     RateLimited,
+    Refused,
     StoreError,
     UsageError,
     error_body,
@@ -66,10 +68,12 @@ def test_the_docstring_row_is_the_class(name: str) -> None:
 
 
 def test_exit_codes_are_the_documented_ones() -> None:
-    """README and SPEC section 8: 0 done, 1 not found / store error, 2 bad usage or a
-    bad config."""
+    """README, SPEC section 8 and issue 15: 0 done, 1 not found, 2 bad usage or a bad
+    config, 3 a conflict, 4 the store unreachable."""
     assert Missing("no such key").exit_code == 1
-    assert StoreError("down").exit_code == 1
+    assert Refused("customer acme already exists").exit_code == 3
+    assert Conflict("exists").exit_code == 3
+    assert StoreError("down").exit_code == 4
     assert Invalid("rate", "bad").exit_code == 2
     assert UsageError("PATH", "give one").exit_code == 2
     assert ConfigError("routes[0].origin", "required").exit_code == 2

@@ -8,11 +8,16 @@ configured store, do one thing and close it. Output is text for people or, with
 `--json`, one JSON document on stdout (timestamps as unix seconds, rates as "10/s");
 warnings and errors go to stderr.
 
-Exit status: 0 done; 1 the command could not be done (no such record, a duplicate id,
-store error); 2 bad usage or a bad config, naming the option or the field path. Each
-comes with the error's class (`exit_code`, the table in proxy/errors.py), and `main`
-is the one place an error becomes a message on stderr and an exit status.
+Exit status (EXIT_CODES, printed by `keyfront --help`): each comes with the error's
+class (`exit_code`, the table in proxy/errors.py), and `main` is the one place an error
+becomes a message on stderr and an exit status. With `--json` the message is JSON too,
+`{"error": {"code": ..., "message": ...}}`, on stderr, and stdout stays empty, as `gh`
+and `kubectl` do: a script reads stdout only when the exit status is 0.
 The customer and key commands share their logic with the admin API (`proxy.manage`).
+
+The signing secrets are needed only by the commands that mint or verify a key (and by
+`serve` and `config check`); the others load the config with `need_secrets=False`, so
+a second terminal with only KEYFRONT_CONFIG set can list keys (issue 15).
 
 A full key is printed once, by `keys create` or `keys roll`: it is never stored, and no
 other command can show it. A link secret is printed only by the command that sets it.
@@ -20,8 +25,9 @@ An admin API token is printed once, by `customers token`: only its hash is store
 
 It owns the command line: this module holds the command table, the parser built from
 it and `main()`; the commands live in `customers`, `keys`, `usage`, `cache` and
-`local`, their options and the values only the command line takes in `options`, and
-what they print in `output`.
+`local`, their options and the values only the command line takes in `options`, what
+they print in `output`, and the parser class, exit status table and version in
+`parser`.
 
 What it must not import (directly; tests/test_layers.py checks): proxy.admin, its
 sibling front end (both call proxy.manage); the request path (proxy.pipeline,
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,14 +47,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
-from ..errors import ConfigError, KeyfrontError
+from ..errors import ConfigError, KeyfrontError, UsageError
 from ..store import Store, store_from_url
 from . import cache, customers, keys, local, usage
 from .customers import CUSTOMER_ID, CUSTOMER_SETTINGS, CUSTOMER_UPDATE_ONLY
 from .keys import GRACE, KEY_ID, KEY_SETTINGS, KEY_UPDATE_ONLY, customer_option
 from .local import SERVE_OPTIONS, SIGN_OPTIONS, load_config
 from .options import Option
-from .output import Output, emit, failure_text
+from .output import BAD_USAGE, Output, emit, error_json, failure_json, failure_text
+from .parser import EXIT_CODES, BadUsage, Parser, version
 from .usage import USAGE_OPTIONS
 
 PRIVATE_UMASK = 0o077  # files 0600, folders 0700: see main()
@@ -56,11 +64,12 @@ StoreCommand = Callable[[argparse.Namespace, Config, Store], Awaitable[Output]]
 LocalCommand = Callable[[argparse.Namespace], int]
 
 
-def stored(command: StoreCommand) -> LocalCommand:
-    """Run a store command: load the config, open the store, print the output."""
+def stored(command: StoreCommand, *, signs: bool = False) -> LocalCommand:
+    """Run a store command: load the config, open the store, print the output. Only a
+    command that `signs` (mints or verifies a key) needs the signing secrets."""
 
     def run(args: argparse.Namespace) -> int:
-        config = load_config(args)
+        config = load_config(args, need_secrets=signs)
         output = asyncio.run(_with_store(command, args, config))
         emit(output, args.json)
         return output.exit_code
@@ -88,6 +97,8 @@ class Command:
     help: str
     run: LocalCommand
     options: Sequence[Option] = ()
+    # checks across options, before any config or store is read (UsageError)
+    check: Callable[[argparse.Namespace], None] | None = None
 
 
 GROUPS = {
@@ -129,10 +140,10 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ),
     ("keys", "create"): Command(
         "mint a key (printed once)",
-        stored(keys.keys_create),
+        stored(keys.keys_create, signs=True),
         [customer_option(True), *KEY_SETTINGS],
     ),
-    ("keys", "list"): Command("list keys", stored(keys.keys_list), [customer_option(False)]),
+    ("keys", "list"): Command("list keys", stored(keys.keys_list), keys.LIST_OPTIONS),
     ("keys", "show"): Command("show a key's record", stored(keys.keys_show), [KEY_ID]),
     ("keys", "update"): Command(
         "change a key (lists given replace the old ones)",
@@ -142,28 +153,29 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("keys", "revoke"): Command("revoke a key (final)", stored(keys.keys_revoke), [KEY_ID]),
     ("keys", "roll"): Command(
         "replace a key by a new one with the same settings",
-        stored(keys.keys_roll),
+        stored(keys.keys_roll, signs=True),
         [KEY_ID, GRACE],
     ),
     ("keys", "import"): Command(
         "import keys from an existing key system (CSV or JSON lines)",
-        stored(keys.keys_import),
+        stored(keys.keys_import, signs=True),
         keys.IMPORT_OPTIONS,
     ),
     ("keys", "find"): Command(
         "show the record of a full key (imported or keyfront's)",
-        stored(keys.keys_find),
+        stored(keys.keys_find, signs=True),
         keys.FIND_OPTIONS,
     ),
     ("keys", "invalidate"): Command(
         "drop cached key API answers on every instance (by key, key id or customer)",
-        stored(keys.keys_invalidate),
+        stored(keys.keys_invalidate, signs=True),
         keys.INVALIDATE_OPTIONS,
     ),
     ("usage", None): Command(
         "usage per key or customer, by hour, day or month",
         stored(usage.usage_report_command),
         USAGE_OPTIONS,
+        usage.check_flags,
     ),
     ("cache", "purge"): Command(
         "remove objects from the cache of every instance",
@@ -177,26 +189,38 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keyfront", description="A keyed file proxy.")
+    parser = Parser(
+        prog="keyfront",
+        description="A keyed file proxy.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"keyfront {version()}",
+                        help="print the version and exit")  # fmt: skip
     # -c and --json are accepted on every (sub)parser. Below the top they default to
     # "absent", so that a value given before the subcommand is not overwritten.
-    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common = Parser(add_help=False, argument_default=argparse.SUPPRESS)
     for options in (parser, common):
         options.add_argument("-c", "--config", metavar="FILE", help="else $KEYFRONT_CONFIG")
-        options.add_argument("--json", action="store_true", help="machine-readable output")
+        options.add_argument("--json", action="store_true",
+                             help="machine-readable output, errors included")  # fmt: skip
     parser.set_defaults(config=None, json=False, command=None)
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     nested: dict[str, Any] = {}
     for (group, name), command in COMMANDS.items():
         if name is None:
-            sub = groups.add_parser(group, parents=[common], help=command.help)
+            sub = groups.add_parser(
+                group, parents=[common], help=command.help, description=command.help
+            )
         else:
             if group not in nested:
                 parent = groups.add_parser(group, parents=[common], help=GROUPS[group])
                 nested[group] = parent.add_subparsers(
                     dest="command", required=True, metavar="COMMAND"
                 )
-            sub = nested[group].add_parser(name, parents=[common], help=command.help)
+            sub = nested[group].add_parser(
+                name, parents=[common], help=command.help, description=command.help
+            )
         _add_options(sub, command.options)
     return parser
 
@@ -228,12 +252,24 @@ def main(argv: list[str] | None = None) -> int:
     # that matter are also created with explicit modes; this covers the rest (SQLite's
     # -journal, the metrics folder's files, folders made on the way).
     os.umask(PRIVATE_UMASK)
+    argv = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in argv[: argv.index("--") if "--" in argv else None]
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # usage errors and --help: return, don't raise
+        command = COMMANDS[(args.group, args.command)]
+        if command.check is not None:
+            command.check(args)
+        return command.run(args)
+    except SystemExit as exc:  # --help and --version: return, don't raise
         return exc.code if isinstance(exc.code, int) else 2
-    try:
-        return COMMANDS[(args.group, args.command)].run(args)
+    except BadUsage as exc:  # worded and numbered as argparse does
+        if as_json:
+            print(json.dumps(error_json(BAD_USAGE, str(exc))), file=sys.stderr)
+        else:
+            exc.parser.print_usage(sys.stderr)
+            print(f"{exc.parser.prog}: error: {exc}", file=sys.stderr)
+        return UsageError.exit_code
     except KeyfrontError as exc:  # its exit status comes with its class (errors.py)
-        print(failure_text(exc), file=sys.stderr)
+        text = json.dumps(failure_json(exc)) if as_json else failure_text(exc)
+        print(text, file=sys.stderr)
         return exc.exit_code

@@ -15,7 +15,7 @@ import os
 from ..cache import Cache
 from ..config import Config
 from ..errors import UsageError
-from ..manage.purge import purge
+from ..manage.purge import purge, purge_problem
 from ..manage.settings import parse_path_prefix
 from ..store import Store
 from .options import Option
@@ -31,6 +31,11 @@ PURGE_OPTIONS: list[Option] = [
 async def cache_purge(args: argparse.Namespace, config: Config, store: Store) -> Output:
     if bool(args.paths) == (args.prefix is not None):
         raise UsageError("PATH", "give paths or --prefix (one of the two)")
+    targets = [(path, False) for path in args.paths] + [(args.prefix, True)] * bool(args.prefix)
+    for target, is_prefix in targets:  # before anything is purged (issue 15)
+        problem = purge_problem(target, config.routes, is_prefix)
+        if problem:
+            raise UsageError("--prefix" if is_prefix else "PATH", f"{target} {problem}")
     cache = await _this_hosts_cache(config)
     try:
         purged = await purge(store, cache, args.paths, args.prefix)

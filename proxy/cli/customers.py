@@ -24,16 +24,31 @@ from ..store import Store
 from .options import QUOTA_OPTIONS, Option, bucket_options, given_settings
 from .output import Output, fields_text, record_output, table
 
-CUSTOMER_ID: Option = ("customer_id", {"type": parse_customer_id, "metavar": "ID"})
+CUSTOMER_ID: Option = (
+    "customer_id",
+    {
+        "type": parse_customer_id,
+        "metavar": "ID",
+        "help": "the customer's id (1-64 of A-Z a-z 0-9 _ . -)",
+    },
+)
 CUSTOMER_SETTINGS: list[Option] = [
-    ("--name", {}),
-    *bucket_options("max-"),
+    ("--name", {"help": "the customer's name, for people"}),
+    *bucket_options("max-", "plan cap on each key's, "),
     *QUOTA_OPTIONS,
     ("--max-keys", {"type": parse_positive, "metavar": "N", "help": "live keys at most"}),
 ]
-CUSTOMER_UPDATE_ONLY: list[Option] = [("--status", {"choices": CUSTOMER_STATUSES})]
-TOKEN_OPTIONS: list[Option] = [CUSTOMER_ID, ("--name", {"default": ""})]
-TOKEN_ID: list[Option] = [CUSTOMER_ID, ("token_id", {"metavar": "TOKEN_ID"})]
+CUSTOMER_UPDATE_ONLY: list[Option] = [
+    ("--status", {"choices": CUSTOMER_STATUSES, "help": "disabled: its keys stop working"}),
+]
+TOKEN_OPTIONS: list[Option] = [
+    CUSTOMER_ID,
+    ("--name", {"default": "", "help": "what the token is for, for people"}),
+]
+TOKEN_ID: list[Option] = [
+    CUSTOMER_ID,
+    ("token_id", {"metavar": "TOKEN_ID", "help": "as `customers tokens` lists it"}),
+]
 CUSTOMER_COLUMNS = (
     "customer_id name status max_rate max_burst quota_requests quota_bytes max_keys created_at"
 )

@@ -8,10 +8,13 @@ never stored, and no other command can show it.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
+import time
+from collections.abc import Sequence
 from typing import Any
 
-from ..config import MAX_EXTERNAL_KEY, Config
+from ..config import MAX_EXTERNAL_KEY, Config, Route
 from ..errors import CommandFailed, Invalid, KeyInvalid, Missing
 from ..imported import hash_secret, imported_key_id
 from ..keys import KeySigner
@@ -21,6 +24,8 @@ from ..manage.actions import (
     create_key,
     find_customer,
     find_key,
+    key_state,
+    live_successors,
     minted_json,
     record_json,
     revoke_key,
@@ -42,39 +47,56 @@ from ..manage.settings import (
     parse_link_secret,
     parse_path_prefix,
     parse_referrer,
+    within_routes,
 )
 from ..records import Customer, KeyRecord
 from ..store import Store
 from ..units import parse_duration
 from .options import FLAG, QUOTA_OPTIONS, Option, bucket_options, given_settings
-from .output import Output, fields_text, record_output, table, warn
+from .output import Output, fields_text, record_output, table, value_text, warn
+
+
+def parse_cidr_noted(text: str) -> str:
+    """parse_cidr, with a warning when the address has host bits set (issue 15): the
+    key gets the whole network, which is rarely what 10.0.0.5/8 meant."""
+    network = parse_cidr(text)
+    if "/" in text and ipaddress.ip_interface(text).ip != ipaddress.ip_network(network)[0]:
+        warn(f"--ip {text} has host bits set: it became {network}")
+    return network
+
 
 KEY_ID: Option = ("key_id", {"type": parse_key_id, "metavar": "KEY_ID", "help": "a key id or key"})
 GRACE_HELP = "how long the old key keeps working (default 24h; 0: not at all)"
 GRACE: Option = ("--grace", {"default": DEFAULT_GRACE, "type": parse_duration, "help": GRACE_HELP})
 KEY_SETTINGS: list[Option] = [  # dests are KeyRecord field names
-    ("--name", {}),
+    ("--name", {"help": "what the key is for, for people"}),
     ("--referrer", {"dest": "referrers", "action": "append", "type": parse_referrer,
-                    "metavar": "PATTERN", "help": "example.com, *.example.com, https://h/p/*"}),
-    ("--allow-no-referrer", FLAG),
-    ("--ip", {"dest": "ips", "action": "append", "type": parse_cidr, "metavar": "CIDR"}),
+                    "metavar": "PATTERN", "help": "allowed referrer, repeatable: example.com, "
+                                                  "*.example.com, https://h/p/*"}),
+    ("--allow-no-referrer", FLAG | {"help": "serve requests with neither Referer nor Origin "
+                                            "(default: only when no --referrer is set)"}),
+    ("--ip", {"dest": "ips", "action": "append", "type": parse_cidr_noted, "metavar": "CIDR",
+              "help": "allowed client network, repeatable: 192.0.2.0/24, 2001:db8::/32"}),
     ("--path", {"dest": "paths", "action": "append", "type": parse_path_prefix,
-                "metavar": "PREFIX"}),
+                "metavar": "PREFIX", "help": "allowed public path prefix, repeatable: /files/"}),
     *bucket_options(""),
     *bucket_options("ip-", "a bucket per client IP, "),
     *QUOTA_OPTIONS,
     ("--expires", {"dest": "expires_at", "type": parse_expiry, "metavar": "DATE",
                    "help": "ISO date or datetime (UTC unless given), or from now: 30d"}),
-    ("--require-signed-links", FLAG),
+    ("--require-signed-links", FLAG | {"help": "serve only signed links (keyfront sign)"}),
     ("--link-secret", {"type": parse_link_secret, "metavar": "SECRET",
                        "help": "generated when signed links are required and none is set"}),
 ]  # fmt: skip
 KEY_UPDATE_ONLY: list[Option] = [
-    ("--status", {"choices": ("active", "disabled")}),
-    *((flag, {"action": "store_true"}) for flag in
-      ("--clear-referrers", "--clear-ips", "--clear-paths", "--no-expiry")),
+    ("--status", {"choices": ("active", "disabled"), "help": "disable a key, or enable it"}),
+    ("--clear-referrers", {"action": "store_true", "help": "no referrer patterns"}),
+    ("--clear-ips", {"action": "store_true", "help": "no client network restriction"}),
+    ("--clear-paths", {"action": "store_true", "help": "no path restriction"}),
+    ("--no-expiry", {"action": "store_true", "help": "the key never expires"}),
     ("--clear-ip-rate", {"action": "store_true", "help": "no bucket per client IP"}),
-]  # fmt: skip
+]
+KEY_STATES = ("active", "disabled", "expired", "revoked")  # manage.actions.key_state
 KEY_CLEARS: dict[str, dict[str, Any]] = {  # flag dest -> the fields it clears
     "clear_referrers": {"referrers": ()},
     "clear_ips": {"ips": ()},
@@ -93,12 +115,21 @@ INVALIDATE_OPTIONS: list[Option] = [  # SPEC section 13
 KEY_COLUMNS = "key_id customer_id name status disabled_by rate burst expires_at created_at"
 
 
-def customer_option(required: bool) -> Option:
+def customer_option(required: bool, help: str = "the customer the key belongs to") -> Option:
     return ("--customer", {"dest": "customer_id", "type": parse_customer_id,
-                           "required": required, "metavar": "ID"})  # fmt: skip
+                           "required": required, "metavar": "ID", "help": help})  # fmt: skip
 
 
-def key_changes(args: argparse.Namespace, customer: Customer) -> dict[str, Any]:
+LIST_OPTIONS: list[Option] = [
+    customer_option(False, "only this customer's keys"),
+    ("--status", {"choices": KEY_STATES, "help": "only keys in this state: expired is an "
+                                                 "active key past its expiry"}),
+]  # fmt: skip
+
+
+def key_changes(
+    args: argparse.Namespace, customer: Customer, routes: Sequence[Route]
+) -> dict[str, Any]:
     """The key settings given on the command line, checked against the plan caps.
     A --clear-* flag empties its fields; a list given replaces the old one."""
     changes: dict[str, Any] = {}
@@ -108,6 +139,11 @@ def key_changes(args: argparse.Namespace, customer: Customer) -> dict[str, Any]:
     changes.update(given_settings(args, KeyRecord))
     for warning in check_plan_caps(changes, customer):
         warn(warning)
+    for path in changes.get("paths") or ():
+        if not within_routes(path, routes):  # issue 15: it would let the key read nothing
+            prefixes = ", ".join(route.prefix for route in routes)
+            warn(f"--path {path} is outside every route ({prefixes}): the key can read "
+                 "nothing under it")  # fmt: skip
     return changes
 
 
@@ -121,14 +157,18 @@ def _minted(config: Config, record: KeyRecord, **extra: Any) -> Output:
 
 async def keys_create(args: argparse.Namespace, config: Config, store: Store) -> Output:
     customer = await find_customer(store, args.customer_id, for_new_key=True)
-    changes = key_changes(args, customer)
+    changes = key_changes(args, customer, config.routes)
     return _minted(config, await create_key(store, customer, changes, config.keys.signing_version))
 
 
 async def keys_list(args: argparse.Namespace, config: Config, store: Store) -> Output:
     if args.customer_id is not None:
         await find_customer(store, args.customer_id)
-    rows = [record_json(r) for r in await store.list_keys(args.customer_id)]
+    now = time.time()
+    records = await store.list_keys(args.customer_id)
+    if args.status is not None:
+        records = [r for r in records if key_state(r, now) == args.status]
+    rows = [record_json(r) for r in records]
     return Output(rows, table(rows, KEY_COLUMNS))
 
 
@@ -139,7 +179,7 @@ async def keys_show(args: argparse.Namespace, config: Config, store: Store) -> O
 async def keys_update(args: argparse.Namespace, config: Config, store: Store) -> Output:
     record = await find_key(store, args.key_id, to_change=True)
     customer = await find_customer(store, record.customer_id)
-    changed = await change_key(store, record, key_changes(args, customer), customer)
+    changed = await change_key(store, record, key_changes(args, customer, config.routes), customer)
     return record_output(changed, reveal_secret=changed.link_secret != record.link_secret)
 
 
@@ -151,6 +191,14 @@ async def keys_revoke(args: argparse.Namespace, config: Config, store: Store) ->
 async def keys_roll(args: argparse.Namespace, config: Config, store: Store) -> Output:
     """A new key with the old one's settings; the old one expires after --grace."""
     old = await find_key(store, args.key_id, to_change=True)
+    successors = await live_successors(store, old)  # issue 15: a roll retried by a script
+    if successors:
+        ids = ", ".join(key.key_id for key in successors)
+        retires = value_text("expires_at", old.expires_at)
+        warn(
+            f"key {old.key_id} was rolled before (it expires at {retires}); its live "
+            f"successor: {ids}. This roll makes another key: revoke the one you do not use"
+        )
     new, old = await roll_key(store, old, args.grace, config.keys.signing_version)
     return _minted(config, new, replaces=old.key_id, replaced_expires_at=old.expires_at)
 

@@ -39,7 +39,8 @@ def bucket_options(prefix: str, scope: str = "") -> list[Option]:
     return [
         (f"--{prefix}rate", {"type": parse_rate, "metavar": "RATE",
                              "help": f"{scope}e.g. 10/s, 600/m"}),
-        (f"--{prefix}burst", {"type": parse_positive, "metavar": "N"}),
+        (f"--{prefix}burst", {"type": parse_positive, "metavar": "N",
+                              "help": f"{scope}requests at once above the rate"}),
     ]  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import ConfigError, Invalid, KeyfrontError, StoreError
+from ..errors import CommandFailed, ConfigError, Invalid, KeyfrontError, StoreError, UsageError
 from ..manage.actions import record_json
 from ..records import Customer, KeyRecord
 from ..units import format_size
@@ -24,12 +24,43 @@ def failure_text(error: KeyfrontError) -> str:
     `exit_code`, errors.py). A bad value names its option, as argparse does (option
     dests are field names: `rate` is --rate)."""
     if isinstance(error, Invalid):
-        return f"keyfront: error: argument --{error.field.replace('_', '-')}: {error.problem}"
+        return f"{_USAGE_PREFIX}argument {_option(error.field)}: {error.problem}"
     if isinstance(error, ConfigError):  # every problem of the file, one a line (issue 14)
         return "\n".join(f"config error: {line}" for line in str(error).splitlines())
     if isinstance(error, StoreError):
         return f"store error: {error}"
     return str(error)
+
+
+BAD_USAGE = "bad_usage"  # --json's code for exit status 2 (argparse's errors included)
+BAD_CONFIG = "bad_config"
+_USAGE_PREFIX = "keyfront: error: "
+
+
+def error_json(code: str, message: str, **more: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **more}}
+
+
+def failure_json(error: KeyfrontError) -> dict[str, Any]:
+    """What --json says of an error, on stderr (issue 15). `code` is the admin API's
+    for the same error (not_found, conflict, unavailable, ...), but bad_usage for a
+    bad option or value, bad_config for the config file (with every problem in
+    `problems`) and failed for a command that could not be done."""
+    if isinstance(error, ConfigError):
+        problems = [{"field": path, "problem": problem} for path, problem in error.problems]
+        return error_json(BAD_CONFIG, str(error), problems=problems)
+    if isinstance(error, Invalid):
+        message = f"argument {_option(error.field)}: {error.problem}"
+        return error_json(BAD_USAGE, message, field=error.field)
+    if isinstance(error, UsageError):
+        return error_json(BAD_USAGE, error.message.removeprefix(_USAGE_PREFIX))
+    if isinstance(error, CommandFailed):
+        return error_json("failed", error.message)
+    return error_json(error.code, str(error) if isinstance(error, StoreError) else error.message)
+
+
+def _option(field: str) -> str:
+    return f"--{field.replace('_', '-')}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,9 @@ so any layer may name a config type without an import cycle (a test checks it).
     load.py      the file: strict YAML, `${VAR}`, load(), describe()
 
 `load()` raises one ConfigError listing every problem of the file, each with its field
-path (`routes[1].origin: ...`), in the file's order (issue 14).
+path (`routes[1].origin: ...`), in the file's order (issue 14). `load(...,
+need_secrets=False)`, for commands that only read the store, lets secrets whose
+`${VAR}` is unset read as not given (`keys.secrets` then empty; issue 15).
 """
 
 from .load import describe, load

@@ -16,38 +16,58 @@ import yaml
 from ..errors import ConfigError
 from ..units import format_size
 from .schema import CONFIG, MAX_EXTERNAL_KEY, Config, ExternalKeysConfig
-from .sections import Unresolved, join
+from .sections import WITHHELD, Unresolved, join
 
 _VARIABLE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The secret fields that `need_secrets=False` may leave unread: the signing secrets
+# (keys.secrets is then empty), the admin token, the imported keys' hash secret, the
+# key API's token, S3 credentials. No command that takes it signs, verifies or serves.
+_SECRET_FIELD = re.compile(
+    r"keys\.secrets\.[^.]+|admin\.token|keys\.external\.(hash_secret|lookup\.token)"
+    r"|routes\[[0-9]+\]\.s3\.(access_key_id|secret_access_key)"
+)
 
 
-def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+def load(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    need_secrets: bool = True,
+) -> Config:
     """The Config in `path` (else $KEYFRONT_CONFIG), with `${VAR}` taken from `environ`
     (default os.environ). Relative paths in it resolve against the file's folder.
     Raises ConfigError naming every bad field of the file, in the file's order (issue
-    14); a YAML syntax error or an unreadable file is one error."""
+    14); a YAML syntax error or an unreadable file is one error.
+
+    `need_secrets=False` is for commands that only read the store (issue 15: a second
+    terminal lists keys with only KEYFRONT_CONFIG set): a secret field whose `${VAR}`
+    is not set reads as not given, `keys.secrets` as empty (no key can be minted or
+    verified with such a Config). Every other field is checked as always."""
     env = os.environ if environ is None else environ
     path = path or env.get("KEYFRONT_CONFIG")
     if not path:
         raise ConfigError("", "no config file: pass -c FILE or set KEYFRONT_CONFIG")
     source = os.path.abspath(path)
-    tree = _interpolate(_read_yaml(source), "", env)
+    tree = _interpolate(_read_yaml(source), "", env, need_secrets)
     config: Config = CONFIG(tree, "", Path(source).parent)
     return dataclasses.replace(config, source=source)
 
 
-def _interpolate(node: Any, at: str, env: Mapping[str, str]) -> Any:
+def _interpolate(node: Any, at: str, env: Mapping[str, str], need_secrets: bool) -> Any:
     """`${VAR}` / `${VAR:-default}` in every string scalar. Done after YAML parsing, so
-    a secret's characters are never read as YAML; `$${` is a literal `${`."""
+    a secret's characters are never read as YAML; `$${` is a literal `${`. Without
+    `need_secrets`, a secret field that cannot be resolved is WITHHELD."""
     if isinstance(node, dict):
-        return {k: _interpolate(v, join(at, k), env) for k, v in node.items()}
+        return {k: _interpolate(v, join(at, k), env, need_secrets) for k, v in node.items()}
     if isinstance(node, list):
-        return [_interpolate(v, f"{at}[{i}]", env) for i, v in enumerate(node)]
+        return [_interpolate(v, f"{at}[{i}]", env, need_secrets) for i, v in enumerate(node)]
     if isinstance(node, str):
         try:
             return _VARIABLE.sub(lambda match: _substitute(match, at, env), node)
         except ConfigError as exc:
+            if not need_secrets and _SECRET_FIELD.fullmatch(at):
+                return WITHHELD
             return Unresolved(exc.problems)
     return node
 

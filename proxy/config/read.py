@@ -17,13 +17,13 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from ..units import Rate, parse_duration, parse_rate, parse_size
-from .sections import FAILED, Reader, attempt, convert, each, expect, join, raise_any
+from .sections import FAILED, WITHHELD, Reader, attempt, convert, each, expect, join, raise_any
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def optional(parse: Reader, empty: tuple[object, ...] = (None,)) -> Reader:
-    return lambda raw, at, base: None if raw in empty else parse(raw, at, base)
+    return lambda raw, at, base: None if raw is WITHHELD or raw in empty else parse(raw, at, base)
 
 
 def integer(minimum: int) -> Reader:
@@ -158,6 +158,8 @@ def secrets(raw: Any, at: str, base: Path) -> dict[int, str]:
         number = attempt(integer(1), version, join(at, version), base, problems)
         if number in by_version:
             problems.append((join(at, version), f"version {number} is given twice"))
+        if given is WITHHELD:  # loaded with need_secrets=False (load.py)
+            continue
         secret = attempt(SECRET, given, join(at, version), base, problems)
         if number is not FAILED and secret is not FAILED:
             by_version.setdefault(number, secret)

@@ -89,7 +89,9 @@ class ExternalKeysConfig:
 
 @dataclass(frozen=True, slots=True)
 class KeysConfig:
-    secrets: Annotated[dict[int, str], read.secrets]  # version -> secret; the highest signs
+    # version -> secret; the highest signs. Empty only in a Config loaded with
+    # need_secrets=False (load.py), which mints and verifies no key.
+    secrets: Annotated[dict[int, str], read.secrets]
     prefix: Annotated[str, read.text(r"[a-z]{1,8}", "1 to 8 lowercase letters")] = "pk"
     query_param: Annotated[str, read.QUERY_PARAM] = "key"
     record_cache_ttl: Annotated[float, read.SECONDS] = 60.0

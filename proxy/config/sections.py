@@ -23,6 +23,9 @@ Reader = Callable[[Any, str, Path], Any]  # (raw YAML value, field path, config 
 Found = Iterator[tuple[str, str]]  # problems found: (field path, what is wrong)
 FAILED: Any = object()  # an item that did not read; its problems are recorded
 SET_BY_LOAD: Any = object()  # the reader of a field that is not in the file (Config.source)
+# A secret field whose `${VAR}` is unset, loaded with need_secrets=False (load.py): an
+# optional field reads it as None, keys.secrets leaves its version out.
+WITHHELD: Any = object()
 _KINDS = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number"}
 _KINDS |= {str: "a string", list: "a list", dict: "a mapping"}
 

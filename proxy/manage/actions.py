@@ -295,6 +295,40 @@ def status_change(record: KeyRecord, changes: dict[str, Any], by: DisabledBy) ->
     return {"disabled_by": by if status == "disabled" else None}
 
 
+def key_state(record: KeyRecord, now: float) -> str:
+    """revoked, disabled, expired or active: the first that applies, in the order of
+    SPEC check 4 (record_cache.status_refusal), the customer's status aside."""
+    if record.status != "active":
+        return record.status
+    return "expired" if record.expires_at is not None and record.expires_at <= now else "active"
+
+
+# What a roll copies to the new key (roll_key); the rest is the key's own identity.
+_ROLLED = tuple(f.name for f in dataclasses.fields(KeyRecord)
+                if f.name not in ("key_id", "status", "created_at", "expires_at", "version",
+                                  "disabled_by"))  # fmt: skip
+
+
+async def live_successors(store: Store, record: KeyRecord) -> list[KeyRecord]:
+    """Live keys that an earlier roll of `record` made (issue 15: a roll retried by a
+    script leaves two new keys). Rolls record no link, so a successor is told by what
+    a roll leaves: `record` has an expiry, and another live key of its customer with
+    the same settings was created after it and no later than that expiry."""
+    retire_at = record.expires_at
+    if retire_at is None:
+        return []
+    now = time.time()
+    same = [getattr(record, name) for name in _ROLLED]
+    return [
+        key
+        for key in await store.list_keys(record.customer_id)
+        if key.key_id != record.key_id
+        and record.created_at <= key.created_at <= retire_at
+        and key_state(key, now) in ("active", "disabled")
+        and [getattr(key, name) for name in _ROLLED] == same
+    ]
+
+
 async def revoke_key(store: Store, record: KeyRecord) -> KeyRecord:
     revoked = dataclasses.replace(record, status="revoked")
     await store.put_key(revoked)

@@ -16,8 +16,41 @@ fresh copy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from urllib.parse import parse_qsl
+
 from ..cache import Cache
+from ..config import Route
+from ..errors import Refusal
+from ..policy import normalise_path
 from ..store import Change, Store
+from .settings import within_routes
+
+
+def purge_problem(target: str, routes: Sequence[Route], prefix: bool = False) -> str | None:
+    """Why `target`, a purge's path (or `prefix`), can name no cached object, or None
+    (issue 15: such a purge answered "0 object(s) removed"): outside every route, or a
+    query string where the route has no variant its parameters could select (a query
+    on a route with `variant_params` names one variant, README "Variants")."""
+    path, has_query, query = target.partition("?")
+    try:
+        public = normalise_path(path)
+    except Refusal:
+        return "is not a valid URL path"
+    listed = ", ".join(route.prefix for route in routes)
+    if prefix:
+        if has_query:
+            return "is a prefix: it has no query string"
+        return None if within_routes(public, routes) else f"is outside every route ({listed})"
+    matching = [route for route in routes if public.startswith(route.prefix)]
+    if not matching:
+        return f"is outside every route ({listed})"
+    route = max(matching, key=lambda r: len(r.prefix))
+    names = {name for name, _ in parse_qsl(query, keep_blank_values=True)}
+    if has_query and not names & set(route.variant_params):
+        return (f"has a query string, which names no variant of route {route.prefix}: "
+                "purge the path without it (its variants go with it)")  # fmt: skip
+    return None
 
 
 async def purge(store: Store, cache: Cache | None, paths: list[str], prefix: str | None) -> int:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..config import Route
 from ..errors import Invalid
 from ..keys import is_key_id, key_id_of
 from ..referrers import validate_referrer_pattern
@@ -96,6 +97,12 @@ def parse_path_prefix(text: str) -> str:
     if not _short(text).startswith("/"):
         raise ValueError(f"{text!r}: a path prefix starts with '/', e.g. /files/icons/")
     return text
+
+
+def within_routes(prefix: str, routes: Iterable[Route]) -> bool:
+    """Whether path prefix `prefix` shares a path with some route: it lies under the
+    route's prefix, or the route under it (`/` covers every route)."""
+    return any(prefix.startswith(r.prefix) or r.prefix.startswith(prefix) for r in routes)
 
 
 def parse_referrer(text: str) -> str:
