@@ -20,7 +20,13 @@
     │   ├── NotFound             404 not_found              1
     │   ├── MethodNotAllowed     405 method_not_allowed     1  with Allow
     │   ├── RateLimited          429 rate_limited           1
+    │   │   ├── KeyRateLimited   429 rate_limited           1  the key's bucket
+    │   │   ├── ClientRateLimited 429 rate_limited          1  the key's bucket per client IP
+    │   │   ├── CustomerRateLimited 429 rate_limited        1  the customer's plan bucket
+    │   │   └── LookupRateLimited 429 rate_limited          1  unknown keys sent to a key API
     │   ├── QuotaExceeded        429 quota_exceeded         1
+    │   │   ├── KeyQuotaExceeded 429 quota_exceeded         1  the key's monthly quota
+    │   │   └── CustomerQuotaExceeded 429 quota_exceeded    1  the customer's pooled quota
     │   ├── OriginError          502 origin_error           1
     │   ├── Unavailable          503 unavailable            1
     │   └── OriginTimeout        504 origin_timeout         1
@@ -184,6 +190,37 @@ class RateLimited(Refusal):
 
 class QuotaExceeded(Refusal):
     status, code, message = 429, "quota_exceeded", "monthly quota exhausted"
+
+
+# Which limit refused a 429 (issue 15): the SPEC code stays the parent's, the message
+# names the limit, from this fixed set (never client input).
+
+
+class KeyRateLimited(RateLimited):
+    message = "rate limit exceeded: this key's rate (its token bucket)"
+
+
+class ClientRateLimited(RateLimited):
+    message = "rate limit exceeded: this key's rate per client IP address"
+
+
+class CustomerRateLimited(RateLimited):
+    message = "rate limit exceeded: the customer's plan rate, shared by all its keys"
+
+
+class LookupRateLimited(RateLimited):
+    """keys.external.lookup's unknown_key_rate (SPEC section 13): keys this instance
+    has no answer for, looked up in the operator's key API, per client IP."""
+
+    message = "rate limit exceeded: keys not seen before, from this client IP"
+
+
+class KeyQuotaExceeded(QuotaExceeded):
+    message = "monthly quota exhausted: this key's quota"
+
+
+class CustomerQuotaExceeded(QuotaExceeded):
+    message = "monthly quota exhausted: the customer's quota, shared by all its keys"
 
 
 class OriginError(Refusal):

@@ -30,7 +30,16 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from .config import KeyDefaults
-from .errors import QuotaExceeded, RateLimited, Refusal, StoreError
+from .errors import (
+    ClientRateLimited,
+    CustomerQuotaExceeded,
+    CustomerRateLimited,
+    KeyQuotaExceeded,
+    KeyRateLimited,
+    RateLimited,
+    Refusal,
+    StoreError,
+)
 from .periodic import Periodic
 from .records import Customer, KeyRecord
 from .units import Rate
@@ -215,38 +224,11 @@ def _first(value: int | None, default: int | None) -> int | None:
 
 
 # --- which limit refused (issue 15: a 429 says so) ---------------------------------------
-# SPEC section 1's codes stay rate_limited and quota_exceeded; each class below fixes its
-# own public message, so a client (and its developer) learns which limit to raise or
-# wait for. The messages are constants: nothing of the request is echoed. They are
-# subclasses, so `isinstance(refusal, RateLimited)` and the usage counter's
-# denied_<code> are unchanged, and errors.py keeps one class per SPEC code.
-
-
-class KeyRateLimited(RateLimited):
-    message = "rate limit exceeded: this key's rate (its token bucket)"
-
-
-class ClientRateLimited(RateLimited):
-    message = "rate limit exceeded: this key's rate per client IP address"
-
-
-class CustomerRateLimited(RateLimited):
-    message = "rate limit exceeded: the customer's plan rate, shared by all its keys"
-
-
-class LookupRateLimited(RateLimited):
-    """keys.external.lookup's unknown_key_rate (SPEC section 13): keys this instance
-    has no answer for, looked up in the operator's key API, per client IP."""
-
-    message = "rate limit exceeded: keys not seen before, from this client IP"
-
-
-class KeyQuotaExceeded(QuotaExceeded):
-    message = "monthly quota exhausted: this key's quota"
-
-
-class CustomerQuotaExceeded(QuotaExceeded):
-    message = "monthly quota exhausted: the customer's quota, shared by all its keys"
+# SPEC section 1's codes stay rate_limited and quota_exceeded; each refusal class
+# (errors.py, KeyRateLimited...) fixes its own public message, so a client (and its
+# developer) learns which limit to raise or wait for. The messages are constants:
+# nothing of the request is echoed. They are subclasses, so `isinstance(refusal,
+# RateLimited)` and the usage counter's denied_<code> are unchanged.
 
 
 def rate_refusal(limits: KeyLimits, bucket: Bucket) -> type[RateLimited]:

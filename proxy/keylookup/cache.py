@@ -37,12 +37,11 @@ from dataclasses import dataclass
 
 from ..cached_key import CachedKey, compile_key
 from ..config import MAX_EXTERNAL_KEY, KeyDefaults, LookupConfig
-from ..errors import Unavailable
+from ..errors import LookupRateLimited, Unavailable
 from ..keys import key_id_of
 from ..ratelimit import (
     Bucket,
     LocalBuckets,
-    LookupRateLimited,
     client_prefix,
     decision,
     retry_after_tokens,
