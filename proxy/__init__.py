@@ -10,9 +10,9 @@ from its own layer and the ones below it, never from one above:
     per-key state    cached_key.py, record_cache.py, keylookup/, imported.py,
     and backends     ratelimit.py, shared_limiter.py, usage.py, metrics.py, origin/,
                      store/, routing.py
-    values, rules    records.py, keys.py, policy.py, referrers.py, units.py, config.py,
-    (no I/O)         errors.py, conditional.py, wire.py, periodic.py, manage/values.py
-                     and manage's error types
+    values, rules    records.py, keys.py, policy.py, referrers.py, units.py, config/,
+    (no I/O)         errors.py (every error), conditional.py, wire.py, periodic.py,
+                     manage/settings.py, xcache.py, request_ids.py, failpoints.py
 
 A value type lives in a leaf module next to the lowest layer that uses it (the store's
 rows in store/base.py, the origins' requests in origin/base.py, CachedKey in

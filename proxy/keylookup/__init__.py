@@ -15,7 +15,7 @@ customer_id.
 
 The package owns the key API: its HTTP client, the answers' validation and their cache.
 It builds on the layers below it (records, cached_key.py's compile_key, the local
-token buckets, manage/values.py's validation, the store's Change, config) and must
+token buckets, manage/settings.py's validation, the store's Change, config) and must
 not import the record cache (a sibling: both build CachedKeys), the request path
 (pipeline, delivery, cache/, exchange), the admin API or app.py: the pipeline calls
 it, never the reverse.

@@ -2,7 +2,7 @@
 
 The answer is a key record in SPEC section 2's field names, with the operator's own
 `key_id` and `customer_id`, and an optional `customer` object. It is checked by the
-validators the admin API uses for the same fields (proxy/manage/values.py), and
+validators the admin API uses for the same fields (proxy/manage/settings.py), and
 refused whole on the first bad field: a malformed answer is an error, never cached,
 never half used. An unknown field is refused too, so that a misspelt restriction
 (`referer`) cannot silently leave a key unrestricted. docs/key-api.schema.json
