@@ -1006,3 +1006,36 @@ def test_a_zero_duration_needs_no_unit(tmp_path: Path) -> None:
     data = minimal()
     data["shutdown_timeout"] = 0
     assert load_dict(tmp_path, data).shutdown_timeout == 0
+
+
+def test_a_secret_is_read_from_a_file_as_docker_and_kubernetes_mount_them(
+    tmp_path: Path,
+) -> None:
+    """Issue 16: secrets only from environment variables did not fit Docker or
+    Kubernetes secrets. `${file:PATH}` (relative to the config's folder) and `VAR_FILE`
+    read a file; one trailing newline is dropped."""
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "key").write_text("a-signing-secret-from-a-file\n")
+    (tmp_path / "admin").write_text("an-admin-token-from-a-file-0123\r\n")
+    data = minimal()
+    data["keys"]["secrets"] = {1: "${file:secrets/key}"}
+    data["admin"] = {"token": "${KEYFRONT_ADMIN_TOKEN}"}
+    config = load_dict(tmp_path, data, {"KEYFRONT_ADMIN_TOKEN_FILE": str(tmp_path / "admin")})
+    assert config.keys.secrets == {1: "a-signing-secret-from-a-file"}
+    assert config.admin.token == "an-admin-token-from-a-file-0123"
+
+
+def test_an_unreadable_secret_file_names_its_field_and_never_its_content(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "big").write_text("x" * 70_000)
+    data = minimal()
+    data["keys"]["secrets"] = {1: "${file:missing}", 2: "${file:big}"}
+    data["admin"] = {"token": "${file:}"}
+    with pytest.raises(ConfigError) as caught:
+        load_dict(tmp_path, data)
+    problems = dict(caught.value.problems)
+    assert "cannot read secret file" in problems["keys.secrets.1"]
+    assert "is over 65536 bytes" in problems["keys.secrets.2"]
+    assert "needs a path" in problems["admin.token"]
+    assert "xxxx" not in str(caught.value)

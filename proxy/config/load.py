@@ -20,6 +20,7 @@ from .sections import WITHHELD, Unresolved, join
 
 _VARIABLE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_SECRET_FILE = 64 * 1024  # bytes: a secret, not a document
 # The secret fields that `need_secrets=False` may leave unread: the signing secrets
 # (keys.secrets is then empty), the admin token, the imported keys' hash secret, the
 # key API's token, S3 credentials. No command that takes it signs, verifies or serves.
@@ -49,6 +50,7 @@ def load(
     if not path:
         raise ConfigError("", "no config file: pass -c FILE or set KEYFRONT_CONFIG")
     source = os.path.abspath(path)
+    env = _Environment(env, Path(source).parent)
     tree = _interpolate(_read_yaml(source), "", env, need_secrets)
     config: Config = CONFIG(tree, "", Path(source).parent)
     return dataclasses.replace(config, source=source)
@@ -77,15 +79,52 @@ def _substitute(match: re.Match[str], at: str, env: Mapping[str, str]) -> str:
         return "${"
     if match.group(1) is None:
         raise ConfigError(at, "unterminated ${ (write $${ for a literal ${)")
+    if match.group(1).startswith("file:"):
+        return _secret_file(match.group(1).removeprefix("file:"), at, env)
     name, has_default, default = match.group(1).partition(":-")
     if not _NAME.fullmatch(name):
         raise ConfigError(at, f"bad variable reference ${{{match.group(1)}}}")
     value = env.get(name)
+    if value is None and env.get(f"{name}_FILE"):  # Docker's convention: VAR_FILE=/run/...
+        return _secret_file(env[f"{name}_FILE"], at, env)
     if has_default and not value:  # as in the shell and compose: unset or empty
         return default
     if value is None:
         raise ConfigError(at, f"environment variable {name} is not set")
     return value
+
+
+class _Environment(dict[str, str]):
+    """The environment `${...}` reads, and the folder a relative `${file:...}` path
+    resolves against (the config file's, as every other relative path)."""
+
+    def __init__(self, env: Mapping[str, str], base: Path) -> None:
+        super().__init__(env)
+        self.base = base
+
+
+def _secret_file(path: str, at: str, env: Mapping[str, str]) -> str:
+    """A secret kept in a file, as Docker and Kubernetes mount them (issue 16):
+    `${file:/run/secrets/key_secret}`, or `${VAR}` with `VAR_FILE` set instead of
+    `VAR`. The content is used as is, less one trailing newline (what `echo` or a
+    Secret's editor leaves). Its text never appears in an error; at most
+    MAX_SECRET_FILE bytes are read."""
+    if not path:
+        raise ConfigError(at, "${file:} needs a path, e.g. ${file:/run/secrets/key_secret}")
+    base = env.base if isinstance(env, _Environment) else Path.cwd()
+    full = os.path.join(base, path)
+    try:
+        with open(full, "rb") as f:
+            data = f.read(MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(at, f"cannot read secret file {full}: {exc.strerror}") from None
+    if len(data) > MAX_SECRET_FILE:
+        raise ConfigError(at, f"secret file {full} is over {MAX_SECRET_FILE} bytes")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(at, f"secret file {full} is not UTF-8 text") from None
+    return text.removesuffix("\n").removesuffix("\r")
 
 
 class _StrictLoader(yaml.SafeLoader):
