@@ -101,10 +101,13 @@ def store(raw: Any, at: str, base: Path) -> str:
     scheme, _, rest = raw.partition("://")
     if scheme.lower() == "sqlite" and rest:
         return "sqlite://" + local_path(rest, at, base)  # absolute: sqlite:///dir/x.db
-    if scheme.lower() in ("redis", "rediss", "redis+cluster"):
+    if scheme.lower() in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
         _host(raw, at)
         return str(raw)
-    raise ConfigError(at, f"{raw!r}: use sqlite://PATH, redis://, rediss:// or redis+cluster://")
+    raise ConfigError(
+        at,
+        f"{raw!r}: use sqlite://PATH, redis://, rediss://, redis+cluster:// or rediss+cluster://",
+    )
 
 
 def _host(url: str, at: str) -> None:

@@ -47,13 +47,14 @@ __all__ = [
 
 
 def store_from_url(url: str) -> Store:
-    """The Store for a URL: sqlite:///path, redis://, rediss://, redis+cluster://."""
+    """The Store for a URL: sqlite:///path, redis://, rediss://, redis+cluster://,
+    rediss+cluster:// (a cluster over TLS)."""
     scheme = url.partition("://")[0].lower()
     if scheme == "sqlite":
         from .sqlite import SqliteStore
 
         return SqliteStore(url)
-    if scheme in ("redis", "rediss", "redis+cluster"):
+    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
         from .redis import RedisStore
 
         return RedisStore(url)

@@ -93,7 +93,9 @@ def _options(retries: int = 1) -> dict[str, Any]:
 
 
 class RedisStore(RedisUsage, Store):
-    """`redis://host:port/db`, `rediss://...` (TLS) or `redis+cluster://host:port`.
+    """`redis://host:port/db`, `rediss://...` (TLS), `redis+cluster://host:port` or
+    `rediss+cluster://host:port` (a cluster over TLS: a managed Redis Cluster with
+    in-transit encryption; the hot path's RESP client takes the same URL).
 
     `open()` does not need Redis to be up (connections are made on first use), so a
     Redis outage never stops keyfront from starting; `ping()` tells readiness. `put_*`
@@ -101,8 +103,11 @@ class RedisStore(RedisUsage, Store):
     StoreError although the record was written: writes are idempotent, so retry."""
 
     def __init__(self, url: str) -> None:
-        self.cluster = url.lower().startswith("redis+cluster://")
-        self._url = "redis://" + url.partition("://")[2] if self.cluster else url
+        scheme, _, rest = url.partition("://")
+        self.cluster = scheme.lower() in ("redis+cluster", "rediss+cluster")
+        tls = scheme.lower().startswith("rediss")
+        # redis-py names a cluster by one node's plain URL; rediss:// turns its TLS on.
+        self._url = ("rediss://" if tls else "redis://") + rest if self.cluster else url
         self._client: Redis | RedisCluster
         self._limit: asyncio.Semaphore | None = None
         self._cluster_lock, self._cluster_ready = asyncio.Lock(), False
