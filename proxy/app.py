@@ -38,13 +38,15 @@ from .listener import PublicServer, connection_cap, error_page, raise_open_files
 from .metrics import Metrics
 from .origin import Origin, origin_from_url
 from .origin.metered import MeteredOrigin
-from .periodic import stop_tasks
+from .periodic import Periodic, stop_tasks
 from .pipeline import Pipeline
 from .ratelimit import Limiter, LocalLimiter
 from .record_cache import RecordCache
+from .redirect import Redirector
 from .store import Store, store_from_url
 from .store.sqlite import SqliteStore
 from .supervisors import is_worker, shared_metrics_dir, supervise, worker_count
+from .tls import Certificates
 from .usage import UsageMeter
 
 log = logging.getLogger("keyfront")
@@ -194,13 +196,23 @@ async def open_listeners(
         access_log=None,
     )
     runtime.metrics.sources.append(handler.count_into)
-    public = await asyncio.get_running_loop().create_server(
-        handler, config.listen.host, config.listen.port, reuse_port=True, backlog=2048
+    certificates = open_tls(runtime, stack)
+    loop = asyncio.get_running_loop()
+    public = await loop.create_server(
+        handler,
+        config.listen.host,
+        config.listen.port,
+        reuse_port=True,
+        backlog=2048,
+        ssl=None if certificates is None else certificates.default,
     )
+    redirects = await open_redirects(config)
     admin: list[web.AppRunner] = []
 
     async def close() -> None:
         public.close()
+        for server in redirects:
+            server.close()
         # pre_shutdown closes idle keep-alive connections and marks busy ones to close
         # after their response (as AppRunner does); without it a client that keeps
         # sending on a keep-alive connection holds the process for shutdown_timeout.
@@ -211,6 +223,42 @@ async def open_listeners(
 
     stack.push_async_callback(close)
     admin.append(await start_admin(runtime))
+
+
+def open_tls(runtime: Runtime, stack: contextlib.AsyncExitStack) -> Certificates | None:
+    """The public listener's certificates (SPEC section 14), each worker its own, and
+    their reload every `reload_interval`; None without `tls:`."""
+    tls = runtime.config.tls
+    if tls is None:
+        return None
+    certificates = Certificates(tls)
+    reloader = Periodic("tls reload", tls.reload_interval, certificates.reload, final=_nothing)
+    reloader.start()
+    stack.push_async_callback(reloader.stop)
+    runtime.metrics.sources.append(certificates.count_into)
+    return certificates
+
+
+def _nothing() -> None:
+    return None
+
+
+async def open_redirects(config: Config) -> list[asyncio.Server]:
+    """The `redirect_http_listen` listener: 308 to https:// (SPEC section 14)."""
+    if config.redirect_http_listen is None:
+        return []
+    handler = PublicServer(
+        Redirector(config.listen.port).handle,
+        error_page=error_page,
+        timeouts=config.client_timeouts,
+        max_connections=connection_cap(config.max_connections, raise_open_files_limit()),
+        access_log=None,
+    )
+    where = config.redirect_http_listen
+    server = await asyncio.get_running_loop().create_server(
+        handler, where.host, where.port, reuse_port=True, backlog=2048
+    )
+    return [server]
 
 
 async def open_cache(runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:

@@ -384,6 +384,11 @@ def _send_now(transport: asyncio.Transport, file: io.FileIO, offset: int, count:
     sock = transport.get_extra_info("socket")
     if sock is None or transport.get_write_buffer_size():
         return 0
+    if transport.get_extra_info("sslcontext") is not None:
+        # Over TLS (SPEC section 14) the socket under the transport carries records:
+        # bytes written to it straight would go out as plaintext in the middle of the
+        # encrypted stream. `_send_rest` writes through the transport, which encrypts.
+        return 0
     try:
         return os.sendfile(sock.fileno(), file.fileno(), offset, count)
     except (BlockingIOError, InterruptedError):

@@ -49,6 +49,12 @@ Snapshot = dict[str, dict[str, Any]]
 
 # Gauges by the name parts of keyfront set them under: exported name (units in it) and
 # what it measures. Per-process gauges are summed over the workers; host gauges are not.
+LABELLED_GAUGES = {
+    "tls_certificate_expiry_timestamp_seconds": (
+        "tls_certificate_expiry_timestamp_seconds",
+        "notAfter of each certificate the public listener serves, by its first DNS name.",
+    ),
+}
 GAUGES = {
     "client_connections": (
         "client_connections",
@@ -120,6 +126,8 @@ class Metrics(Collector):
         self.origin_durations: dict[str, list[float]] = {}  # an origin's answer (headers)
         self.gauges: dict[str, float] = {}  # per process: summed across workers
         self.host_gauges: dict[str, float] = {}  # the host's (the cache folder): not summed
+        # host gauges with one label: name -> (label name, {label value: value})
+        self.labelled_host_gauges: dict[str, tuple[str, dict[str, float]]] = {}
         # Called before each publish and scrape to copy in what other parts count
         # themselves (record cache hits, usage rows pending, cache size).
         self.sources: list[Callable[[Metrics], None]] = []
@@ -181,6 +189,7 @@ class Metrics(Collector):
             "origin_durations": self.origin_durations,
             "gauges": self.gauges,
             "host_gauges": self.host_gauges,
+            "labelled_host_gauges": self.labelled_host_gauges,
             "process": self._process_samples(),
         }
 
@@ -256,6 +265,12 @@ class Metrics(Collector):
             gauge = GaugeMetricFamily(f"keyfront_{exported}", doc)
             gauge.add_metric([], value)
             yield gauge
+        for name, (label, series) in sorted(snap.get("labelled_host_gauges", {}).items()):
+            exported, doc = LABELLED_GAUGES[name]
+            gauge = GaugeMetricFamily(f"keyfront_{exported}", doc, labels=[label])
+            for value_of_label, value in sorted(series.items()):
+                gauge.add_metric([value_of_label], value)
+            yield gauge
         for name, value in sorted(snap.get("process", {}).items()):
             kind = CounterMetricFamily if name.endswith("_total") else GaugeMetricFamily
             family = kind(name.removesuffix("_total"), PROCESS[name])
@@ -275,6 +290,8 @@ def _add(into: Snapshot, other: Snapshot) -> None:
     # only stands in for a gauge the answering worker does not have.
     for name, value in other.get("host_gauges", {}).items():
         into["host_gauges"].setdefault(name, value)
+    for name, value in other.get("labelled_host_gauges", {}).items():
+        into.setdefault("labelled_host_gauges", {}).setdefault(name, value)
     for kind in ("durations", "origin_durations"):
         for route, hist in other.get(kind, {}).items():
             mine = into[kind].setdefault(route, [0.0] * len(hist))

@@ -78,6 +78,8 @@ class Pipeline:
         self._usage = usage
         self._metrics = metrics
         self._cache = cache  # None: no disk cache, every request goes to the origin
+        # SPEC section 14: Strict-Transport-Security on every HTTPS response
+        self._hsts = config.hsts if config.tls is not None else None
         if failpoints.armed(failpoints.AFTER_KEY):  # tests only: unarmed, it costs nothing
             after_key = failpoints.after(failpoints.AFTER_KEY, self._authorise)
             self._authorise = after_key  # type: ignore[method-assign]
@@ -85,6 +87,8 @@ class Pipeline:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = self._request_ids(request.headers.get("X-Request-Id"))
         exchange = Exchange(request, request_id, time.monotonic())
+        if self._hsts is not None:
+            exchange.headers["Strict-Transport-Security"] = self._hsts
         status, code = 500, None
         self._metrics.in_flight += 1
         try:
@@ -273,6 +277,7 @@ def preflight(exchange: Exchange, origin: str | None) -> web.Response:
     """CORS preflight (SPEC section 1): answered without a key and without consuming
     rate, since browsers send no credentials on it; the real request is checked."""
     headers = {"Server": SERVER, "X-Request-Id": exchange.request_id, "Allow": ALLOW}
+    headers.update(exchange.headers)  # HSTS (SPEC section 14)
     if origin:
         asked = exchange.request.headers.get("Access-Control-Request-Headers")
         headers.update(preflight_headers(origin, asked))

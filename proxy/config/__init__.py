@@ -24,6 +24,7 @@ from .schema import (
     MAX_EXTERNAL_KEY,
     AdminConfig,
     CacheConfig,
+    CertificatePair,
     ClientTimeouts,
     Config,
     ExternalKeysConfig,
@@ -35,6 +36,7 @@ from .schema import (
     OriginTimeouts,
     Route,
     S3Settings,
+    TLSConfig,
     UsageConfig,
 )
 
@@ -43,6 +45,7 @@ __all__ = [
     "MAX_EXTERNAL_KEY",
     "AdminConfig",
     "CacheConfig",
+    "CertificatePair",
     "ClientTimeouts",
     "Config",
     "ExternalKeysConfig",
@@ -55,6 +58,7 @@ __all__ = [
     "OriginTimeouts",
     "Route",
     "S3Settings",
+    "TLSConfig",
     "UsageConfig",
     "describe",
     "load",

@@ -9,7 +9,10 @@ import ipaddress
 import math
 import os
 import re
+import ssl
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -79,6 +82,64 @@ def local_path(raw: Any, at: str, base: Path) -> str:
     if not raw:
         raise ConfigError(at, "must not be empty")
     return os.path.normpath(os.path.join(base, raw))
+
+
+def readable_file(raw: Any, at: str, base: Path) -> str:
+    """A path to a file keyfront can read now (a certificate or key, SPEC section 14)."""
+    path = local_path(raw, at, base)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(at, f"cannot read {path}: {exc.strerror}") from None
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFacts:
+    """What keyfront needs from a certificate: its DNS names (lowercased, in order;
+    SNI picks by them) and its notAfter (a Unix time)."""
+
+    names: tuple[str, ...]
+    not_after: float
+
+
+def certificate_facts(cert: str) -> CertificateFacts:
+    """The names and expiry of the PEM certificate (the chain's first) in file `cert`.
+    `ssl._ssl._test_decode_cert` is private but has decoded a PEM file into the dict
+    `getpeercert()` answers since Python 3.2; the stdlib has no public parser and a
+    dependency for two fields is not worth it. tests/test_aiohttp_internals.py checks
+    it still exists. Raises ValueError (or OSError) when it does not decode."""
+    try:
+        decoded = ssl._ssl._test_decode_cert(cert)  # type: ignore[attr-defined]
+    except ssl.SSLError as exc:
+        raise ValueError(f"not a PEM certificate: {exc.reason or exc}") from None
+    names = [v.lower() for kind, v in decoded.get("subjectAltName", ()) if kind == "DNS"]
+    if not names:  # no DNS SAN: the subject's commonName, as old clients matched
+        subject = decoded.get("subject", ())
+        names = [v.lower() for rdn in subject for k, v in rdn if k == "commonName"]
+    return CertificateFacts(tuple(names), ssl.cert_time_to_seconds(decoded["notAfter"]))
+
+
+def certificate_problem(cert: str, key: str) -> tuple[str, str] | None:
+    """(field, problem) if the pair cannot serve: the certificate does not decode or
+    has expired (`cert`), or the key does not load or does not match it (`key`)."""
+    try:
+        facts = certificate_facts(cert)
+    except (ValueError, OSError) as exc:
+        return "cert", str(exc)
+    if facts.not_after < time.time():
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(facts.not_after))
+        return "cert", f"{cert} expired at {when}"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc)
+        return "key", f"{key} does not load or does not match {cert}: {reason}"
+    except OSError as exc:
+        return "key", f"cannot read {key}: {exc.strerror}"
+    return None
 
 
 def networks(raw: Any, at: str, base: Path) -> tuple[IPNetwork, ...]:

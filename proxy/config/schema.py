@@ -205,6 +205,27 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CertificatePair:
+    """A PEM chain and its key (SPEC section 14). Read from the files at load (tls.py
+    `read_certificate`): a pair that does not load, does not match or has expired is a
+    config error naming the field."""
+
+    cert: Annotated[str, read.readable_file]
+    key: Annotated[str, read.readable_file]
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """The public listener terminates TLS (SPEC section 14). The first certificate is
+    the default for clients without SNI."""
+
+    certificates: Annotated[tuple[CertificatePair, ...], _certificates]
+    min_version: Annotated[Literal["1.2", "1.3"], read.text(r"1\.[23]", '"1.2" or "1.3"')] = "1.2"
+    # changed files are re-read this often; new handshakes use them (proxy/tls.py)
+    reload_interval: Annotated[float, read.POSITIVE_SECONDS] = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     keys: Annotated[KeysConfig, section(KeysConfig)]
     routes: Annotated[tuple[Route, ...], _routes]
@@ -232,6 +253,12 @@ class Config:
     metrics: Annotated[MetricsConfig, section(MetricsConfig)] = field(default_factory=MetricsConfig)
     shutdown_timeout: Annotated[float, read.SECONDS] = 30.0
     access_log: Annotated[str, read.access_log] = "-"  # "-" (stdout), a file path, or "off"
+    # SPEC section 14: HTTPS on `listen`; None: plain HTTP (behind a TLS-terminating LB)
+    tls: Annotated[TLSConfig | None, read.optional(_TLS)] = None
+    # a plain listener answering 308 to https:// (SPEC section 14); needs `tls`
+    redirect_http_listen: Annotated[Listen | None, read.optional(_listen)] = None
+    # Strict-Transport-Security on every HTTPS response; needs `tls`
+    hsts: Annotated[str | None, read.optional(read.text(r"[ -~]{1,256}", "printable ASCII"))] = None
     # not in SPEC: README "Decisions"
     event_loop: Annotated[Literal["uvloop", "asyncio"], read.EVENT_LOOP] = "uvloop"
     # the file it was loaded from (for messages and worker processes)
@@ -247,6 +274,32 @@ def _variants_not_reserved(keys: KeysConfig, routes: tuple[Route, ...]) -> Found
         if clash:
             problem = f"{sorted(clash)[0]!r} carries a key or a link signature, not a variant"
             yield f"routes[{i}].variant_params", problem
+
+
+def _https_only(
+    tls: TLSConfig | None, redirect_http_listen: Listen | None, hsts: str | None
+) -> Found:
+    if tls is None and redirect_http_listen is not None:
+        yield "redirect_http_listen", "redirects to https://, which needs a `tls:` section"
+    if tls is None and hsts is not None:
+        yield "hsts", "is sent on HTTPS responses, which needs a `tls:` section"
+
+
+def _certificates(raw: Any, at: str, base: Path) -> tuple[CertificatePair, ...]:
+    """Each pair read, then loaded from its files (the config check of SPEC section 14:
+    a mismatched, unreadable or expired pair names its field)."""
+    expect(raw, list, "a list of {cert, key} paths", at)
+    if not raw:
+        raise ConfigError(at, "at least one certificate is required")
+    problems: list[tuple[str, str]] = []
+    pairs: list[CertificatePair] = []
+    for i, pair in each(_PAIR, raw, at, base, problems):
+        found = read.certificate_problem(pair.cert, pair.key)
+        if found is not None:
+            problems.append((f"{at}[{i}].{found[0]}", found[1]))
+        pairs.append(pair)
+    raise_any(problems)
+    return tuple(pairs)
 
 
 def _listen(raw: Any, at: str, base: Path) -> Listen:
@@ -287,4 +340,10 @@ _ROUTE = section(
     Check(("origin", "s3"), _s3_origin_only),
     Check(("origin", "variant_params"), _variants_from_http_only),
 )
-CONFIG = section(Config, Check(("keys", "routes"), _variants_not_reserved))
+_PAIR = section(CertificatePair)
+_TLS = section(TLSConfig)
+CONFIG = section(
+    Config,
+    Check(("keys", "routes"), _variants_not_reserved),
+    Check(("tls", "redirect_http_listen", "hsts"), _https_only),
+)
