@@ -52,6 +52,7 @@ Snapshot = dict[str, dict[str, Any]]
 LABELLED_GAUGES = {
     "tls_certificate_expiry_timestamp_seconds": (
         "tls_certificate_expiry_timestamp_seconds",
+        "name",
         "notAfter of each certificate the public listener serves, by its first DNS name.",
     ),
 }
@@ -265,10 +266,12 @@ class Metrics(Collector):
             gauge = GaugeMetricFamily(f"keyfront_{exported}", doc)
             gauge.add_metric([], value)
             yield gauge
-        for name, (label, series) in sorted(snap.get("labelled_host_gauges", {}).items()):
-            exported, doc = LABELLED_GAUGES[name]
+        labelled = snap.get("labelled_host_gauges", {})
+        for name, (exported, label, doc) in LABELLED_GAUGES.items():
+            # the family always, its TYPE line without samples when nothing sets it
+            # (no `tls:`), so dashboards and alerts find the name
             gauge = GaugeMetricFamily(f"keyfront_{exported}", doc, labels=[label])
-            for value_of_label, value in sorted(series.items()):
+            for value_of_label, value in sorted(labelled.get(name, ("", {}))[1].items()):
                 gauge.add_metric([value_of_label], value)
             yield gauge
         for name, value in sorted(snap.get("process", {}).items()):

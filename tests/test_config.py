@@ -7,6 +7,7 @@ import ast
 import dataclasses
 import ipaddress
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
@@ -33,6 +34,7 @@ from proxy.config import (
     describe,
     load,
 )
+from proxy.config.read import certificate_facts
 from proxy.errors import ConfigError
 from proxy.units import Rate
 
@@ -922,7 +924,25 @@ origin_timeouts: {connect: 1s, first_byte: 2s, idle: 3s}
 client_timeouts: {headers: 1s, keepalive: 2s, send: 3s, min_send_rate: 1KiB}
 usage: {flush_interval: 2s, max_pending: 10}
 metrics: {customer_labels: 5}
+tls: {certificates: [{cert: tls.pem, key: tls.key}], min_version: "1.3", reload_interval: 5s}
+redirect_http_listen: 127.0.0.1:8082
+hsts: max-age=60
 """
+
+
+def self_signed(folder: Path, name: str = "tls", days: int = 2) -> None:
+    """`name`.pem and `name`.key in `folder`: a self-signed certificate for a.test."""
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt"),
+            *("ec_paramgen_curve:prime256v1", "-nodes", "-days", str(days)),
+            *("-keyout", str(folder / f"{name}.key"), "-out", str(folder / f"{name}.pem")),
+            *("-subj", "/CN=a.test", "-addext", "subjectAltName=DNS:a.test,DNS:*.b.test"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
 
 
 def section_fields(cls: type[Any], seen: set[str]) -> Iterator[str]:
@@ -966,6 +986,7 @@ def fields_set(value: Any) -> Iterator[str]:
 def test_every_field_of_every_section_is_settable_from_yaml(tmp_path: Path) -> None:
     # Issue 14: a field added to a dataclass without a parser is an error at import, and
     # one added without a value here fails this test.
+    self_signed(tmp_path)
     config = load(write(tmp_path, EVERY_FIELD), {})
 
     schema = set(section_fields(Config, set())) - {"Config.source"}  # set by load()
@@ -1039,3 +1060,45 @@ def test_an_unreadable_secret_file_names_its_field_and_never_its_content(
     assert "is over 65536 bytes" in problems["keys.secrets.2"]
     assert "needs a path" in problems["admin.token"]
     assert "xxxx" not in str(caught.value)
+
+
+def test_tls_problems_name_their_field(tmp_path: Path) -> None:
+    """SPEC section 14: a mismatched pair, an unreadable file, and redirect/HSTS without
+    `tls:` are config errors naming the field, all reported at once."""
+    self_signed(tmp_path, "one")
+    self_signed(tmp_path, "two")
+    base = minimal()
+    (tmp_path / "files").mkdir()
+    base["tls"] = {
+        "certificates": [
+            {"cert": "one.pem", "key": "one.key"},
+            {"cert": "one.pem", "key": "two.key"},
+            {"cert": "absent.pem", "key": "one.key"},
+        ],
+        "min_version": "1.1",
+    }
+    with pytest.raises(ConfigError) as raised:
+        load(write(tmp_path, yaml.safe_dump(base)), {})
+    fields = [field for field, _ in raised.value.problems]
+    assert fields == [
+        "tls.certificates[1].key",
+        "tls.certificates[2].cert",
+        "tls.min_version",
+    ], raised.value.problems
+    base["tls"] = None
+    base |= {"redirect_http_listen": "127.0.0.1:8082", "hsts": "max-age=60"}
+    with pytest.raises(ConfigError) as raised:
+        load(write(tmp_path, yaml.safe_dump(base)), {})
+    assert [field for field, _ in raised.value.problems] == ["redirect_http_listen", "hsts"]
+
+
+def test_tls_reads_names_and_expiry(tmp_path: Path) -> None:
+    self_signed(tmp_path)
+    base = minimal()
+    (tmp_path / "files").mkdir()
+    base["tls"] = {"certificates": [{"cert": "tls.pem", "key": "tls.key"}]}
+    config = load(write(tmp_path, yaml.safe_dump(base)), {})
+    assert config.tls is not None
+    assert (config.tls.min_version, config.tls.reload_interval) == ("1.2", 60.0)
+    facts = certificate_facts(config.tls.certificates[0].cert)
+    assert facts.names == ("a.test", "*.b.test")
