@@ -306,3 +306,10 @@ def test_the_private_stdlib_decoder_config_read_py_uses_still_exists(pki: Path) 
     decoded = ssl._ssl._test_decode_cert(str(pki / "b.pem"))  # type: ignore[attr-defined]
     assert ("DNS", "b.test") in decoded["subjectAltName"]
     assert ssl.cert_time_to_seconds(decoded["notAfter"]) > time.time()
+
+
+def test_config_check_describes_the_certificates(served: tuple[KeyfrontProcess, Path, int]) -> None:
+    keyfront, _, _ = served
+    described = keyfront.cli("config", "check").stdout
+    assert "tls: TLS 1.2+, files re-read every 1s" in described
+    assert "b.test" in described and "-> https:// (308)" in described

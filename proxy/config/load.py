@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..units import format_size
+from .read import certificate_facts
 from .schema import CONFIG, MAX_EXTERNAL_KEY, Config, ExternalKeysConfig
 from .sections import WITHHELD, Unresolved, join
 
@@ -169,6 +171,15 @@ def describe(config: Config) -> str:
         _external_summary(config.keys.external),
     ]
     lines += [f"route {r.prefix} -> {r.origin} (auth {r.auth})" for r in config.routes]
+    if config.tls is not None:
+        tls = config.tls
+        lines.append(f"tls: TLS {tls.min_version}+, files re-read every {tls.reload_interval:g}s")
+        for pair in tls.certificates:
+            facts = certificate_facts(pair.cert)
+            expires = time.strftime("%Y-%m-%d", time.gmtime(facts.not_after))
+            lines.append(f"  certificate {pair.cert}: {', '.join(facts.names)}, until {expires}")
+    if config.redirect_http_listen is not None:
+        lines.append(f"redirect {config.redirect_http_listen} -> https:// (308)")
     return "\n".join(lines)
 
 
