@@ -284,6 +284,42 @@ def test_a_renewal_reaches_new_handshakes_and_open_connections_keep_theirs(
     before.close()
 
 
+def test_a_renewal_that_fails_to_load_keeps_the_certificate_before(
+    served: tuple[KeyfrontProcess, Path, int], pki: Path
+) -> None:
+    """After the renewal above (serial 1002): a key that does not match is written
+    over a.key; new handshakes keep getting 1002, and requests are answered."""
+    keyfront, run, _ = served
+    shutil.copy(pki / "b.key", run / "a.key.new")
+    os.replace(run / "a.key.new", run / "a.key")
+    time.sleep(2.5)  # reload_interval (1 s) twice, and slack
+    connection = https(keyfront.port, pki)
+    assert serial_of(connection) == "03EA"
+    assert get(connection, "/o/big.bin")[:2] == (200, BIG)
+    connection.close()
+    shutil.copy(pki / "a2.key", run / "a.key.new")  # as it was, for the tests after
+    os.replace(run / "a.key.new", run / "a.key")
+
+
+def test_every_worker_serves_https(pki: Path, origin: HttpOriginServer, tmp_path: Path) -> None:
+    body = f"""
+keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
+store: sqlite:///{tmp_path}/keyfront.db
+routes:
+  - {{prefix: /o/, origin: "{origin.url}", auth: none}}
+tls:
+  certificates: [{{cert: {pki}/a.pem, key: {pki}/a.key}}]
+"""
+    keyfront = start_keyfront(body, str(tmp_path), "--workers", "2")
+    try:
+        for _ in range(8):  # new connections: SO_REUSEPORT spreads them over both
+            connection = https(keyfront.port, pki)
+            assert get(connection, "/o/big.bin")[:2] == (200, BIG)
+            connection.close()
+    finally:
+        keyfront.stop()
+
+
 def test_the_expiry_of_each_certificate_is_a_metric(
     served: tuple[KeyfrontProcess, Path, int],
 ) -> None:
