@@ -190,7 +190,7 @@ async def open_listeners(
     config = runtime.config
     handler = PublicServer(
         pipeline.handle,
-        error_page=error_page,
+        error_page=error_page if config.tls is None else _with_hsts(config.hsts),
         timeouts=config.client_timeouts,
         max_connections=connection_cap(config.max_connections, raise_open_files_limit()),
         access_log=None,
@@ -237,6 +237,20 @@ def open_tls(runtime: Runtime, stack: contextlib.AsyncExitStack) -> Certificates
     stack.push_async_callback(reloader.stop)
     runtime.metrics.sources.append(certificates.count_into)
     return certificates
+
+
+def _with_hsts(hsts: str | None) -> Callable[[int], web.Response]:
+    """The public listener's error page for what aiohttp refuses before the pipeline
+    runs, with Strict-Transport-Security on HTTPS (SPEC section 14)."""
+    if hsts is None:
+        return error_page
+
+    def page(status: int) -> web.Response:
+        response = error_page(status)
+        response.headers["Strict-Transport-Security"] = hsts
+        return response
+
+    return page
 
 
 def _nothing() -> None:

@@ -237,6 +237,27 @@ def test_redirect_listener_answers_308_with_path_and_query(
     connection.close()
 
 
+def test_hsts_is_on_the_page_for_a_malformed_request(
+    served: tuple[KeyfrontProcess, Path, int], pki: Path
+) -> None:
+    """What aiohttp refuses before the pipeline runs is answered on HTTPS too."""
+    keyfront, _, _ = served
+    with client_context(pki).wrap_socket(
+        socket.create_connection(("127.0.0.1", keyfront.port), timeout=10),
+        server_hostname="a.test",
+    ) as tls:
+        tls.sendall(b"GET /o/big.bin HTTP/1.1\r\nHost: a.test\r\nBad Header\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = tls.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    head = answer.partition(b"\r\n\r\n")[0].decode()
+    assert head.split(" ")[1] == "400"
+    assert f"Strict-Transport-Security: {HSTS}" in head.split("\r\n")
+
+
 def test_a_mismatched_pair_fails_config_check(pki: Path, tmp_path: Path) -> None:
     config = tmp_path / "keyfront.yaml"
     config.write_text(f"""
