@@ -41,11 +41,14 @@ def test_the_readme_has_yaml_blocks() -> None:
 
 @pytest.mark.parametrize(("line", "text"), BLOCKS, ids=[f"README.md:{n}" for n, _ in BLOCKS])
 def test_a_readme_yaml_block_passes_config_check(line: int, text: str, tmp_path: Path) -> None:
-    # Absolute folders (/srv/files, /var/cache/keyfront, ...) move under tmp_path.
-    text = re.sub(r"(?<=[ /])/(srv|var)/", f"{tmp_path}/\\1/", text)
+    # Absolute paths (/srv/files, /var/cache/keyfront, /etc/keyfront/tls/...) move
+    # under tmp_path.
+    text = re.sub(r"(?<=[ /])/(srv|var|etc)/", f"{tmp_path}/\\1/", text)
     fragment = yaml.safe_load(text)
     assert isinstance(fragment, dict), f"README.md:{line} is not a YAML mapping"
     config = _complete(fragment, tmp_path)
+    for pair in (config.get("tls") or {}).get("certificates", []):
+        _certificate(Path(pair["cert"]), Path(pair["key"]))
     for route in config["routes"]:
         if route["origin"].startswith("file://"):
             Path(route["origin"].removeprefix("file://")).mkdir(parents=True, exist_ok=True)
@@ -63,6 +66,18 @@ def test_a_readme_yaml_block_passes_config_check(line: int, text: str, tmp_path:
         timeout=30,
     )
     assert result.returncode == 0, f"README.md:{line}: {result.stderr or result.stdout}"
+
+
+def _certificate(cert: Path, key: Path) -> None:
+    """A self-signed pair where the block names one, for the name in its file name."""
+    name = cert.name.removesuffix(".pem")
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
+         "-addext", f"subjectAltName=DNS:{name}"],
+        capture_output=True, check=True, timeout=30,
+    )  # fmt: skip
 
 
 def _complete(fragment: dict[str, Any], root: Path) -> dict[str, Any]:
