@@ -279,6 +279,58 @@ tls:
     assert "tls.certificates[0].key" in checked.stdout + checked.stderr
 
 
+def make_expired(folder: Path, name: str, pki: Path) -> None:
+    """`expired.pem` and `expired.key`: a certificate for `name`, signed by the CA, valid
+    for one day in 2020 (`openssl ca` takes explicit dates; `x509 -days` cannot go back)."""
+    ca = folder / "expired-ca"
+    (ca / "newcerts").mkdir(parents=True)
+    (ca / "index.txt").write_text("")
+    (ca / "serial").write_text("01\n")
+    (folder / "expired-ca.cnf").write_text(
+        f"[ca]\ndefault_ca = d\n[d]\ndir = {ca}\ndatabase = $dir/index.txt\n"
+        "new_certs_dir = $dir/newcerts\nserial = $dir/serial\ndefault_md = sha256\n"
+        "policy = p\ncopy_extensions = copy\n[p]\ncommonName = supplied\n"
+    )
+    _openssl(
+        *("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
+        *("-keyout", "expired.key", "-out", "expired.csr", "-subj", f"/CN={name}"),
+        *("-addext", f"subjectAltName=DNS:{name}"),
+        cwd=folder,
+    )
+    _openssl(
+        *("ca", "-batch", "-config", "expired-ca.cnf"),
+        *("-cert", str(pki / "ca.pem"), "-keyfile", str(pki / "ca.key")),
+        *("-in", "expired.csr", "-out", "expired.pem"),
+        *("-startdate", "20200101000000Z", "-enddate", "20200102000000Z"),
+        cwd=folder,
+    )
+
+
+def test_an_expired_certificate_fails_config_check(pki: Path, tmp_path: Path) -> None:
+    make_expired(tmp_path, "old.test", pki)
+    config = tmp_path / "keyfront.yaml"
+    config.write_text(f"""
+keys: {{secrets: {{1: "{"s" * 32}"}}}}
+store: sqlite:///{tmp_path}/keyfront.db
+routes:
+  - {{prefix: /f/, origin: "file://{tmp_path}/", auth: none}}
+tls:
+  certificates:
+    - {{cert: {pki}/a.pem, key: {pki}/a.key}}
+    - {{cert: {tmp_path}/expired.pem, key: {tmp_path}/expired.key}}
+""")
+    checked = subprocess.run(
+        [KEYFRONT, "config", "check", "-c", str(config)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 2
+    said = checked.stdout + checked.stderr
+    assert "tls.certificates[1]" in said and "expired" in said, said
+
+
 def test_a_renewal_reaches_new_handshakes_and_open_connections_keep_theirs(
     served: tuple[KeyfrontProcess, Path, int], pki: Path
 ) -> None:
