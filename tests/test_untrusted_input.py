@@ -53,6 +53,7 @@ from proxy.origin.s3 import _ERROR_CODE, _match, _one_strong_tag
 from proxy.origin.s3 import _OBJECT_SIZE as _SIZE
 from proxy.pipeline import _bearer
 from proxy.policy import ReferrerRules, check_link, client_ip, cors_headers, normalise_path
+from proxy.redirect import redirect_host
 from proxy.request_ids import RequestIds
 from proxy.units import parse_duration, parse_rate, parse_size
 
@@ -111,6 +112,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "Referer": lambda t: RULES.allows(t, None),
     "Origin": lambda t: (RULES.allows(None, t), cors_headers(t)),
     "Referer in the access log": referrer_host,
+    "Host on the redirect listener": redirect_host,
     # paths, keys, signed links
     "path": _swallow(normalise_path),
     "key": _swallow(SIGNER.verify),
