@@ -80,6 +80,9 @@ GAUGES = {
     "cache_objects": ("cache_objects", "Objects in the disk cache, cached 404s included."),
     "imported_keys": ("imported_keys", "External keys imported into this host's key set."),
 }
+# Gauges exported under a name with its unit (issue 15) and under SPEC section 10's
+# name as well, which dashboards and alerts written to the SPEC read.
+SPEC_NAMES = frozenset({"usage_pending"})
 # process_* of every worker: counters and sizes summed, the start time the earliest.
 PROCESS = {
     "process_cpu_seconds_total": "Worker CPU time (user and system), all workers, seconds.",
@@ -266,6 +269,10 @@ class Metrics(Collector):
             gauge = GaugeMetricFamily(f"keyfront_{exported}", doc)
             gauge.add_metric([], value)
             yield gauge
+            if name in SPEC_NAMES:  # SPEC section 10's name too: the contract's
+                spec = GaugeMetricFamily(f"keyfront_{name}", f"{doc} (SPEC's name)")
+                spec.add_metric([], value)
+                yield spec
         labelled = snap.get("labelled_host_gauges", {})
         for name, (exported, label, doc) in LABELLED_GAUGES.items():
             # the family always, its TYPE line without samples when nothing sets it

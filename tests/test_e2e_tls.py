@@ -258,6 +258,17 @@ def test_hsts_is_on_the_page_for_a_malformed_request(
     assert f"Strict-Transport-Security: {HSTS}" in head.split("\r\n")
 
 
+def config_check(config: Path) -> subprocess.CompletedProcess[str]:
+    """`keyfront config check` on `config`, as an operator runs it."""
+    return subprocess.run(
+        [KEYFRONT, "config", "check", "-c", str(config)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def test_a_mismatched_pair_fails_config_check(pki: Path, tmp_path: Path) -> None:
     config = tmp_path / "keyfront.yaml"
     config.write_text(f"""
@@ -268,13 +279,7 @@ routes:
 tls:
   certificates: [{{cert: {pki}/a.pem, key: {pki}/b.key}}]
 """)
-    checked = subprocess.run(
-        [KEYFRONT, "config", "check", "-c", str(config)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    checked = config_check(config)
     assert checked.returncode != 0
     assert "tls.certificates[0].key" in checked.stdout + checked.stderr
 
@@ -319,13 +324,7 @@ tls:
     - {{cert: {pki}/a.pem, key: {pki}/a.key}}
     - {{cert: {tmp_path}/expired.pem, key: {tmp_path}/expired.key}}
 """)
-    checked = subprocess.run(
-        [KEYFRONT, "config", "check", "-c", str(config)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    checked = config_check(config)
     assert checked.returncode == 2
     said = checked.stdout + checked.stderr
     assert "tls.certificates[1]" in said and "expired" in said, said

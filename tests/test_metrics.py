@@ -36,7 +36,8 @@ SPEC_NAMES = {
     "keyfront_cache_write_errors",
     "keyfront_key_cache",
     "keyfront_store_errors",
-    "keyfront_usage_pending_rows",  # SPEC's keyfront_usage_pending, with its unit (issue 15)
+    "keyfront_usage_pending",
+    "keyfront_usage_pending_rows",  # the same, with its unit (issue 15)
     "keyfront_customer_requests",
     "keyfront_customer_bytes",
 }
