@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from aiohttp import web
@@ -234,10 +234,16 @@ def write_config(directory: str, text: str) -> str:
 
 
 def start_keyfront(
-    config_body: str, directory: str, *args: str, port: int | None = None
+    config_body: str,
+    directory: str,
+    *args: str,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    stderr: IO[bytes] | None = None,
 ) -> KeyfrontProcess:
     """Start `keyfront serve` on free ports with `config_body` (YAML without listen
-    lines), and wait until /healthz answers."""
+    lines), and wait until /healthz answers. `env` adds to the process's environment
+    (not to the CLI's, `KeyfrontProcess.cli`); `stderr` receives its log."""
     port = port or free_port()
     admin_port = free_port()
     text = f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\n{config_body}"
@@ -246,10 +252,12 @@ def start_keyfront(
         # share a cache, as worker processes of one host do, and nothing else.
         text += f"\ncache: {{dir: {directory}/cache}}\n"
     config_path = write_config(directory, text)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYFRONT_")}
-    env["KEYFRONT_KEY_SECRET"] = SECRET
-    process = subprocess.Popen([KEYFRONT, "serve", "-c", config_path, *args], env=env)
-    instance = KeyfrontProcess(config_path, port, admin_port, process, env)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KEYFRONT_")}
+    base["KEYFRONT_KEY_SECRET"] = SECRET
+    process = subprocess.Popen(
+        [KEYFRONT, "serve", "-c", config_path, *args], env={**base, **(env or {})}, stderr=stderr
+    )
+    instance = KeyfrontProcess(config_path, port, admin_port, process, base)
     try:
         wait_for_port(admin_port, timeout=15)
         wait_for_port(port, timeout=5)

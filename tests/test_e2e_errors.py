@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KEYFRONT, SECRET, KeyfrontProcess, free_port, wait_for_port, write_config
+from conftest import KEYFRONT, SECRET, KeyfrontProcess, free_port, start_keyfront, write_config
 
 ADMIN_TOKEN = "operator-token-for-the-error-tests"
 BODY = b"<svg>an object</svg>"
@@ -26,12 +26,10 @@ def start_armed(tmp_path: Path, failpoints: str) -> tuple[KeyfrontProcess, Path]
     """keyfront with KEYFRONT_FAILPOINTS set, its stderr (the log) kept in a file."""
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "a.svg").write_bytes(BODY)
-    port, admin_port = free_port(), free_port()
-    config_path = write_config(
-        str(tmp_path),
-        f"""listen: 127.0.0.1:{port}
-admin_listen: 127.0.0.1:{admin_port}
-store: sqlite://{tmp_path}/kf.db
+    log = tmp_path / "keyfront.log"
+    with open(log, "wb") as stderr:
+        instance = start_keyfront(
+            f"""store: sqlite://{tmp_path}/kf.db
 keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
 routes:
   - {{prefix: /files/, origin: "file://{tmp_path}/files/"}}
@@ -40,23 +38,10 @@ cache: {{dir: {tmp_path}/cache}}
 admin: {{token: "{ADMIN_TOKEN}"}}
 access_log: "off"
 """,
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYFRONT_")}
-    env["KEYFRONT_KEY_SECRET"] = SECRET
-    log = tmp_path / "keyfront.log"
-    with open(log, "wb") as stderr:
-        process = subprocess.Popen(
-            [KEYFRONT, "serve", "-c", config_path],
-            env={**env, "KEYFRONT_FAILPOINTS": failpoints},
+            str(tmp_path),
+            env={"KEYFRONT_FAILPOINTS": failpoints},
             stderr=stderr,
         )
-    instance = KeyfrontProcess(config_path, port, admin_port, process, env)
-    try:
-        wait_for_port(admin_port, timeout=15)
-        wait_for_port(port, timeout=5)
-    except TimeoutError:
-        instance.stop()
-        raise
     return instance, log
 
 
