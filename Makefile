@@ -42,10 +42,12 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	touch $@
 
 # The suite starts its own redis-server on a free port; it only needs the binary.
+# chromium is Debian's, driven headless by Playwright (tests/browser.py).
 check-tools:
 	@command -v redis-server >/dev/null || deploy/install-test-tool.sh redis-server redis-server
 	@command -v promtool >/dev/null || deploy/install-test-tool.sh promtool prometheus
 	@command -v systemd-analyze >/dev/null || deploy/install-test-tool.sh systemd-analyze systemd
+	@command -v chromium >/dev/null || deploy/install-test-tool.sh chromium chromium
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -3,6 +3,7 @@
 #   deploy/install-test-tool.sh redis-server redis-server   (the suite starts its own)
 #   deploy/install-test-tool.sh promtool prometheus          (checks a live /metrics)
 #   deploy/install-test-tool.sh systemd-analyze systemd      (verifies deploy/systemd)
+#   deploy/install-test-tool.sh chromium chromium            (headless, driven by Playwright)
 # Debian/Ubuntu only; elsewhere it says what to do. The package's service is not wanted:
 # where policy-rc.d allows services to start, the prometheus service is stopped again.
 set -euo pipefail

@@ -15,12 +15,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 from aiohttp import web
 
 from proxy.config import S3Settings
+
+if TYPE_CHECKING:  # imported where used: browser.py imports this module
+    from playwright.sync_api import Browser
+
+    from pki import PrivateCA
 
 
 def free_port() -> int:
@@ -461,3 +466,25 @@ def _set_up_s3(endpoint_url: str, process: subprocess.Popen[bytes]) -> S3Server:
     with urllib.request.urlopen(switch, timeout=10) as response:
         response.read()
     return server
+
+
+# --- headless Chromium trusting a private CA (tests/browser.py, tests/pki.py) -------------
+
+
+@pytest.fixture(scope="session")
+def private_ca(tmp_path_factory: pytest.TempPathFactory) -> PrivateCA:
+    """The session's certificate authority: `private_ca.issue("cdn.test")`."""
+    from pki import PrivateCA
+
+    return PrivateCA(tmp_path_factory.mktemp("private-ca"))
+
+
+@pytest.fixture(scope="session")
+def chromium(private_ca: PrivateCA) -> Iterator[Browser]:
+    """One headless Chromium (a Playwright `Browser`) for the session, trusting
+    `private_ca`'s certificates and resolving `*.test` to 127.0.0.1."""
+    from browser import launch_chromium
+    from pki import spki_sha256
+
+    with launch_chromium([spki_sha256(private_ca.cert)]) as browser:
+        yield browser

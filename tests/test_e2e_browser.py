@@ -1,0 +1,162 @@
+"""A customer's page in headless Chromium (issue 16): an `<img>` on an HTTPS page loads
+from keyfront over HTTPS (its certificate for cdn.test from the session's private CA,
+trusted by SPKI hash), and the same page and keyfront over plain HTTP give the same
+answers. The key's referrer rule allows only site.test: the page there shows the image,
+the same page on other.test gets 403 `referrer_not_allowed` and the image's onerror.
+
+Chromium sends `Referer` under its default policy, strict-origin-when-cross-origin:
+a page's origin only, never its path, to another site. That is why a referrer rule
+matches the host (SPEC section 2), and what these tests see keyfront receive."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser
+
+from browser import PageOrigin, fresh_page, settled_requests
+from conftest import KeyfrontProcess, start_keyfront
+from pki import PrivateCA
+
+SVG = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="120" height="60">'
+    b'<rect width="120" height="60" fill="#1a7f37"/></svg>'
+)
+PAGE = """<!doctype html>
+<title>waiting</title>
+<p>A customer's page; its logo comes from keyfront:</p>
+<img id="logo" src="{src}" alt="logo" onload="document.title='loaded'"
+     onerror="document.title='error'">
+"""
+
+
+@dataclass
+class Deployment:
+    """keyfront and the customer's site, both over `scheme`."""
+
+    scheme: str
+    keyfront: KeyfrontProcess
+    pages: PageOrigin
+    image: str  # the <img> URL, with the key
+    access_log: Path
+
+
+@pytest.fixture(scope="module", params=["https", "http"])
+def deployment(
+    request: pytest.FixtureRequest, private_ca: PrivateCA, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    scheme = request.param
+    run = tmp_path_factory.mktemp(f"browser-{scheme}")
+    (run / "files").mkdir()
+    (run / "files" / "logo.svg").write_bytes(SVG)
+    tls = ""
+    if scheme == "https":
+        cdn = private_ca.issue("cdn.test")
+        tls = f"tls: {{certificates: [{{cert: {cdn.cert}, key: {cdn.key}}}]}}"
+    body = f"""
+keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
+store: sqlite:///{run}/keyfront.db
+routes:
+  - {{prefix: /request/, origin: "file://{run}/files/"}}
+access_log: {run}/access.log
+{tls}
+"""
+    keyfront = start_keyfront(body, str(run))
+    keyfront.cli("customers", "create", "acme")
+    created = keyfront.cli(
+        "keys", "create", "--customer", "acme", "--referrer", "site.test", "--json"
+    )
+    key = json.loads(created.stdout)["key"]
+    image = f"{scheme}://cdn.test:{keyfront.port}/request/logo.svg?key={key}"
+    (run / "pages" / "shop").mkdir(parents=True)
+    (run / "pages" / "shop" / "index.html").write_text(PAGE.format(src=image))
+    site = private_ca.issue("site.test", "other.test") if scheme == "https" else None
+    pages = PageOrigin(run / "pages", site)
+    yield Deployment(scheme, keyfront, pages, image, run / "access.log")
+    pages.stop()
+    keyfront.stop()
+
+
+@dataclass
+class Visit:
+    """What the browser saw of the image on one page load."""
+
+    title: str  # "loaded" or "error": which of the <img>'s handlers ran
+    natural_width: int
+    status: int  # of keyfront's answer as the browser saw it; 0 when it saw none
+    failure: str  # the browser's network error, "" when the image arrived
+    referer: str  # the Referer the browser sent with the image request
+
+
+def visit(browser: Browser, page_url: str, image: str, screenshot: Path | None = None) -> Visit:
+    with fresh_page(browser) as page:
+        settled = settled_requests(page)
+        page.goto(page_url)  # returns on `load`: the image has loaded or failed
+        request = next(r for r in settled if r.url == image)
+        response = request.response()
+        width = page.eval_on_selector("#logo", "img => img.naturalWidth")
+        if screenshot is not None:
+            page.screenshot(path=screenshot)
+        return Visit(
+            page.title(),
+            width,
+            response.status if response else 0,
+            request.failure or "",
+            request.header_value("referer") or "",
+        )
+
+
+def access_line(deployment: Deployment, referrer_host: str) -> dict[str, object]:
+    """keyfront's access log line for the image requested from `referrer_host`; the
+    log is written every second."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if deployment.access_log.exists():
+            for text in deployment.access_log.read_text().splitlines():
+                line = json.loads(text)
+                if line["referrer_host"] == referrer_host and line["route"] == "/request/":
+                    return dict(line)
+        time.sleep(0.1)
+    raise AssertionError(f"no access log line from {referrer_host}")
+
+
+def denied(keyfront: KeyfrontProcess, code: str) -> float:
+    with urllib.request.urlopen(f"{keyfront.admin_url}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f'keyfront_denied_total{{code="{code}"}} '):
+                return float(line.split()[-1])
+    return 0.0
+
+
+def test_the_image_shows_on_the_site_its_key_allows(
+    chromium: Browser, deployment: Deployment, tmp_path: Path
+) -> None:
+    page_url = deployment.pages.url("site.test", "/shop/index.html")
+    screenshot = tmp_path / f"site-{deployment.scheme}.png"
+    seen = visit(chromium, page_url, deployment.image, screenshot)
+    assert (seen.title, seen.natural_width, seen.status, seen.failure) == ("loaded", 120, 200, "")
+    # Cross-site, the default policy sends the page's origin only: not /shop/index.html.
+    assert seen.referer == deployment.pages.url("site.test", "/")
+    line = access_line(deployment, f"site.test:{deployment.pages.port}")
+    assert (line["status"], line["bytes"]) == (200, len(SVG))
+    assert screenshot.stat().st_size > 0
+
+
+def test_the_image_is_refused_on_another_site(chromium: Browser, deployment: Deployment) -> None:
+    before = denied(deployment.keyfront, "referrer_not_allowed")
+    page_url = deployment.pages.url("other.test", "/shop/index.html")
+    seen = visit(chromium, page_url, deployment.image)
+    # Chromium never shows the page keyfront's 403: a JSON body answering an <img> is
+    # blocked by Opaque Response Blocking, so the page sees a network error. The
+    # status is in keyfront's counters and access log.
+    assert (seen.title, seen.natural_width, seen.status) == ("error", 0, 0)
+    assert seen.failure == "net::ERR_BLOCKED_BY_ORB"
+    assert seen.referer == deployment.pages.url("other.test", "/")
+    assert denied(deployment.keyfront, "referrer_not_allowed") == before + 1
+    assert access_line(deployment, f"other.test:{deployment.pages.port}")["status"] == 403
