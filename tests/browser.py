@@ -14,7 +14,9 @@ Three things make a browser on a test machine behave as one on the internet:
 - pages: `PageOrigin` serves a folder from its own process (tests/page_origin.py),
   over HTTPS with a certificate from the same CA, or over HTTP.
 
-Fixtures `private_ca` and `chromium` (session-scoped) are in tests/conftest.py.
+The fixtures are in tests/conftest.py: `private_ca` for the session, `chromium` for a
+module (Playwright's sync API holds the thread's event loop while it runs, so a module
+using it holds no asyncio tests).
 """
 
 from __future__ import annotations

@@ -479,10 +479,13 @@ def private_ca(tmp_path_factory: pytest.TempPathFactory) -> PrivateCA:
     return PrivateCA(tmp_path_factory.mktemp("private-ca"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium(private_ca: PrivateCA) -> Iterator[Browser]:
-    """One headless Chromium (a Playwright `Browser`) for the session, trusting
-    `private_ca`'s certificates and resolving `*.test` to 127.0.0.1."""
+    """A headless Chromium (a Playwright `Browser`) trusting `private_ca`'s certificates
+    and resolving `*.test` to 127.0.0.1. One per module, not per session: while
+    Playwright's sync API is started, its event loop is the thread's running loop, and
+    every asyncio test after it fails with "Cannot run the event loop while another
+    loop is running". So a module using it holds no asyncio tests; a launch is ~0.6 s."""
     from browser import launch_chromium
     from pki import spki_sha256
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser
 
-from browser import PageOrigin, fresh_page, settled_requests
+from browser import PageOrigin, chromium_path, fresh_page, settled_requests
 from conftest import KeyfrontProcess, start_keyfront
 from pki import PrivateCA
 
@@ -160,3 +160,11 @@ def test_the_image_is_refused_on_another_site(chromium: Browser, deployment: Dep
     assert seen.referer == deployment.pages.url("other.test", "/")
     assert denied(deployment.keyfront, "referrer_not_allowed") == before + 1
     assert access_line(deployment, f"other.test:{deployment.pages.port}")["status"] == 403
+
+
+def test_a_missing_chromium_fails_saying_that_make_test_installs_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # a machine where nobody installed it
+    with pytest.raises(pytest.fail.Exception, match="run `make test`, which installs"):
+        chromium_path()
