@@ -16,14 +16,18 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser
+
+from proxy.admin import PREFIX
 
 from browser import PageOrigin, chromium_path, fresh_page, settled_requests
 from conftest import KeyfrontProcess, start_keyfront
 from pki import PrivateCA
 
+ADMIN_TOKEN = "operator-token-0123456789"
 SVG = (
     b'<svg xmlns="http://www.w3.org/2000/svg" width="120" height="60">'
     b'<rect width="120" height="60" fill="#1a7f37"/></svg>'
@@ -31,7 +35,7 @@ SVG = (
 PAGE = """<!doctype html>
 <title>waiting</title>
 <p>A customer's page; its logo comes from keyfront:</p>
-<img id="logo" src="{src}" alt="logo" onload="document.title='loaded'"
+<img id="logo" src="{src}" alt="logo" {policy}onload="document.title='loaded'"
      onerror="document.title='error'">
 """
 
@@ -43,8 +47,33 @@ class Deployment:
     scheme: str
     keyfront: KeyfrontProcess
     pages: PageOrigin
-    image: str  # the <img> URL, with the key
+    image: str  # the <img> URL, with a key whose only referrer rule is site.test
     access_log: Path
+
+    def image_for(self, referrer: str) -> str:
+        """The URL of keyfront's logo.svg with a new key allowing only `referrer`."""
+        body = {"customer_id": "acme", "referrers": [referrer]}
+        key = admin(self.keyfront, "/keys", body)["key"]
+        return f"{self.scheme}://cdn.test:{self.keyfront.port}/request/logo.svg?key={key}"
+
+    def page(self, name: str, image: str, policy: str = "") -> str:
+        """The path of a new page /shop/`name` showing `image`, with the <img>'s
+        `referrerpolicy` when given."""
+        attribute = f'referrerpolicy="{policy}" ' if policy else ""
+        (self.pages.folder / "shop" / name).write_text(PAGE.format(src=image, policy=attribute))
+        return f"/shop/{name}"
+
+
+def admin(keyfront: KeyfrontProcess, path: str, body: dict[str, object]) -> dict[str, Any]:
+    """POST to keyfront's admin API as the operator (no process start, unlike the CLI)."""
+    call = urllib.request.Request(
+        f"{keyfront.admin_url}{PREFIX}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(call, timeout=10) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+        return answer
 
 
 @pytest.fixture(scope="module", params=["https", "http"])
@@ -55,6 +84,7 @@ def deployment(
     run = tmp_path_factory.mktemp(f"browser-{scheme}")
     (run / "files").mkdir()
     (run / "files" / "logo.svg").write_bytes(SVG)
+    (run / "pages" / "shop").mkdir(parents=True)
     tls = ""
     if scheme == "https":
         cdn = private_ca.issue("cdn.test")
@@ -65,20 +95,17 @@ store: sqlite:///{run}/keyfront.db
 routes:
   - {{prefix: /request/, origin: "file://{run}/files/"}}
 access_log: {run}/access.log
+admin: {{token: {ADMIN_TOKEN}}}
 {tls}
 """
     keyfront = start_keyfront(body, str(run))
-    keyfront.cli("customers", "create", "acme")
-    created = keyfront.cli(
-        "keys", "create", "--customer", "acme", "--referrer", "site.test", "--json"
-    )
-    key = json.loads(created.stdout)["key"]
-    image = f"{scheme}://cdn.test:{keyfront.port}/request/logo.svg?key={key}"
-    (run / "pages" / "shop").mkdir(parents=True)
-    (run / "pages" / "shop" / "index.html").write_text(PAGE.format(src=image))
     site = private_ca.issue("site.test", "other.test") if scheme == "https" else None
     pages = PageOrigin(run / "pages", site)
-    yield Deployment(scheme, keyfront, pages, image, run / "access.log")
+    deployment = Deployment(scheme, keyfront, pages, "", run / "access.log")
+    admin(keyfront, "/customers", {"customer_id": "acme"})
+    deployment.image = deployment.image_for("site.test")
+    deployment.page("index.html", deployment.image)
+    yield deployment
     pages.stop()
     keyfront.stop()
 
@@ -112,18 +139,18 @@ def visit(browser: Browser, page_url: str, image: str, screenshot: Path | None =
         )
 
 
-def access_line(deployment: Deployment, referrer_host: str) -> dict[str, object]:
-    """keyfront's access log line for the image requested from `referrer_host`; the
-    log is written every second."""
+def access_line(deployment: Deployment, referrer_host: str, status: int) -> dict[str, object]:
+    """keyfront's access log line for an image answered `status` on a page of
+    `referrer_host`; the log is written every second."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         if deployment.access_log.exists():
             for text in deployment.access_log.read_text().splitlines():
                 line = json.loads(text)
-                if line["referrer_host"] == referrer_host and line["route"] == "/request/":
+                if (line["referrer_host"], line["status"]) == (referrer_host, status):
                     return dict(line)
         time.sleep(0.1)
-    raise AssertionError(f"no access log line from {referrer_host}")
+    raise AssertionError(f"no access log line answered {status} from {referrer_host}")
 
 
 def denied(keyfront: KeyfrontProcess, code: str) -> float:
@@ -143,8 +170,8 @@ def test_the_image_shows_on_the_site_its_key_allows(
     assert (seen.title, seen.natural_width, seen.status, seen.failure) == ("loaded", 120, 200, "")
     # Cross-site, the default policy sends the page's origin only: not /shop/index.html.
     assert seen.referer == deployment.pages.url("site.test", "/")
-    line = access_line(deployment, f"site.test:{deployment.pages.port}")
-    assert (line["status"], line["bytes"]) == (200, len(SVG))
+    line = access_line(deployment, f"site.test:{deployment.pages.port}", 200)
+    assert (line["path"], line["bytes"]) == ("/request/logo.svg", len(SVG))
     assert screenshot.stat().st_size > 0
 
 
@@ -159,7 +186,25 @@ def test_the_image_is_refused_on_another_site(chromium: Browser, deployment: Dep
     assert seen.failure == "net::ERR_BLOCKED_BY_ORB"
     assert seen.referer == deployment.pages.url("other.test", "/")
     assert denied(deployment.keyfront, "referrer_not_allowed") == before + 1
-    assert access_line(deployment, f"other.test:{deployment.pages.port}")["status"] == 403
+    line = access_line(deployment, f"other.test:{deployment.pages.port}", 403)
+    assert line["path"] == "/request/logo.svg"
+
+
+def test_a_path_rule_sees_only_the_origin_a_browser_sends(
+    chromium: Browser, deployment: Deployment
+) -> None:
+    """SPEC section 2: to another site Chromium sends the page's origin, never its
+    path, so a rule naming a path refuses the very page it names; only a page that asks
+    for its full address to be sent (`referrerpolicy="unsafe-url"`) passes it."""
+    # A URL pattern is an origin (RFC 6454): without a port, the scheme's default.
+    image = deployment.image_for(deployment.pages.url("site.test", "/shop/*"))
+    default = deployment.page("path-rule.html", image)
+    seen = visit(chromium, deployment.pages.url("site.test", default), image)
+    assert (seen.title, seen.referer) == ("error", deployment.pages.url("site.test", "/"))
+    full = deployment.page("full-referrer.html", image, policy="unsafe-url")
+    seen = visit(chromium, deployment.pages.url("site.test", full), image)
+    assert (seen.title, seen.status) == ("loaded", 200)
+    assert seen.referer == deployment.pages.url("site.test", full)
 
 
 def test_a_missing_chromium_fails_saying_that_make_test_installs_it(
