@@ -1,5 +1,6 @@
 # keyfront: `make run` tries it out, `make test` proves it. Both set up everything they
-# need on a fresh machine (a virtualenv; redis-server for the tests).
+# need on a fresh machine (a virtualenv; redis-server, promtool, systemd-analyze and chromium
+# for the tests, from Debian's packages: `make check-tools`).
 
 PYTHON ?= python3
 VENV   ?= .venv
