@@ -9,8 +9,9 @@ Three things make a browser on a test machine behave as one on the internet:
   and the browser's referrer and same-site rules see distinct sites;
 - trust: certificates from the session's private CA (tests/pki.py) are accepted by the
   CA's SPKI hash (`--ignore-certificate-errors-spki-list`), which Chromium matches
-  against every certificate the server presents, so servers send the full chain. The
-  browser's own certificate store and every other error check stay as they are;
+  against every certificate the server presents, so servers send the full chain (a
+  leaf alone fails with ERR_CERT_AUTHORITY_INVALID). A chain holding that key passes
+  whatever its other errors; any other chain gets Chromium's usual checks;
 - pages: `PageOrigin` serves a folder from its own process (tests/page_origin.py),
   over HTTPS with a certificate from the same CA, or over HTTP.
 
