@@ -73,7 +73,7 @@ def test_merge_keeps_counts_exact_below_capacity_and_bounded_above() -> None:
 
 
 def test_the_wire_form_round_trips() -> None:
-    sketch = _feed(_zipf(2000, 300, seed=4) + ["/a b/c.png"])
+    sketch = _feed([*_zipf(2000, 300, seed=4), "/a b/c.png"])
     again = Sketch.loads(sketch.dumps())
     assert list(again.items()) == list(sketch.items())
     assert Sketch.loads("garbage\n1\t0\t5\tok\n").top(5) == [("ok", 1, 0, 5)]
