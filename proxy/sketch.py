@@ -43,25 +43,27 @@ CAPACITY = 64
 
 
 class Sketch:
-    """At most `capacity` items, each with [count, error, bytes]."""
+    """At most `capacity` items, each with [count, error, bytes]. `counters` is read-only
+    outside this class, but for analytics.Traffic, which counts a tracked item in place
+    (the common case of every request) without a method call."""
 
-    __slots__ = ("_table", "capacity")
+    __slots__ = ("capacity", "counters")
 
     def __init__(self, capacity: int = CAPACITY) -> None:
         self.capacity = capacity
-        self._table: dict[str, list[int]] = {}
+        self.counters: dict[str, list[int]] = {}
 
     def __len__(self) -> int:
-        return len(self._table)
+        return len(self.counters)
 
     def add(self, item: str, sent: int = 0, weight: int = 1) -> None:
         """Count `weight` requests of `item` that sent `sent` body bytes."""
-        entry = self._table.get(item)
+        entry = self.counters.get(item)
         if entry is not None:
             entry[0] += weight
             entry[2] += sent
             return
-        table = self._table
+        table = self.counters
         if len(table) < self.capacity:
             table[item] = [weight, 0, sent]
             return
@@ -74,13 +76,13 @@ class Sketch:
     @property
     def floor(self) -> int:
         """The largest count an untracked item can have: 0 unless the table is full."""
-        if len(self._table) < self.capacity:
+        if len(self.counters) < self.capacity:
             return 0
-        return min(entry[0] for entry in self._table.values())
+        return min(entry[0] for entry in self.counters.values())
 
     def items(self) -> Iterator[tuple[str, int, int, int]]:
         """(item, count, error, bytes), largest count first (ties by item)."""
-        ordered = sorted(self._table.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        ordered = sorted(self.counters.items(), key=lambda kv: (-kv[1][0], kv[0]))
         for item, (count, error, sent) in ordered:
             yield item, count, error, sent
 
@@ -91,9 +93,9 @@ class Sketch:
         """Fold `other` into this sketch (module docstring: the bound is kept)."""
         mine, theirs = self.floor, other.floor
         merged: dict[str, list[int]] = {}
-        for item, (count, error, sent) in self._table.items():
+        for item, (count, error, sent) in self.counters.items():
             merged[item] = [count + theirs, error + theirs, sent]
-        for item, (count, error, sent) in other._table.items():
+        for item, (count, error, sent) in other.counters.items():
             entry = merged.get(item)
             if entry is None:
                 merged[item] = [count + mine, error + mine, sent]
@@ -102,7 +104,7 @@ class Sketch:
                 entry[1] += error - theirs
                 entry[2] += sent
         kept = sorted(merged.items(), key=lambda kv: (-kv[1][0], kv[0]))[: self.capacity]
-        self._table = dict(kept)
+        self.counters = dict(kept)
 
     def dumps(self) -> str:
         return "".join(f"{c}\t{e}\t{b}\t{item}\n" for item, c, e, b in self.items())
@@ -113,9 +115,9 @@ class Sketch:
         sketch = cls(capacity)
         for line in text.split("\n"):
             parts = line.split("\t", 3)
-            if len(parts) == 4 and len(sketch._table) < capacity:
+            if len(parts) == 4 and len(sketch.counters) < capacity:
                 try:
-                    sketch._table[parts[3]] = [int(parts[0]), int(parts[1]), int(parts[2])]
+                    sketch.counters[parts[3]] = [int(parts[0]), int(parts[1]), int(parts[2])]
                 except ValueError:
                     continue
         return sketch

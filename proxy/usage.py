@@ -105,7 +105,7 @@ class UsageMeter:
                 return
             counts = self._pending[row] = {}
         _count(counts, status, exchange.sent, exchange.cache, code)
-        if self._traffic is not None:
+        if self._traffic is not None and (code is not None or status < 400):
             self._collect(self._traffic, row, counts, exchange, code)
 
     def _collect(
@@ -123,7 +123,8 @@ class UsageMeter:
                 return
             traffic = rows[row] = Traffic()
         headers = exchange.request.headers
-        referrer = referrer_of(headers.get("Referer"), headers.get("Origin"))
+        referer = headers.get("Referer")
+        referrer = referrer_of(referer, None if referer else headers.get("Origin"))
         if not referrer:
             field = "no_referrer" if code is None else "refused_no_referrer"
             counts[field] = counts.get(field, 0) + 1
