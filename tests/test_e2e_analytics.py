@@ -208,3 +208,18 @@ def test_the_endpoints_are_in_the_openapi_document(deployment: Deployment) -> No
     assert what_if["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/WhatIf"
     }
+
+
+def test_hostile_values_are_stored_cut_to_their_bound(deployment: Deployment) -> None:
+    # Issue 12's rule: what a client chooses is capped before it is kept. A 300-letter
+    # host and a 600-character path are stored as their first 256 characters.
+    minted = deployment.admin("POST", "/keys", {}, token=deployment.tokens["globex"]).json()
+    host, path = "h" * 300 + ".example", "x" * 600
+    assert deployment.get(path, f"https://{host}/", "10.1.1.1", minted["key"]) == 404
+    deadline, data = time.monotonic() + 10, {}
+    while time.monotonic() < deadline and not data.get("objects"):
+        time.sleep(0.1)
+        data = deployment.admin("GET", f"/analytics?key={minted['key_id']}").json()
+    assert _short(data["objects"], "path") == [(f"/files/{path}"[:256], 1, 0, 0, "not_found")]
+    assert data["referrers"][0]["origin"] == f"https://{host}"[:256]
+    assert data["refused_ips"][0]["ip"] == "10.1.1.1"
