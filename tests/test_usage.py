@@ -146,7 +146,10 @@ async def test_sketches_apply_once_merge_and_roll_up(store: Store) -> None:
     # the store (SQLite's transaction, Redis's script) by Sketch.merge's rules.
     first = UsageRow("key", "k1", HOUR, {"requests": 3}, {"referrers": _sketch("a", "a", "b")})
     second = UsageRow("key", "k1", HOUR, {"requests": 2}, {"referrers": _sketch("b", "c")})
-    earlier = UsageRow("key", "k1", HOUR - 3600, {"requests": 1}, {"objects": _sketch("/x")})
+    big = 5 * 10**12  # 5 TB: past 32 bits and past cjson's 14 digits, exact in Lua's doubles
+    earlier = UsageRow(
+        "key", "k1", HOUR - 3600, {"requests": 1}, {"objects": _sketch("/x", sent=big)}
+    )
     await store.add_usage("batch-1", [first, earlier])
     await store.add_usage("batch-1", [first, earlier])  # a retry: not merged again
     await store.add_usage("batch-2", [second])
@@ -162,7 +165,7 @@ async def test_sketches_apply_once_merge_and_roll_up(store: Store) -> None:
     ]
     daily = await store.read_sketches("key", ["k1"], 0, HOUR + 86400, "day")
     assert _top(daily, "referrers") == [("a", 2, 0, 20), ("b", 2, 0, 20), ("c", 1, 0, 10)]
-    assert _top(daily, "objects") == [("/x", 1, 0, 10)]
+    assert _top(daily, "objects") == [("/x", 1, 0, big)]
     assert await store.read_sketches("customer", ["k1"], 0, HOUR + 86400, "day") == []
 
 
