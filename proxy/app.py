@@ -159,7 +159,8 @@ async def startup(config: Config, stack: contextlib.AsyncExitStack) -> Runtime:
     access_log = AccessLog(config.access_log)
     access_log.start()
     stack.push_async_callback(access_log.close)
-    usage = UsageMeter(store, config.usage.flush_interval, config.usage.max_pending)
+    usage = UsageMeter(store, config.usage.flush_interval, config.usage.max_pending,
+                       config.usage.analytics)  # fmt: skip
     usage.start()
     stack.push_async_callback(usage.close)
     metrics.sources.append(functools.partial(_gauges, records, usage, external, limiter))

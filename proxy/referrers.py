@@ -50,6 +50,19 @@ def _parse_url(value: str) -> Url | None:
     return url
 
 
+def page_origin(value: str) -> str | None:
+    """The page's origin ("https://host", ":port" when not the scheme's default) of a
+    Referer or Origin value, None when unparsable: what per-key analytics count (SPEC
+    section 15), in the form `ReferrerRules.allows` judges again for a what-if."""
+    url = _parse_url(value)
+    if url is None:
+        return None
+    scheme, host, port, _ = url
+    return (
+        f"{scheme}://{host}" if port == _DEFAULT_PORTS.get(scheme) else f"{scheme}://{host}:{port}"
+    )
+
+
 def _parse_url_uncached(value: str) -> Url | None:
     if len(value) > MAX_URL:
         return None

@@ -10,20 +10,30 @@ Redis: one script per row that sets a marker with the counts), so a flush that f
 half-way is retried whole without counting anything twice. While the store is down
 the counts stay here, bounded by `usage.max_pending` rows; past the bound new rows are
 dropped, counted in `dropped` and logged once per outage.
+
+Analytics (SPEC section 15, `usage.analytics`): beside each key row, a `Traffic` of
+sketches (proxy/analytics.py) counts the request's referrer origin, object and client
+address, and two exact counters count requests without a referrer (`no_referrer`
+served, `refused_no_referrer`). A customer's sketches are its keys' merged at flush.
+The sketch rows are bounded with the counter rows, and further by MAX_TRAFFIC_ROWS
+(each may hold 6 x 64 items of up to 256 characters, ~100 KiB at worst).
 """
 
 from __future__ import annotations
 
 import calendar
 import contextlib
+import dataclasses
 import logging
 import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
+from .analytics import Traffic, merged_sketches, referrer_of
 from .errors import StoreError
 from .periodic import Periodic
+from .sketch import Sketch
 from .store.base import Grain, Scope, UsageRow, day_of
 from .xcache import HIT_STATES, XCache
 
@@ -33,6 +43,11 @@ if TYPE_CHECKING:  # exchange -> record_cache -> store -> usage: types only here
 log = logging.getLogger(__name__)
 
 FIELDS = ("requests", "bytes", "hits", "misses", "not_modified")
+# The rows with sketches, at most: ~400 MiB if every one were full of 256-character
+# values (a store outage of many hours with thousands of keys under attack); a row past
+# it keeps its exact counters.
+MAX_TRAFFIC_ROWS = 4096
+Row = tuple[str, str, int]  # key, customer, hour
 
 
 class UsageLedger(Protocol):
@@ -51,10 +66,14 @@ class UsageLedger(Protocol):
 
 
 class UsageMeter:
-    def __init__(self, ledger: UsageLedger, flush_interval: float, max_pending: int) -> None:
+    def __init__(
+        self, ledger: UsageLedger, flush_interval: float, max_pending: int, analytics: bool = True
+    ) -> None:
         self._ledger = ledger
         self._max_pending = max_pending
-        self._pending: dict[tuple[str, str, int], dict[str, int]] = {}  # key, customer, hour
+        self._pending: dict[Row, dict[str, int]] = {}
+        self._traffic: dict[Row, Traffic] | None = {} if analytics else None
+        self._max_traffic = min(max_pending, MAX_TRAFFIC_ROWS)
         self._retry: tuple[str, list[UsageRow]] | None = None  # a batch the store refused
         self._batches = 0
         self._prefix = f"{os.getpid()}-{os.urandom(4).hex()}"
@@ -86,6 +105,31 @@ class UsageMeter:
                 return
             counts = self._pending[row] = {}
         _count(counts, status, exchange.sent, exchange.cache, code)
+        if self._traffic is not None and (code is not None or status < 400):
+            self._collect(self._traffic, row, counts, exchange, code)
+
+    def _collect(
+        self,
+        rows: dict[Row, Traffic],
+        row: Row,
+        counts: dict[str, int],
+        exchange: Exchange,
+        code: str | None,
+    ) -> None:
+        """SPEC section 15's sketches: a few dict operations, no I/O."""
+        traffic = rows.get(row)
+        if traffic is None:
+            if len(rows) >= self._max_traffic:
+                return
+            traffic = rows[row] = Traffic()
+        headers = exchange.request.headers
+        referer = headers.get("Referer")
+        referrer = referrer_of(referer, None if referer else headers.get("Origin"))
+        if not referrer:
+            field = "no_referrer" if code is None else "refused_no_referrer"
+            counts[field] = counts.get(field, 0) + 1
+        ip = (exchange.client_ip or "")[:64]
+        traffic.add(referrer, exchange.decoded_path[:256], ip, exchange.sent, code)
 
     def start(self) -> None:
         self._flusher.start()
@@ -110,14 +154,14 @@ class UsageMeter:
             if not self._pending:
                 return
             pending, self._pending = self._pending, {}
-            rows = [UsageRow("key", key, hour, c) for (key, _, hour), c in pending.items()]
-            rows += summed(
-                (
-                    UsageRow("customer", customer, hour, c)
-                    for (_, customer, hour), c in pending.items()
-                ),
-                "hour",
-            )
+            traffic = self._traffic or {}
+            if self._traffic is not None:
+                self._traffic = {}
+            rows = [
+                UsageRow("key", key, hour, c, _sketches(traffic.get((key, customer, hour))))
+                for (key, customer, hour), c in pending.items()
+            ]
+            rows += _customer_rows(pending, traffic)
             self._batches += 1
             self._retry = (f"{self._prefix}-{self._batches}", rows)
         batch_id, rows = self._retry
@@ -128,6 +172,24 @@ class UsageMeter:
             raise
         self._retry = None
         self.dropped = 0
+
+
+def _sketches(traffic: Traffic | None) -> dict[str, Sketch]:
+    return traffic.sketches() if traffic is not None else {}
+
+
+def _customer_rows(
+    pending: dict[Row, dict[str, int]], traffic: dict[Row, Traffic]
+) -> list[UsageRow]:
+    """A customer's rows: its keys' counts summed and their sketches merged."""
+    rows = summed((UsageRow("customer", c, t, n) for (_, c, t), n in pending.items()), "hour")
+    keys: dict[tuple[str, int], list[dict[str, Sketch]]] = {}
+    for (_, customer, hour), found in traffic.items():
+        keys.setdefault((customer, hour), []).append(found.sketches())
+    return [
+        dataclasses.replace(row, sketches=merged_sketches(keys.get((row.id, row.start), [])))
+        for row in rows
+    ]
 
 
 def _count(counts: dict[str, int], status: int, sent: int, cache: str, code: str | None) -> None:

@@ -596,6 +596,7 @@ BROKEN: list[tuple[str, Change, str, str]] = [
         "at least 0",
     ),
     ("max pending", put("usage.max_pending", 0), "usage.max_pending", "at least 1"),
+    ("analytics", put("usage.analytics", "yes"), "usage.analytics", "expected true or false"),
     ("access_log true", put("access_log", True), "access_log", "got a boolean"),
     (
         "unset env",
@@ -922,7 +923,7 @@ cache: {dir: cache, max_size: 1GiB, max_object_size: 1MiB, max_objects: 10, ttl:
         stale_while_revalidate: 2m, stale_if_error: 3m, negative_ttl: 4m}
 origin_timeouts: {connect: 1s, first_byte: 2s, idle: 3s}
 client_timeouts: {headers: 1s, keepalive: 2s, send: 3s, min_send_rate: 1KiB}
-usage: {flush_interval: 2s, max_pending: 10}
+usage: {flush_interval: 2s, max_pending: 10, analytics: false}
 metrics: {customer_labels: 5}
 tls: {certificates: [{cert: tls.pem, key: tls.key}], min_version: "1.3", reload_interval: 5s}
 redirect_http_listen: 127.0.0.1:8082
@@ -1102,3 +1103,12 @@ def test_tls_reads_names_and_expiry(tmp_path: Path) -> None:
     assert (config.tls.min_version, config.tls.reload_interval) == ("1.2", 60.0)
     facts = certificate_facts(config.tls.certificates[0].cert)
     assert facts.names == ("a.test", "*.b.test")
+
+
+def test_usage_analytics_is_on_by_default_and_reads_the_words_of_an_env_var(
+    tmp_path: Path,
+) -> None:
+    # SPEC section 15's sketches can be turned off (the benchmark compares both).
+    assert load_dict(tmp_path, minimal()).usage.analytics is True
+    data = minimal() | {"usage": {"analytics": "${ANALYTICS}"}}
+    assert load_dict(tmp_path, data, {"ANALYTICS": "false"}).usage.analytics is False

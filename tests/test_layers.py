@@ -19,6 +19,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "proxy.errors": ("proxy", "aiohttp"),
     "proxy.failpoints": ("proxy", "aiohttp"),
     "proxy.request_ids": ("proxy", "aiohttp"),
+    "proxy.sketch": ("proxy", "aiohttp"),
     # the shared domain logic of the two front ends
     "proxy.manage": ("aiohttp", "proxy.admin", "proxy.cli", "proxy.app", *REQUEST_PATH),
     # the front ends: neither imports the other, nor the request path; the admin listener

@@ -9,8 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from proxy.analytics import merged_sketches
 from proxy.errors import StoreError
+from proxy.sketch import CAPACITY, Sketch
 from proxy.store import Store, UsageRow, store_from_url
+from proxy.store.redis_usage import DAILY_TTL, HOURLY_TTL
+from proxy.store.sqlite import SqliteStore
+from proxy.store.sqlite_usage import HOURLY_RETENTION
 from proxy.usage import UsageMeter, summed
 
 from conftest import free_port
@@ -123,3 +128,77 @@ async def test_a_month_report_is_bounded_by_the_days_it_reads(store: Store) -> N
     with pytest.raises(Invalid) as refused:
         await usage_report(store, customer_id=None, key_id=None, start=0, end=None, grain="month")
     assert refused.value.field == "from"
+
+
+def _sketch(*items: str, sent: int = 10) -> Sketch:
+    sketch = Sketch()
+    for item in items:
+        sketch.add(item, sent)
+    return sketch
+
+
+def _top(rows: list[UsageRow], dimension: str) -> list[tuple[str, int, int, int]]:
+    return merged_sketches([row.sketches for row in rows])[dimension].top(20)
+
+
+async def test_sketches_apply_once_merge_and_roll_up(store: Store) -> None:
+    # SPEC section 15: the top lists ride in the usage batch, at most once, merged in
+    # the store (SQLite's transaction, Redis's script) by Sketch.merge's rules.
+    first = UsageRow("key", "k1", HOUR, {"requests": 3}, {"referrers": _sketch("a", "a", "b")})
+    second = UsageRow("key", "k1", HOUR, {"requests": 2}, {"referrers": _sketch("b", "c")})
+    big = 5 * 10**12  # 5 TB: past 32 bits and past cjson's 14 digits, exact in Lua's doubles
+    earlier = UsageRow(
+        "key", "k1", HOUR - 3600, {"requests": 1}, {"objects": _sketch("/x", sent=big)}
+    )
+    await store.add_usage("batch-1", [first, earlier])
+    await store.add_usage("batch-1", [first, earlier])  # a retry: not merged again
+    await store.add_usage("batch-2", [second])
+    hourly = await store.read_sketches("key", ["k1"], HOUR - 3600, HOUR + 1, "hour")
+    assert [(r.start, sorted(r.sketches)) for r in hourly] == [
+        (HOUR - 3600, ["objects"]),
+        (HOUR, ["referrers"]),
+    ]
+    assert hourly[1].sketches["referrers"].top(5) == [
+        ("a", 2, 0, 20),
+        ("b", 2, 0, 20),
+        ("c", 1, 0, 10),
+    ]
+    daily = await store.read_sketches("key", ["k1"], 0, HOUR + 86400, "day")
+    assert _top(daily, "referrers") == [("a", 2, 0, 20), ("b", 2, 0, 20), ("c", 1, 0, 10)]
+    assert _top(daily, "objects") == [("/x", 1, 0, big)]
+    assert await store.read_sketches("customer", ["k1"], 0, HOUR + 86400, "day") == []
+
+
+async def test_a_store_merge_of_full_sketches_is_the_sketch_merge(store: Store) -> None:
+    # Both stores merge as proxy/sketch.py does, floors and errors included (the Redis
+    # script is a second spelling of Sketch.merge: this pins them together).
+    one = _sketch(*[f"u{i}" for i in range(200)], *["hot"] * 50)
+    two = _sketch(*[f"v{i}" for i in range(150)], *["hot"] * 30, *["warm"] * 20)
+    await store.add_usage("b1", [UsageRow("key", "k2", HOUR, {"requests": 1}, {"ips": one})])
+    await store.add_usage("b2", [UsageRow("key", "k2", HOUR, {"requests": 1}, {"ips": two})])
+    stored = await store.read_sketches("key", ["k2"], HOUR, HOUR + 1, "hour")
+    expected = merged_sketches([{"ips": one}, {"ips": two}])["ips"]
+    assert len(stored[0].sketches["ips"]) == CAPACITY
+    assert stored[0].sketches["ips"].top(3) == expected.top(3)
+    assert stored[0].sketches["ips"].top(3)[0][0] == "hot"
+    assert stored[0].sketches["ips"].floor == expected.floor
+
+
+async def test_sketches_are_kept_as_long_as_the_counts(store: Store) -> None:
+    await store.add_usage("b1", [UsageRow("key", "k3", HOUR, {"requests": 1},
+                                          {"objects": _sketch("/a")})])  # fmt: skip
+    if isinstance(store, SqliteStore):
+        old = HOUR - HOURLY_RETENTION - 7200
+        store._last_usage_prune = 0.0
+        await store.add_usage("b2", [UsageRow("key", "k3", old, {"requests": 1},
+                                              {"objects": _sketch("/old")})])  # fmt: skip
+        store._last_usage_prune = 0.0
+        await store.add_usage("b3", [UsageRow("key", "k4", HOUR, {"requests": 1})])
+        assert await store.read_sketches("key", ["k3"], old, old + 1, "hour") == []
+        assert len(await store.read_sketches("key", ["k3"], HOUR, HOUR + 1, "hour")) == 1
+        return
+    client = store._client  # type: ignore[attr-defined]
+    for letter, start, lifetime in (("h", HOUR, HOURLY_TTL), ("d", HOUR // 86400 * 86400,
+                                                             DAILY_TTL)):  # fmt: skip
+        ttl = await client.ttl(f"kf:u:{{k:k3}}:s:{letter}:{start}")
+        assert lifetime - 60 < ttl <= lifetime

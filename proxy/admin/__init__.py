@@ -2,7 +2,8 @@
 
     http.py      the caller, the Endpoint type, JSON in and out, error responses
     auth.py      bearer tokens: the operator's admin.token, customer tokens
-    handlers.py  customers and their tokens, keys, usage, purge, invalidation, /me
+    handlers.py  customers and their tokens, keys, usage, analytics and what-if, purge,
+                 invalidation, /me
     openapi.py   the OpenAPI 3.1 document, built from ENDPOINTS
     listener.py  the admin listener: /healthz, /readyz, /metrics and this API
 
@@ -98,6 +99,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "Roll"),
     Endpoint("GET", "/usage", h.usage, "customer", "usage by hour, day or month "
              "(the filters of `keyfront usage`)", "[UsageRow]", query=h.USAGE_QUERY),
+    Endpoint("GET", "/analytics", h.analytics, "customer", "a key's or a customer's top "
+             "referrer hosts, objects and client addresses (served and refused) with the exact "
+             "counters, by hour or day (SPEC section 15)", "Analytics", query=h.ANALYTICS_QUERY),
+    Endpoint("POST", f"{KEY}/what-if", h.key_what_if, "customer", "judge proposed referrers, "
+             "allow_no_referrer, ips or paths against the key's last 7 days of traffic: what "
+             "would be refused and what would pass (changes nothing)", "WhatIfAnswer",
+             body="WhatIf"),
     Endpoint("POST", "/purge", h.purge, "operator", "purge cached objects by path or prefix",
              "Purged", body="Purge"),
 )  # fmt: skip

@@ -20,6 +20,7 @@ from .. import failpoints
 from ..config import KeyDefaults
 from ..errors import BodyTooLarge, Invalid, ManageError, Missing, NotSupported
 from ..manage import actions as act
+from ..manage.analytics import analytics_report, what_if
 from ..manage.imports import FORMATS, SHARED_LOOP_BATCH, Importer, rows_of
 from ..manage.invalidate import (
     MAX_TARGETS,
@@ -320,6 +321,39 @@ USAGE_QUERY = (
     Param("by", {"enum": list(GRAINS), "default": "day"}),
     Param("format", {"enum": ["json", "csv"], "default": "json"}),
 )
+
+
+# --- analytics and what-if (SPEC section 15; manage/analytics.py) -----------------------
+
+ANALYTICS_GRAINS = ("hour", "day")
+ANALYTICS_QUERY = (
+    Param("key", {"type": "string"}, "this key's traffic (a customer token: its own keys)"),
+    Param("customer", {"type": "string"}, "this customer's, all its keys merged"),
+    Param("from", TIME, "default: a day (by hour) or 30 days (by day) before to"),
+    Param("to", TIME, "exclusive; default: now"),
+    Param("by", {"enum": list(ANALYTICS_GRAINS), "default": "day"}),
+)
+WHAT_IF_SETTINGS = {name: KEY_SETTINGS[name]
+                    for name in ("referrers", "allow_no_referrer", "ips", "paths")}  # fmt: skip
+
+
+async def analytics(request: web.Request, caller: Caller) -> web.Response:
+    query = _query(request, ANALYTICS_QUERY)
+    customer_id = caller.scope(query.get("customer"))
+    key_id = _value(query.get("key"), "key", parse_usage_key_id, optional=True)
+    start = _value(query.get("from"), "from", _moment, optional=True)
+    end = _value(query.get("to"), "to", _moment, optional=True)
+    grain = _value(query.get("by", "day"), "by", _one_of(ANALYTICS_GRAINS))
+    data = await analytics_report(context(request).store, customer_id=customer_id,
+                                  key_id=key_id, start=start, end=end, grain=grain)  # fmt: skip
+    return reply(data)
+
+
+async def key_what_if(request: web.Request, caller: Caller) -> web.Response:
+    """Changes nothing: the proposal is judged against the recorded traffic only."""
+    record = await _key(request, caller)
+    proposal = read_settings(await read_body(request), WHAT_IF_SETTINGS)
+    return reply(await what_if(context(request).store, record, proposal))
 
 
 # --- purge (proxy/manage/purge.py: this host's folder, then every instance) ------------

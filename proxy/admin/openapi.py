@@ -157,6 +157,25 @@ NULLABLE_INTEGER = {"type": ["integer", "null"]}
 QUOTA = {**_object({"limit": NULLABLE_INTEGER, "used": NULLABLE_INTEGER, "left":
                     NULLABLE_INTEGER}, ["limit", "used", "left"]),
          "description": "null: no such quota on the plan"}  # fmt: skip
+_COUNTED = {"requests": {**INTEGER, "description": "at most this many"},
+            "bytes": {**INTEGER, "description": "counted while the value was tracked"},
+            "error": {**INTEGER, "description": "requests - error <= true count <= requests"},
+            "code": {**STRING, "description": "a refusal's SPEC code; absent: served"}}  # fmt: skip
+NULLABLE_STRING = {"type": ["string", "null"]}
+
+
+def _listed(name: str, kind: dict[str, Any], **more: Any) -> dict[str, Any]:
+    item = _object({name: kind, **more, **_COUNTED}, [name, "requests", "bytes", "error"])
+    return {"type": "array", "items": item}
+
+
+REFERRERS = _listed(
+    "host",
+    {**NULLABLE_STRING, "description": "null: no referrer"},
+    origin={**NULLABLE_STRING, "examples": ["https://app.example.com"]},
+)
+BEHIND = _object({"referrers": REFERRERS, "ips": _listed("ip", STRING),
+                  "objects": _listed("path", STRING)})  # fmt: skip
 SCHEMAS: dict[str, Any] = {
     "Error": _object({"error": _object(
         {"code": STRING, "message": STRING, "request_id": STRING, "field": STRING},
@@ -189,6 +208,31 @@ SCHEMAS: dict[str, Any] = {
     "UsageRow": {**_object({"customer": STRING, "key": STRING, "start": INTEGER, "period": STRING,
                             **USAGE_COUNTS}, ["start", "period", *FIELDS]),
                  "patternProperties": {"^denied_[a-z_]+$": INTEGER}},
+    "Analytics": {**_object({
+        "key": STRING, "customer": STRING, "from": INTEGER, "to": INTEGER,
+        "by": {"enum": ["hour", "day"]},
+        "counts": {**_object(USAGE_COUNTS), "patternProperties": {"^denied_[a-z_]+$": INTEGER},
+                   "description": "exact (SPEC section 4), summed over the range"},
+        "no_referrer": {**INTEGER, "description": "requests with neither Referer nor Origin"},
+        "no_referrer_share": {"type": ["number", "null"]},
+        "periods": {"type": "array", "items": {"type": "object", "description":
+                    "start, then the exact counts of one hour or day"}},
+        "referrers": REFERRERS, "objects": _listed("path", STRING),
+        "ips": _listed("ip", STRING), "refused_ips": _listed("ip", STRING),
+    }, ["from", "to", "by", "counts", "no_referrer", "no_referrer_share", "periods",
+        "referrers", "objects", "ips", "refused_ips"]),
+        "description": "top 20 served and top 20 refused of each list, from bounded sketches "
+                       "(the counts are upper bounds with their error); `counts` are exact"},
+    "WhatIf": {**_input({k: KEY_SETTINGS[k] for k in ("referrers", "allow_no_referrer", "ips",
+                                                      "paths")}), "minProperties": 1},
+    "WhatIfAnswer": _object({
+        "key_id": STRING, "from": INTEGER, "to": INTEGER,
+        "served": {**INTEGER, "description": "requests served in the window (exact)"},
+        "would_refuse": {**INTEGER, "description": "served requests the proposal refuses"},
+        "would_allow": {**INTEGER, "description": "refused requests it lets through"},
+        "behind": _object({"would_refuse": BEHIND, "would_allow": BEHIND},
+                          ["would_refuse", "would_allow"]),
+    }, ["key_id", "from", "to", "served", "would_refuse", "would_allow", "behind"]),
     "Purge": {**_object({"paths": {"type": "array", "items": STRING, "minItems": 1},
                          "prefix": STRING}),
               "oneOf": [{"required": ["paths"]}, {"required": ["prefix"]}]},

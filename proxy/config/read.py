@@ -58,6 +58,15 @@ def measure(unit: Callable[[Any], float], what: str, above_zero: bool = False) -
     return parse
 
 
+def boolean(raw: Any, at: str, base: Path) -> bool:
+    """true or false (YAML's booleans, or the words as `${VAR}` gives them)."""
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+        return raw.strip().lower() == "true"
+    if not isinstance(raw, bool):
+        raise ConfigError(at, "expected true or false")
+    return raw
+
+
 def text(pattern: str = r"(?s).*", what: str = "", min_length: int = 0) -> Reader:
     def parse(raw: Any, at: str, base: Path) -> str:
         expect(raw, str, "a string", at)

@@ -197,6 +197,9 @@ class ClientTimeouts:
 class UsageConfig:
     flush_interval: Annotated[float, read.POSITIVE_SECONDS] = 1.0
     max_pending: Annotated[int, read.integer(1)] = 100_000
+    # SPEC section 15: per key and hour, the top referrer hosts, objects and client
+    # addresses (proxy/analytics.py); false keeps only section 4's counters.
+    analytics: Annotated[bool, read.boolean] = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,11 @@ import abc
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from ..records import Customer, KeyRecord
+from ..sketch import Sketch
 
 ChangeKind = Literal["key", "customer", "all", "purge", "purge_prefix", "imported", "lookup_key"]
 CHANGE_KINDS: frozenset[str] = frozenset(get_args(ChangeKind))
@@ -24,12 +25,15 @@ Grain = Literal["hour", "day", "month"]  # the period a usage row covers
 @dataclass(frozen=True, slots=True)
 class UsageRow:
     """The counts of one key (or customer) in one period starting at `start` (unix
-    seconds, UTC: an hour, day or month boundary)."""
+    seconds, UTC: an hour, day or month boundary). `sketches`: its top referrers,
+    objects and client addresses by dimension (SPEC section 15, proxy/analytics.py),
+    stored and merged with the counts in the same at-most-once batch."""
 
     scope: Scope
     id: str
     start: int
     counts: dict[str, int]
+    sketches: dict[str, Sketch] = field(default_factory=dict)
 
 
 def day_of(ts: int) -> int:
@@ -187,6 +191,13 @@ class Store(abc.ABC):
         self, scope: Scope, ids: Iterable[str], start: int, end: int, grain: Grain
     ) -> list[UsageRow]:
         """Stored rows of `grain` (hour, else day) starting in [start, end)."""
+
+    @abc.abstractmethod
+    async def read_sketches(
+        self, scope: Scope, ids: Iterable[str], start: int, end: int, grain: Grain
+    ) -> list[UsageRow]:
+        """Stored sketches of `grain` (hour, else day) starting in [start, end), as rows
+        whose counts are empty (SPEC section 15)."""
 
     # change notification (SPEC section 2: a change reaches every instance within 1 s)
     @abc.abstractmethod

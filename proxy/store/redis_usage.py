@@ -4,7 +4,8 @@ Each row of a batch is one call of usage.lua, which sets a marker for (batch, ro
 the same atomic step as the counts: a batch retried after a half-failed flush skips
 the rows already applied. Rows are hash-tagged by key or customer, so the script runs
 on Redis Cluster. Hourly hashes live 36 days and daily ones 401 (SPEC: at least 35
-and 400).
+and 400). A row's sketches (SPEC section 15) are merged by the same script into a hash
+per hour and per day (dimension -> sketch text), kept as long as the counts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
+from ..sketch import CAPACITY, Sketch
 from .base import Grain, Scope, UsageRow, day_of
 
 T = TypeVar("T")
@@ -36,8 +38,13 @@ def _script_args(batch_id: str, row: UsageRow) -> list[Any]:
         f"{base}:b:{batch_id}:{row.start}",
         f"{base}:h:{row.start}",
         f"{base}:d:{day_of(row.start)}",
+        f"{base}:s:h:{row.start}",
+        f"{base}:s:d:{day_of(row.start)}",
     ]
-    args: list[Any] = [SCRIPT_SHA, 3, *keys, MARKER_TTL, HOURLY_TTL, DAILY_TTL]
+    args: list[Any] = [SCRIPT_SHA, 5, *keys, MARKER_TTL, HOURLY_TTL, DAILY_TTL, CAPACITY]
+    args.append(len(row.sketches))
+    for dimension, sketch in row.sketches.items():
+        args += [dimension, sketch.dumps()]
     for field, value in row.counts.items():
         args += [field, value]
     return args
@@ -81,16 +88,31 @@ class RedisUsage:
     async def read_usage(
         self, scope: Scope, ids: Iterable[str], start: int, end: int, grain: Grain
     ) -> list[UsageRow]:
+        found = await self._hashes(scope, ids, start, end, grain, kind="")
+        return [
+            UsageRow(scope, id_, t, {k.decode(): int(v) for k, v in counts.items()})
+            for id_, t, counts in found
+        ]
+
+    async def read_sketches(
+        self, scope: Scope, ids: Iterable[str], start: int, end: int, grain: Grain
+    ) -> list[UsageRow]:
+        found = await self._hashes(scope, ids, start, end, grain, kind="s:")
+        return [
+            UsageRow(scope, i, t, {}, {k.decode(): Sketch.loads(v.decode()) for k, v in h.items()})
+            for i, t, h in found
+        ]
+
+    async def _hashes(
+        self, scope: Scope, ids: Iterable[str], start: int, end: int, grain: Grain, *, kind: str
+    ) -> list[tuple[str, int, dict[bytes, bytes]]]:
+        """The non-empty hashes `kind` (counts "", sketches "s:") of the periods of
+        `grain` (hour, else day) starting in [start, end), one pipeline."""
         step, letter = (3600, "h") if grain == "hour" else (86400, "d")
         first = start // step * step
         wanted = [(id_, t) for id_ in ids for t in range(first, end, step) if t >= start]
         pipe = self._client.pipeline(transaction=False)
         for id_, t in wanted:
-            pipe.hgetall(f"{_base(scope, id_)}:{letter}:{t}")
+            pipe.hgetall(f"{_base(scope, id_)}:{kind}{letter}:{t}")
         replies = await self._call(pipe.execute()) if wanted else []
-        rows = []
-        for (id_, t), counts in zip(wanted, replies, strict=True):
-            if counts:
-                decoded = {k.decode(): int(v) for k, v in counts.items()}
-                rows.append(UsageRow(scope, id_, t, decoded))
-        return rows
+        return [(i, t, h) for (i, t), h in zip(wanted, replies, strict=True) if h]

@@ -3,7 +3,9 @@
 Each batch is applied in one transaction that also records its id, so a retried
 batch is skipped whole: no count is applied twice. Hourly rows are kept 35 days and
 daily roll-ups 400 days (SPEC: at least that long); both are written by the same
-transaction, and old rows are pruned by writers at most once an hour.
+transaction, and old rows are pruned by writers at most once an hour. A row's
+sketches (SPEC section 15) are merged into the stored ones (hourly and daily) in the
+same transaction, and kept and pruned as the counts.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
+from ..sketch import Sketch
 from .base import Grain, Scope, UsageRow, day_of
 
 T = TypeVar("T")
@@ -24,6 +27,11 @@ CREATE TABLE IF NOT EXISTS usage (
     field TEXT NOT NULL, value INTEGER NOT NULL,
     PRIMARY KEY (scope, id, grain, start, field)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage_sketches (
+    scope TEXT NOT NULL, id TEXT NOT NULL, grain TEXT NOT NULL, start INTEGER NOT NULL,
+    dimension TEXT NOT NULL, sketch TEXT NOT NULL,
+    PRIMARY KEY (scope, id, grain, start, dimension)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage_batches (batch_id TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 HOURLY_RETENTION = 35 * 86400
@@ -32,6 +40,11 @@ BATCH_RETENTION = 7 * 86400  # a batch id is remembered far longer than any retr
 _ADD = (
     "INSERT INTO usage (scope, id, grain, start, field, value) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (scope, id, grain, start, field) DO UPDATE SET value = value + excluded.value"
+)
+_SKETCH_KEY = "scope = ? AND id = ? AND grain = ? AND start = ? AND dimension = ?"
+_SKETCH_READ = (
+    "SELECT id, start, dimension, sketch FROM usage_sketches WHERE scope = ? AND grain = ?"
+    " AND id = ? AND start >= ? AND start < ?"
 )
 _READ = (
     "SELECT id, start, field, value FROM usage WHERE scope = ? AND grain = ? AND id = ?"
@@ -59,6 +72,7 @@ class SqliteUsage:
                 if seen.rowcount == 0:
                     return  # applied before: this is a retry whose reply was lost
                 conn.executemany(_ADD, _usage_params(rows))
+                _merge_sketches(conn, rows)
                 self._prune_usage(conn, now)
 
         await self._run(job)
@@ -82,6 +96,25 @@ class SqliteUsage:
         result: list[UsageRow] = await self._run(job)
         return result
 
+    async def read_sketches(
+        self, scope: Scope, ids: Iterable[str], start: int, end: int, grain: Grain
+    ) -> list[UsageRow]:
+        stored = "hour" if grain == "hour" else "day"
+        wanted = list(ids)
+
+        def job() -> list[UsageRow]:
+            conn = self._connection()
+            rows: dict[tuple[str, int], dict[str, Sketch]] = {}
+            for id_ in wanted:
+                for key_id, begin, dimension, text in conn.execute(
+                    _SKETCH_READ, (scope, stored, id_, start, end)
+                ):
+                    rows.setdefault((key_id, begin), {})[dimension] = Sketch.loads(text)
+            return [UsageRow(scope, i, b, {}, s) for (i, b), s in sorted(rows.items())]
+
+        result: list[UsageRow] = await self._run(job)
+        return result
+
     def _prune_usage(self, conn: sqlite3.Connection, now: float) -> None:
         if now - self._last_usage_prune < 3600:
             return
@@ -92,6 +125,10 @@ class SqliteUsage:
         conn.execute(
             "DELETE FROM usage WHERE grain = 'day' AND start < ?", (now - DAILY_RETENTION,)
         )
+        for grain, kept in (("hour", HOURLY_RETENTION), ("day", DAILY_RETENTION)):
+            conn.execute(
+                "DELETE FROM usage_sketches WHERE grain = ? AND start < ?", (grain, now - kept)
+            )
         conn.execute("DELETE FROM usage_batches WHERE at < ?", (now - BATCH_RETENTION,))
 
 
@@ -100,3 +137,21 @@ def _usage_params(rows: list[UsageRow]) -> Iterator[tuple[str, str, str, int, st
         for field, value in row.counts.items():
             yield row.scope, row.id, "hour", row.start, field, value
             yield row.scope, row.id, "day", day_of(row.start), field, value
+
+
+def _merge_sketches(conn: sqlite3.Connection, rows: list[UsageRow]) -> None:
+    """Each row's sketches into the stored hourly and daily ones (Sketch.merge)."""
+    for row in rows:
+        for dimension, sketch in row.sketches.items():
+            for grain, start in (("hour", row.start), ("day", day_of(row.start))):
+                where = (row.scope, row.id, grain, start, dimension)
+                found = conn.execute(
+                    f"SELECT sketch FROM usage_sketches WHERE {_SKETCH_KEY}", where
+                ).fetchone()
+                total = Sketch.loads(found[0]) if found else Sketch()
+                total.merge(sketch)
+                conn.execute(
+                    "INSERT OR REPLACE INTO usage_sketches"
+                    " (scope, id, grain, start, dimension, sketch) VALUES (?, ?, ?, ?, ?, ?)",
+                    (*where, total.dumps()),
+                )
