@@ -49,7 +49,7 @@ from ..manage.usage import GRAINS, usage_csv, usage_report
 from ..ratelimit import customer_quota_owner, seconds_to_month_end
 from ..records import DisabledBy, KeyRecord
 from ..units import parse_duration
-from .http import Caller, Param, context, read_body, reply
+from .http import AdminContext, Caller, Param, context, read_body, reply
 
 MAX_PURGE_PATHS = 1000
 
@@ -114,14 +114,49 @@ def _customer_id(request: web.Request) -> str:
 
 async def list_keys(request: web.Request, caller: Caller) -> web.Response:
     query = _query(request, KEYS_QUERY)
-    store, customer_id = context(request).store, caller.scope(query.get("customer"))
-    if customer_id is not None:
-        await act.find_customer(store, customer_id)
-    return reply([act.record_json(r) for r in await store.list_keys(customer_id)])
+    return reply(await listed_keys(context(request), caller, query.get("customer")))
 
 
 async def create_key(request: web.Request, caller: Caller) -> web.Response:
-    admin, body = context(request), await read_body(request)
+    return reply(await created_key(context(request), caller, await read_body(request)), 201)
+
+
+async def get_key(request: web.Request, caller: Caller) -> web.Response:
+    return reply(act.record_json(await key_of(context(request), caller, _key_id(request))))
+
+
+async def patch_key(request: web.Request, caller: Caller) -> web.Response:
+    body = await read_body(request)
+    return reply(await changed_key(context(request), caller, _key_id(request), body))
+
+
+async def revoke_key(request: web.Request, caller: Caller) -> web.Response:
+    return reply(await revoked_key(context(request), caller, _key_id(request)))
+
+
+async def roll_key(request: web.Request, caller: Caller) -> web.Response:
+    body = await read_body(request, optional=True)
+    return reply(await rolled_key(context(request), caller, _key_id(request), body), 201)
+
+
+def _key_id(request: web.Request) -> str:
+    return request.match_info["key_id"]
+
+
+# The routes' actions, as functions of the caller and the request's JSON: the admin
+# routes above and the customer page (proxy/portal) both call these, so the page can
+# show and do nothing the API cannot (SPEC section 15).
+
+
+async def listed_keys(admin: AdminContext, caller: Caller, customer: str | None) -> list[Any]:
+    customer_id = caller.scope(customer)
+    if customer_id is not None:
+        await act.find_customer(admin.store, customer_id)
+    return [act.record_json(r) for r in await admin.store.list_keys(customer_id)]
+
+
+async def created_key(admin: AdminContext, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+    """POST /keys: the minted key (shown this once) with its record."""
     requested = body.pop("customer_id", None)
     customer_id = caller.scope(_value(requested, "customer_id", parse_customer_id, optional=True))
     if customer_id is None:
@@ -129,64 +164,67 @@ async def create_key(request: web.Request, caller: Caller) -> web.Response:
     customer = await act.find_customer(admin.store, customer_id, for_new_key=True)
     changes = read_settings(body, KEY_SETTINGS)
     warnings = act.check_plan_caps(changes, customer)
-    version, bound = admin.config.keys.signing_version, _bound(request, caller)
+    version, bound = admin.config.keys.signing_version, _bound(admin, caller)
     record = await act.create_key(admin.store, customer, changes, version, bound,
-                                  default_max_keys=_default_max_keys(request, caller))  # fmt: skip
-    return reply(_warned(act.minted_json(admin.signer, record), warnings), 201)
+                                  default_max_keys=_default_max_keys(admin, caller))  # fmt: skip
+    return _warned(act.minted_json(admin.signer, record), warnings)
 
 
-async def get_key(request: web.Request, caller: Caller) -> web.Response:
-    return reply(act.record_json(await _key(request, caller)))
-
-
-async def patch_key(request: web.Request, caller: Caller) -> web.Response:
-    store, record = context(request).store, await _key(request, caller, to_change=True)
-    changes = read_settings(await read_body(request), KEY_CHANGES)
-    customer = await act.find_customer(store, record.customer_id)
+async def changed_key(
+    admin: AdminContext, caller: Caller, key_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """PATCH /keys/{key_id}."""
+    record = await key_of(admin, caller, key_id, to_change=True)
+    changes = read_settings(body, KEY_CHANGES)
+    customer = await act.find_customer(admin.store, record.customer_id)
     warnings = act.check_plan_caps(changes, customer)
     by: DisabledBy = "operator" if caller.customer_id is None else "customer"
-    cap = _default_max_keys(request, caller)
-    changed = await act.change_key(store, record, changes, customer, _bound(request, caller),
+    cap = _default_max_keys(admin, caller)
+    changed = await act.change_key(admin.store, record, changes, customer, _bound(admin, caller),
                                    by=by, default_max_keys=cap)  # fmt: skip
     shown = act.record_json(changed, reveal_secret=changed.link_secret != record.link_secret)
-    return reply(_warned(shown, warnings))
+    return _warned(shown, warnings)
 
 
-async def revoke_key(request: web.Request, caller: Caller) -> web.Response:
-    record = await _key(request, caller)
-    return reply(act.record_json(await act.revoke_key(context(request).store, record)))
+async def revoked_key(admin: AdminContext, caller: Caller, key_id: str) -> dict[str, Any]:
+    record = await key_of(admin, caller, key_id)
+    return act.record_json(await act.revoke_key(admin.store, record))
 
 
-async def roll_key(request: web.Request, caller: Caller) -> web.Response:
-    admin = context(request)
-    settings = read_settings(await read_body(request, optional=True), ROLL_SETTINGS)
+async def rolled_key(
+    admin: AdminContext, caller: Caller, key_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """POST /keys/{key_id}/roll: the new key (shown this once) and the old one's expiry."""
+    settings = read_settings(body, ROLL_SETTINGS)
     grace = settings.get("grace", parse_duration(DEFAULT_GRACE))
-    old = await _key(request, caller, to_change=True)
+    old = await key_of(admin, caller, key_id, to_change=True)
     new, old = await act.roll_key(admin.store, old, grace, admin.config.keys.signing_version,
-                                  default_max_keys=_default_max_keys(request, caller))  # fmt: skip
+                                  default_max_keys=_default_max_keys(admin, caller))  # fmt: skip
     extra = {"replaces": old.key_id, "replaced_expires_at": old.expires_at}
-    return reply(act.minted_json(admin.signer, new, **extra), 201)
+    return act.minted_json(admin.signer, new, **extra)
 
 
-async def _key(request: web.Request, caller: Caller, to_change: bool = False) -> KeyRecord:
-    text = request.match_info["key_id"]
+async def key_of(
+    admin: AdminContext, caller: Caller, text: str, to_change: bool = False
+) -> KeyRecord:
+    """The key `text` names, if the caller may see it (else 404, as a missing one)."""
     try:
         key_id = parse_key_id(text)
     except ValueError:
         raise Missing(f"no such key: {text}") from None
-    return await act.find_key(context(request).store, key_id, to_change, caller.customer_id)
+    return await act.find_key(admin.store, key_id, to_change, caller.customer_id)
 
 
-def _bound(request: web.Request, caller: Caller) -> KeyDefaults | None:
+def _bound(admin: AdminContext, caller: Caller) -> KeyDefaults | None:
     """A customer's own keys stay within its plan even where they leave a field to the
     configured defaults (manage.actions.within_plan); the operator's need not."""
-    return context(request).config.keys.defaults if caller.customer_id is not None else None
+    return admin.config.keys.defaults if caller.customer_id is not None else None
 
 
-def _default_max_keys(request: web.Request, caller: Caller) -> int | None:
+def _default_max_keys(admin: AdminContext, caller: Caller) -> int | None:
     """A customer token's keys are capped even where its customer sets no max_keys (a
     token is a credential on the internet; the operator is not)."""
-    return context(request).config.admin.customer_max_keys if caller.customer_id else None
+    return admin.config.admin.customer_max_keys if caller.customer_id else None
 
 
 def _warned(data: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
@@ -197,16 +235,21 @@ def _warned(data: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
 
 
 async def me(request: web.Request, caller: Caller) -> web.Response:
-    """A customer token's view of its plan: the customer's record (its caps), its live
-    keys against the cap that applies to this token, and its pooled monthly quota used
-    and left, read from the counters the limiter enforces. The operator has no plan of
-    its own: 400 pointing at the customer's record, rather than a guess at a customer."""
+    """A customer token's view of its plan; 400 for the operator, which has no plan of
+    its own (it reads GET /customers/{customer_id}), rather than a guess at a customer."""
     if caller.customer_id is None:
         raise ManageError("GET /me is a customer token's own plan; the operator's admin "
                           "token has none (read GET /customers/{customer_id})")  # fmt: skip
-    runtime = context(request).runtime
-    customer = await act.find_customer(runtime.store, caller.customer_id)
-    cap = act.key_cap(customer, _default_max_keys(request, caller))
+    return reply(await plan(context(request), caller, caller.customer_id))
+
+
+async def plan(admin: AdminContext, caller: Caller, customer_id: str) -> dict[str, Any]:
+    """A customer's plan as GET /me shows it: the customer's record (its caps), its
+    live keys against the cap that applies to `caller`, and its pooled monthly quota
+    used and left, read from the counters the limiter enforces."""
+    runtime = admin.runtime
+    customer = await act.find_customer(runtime.store, caller.scope(customer_id) or customer_id)
+    cap = act.key_cap(customer, _default_max_keys(admin, caller))
     live = await act.live_keys(runtime.store, customer.customer_id)
     now = time.time()
     quota: dict[str, Any] = {"month": time.strftime("%Y-%m", time.gmtime(now)),
@@ -219,7 +262,7 @@ async def me(request: web.Request, caller: Caller) -> web.Response:
         quota[name] = {"limit": limit, "used": None if limit is None else spent,
                        "left": None if limit is None else max(0, limit - spent)}  # fmt: skip
     keys = {"live": live, "max": cap[0] if cap else None}
-    return reply({**act.record_json(customer), "keys": keys, "quota": quota})
+    return {**act.record_json(customer), "keys": keys, "quota": quota}
 
 
 # --- imported keys (SPEC section 13; operator only) ------------------------------------
@@ -279,18 +322,22 @@ async def _upload(request: web.Request) -> str:
 
 async def usage(request: web.Request, caller: Caller) -> web.Response:
     query = _query(request, USAGE_QUERY)
+    form = _value(query.pop("format", "json"), "format", _one_of(("json", "csv")))
+    data = await usage_of(context(request), caller, query)
+    if form == "csv":
+        return web.Response(text=usage_csv(data), content_type="text/csv")
+    return reply(data)
+
+
+async def usage_of(admin: AdminContext, caller: Caller, query: dict[str, str]) -> list[Any]:
+    """GET /usage's rows, for the query's customer, key, from, to and by."""
     customer_id = caller.scope(query.get("customer"))
     key_id = _value(query.get("key"), "key", parse_usage_key_id, optional=True)
     start = _value(query.get("from"), "from", _moment, optional=True)
     end = _value(query.get("to"), "to", _moment, optional=True)
     grain = _value(query.get("by", "day"), "by", _one_of(GRAINS))
-    form = _value(query.get("format", "json"), "format", _one_of(("json", "csv")))
-    store = context(request).store
-    data = await usage_report(store, customer_id=customer_id, key_id=key_id, start=start,
-                              end=end, grain=grain)  # fmt: skip
-    if form == "csv":
-        return web.Response(text=usage_csv(data), content_type="text/csv")
-    return reply(data)
+    return await usage_report(admin.store, customer_id=customer_id, key_id=key_id,
+                              start=start, end=end, grain=grain)  # fmt: skip
 
 
 def _moment(text: str) -> int:
@@ -339,21 +386,32 @@ WHAT_IF_SETTINGS = {name: KEY_SETTINGS[name]
 
 async def analytics(request: web.Request, caller: Caller) -> web.Response:
     query = _query(request, ANALYTICS_QUERY)
+    return reply(await analytics_of(context(request), caller, query))
+
+
+async def analytics_of(admin: AdminContext, caller: Caller, query: dict[str, str]) -> Any:
+    """GET /analytics's answer, for the query's key or customer, from, to and by."""
     customer_id = caller.scope(query.get("customer"))
     key_id = _value(query.get("key"), "key", parse_usage_key_id, optional=True)
     start = _value(query.get("from"), "from", _moment, optional=True)
     end = _value(query.get("to"), "to", _moment, optional=True)
     grain = _value(query.get("by", "day"), "by", _one_of(ANALYTICS_GRAINS))
-    data = await analytics_report(context(request).store, customer_id=customer_id,
-                                  key_id=key_id, start=start, end=end, grain=grain)  # fmt: skip
-    return reply(data)
+    return await analytics_report(admin.store, customer_id=customer_id, key_id=key_id,
+                                  start=start, end=end, grain=grain)  # fmt: skip
 
 
 async def key_what_if(request: web.Request, caller: Caller) -> web.Response:
-    """Changes nothing: the proposal is judged against the recorded traffic only."""
-    record = await _key(request, caller)
-    proposal = read_settings(await read_body(request), WHAT_IF_SETTINGS)
-    return reply(await what_if(context(request).store, record, proposal))
+    body = await read_body(request)
+    return reply(await what_if_of(context(request), caller, _key_id(request), body))
+
+
+async def what_if_of(
+    admin: AdminContext, caller: Caller, key_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """POST /keys/{key_id}/what-if. Changes nothing: the proposal is judged against the
+    recorded traffic only."""
+    record = await key_of(admin, caller, key_id)
+    return await what_if(admin.store, record, read_settings(body, WHAT_IF_SETTINGS))
 
 
 # --- purge (proxy/manage/purge.py: this host's folder, then every instance) ------------

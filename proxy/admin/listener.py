@@ -17,6 +17,7 @@ from ..errors import KeyfrontError
 from ..listener import KeyfrontAppRunner, error_page
 from ..metrics import Metrics
 from ..origin import Origin
+from ..portal import portal_app
 from . import PREFIX, admin_app
 from .http import AdminRuntime
 
@@ -48,6 +49,8 @@ async def start_admin(runtime: ListenerRuntime) -> web.AppRunner:
     app.router.add_get("/readyz", functools.partial(readyz, runtime))
     app.router.add_get("/metrics", functools.partial(metrics_page, runtime.metrics))
     app.add_subapp(PREFIX, admin_app(runtime))  # the admin API (SPEC section 9)
+    app.router.add_get("/portal", _to_portal)
+    app.add_subapp("/portal", portal_app(runtime))  # the customer page (SPEC section 15)
     runner = KeyfrontAppRunner(
         app,
         error_page=error_page,
@@ -59,6 +62,10 @@ async def start_admin(runtime: ListenerRuntime) -> web.AppRunner:
     listen = runtime.config.admin_listen
     await web.TCPSite(runner, listen.host, listen.port, reuse_port=True).start()
     return runner
+
+
+async def _to_portal(request: web.Request) -> web.Response:
+    return web.Response(status=308, headers={"Location": "/portal/"})
 
 
 async def healthz(request: web.Request) -> web.Response:

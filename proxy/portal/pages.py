@@ -1,0 +1,385 @@
+"""The customer page's HTML: small functions over the admin API's JSON answers.
+
+Every value that reaches the page passes through `e` (html.escape, quotes included)
+or `u` (a URL path segment): key names, referrer hosts, object paths and codes are
+text a customer or any client on the internet chose. Nothing is rendered from a
+source the admin API does not answer with (the views pass its answers in).
+
+The page loads /portal/static/portal.css and portal.js only: no inline script or
+style (the Content-Security-Policy forbids both), no other host.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from html import escape
+from typing import Any
+from urllib.parse import quote
+
+from ..usage import month_start
+from .charts import chart
+
+GRACES = (("1h", "1 hour"), ("24h", "24 hours"), ("168h", "7 days"), ("0", "no grace"))
+NO_REFERRER = {None: "allowed when no referrers are set", True: "allowed", False: "refused"}
+ALLOW_CHOICES = (("", None, "when no referrers are set"), ("true", True, "always"),
+                 ("false", False, "never"))  # fmt: skip
+NOTICES = {
+    "saved": "Restrictions saved.",
+    "revoked": "Key revoked.",
+    "allowed": "Referrer allowed.",
+    "signed-out": "Signed out.",
+}
+
+
+def e(value: Any) -> str:
+    return escape(str(value), quote=True)
+
+
+def u(value: str) -> str:
+    return quote(value, safe="")
+
+
+def document(title: str, body: str, csrf: str = "", signed_in: str = "") -> str:
+    """A whole page. `signed_in`: who, shown with the sign-out button (which needs the
+    session's CSRF token)."""
+    head = ""
+    if signed_in:
+        head = (
+            f'<header><a href="/portal/" class="brand">keyfront</a>'
+            f'<span class="who">{e(signed_in)}</span>'
+            f'<form method="post" action="/portal/sign-out">{hidden("csrf", csrf)}'
+            '<button type="submit" class="link">Sign out</button></form></header>'
+        )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="csrf-token" content="{e(csrf)}">'
+        f"<title>{e(title)} · keyfront</title>"
+        '<link rel="stylesheet" href="/portal/static/portal.css">'
+        '<script src="/portal/static/portal.js" defer></script></head>'
+        f"<body>{head}<main>{body}</main></body></html>"
+    )
+
+
+def hidden(name: str, value: str) -> str:
+    return f'<input type="hidden" name="{e(name)}" value="{e(value)}">'
+
+
+def sign_in(message: str = "", done: str | None = None) -> str:
+    note = f'<p class="error" role="alert">{e(message)}</p>' if message else notice(done)
+    return document(
+        "Sign in",
+        f"<h1>Sign in</h1>{note}"
+        '<form method="post" action="/portal/sign-in" class="card">'
+        '<label for="token">Your customer token (or the operator\'s admin token)</label>'
+        '<input id="token" name="token" type="password" autocomplete="current-password" '
+        'required maxlength="256">'
+        '<button type="submit">Sign in</button></form>'
+        '<p class="muted">The token is sent once, in this form; the page then keeps a '
+        "session cookie, never the token.</p>",
+    )
+
+
+def error(status: int, message: str) -> str:
+    return document(
+        f"Error {status}",
+        f'<h1>Error {status}</h1><p class="error" role="alert">{e(message)}</p>'
+        '<p><a href="/portal/">Back to your keys</a></p>',
+    )
+
+
+def notice(done: str | None) -> str:
+    text = NOTICES.get(done or "")
+    return f'<p class="notice" role="status">{e(text)}</p>' if text else ""
+
+
+# --- the customer's keys ---------------------------------------------------------------
+
+
+def customer_picker(customers: Sequence[str], chosen: str) -> str:
+    options = "".join(
+        f'<option value="{e(c)}"{" selected" if c == chosen else ""}>{e(c)}</option>'
+        for c in customers
+    )
+    return (
+        '<form method="get" action="/portal/" class="picker"><label for="customer">Customer'
+        f'</label><select id="customer" name="customer">{options}</select>'
+        '<button type="submit">Show</button></form>'
+    )
+
+
+def plan_section(plan: dict[str, Any], now: float) -> str:
+    quota = plan["quota"]
+    rows = [quota_line(name, quota[name], quota["month"], quota["resets_at"], now)
+            for name in ("requests", "bytes")]  # fmt: skip
+    keys = plan["keys"]
+    cap = f" of at most {keys['max']}" if keys["max"] is not None else ""
+    return (
+        f'<section class="card" id="plan"><h2>Plan</h2><p>{e(keys["live"])} live keys{e(cap)}.'
+        f"</p>{''.join(rows)}</section>"
+    )
+
+
+def quota_line(name: str, quota: dict[str, Any], month: str, resets_at: int, now: float) -> str:
+    """Used and left of a monthly quota, and when it runs out at this month's pace."""
+    limit, used = quota.get("limit"), quota.get("used") or 0
+    if limit is None:
+        return f'<p class="quota">{e(name.capitalize())}: no monthly quota.</p>'
+    shown = size if name == "bytes" else count
+    left = max(0, limit - used)
+    elapsed = max(1.0, now - month_start(int(now)))
+    pace = used / elapsed  # per second, this month so far
+    if left == 0:
+        forecast = "The quota is used up until the month ends."
+    elif pace <= 0:
+        forecast = "Nothing used yet this month."
+    elif now + left / pace >= resets_at:
+        forecast = "At this month's pace it lasts until the month ends."
+    else:
+        forecast = f"At this month's pace it runs out {when(now + left / pace)}."
+    share = min(100, round(100 * used / limit)) if limit else 100
+    return (
+        f'<div class="quota"><p><strong>{e(name.capitalize())}</strong> ({e(month)}): '
+        f"{e(shown(used))} used of {e(shown(limit))}, <strong>{e(shown(left))} left</strong>.</p>"
+        f'<svg viewBox="0 0 100 6" class="meter" role="img" aria-label="{share}% used">'
+        f'<rect width="100" height="6" fill="#e5e7eb"/><rect width="{share}" height="6" '
+        f'fill="{"#dc2626" if share >= 90 else "#2563eb"}"/></svg>'
+        f'<p class="forecast">{e(forecast)}</p></div>'
+    )
+
+
+def keys_section(keys: Iterable[dict[str, Any]], last_used: dict[str, int | None]) -> str:
+    cards = []
+    for key in keys:
+        url = f"/portal/keys/{u(key['key_id'])}"
+        cards.append(
+            f'<li class="key card" data-key-id="{e(key["key_id"])}">'
+            f'<a href="{e(url)}" class="name">{e(key["name"] or "(no name)")}</a> '
+            f"{badge(key)}<code>{e(key['key_id'])}</code>{restrictions_summary(key)}"
+            f'<p class="muted">Last used: {e(last_seen(last_used.get(key["key_id"])))}</p></li>'
+        )
+    listed = "".join(cards) or '<li class="muted">No keys yet.</li>'
+    return f'<section id="keys"><h2>Keys</h2><ul class="keys">{listed}</ul></section>'
+
+
+def create_form(csrf: str, customer_id: str) -> str:
+    return (
+        '<section class="card" id="create"><h2>New key</h2>'
+        f'<form method="post" action="/portal/keys">{hidden("csrf", csrf)}'
+        f"{hidden('customer_id', customer_id)}"
+        '<label for="new-name">Name</label><input id="new-name" name="name" maxlength="1024">'
+        '<label for="new-referrers">Allowed referrers, one per line (empty: any site)</label>'
+        '<textarea id="new-referrers" name="referrers" rows="2" '
+        'placeholder="example.com&#10;*.example.com"></textarea>'
+        '<button type="submit">Create key</button></form></section>'
+    )
+
+
+def badge(key: dict[str, Any]) -> str:
+    state = key["status"]
+    if state == "active" and key.get("expires_at") and key["expires_at"] <= time.time():
+        state = "expired"
+    return f'<span class="badge {e(state)}">{e(state)}</span>'
+
+
+def restrictions_summary(key: dict[str, Any]) -> str:
+    parts = [
+        ("Referrers", ", ".join(key["referrers"]) or "any site"),
+        ("No referrer", NO_REFERRER[key["allow_no_referrer"]]),
+        ("IPs", ", ".join(key["ips"]) or "any"),
+        ("Paths", ", ".join(key["paths"]) or "any"),
+        ("Rate", f"{key['rate']} (burst {key['burst']})" if key.get("rate") else "default"),
+    ]
+    if key.get("expires_at"):
+        parts.append(("Expires", when(key["expires_at"])))
+    rows = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in parts)
+    return f'<dl class="restrictions">{rows}</dl>'
+
+
+# --- one key ---------------------------------------------------------------------------
+
+
+def restrictions_form(key: dict[str, Any], csrf: str, checked: bool) -> str:
+    """The key's restrictions (or a proposal) to edit. "Check" asks the what-if first;
+    "Save" appears once its answer is shown (`checked`)."""
+    allow = key["allow_no_referrer"]
+    options = "".join(
+        f'<option value="{v}"{" selected" if allow is k else ""}>{label}</option>'
+        for v, k, label in ALLOW_CHOICES
+    )
+    action = f"/portal/keys/{u(key['key_id'])}/restrictions"
+    save = '<button type="submit" name="go" value="save" class="primary">Save</button>'
+    return (
+        f'<form method="post" action="{e(action)}" id="restrictions-form">{hidden("csrf", csrf)}'
+        + _lines("referrers", "Allowed referrers, one per line (empty: any site)", key)
+        + '<label for="allow_no_referrer">Requests with no referrer allowed</label>'
+        f'<select id="allow_no_referrer" name="allow_no_referrer">{options}</select>'
+        + _lines("ips", "Allowed client IPs (CIDRs), one per line (empty: any)", key)
+        + _lines("paths", "Allowed path prefixes, one per line (empty: any)", key)
+        + '<div class="buttons"><button type="submit" name="go" value="check">'
+        f"Check what would change</button>{save if checked else ''}</div></form>"
+    )
+
+
+def key_actions(key: dict[str, Any], csrf: str) -> str:
+    """Roll and revoke, for a key that is not revoked."""
+    if key["status"] == "revoked":
+        return ""
+    base = f"/portal/keys/{u(key['key_id'])}"
+    graces = "".join(f'<option value="{v}"{" selected" if v == "24h" else ""}>{label}</option>'
+                     for v, label in GRACES)  # fmt: skip
+    return (
+        '<section class="card" id="actions"><h2>Roll or revoke</h2>'
+        f'<form method="post" action="{e(base)}/roll">{hidden("csrf", csrf)}'
+        '<label for="grace">A new key with the same settings; the old one keeps working for'
+        f'</label><select id="grace" name="grace">{graces}</select>'
+        '<button type="submit">Roll key</button></form>'
+        f'<form method="post" action="{e(base)}/revoke" data-confirm="Revoke this key for good? '
+        f'Requests with it will be refused at once.">{hidden("csrf", csrf)}'
+        '<button type="submit" class="danger">Revoke key</button></form></section>'
+    )
+
+
+def minted(answer: dict[str, Any], old: dict[str, Any] | None) -> str:
+    """A key just created or rolled: the full key, shown this once; after a roll, the
+    old key's expiry and its traffic by hour, to watch clients move over."""
+    warnings = "".join(f'<p class="warning">{e(w)}</p>' for w in answer.get("warnings", []))
+    link = f"/portal/keys/{u(answer['key_id'])}"
+    rolled = ""
+    if old is not None:
+        expires = answer["replaced_expires_at"]
+        until = when(expires) if expires else "now"
+        rolled = (
+            f'<section id="old-key"><h2>The old key</h2><p><a href="/portal/keys/'
+            f'{e(u(answer["replaces"]))}"><code>{e(answer["replaces"])}</code></a> keeps working '
+            f"until {e(until)}. Its traffic while your clients move to the new key:</p>"
+            + charts(old, only=("Requests served",))
+            + "</section>"
+        )
+    return (
+        f"<h1>{'Key rolled' if old is not None else 'Key created'}</h1>"
+        '<section class="card minted"><p><strong>Copy the key now: it is shown this once.'
+        f'</strong></p><p><code id="minted-key" class="key">{e(answer["key"])}</code></p>'
+        f'{warnings}<p><a href="{e(link)}">Go to the key</a></p></section>{rolled}'
+    )
+
+
+def _lines(name: str, label: str, key: dict[str, Any]) -> str:
+    text = "\n".join(key[name])
+    return (
+        f'<label for="{name}">{e(label)}</label>'
+        f'<textarea id="{name}" name="{name}" rows="3">{e(text)}</textarea>'
+    )
+
+
+def what_if_panel(answer: dict[str, Any]) -> str:
+    """The what-if answer: what the proposal would have done to the last 7 days."""
+    refuse, allow = answer["behind"]["would_refuse"], answer["behind"]["would_allow"]
+    return (
+        '<div class="what-if" id="what-if" role="status"><h3>Over the last 7 days</h3>'
+        f'<p><strong class="would-refuse">{e(answer["would_refuse"])}</strong> of '
+        f"{e(answer['served'])} served requests would have been refused"
+        f"{_behind(refuse)}.</p>"
+        f'<p><strong class="would-allow">{e(answer["would_allow"])}</strong> refused requests '
+        f"would have passed{_behind(allow)}.</p></div>"
+    )
+
+
+def _behind(found: dict[str, list[dict[str, Any]]]) -> str:
+    names = [f"{item.get('host') or item.get('ip') or item.get('path')} ({item['requests']})"
+             for items in found.values() for item in items[:5]]  # fmt: skip
+    return f": {e(', '.join(names))}" if names else ""
+
+
+def referrers_table(
+    items: list[dict[str, Any]], key_id: str, csrf: str, allowed: Sequence[str]
+) -> str:
+    rows = []
+    for item in items:
+        host, code = item["host"], item.get("code")
+        action = ""
+        if code == "referrer_not_allowed" and host and host not in allowed and "(" not in host:
+            target = f"/portal/keys/{u(key_id)}/allow"
+            action = (
+                f'<form method="post" action="{e(target)}">{hidden("csrf", csrf)}'
+                f'{hidden("host", host)}<button type="submit" class="small">Allow</button></form>'
+            )
+        rows.append(
+            f'<tr class="{"refused" if code else "served"}"><td class="text">{e(host)}</td>'
+            f"<td>{e(count(item['requests']))}</td><td>{e(size(item['bytes']))}</td>"
+            f"<td>{e(code or 'served')}</td><td>{action}</td></tr>"
+        )
+    return _table("top-referrers", ("Referrer host", "Requests", "Bytes", "", ""), rows)
+
+
+def objects_table(items: list[dict[str, Any]]) -> str:
+    rows = [
+        f'<tr class="{"refused" if item.get("code") else "served"}"><td class="text">'
+        f"{e(item['path'])}</td><td>{e(count(item['requests']))}</td>"
+        f"<td>{e(size(item['bytes']))}</td><td>{e(item.get('code') or 'served')}</td></tr>"
+        for item in items
+    ]
+    return _table("top-objects", ("Object", "Requests", "Bytes", ""), rows)
+
+
+def _table(name: str, heads: Sequence[str], rows: list[str]) -> str:
+    if not rows:
+        return f'<p class="muted" id="{name}">Nothing recorded in this range.</p>'
+    head = "".join(f"<th>{e(h)}</th>" for h in heads)
+    return (
+        f'<div class="scroll"><table id="{name}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def charts(report: dict[str, Any], only: Sequence[str] = ()) -> str:
+    """Requests, bytes, hit ratio and refusals by code per period of the report (or
+    `only` those titled so)."""
+    grain = report["by"]
+    step = 3600 if grain == "hour" else 86400
+    first = report["from"] // step * step
+    starts = list(range(first, report["to"], step))
+    rows = {p["start"]: p for p in report["periods"]}
+    at = [rows.get(s, {}) for s in starts]
+    labels = [time.strftime("%d %H:00" if grain == "hour" else "%m-%d", time.gmtime(s))
+              for s in starts]  # fmt: skip
+    codes = sorted({k for p in report["periods"] for k in p if k.startswith("denied_")})
+    hits = [p.get("hits", 0) for p in at]
+    looked = [p.get("hits", 0) + p.get("misses", 0) for p in at]
+    drawn: dict[str, tuple[dict[str, list[float]], Callable[[float], str], float | None]] = {
+        "Requests served": ({"requests": [p.get("requests", 0) for p in at]}, count, None),
+        "Bytes sent": ({"bytes": [p.get("bytes", 0) for p in at]}, lambda v: size(int(v)), None),
+        "Cache hit ratio": (
+            {"hit ratio": [h / n if n else 0 for h, n in zip(hits, looked, strict=True)]},
+            lambda v: f"{v:.0%}", 1.0),
+        "Refusals by code": (
+            {c.removeprefix("denied_"): [p.get(c, 0) for p in at] for c in codes}, count, None),
+    }  # fmt: skip
+    return "".join(chart(title, labels, series, shown, ceiling)
+                   for title, (series, shown, ceiling) in drawn.items()
+                   if not only or title in only)  # fmt: skip
+
+
+# --- values ------------------------------------------------------------------------------
+
+
+def when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+def last_seen(ts: int | None) -> str:
+    return "not in the last 35 days" if ts is None else f"{when(ts)} (hour starting)"
+
+
+def count(n: float) -> str:
+    return f"{n:,.0f}"
+
+
+def size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
