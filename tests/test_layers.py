@@ -26,6 +26,8 @@ RULES: dict[str, tuple[str, ...]] = {
     # shares the public one's connection classes (proxy.listener: deadlines, error pages)
     "proxy.admin": ("proxy.cli", "proxy.app", "proxy.pipeline", "proxy.delivery"),
     "proxy.cli": ("aiohttp", "proxy.admin", *REQUEST_PATH),
+    # the customer page: a front end of the admin API's actions, as the CLI is of manage
+    "proxy.portal": ("proxy.cli", "proxy.app", "proxy.pipeline", "proxy.delivery"),
 }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from html import escape
 
-WIDTH, HEIGHT, TOP, BOTTOM = 600, 150, 16, 18
+WIDTH, HEIGHT, TOP, BOTTOM = 600, 160, 22, 24
 PALETTE = ("#2563eb", "#dc2626", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563")
 
 
@@ -21,10 +21,14 @@ def chart(
     labels: Sequence[str],
     series: Mapping[str, Sequence[float]],
     shown: Callable[[float], str] = lambda v: f"{v:,.0f}",
+    *,
     ceiling: float | None = None,
+    legend: bool = False,
+    empty: str = "nothing in this range",
 ) -> str:
-    """A figure: `title`, then one bar per label, the series stacked (a legend when
-    there are several). `ceiling` fixes the top of the scale (1 for a ratio)."""
+    """A figure: `title`, then one bar per label, the series stacked (with a legend
+    when asked or when there are several). `ceiling` fixes the top of the scale (1 for
+    a ratio)."""
     totals = [sum(values[i] for values in series.values()) for i in range(len(labels))]
     top = ceiling or max(totals, default=0) or 1
     step = WIDTH / max(1, len(labels))
@@ -44,19 +48,19 @@ def chart(
                 f'data-value="{value}"><title>{escape(what)}</title></rect>'
             )
     axis = (
-        f'<text x="0" y="11" class="axis">{escape(shown(top))}</text>'
+        f'<text x="0" y="16" class="axis">{escape(shown(top))}</text>'
         f'<line x1="0" y1="{HEIGHT - BOTTOM}" x2="{WIDTH}" y2="{HEIGHT - BOTTOM}" '
         'stroke="#9ca3af"/>'
     )
     if labels:
         axis += (
-            f'<text x="0" y="{HEIGHT - 4}" class="axis">{escape(labels[0])}</text>'
-            f'<text x="{WIDTH}" y="{HEIGHT - 4}" text-anchor="end" class="axis">'
+            f'<text x="0" y="{HEIGHT - 5}" class="axis">{escape(labels[0])}</text>'
+            f'<text x="{WIDTH}" y="{HEIGHT - 5}" text-anchor="end" class="axis">'
             f"{escape(labels[-1])}</text>"
         )
-    legend = ""
-    if len(series) > 1:
-        legend = (
+    key = ""
+    if legend or len(series) > 1:
+        key = (
             '<p class="legend">'
             + "".join(
                 f'<span><svg width="10" height="10" aria-hidden="true">'
@@ -66,9 +70,9 @@ def chart(
             )
             + "</p>"
         )
-    empty = "" if bars else '<p class="muted">nothing in this range</p>'
+    nothing = "" if bars else f'<p class="muted">{escape(empty)}</p>'
     return (
         f'<figure class="chart"><figcaption>{escape(title)}</figcaption>'
         f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}">'
-        f"{axis}{''.join(bars)}</svg>{legend}{empty}</figure>"
+        f"{axis}{''.join(bars)}</svg>{key}{nothing}</figure>"
     )

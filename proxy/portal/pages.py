@@ -17,6 +17,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from ..analytics import UNPARSABLE
 from ..usage import month_start
 from .charts import chart
 
@@ -24,6 +25,10 @@ GRACES = (("1h", "1 hour"), ("24h", "24 hours"), ("168h", "7 days"), ("0", "no g
 NO_REFERRER = {None: "allowed when no referrers are set", True: "allowed", False: "refused"}
 ALLOW_CHOICES = (("", None, "when no referrers are set"), ("true", True, "always"),
                  ("false", False, "never"))  # fmt: skip
+EMPTY = {
+    "Cache hit ratio": "no cache lookups in this range (a route may bypass the cache)",
+    "Refusals by code": "no refusals in this range",
+}
 NOTICES = {
     "saved": "Restrictions saved.",
     "revoked": "Key revoked.",
@@ -114,7 +119,7 @@ def plan_section(plan: dict[str, Any], now: float) -> str:
     rows = [quota_line(name, quota[name], quota["month"], quota["resets_at"], now)
             for name in ("requests", "bytes")]  # fmt: skip
     keys = plan["keys"]
-    cap = f" of at most {keys['max']}" if keys["max"] is not None else ""
+    cap = f" of at most {count(keys['max'])}" if keys["max"] is not None else ""
     return (
         f'<section class="card" id="plan"><h2>Plan</h2><p>{e(keys["live"])} live keys{e(cap)}.'
         f"</p>{''.join(rows)}</section>"
@@ -142,7 +147,8 @@ def quota_line(name: str, quota: dict[str, Any], month: str, resets_at: int, now
     return (
         f'<div class="quota"><p><strong>{e(name.capitalize())}</strong> ({e(month)}): '
         f"{e(shown(used))} used of {e(shown(limit))}, <strong>{e(shown(left))} left</strong>.</p>"
-        f'<svg viewBox="0 0 100 6" class="meter" role="img" aria-label="{share}% used">'
+        f'<svg viewBox="0 0 100 6" preserveAspectRatio="none" class="meter" role="img" '
+        f'aria-label="{share}% used">'
         f'<rect width="100" height="6" fill="#e5e7eb"/><rect width="{share}" height="6" '
         f'fill="{"#dc2626" if share >= 90 else "#2563eb"}"/></svg>'
         f'<p class="forecast">{e(forecast)}</p></div>'
@@ -295,32 +301,35 @@ def _behind(found: dict[str, list[dict[str, Any]]]) -> str:
 def referrers_table(
     items: list[dict[str, Any]], key_id: str, csrf: str, allowed: Sequence[str]
 ) -> str:
+    """Served and refused referrer hosts; a refused one the key's rules do not name yet
+    gets a one-click "Allow" (added to the key's referrers)."""
     rows = []
     for item in items:
         host, code = item["host"], item.get("code")
         action = ""
-        if code == "referrer_not_allowed" and host and host not in allowed and "(" not in host:
+        if code == "referrer_not_allowed" and host not in (None, UNPARSABLE, *allowed):
             target = f"/portal/keys/{u(key_id)}/allow"
             action = (
                 f'<form method="post" action="{e(target)}">{hidden("csrf", csrf)}'
                 f'{hidden("host", host)}<button type="submit" class="small">Allow</button></form>'
             )
-        rows.append(
-            f'<tr class="{"refused" if code else "served"}"><td class="text">{e(host)}</td>'
-            f"<td>{e(count(item['requests']))}</td><td>{e(size(item['bytes']))}</td>"
-            f"<td>{e(code or 'served')}</td><td>{action}</td></tr>"
-        )
-    return _table("top-referrers", ("Referrer host", "Requests", "Bytes", "", ""), rows)
+        rows.append(_row(host, code, item, action))
+    return _table("top-referrers", ("Referrer host", "Requests", "Bytes", ""), rows)
 
 
 def objects_table(items: list[dict[str, Any]]) -> str:
-    rows = [
-        f'<tr class="{"refused" if item.get("code") else "served"}"><td class="text">'
-        f"{e(item['path'])}</td><td>{e(count(item['requests']))}</td>"
-        f"<td>{e(size(item['bytes']))}</td><td>{e(item.get('code') or 'served')}</td></tr>"
-        for item in items
-    ]
-    return _table("top-objects", ("Object", "Requests", "Bytes", ""), rows)
+    rows = [_row(item["path"], item.get("code"), item) for item in items]
+    return _table("top-objects", ("Object", "Requests", "Bytes"), rows)
+
+
+def _row(value: str, code: str | None, item: dict[str, Any], action: str | None = None) -> str:
+    """A top-list row: the value with its refusal code under it, requests, bytes."""
+    shown = f'{e(value)}<span class="code">{e(code)}</span>' if code else e(value)
+    cells = f'<td class="text">{shown}</td><td>{e(count(item["requests"]))}</td>'
+    cells += f"<td>{e(size(item['bytes']))}</td>"
+    if action is not None:
+        cells += f"<td>{action}</td>"
+    return f'<tr class="{"refused" if code else "served"}">{cells}</tr>'
 
 
 def _table(name: str, heads: Sequence[str], rows: list[str]) -> str:
@@ -356,9 +365,19 @@ def charts(report: dict[str, Any], only: Sequence[str] = ()) -> str:
         "Refusals by code": (
             {c.removeprefix("denied_"): [p.get(c, 0) for p in at] for c in codes}, count, None),
     }  # fmt: skip
-    return "".join(chart(title, labels, series, shown, ceiling)
-                   for title, (series, shown, ceiling) in drawn.items()
-                   if not only or title in only)  # fmt: skip
+    return "".join(
+        chart(
+            title,
+            labels,
+            series,
+            shown,
+            ceiling=top,
+            legend=title.startswith("Refusals"),
+            empty=EMPTY.get(title, "nothing in this range"),
+        )
+        for title, (series, shown, top) in drawn.items()
+        if not only or title in only
+    )
 
 
 # --- values ------------------------------------------------------------------------------
@@ -369,7 +388,7 @@ def when(ts: float) -> str:
 
 
 def last_seen(ts: int | None) -> str:
-    return "not in the last 35 days" if ts is None else f"{when(ts)} (hour starting)"
+    return "not in the last 35 days" if ts is None else f"in the hour from {when(ts)}"
 
 
 def count(n: float) -> str:
