@@ -29,7 +29,7 @@ from test_admin import ADMIN_TOKEN, Reply, call
 
 from proxy.admin import PREFIX
 
-from conftest import KeyfrontProcess, start_keyfront
+from conftest import KeyfrontProcess, RedisServer, empty_store_url, start_keyfront
 
 HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
 HOSTILE_FILE = "<img src=x onerror=alert(1)>.txt"
@@ -417,3 +417,45 @@ def test_the_page_sends_a_strict_content_security_policy(site: Site) -> None:
     assert "unsafe-inline" not in policy
     assert response.getheader("X-Frame-Options") == "DENY"
     assert json.dumps(policy)  # a plain ASCII header
+
+
+# --- sessions across instances -------------------------------------------------------------
+
+
+def test_a_session_made_on_one_instance_works_on_another_sharing_redis(
+    chromium: Browser, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The session is a sealed cookie, not a row in one process's table: the next page
+    may be served by another worker or instance (here two keyfronts on one Redis), and
+    that one reads it too. Cookies are per host, not per port, so one browser sends
+    the cookie it got from the first to the second."""
+    store = empty_store_url("redis", redis_server, "", db=7)
+    config = f"""
+store: {store}
+keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
+admin: {{token: {ADMIN_TOKEN}}}
+routes:
+  - {{prefix: /files/, origin: "file://{tmp_path}/"}}
+"""
+    first = start_keyfront(config, str(tmp_path))
+    second = start_keyfront(config, str(tmp_path))
+    try:
+        call(first.admin_url, "POST", f"{PREFIX}/customers", {"customer_id": "acme"})
+        token = call(first.admin_url, "POST", f"{PREFIX}/customers/acme/tokens", {}).json()
+        call(first.admin_url, "POST", f"{PREFIX}/keys", {"name": "on redis"}, token["token"])
+        context = chromium.new_context()
+        context.set_default_timeout(10_000)
+        try:
+            page = context.new_page()
+            page.goto(f"{first.admin_url}/portal/")
+            page.fill("#token", token["token"])
+            page.click("button[type=submit]")
+            page.goto(f"{second.admin_url}/portal/")
+            assert "on redis" in page.inner_text("#keys")
+            page.click("header button")  # signed out on the second: gone on both
+            page.goto(f"{first.admin_url}/portal/")
+            assert page.is_visible("#token")
+        finally:
+            context.close()
+    finally:
+        assert first.stop() == 0 and second.stop() == 0
