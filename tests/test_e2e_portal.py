@@ -366,6 +366,11 @@ def test_the_key_page_draws_charts_lists_and_downloads_the_csv(
         assert sum(values["Requests served"]) == 5
         assert sum(values["Bytes sent"]) == 500
         assert sum(values["Refusals by code"]) == 3
+        t.page.screenshot(path=tmp_path / "key-desktop.png", full_page=True)
+        t.page.click("text=Show by day")
+        assert t.page.inner_text("#traffic h2") == "Traffic by day"
+        by_day = t.page.locator("figure.chart").first.locator("rect[data-value]")
+        assert [float(v) for v in by_day.evaluate_all("rs => rs.map(r => r.dataset.value)")] == [5]
         referrers = t.page.inner_text("#top-referrers")
         assert "good.example" in referrers and "evil.example" in referrers
         assert t.page.locator("#top-referrers tr.refused button").inner_text() == "Allow"
@@ -374,7 +379,6 @@ def test_the_key_page_draws_charts_lists_and_downloads_the_csv(
         quota = t.page.inner_text("#quota")
         assert "5 used of 1,000" in quota and "995 left" in quota
         assert "At this month's pace it" in quota
-        t.page.screenshot(path=tmp_path / "key-desktop.png", full_page=True)
         with t.page.expect_download() as download:
             t.page.click("text=Download usage by day (CSV)")
         rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))

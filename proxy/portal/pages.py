@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from html import escape
 from typing import Any
 from urllib.parse import quote
@@ -163,10 +164,16 @@ def keys_section(keys: Iterable[dict[str, Any]], last_used: dict[str, int | None
             f'<li class="key card" data-key-id="{e(key["key_id"])}">'
             f'<a href="{e(url)}" class="name">{e(key["name"] or "(no name)")}</a> '
             f"{badge(key)}<code>{e(key['key_id'])}</code>{restrictions_summary(key)}"
-            f'<p class="muted">Last used: {e(last_seen(last_used.get(key["key_id"])))}</p></li>'
+            f'<p class="muted">Last used: {e(_last(key, last_used))}</p></li>'
         )
     listed = "".join(cards) or '<li class="muted">No keys yet.</li>'
     return f'<section id="keys"><h2>Keys</h2><ul class="keys">{listed}</ul></section>'
+
+
+def _last(key: dict[str, Any], last_used: dict[str, int | None]) -> str:
+    if key["key_id"] not in last_used:
+        return "-" if key["status"] == "revoked" else "open the key to see it"
+    return last_seen(last_used[key["key_id"]])
 
 
 def create_form(csrf: str, customer_id: str) -> str:
@@ -206,6 +213,47 @@ def restrictions_summary(key: dict[str, Any]) -> str:
 # --- one key ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class KeyView:
+    """What the key's page shows, from the admin API's answers."""
+
+    key: dict[str, Any]  # GET /keys/{key_id}
+    report: dict[str, Any]  # GET /analytics?key=&by=
+    quota: str  # this month's quota lines (quota_line)
+    last_used: int | None
+    csrf: str
+    edited: dict[str, Any]  # the restrictions in the form: the key's, or a proposal
+    answer: dict[str, Any] | None  # POST /keys/{key_id}/what-if's, once checked
+
+
+def key_page(view: KeyView, done: str | None) -> str:
+    key, report, csrf = view.key, view.report, view.csrf
+    key_id, by = key["key_id"], report["by"]
+    other = "day" if by == "hour" else "hour"
+    share = report["no_referrer_share"]
+    csv = f"/portal/keys/{u(key_id)}/usage.csv?by="
+    what_if = what_if_panel(view.answer) if view.answer is not None else ""
+    return (
+        f'<p><a href="/portal/?customer={e(u(key["customer_id"]))}">'
+        f"← Keys of {e(key['customer_id'])}</a></p>"
+        f"<h1>{e(key['name'] or '(no name)')} {badge(key)}</h1>"
+        f"<p><code>{e(key_id)}</code> · created {e(when(key['created_at']))} · last used "
+        f"{e(last_seen(view.last_used))}</p>{notice(done)}"
+        f'<section id="traffic"><h2>Traffic by {by}</h2><p><a href="?by={other}">'
+        f"Show by {other}</a></p>{charts(report)}</section>"
+        f'<section id="top"><h2>Top referrer hosts</h2>'
+        f'<p class="muted">No referrer: {e("-" if share is None else f"{share:.0%}")} '
+        f"of requests.</p>{referrers_table(report['referrers'], key_id, csrf, key['referrers'])}"
+        f"<h2>Top objects</h2>{objects_table(report['objects'])}</section>"
+        f'<section class="card" id="restrictions"><h2>Restrictions</h2>'
+        f"{restrictions_summary(key)}{what_if}"
+        f"{restrictions_form(view.edited, csrf, view.answer is not None)}</section>"
+        f'<section class="card" id="quota"><h2>This month</h2>{view.quota}</section>'
+        f'<p><a href="{e(csv)}day" download>Download usage by day (CSV)</a> · '
+        f'<a href="{e(csv)}hour" download>by hour</a></p>{key_actions(key, csrf)}'
+    )
+
+
 def restrictions_form(key: dict[str, Any], csrf: str, checked: bool) -> str:
     """The key's restrictions (or a proposal) to edit. "Check" asks the what-if first;
     "Save" appears once its answer is shown (`checked`)."""
@@ -214,7 +262,7 @@ def restrictions_form(key: dict[str, Any], csrf: str, checked: bool) -> str:
         f'<option value="{v}"{" selected" if allow is k else ""}>{label}</option>'
         for v, k, label in ALLOW_CHOICES
     )
-    action = f"/portal/keys/{u(key['key_id'])}/restrictions"
+    action = f"/portal/keys/{u(key['key_id'])}/restrictions#restrictions"
     save = '<button type="submit" name="go" value="save" class="primary">Save</button>'
     return (
         f'<form method="post" action="{e(action)}" id="restrictions-form">{hidden("csrf", csrf)}'

@@ -37,6 +37,9 @@ class Portal:
 
 PORTAL = web.AppKey("portal", Portal)
 OFF = "the customer page is off: the operator has not set admin.token"
+# Keys whose last use the list looks up (one usage read each): the first this many not
+# revoked. A customer at admin.customer_max_keys (1,000) opens a key to see the rest.
+MAX_LAST_USED = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +100,10 @@ async def _session_of(portal: Portal, token: str) -> Session | None:
 
 
 async def sign_out(request: web.Request) -> web.Response:
-    await _change(request)
+    """Ends the session in this browser (the cookie deleted); a session that has
+    already ended just goes back to the sign-in form."""
+    if await _visit(request) is not None:
+        await _change(request)
     response = _redirect(f"{PATH}?done=signed-out")
     response.del_cookie(COOKIE, path=PATH)
     return response
@@ -119,9 +125,11 @@ async def index(request: web.Request) -> web.Response:
     if chosen is None:
         return _html(pages.document("Keys", "<p>No customers yet.</p>", visit.csrf, visit.who))
     keys = await h.listed_keys(admin, caller, chosen)
+    keys.sort(key=lambda k: k["status"] == "revoked")  # revoked ones last
     plan = await h.plan(admin, caller, chosen)
-    used = await asyncio.gather(*(_last_used(admin, caller, k["key_id"]) for k in keys))
-    last_used = {k["key_id"]: at for k, at in zip(keys, used, strict=True)}
+    looked_up = [k["key_id"] for k in keys if k["status"] != "revoked"][:MAX_LAST_USED]
+    used = await asyncio.gather(*(_last_used(admin, caller, key_id) for key_id in looked_up))
+    last_used = dict(zip(looked_up, used, strict=True))
     csv = f"/portal/usage.csv?customer={pages.u(chosen)}"
     body = (
         f"<h1>Keys of {pages.e(chosen)}</h1>{pages.notice(request.query.get('done'))}{picker}"
@@ -153,39 +161,19 @@ async def _key_page(
     proposal: dict[str, Any] | None = None,
     answer: dict[str, Any] | None = None,
 ) -> web.Response:
-    admin, caller, csrf = request.app[PORTAL].admin, visit.caller, visit.csrf
+    """One key: its traffic by hour or day, top lists, restrictions (with a what-if
+    `answer` to a `proposal` when one was checked), this month, roll and revoke."""
+    admin, caller = request.app[PORTAL].admin, visit.caller
     key = act.record_json(await h.key_of(admin, caller, request.match_info["key_id"]))
-    key_id, quoted = key["key_id"], pages.u(key["key_id"])
     by = "day" if request.query.get("by") == "day" else "hour"
-    report = await h.analytics_of(admin, caller, {"key": key_id, "by": by})
-    month = await h.usage_of(admin, caller, {"key": key_id, "by": "month"})
-    edited = {**key, **(proposal or {})}
-    what_if = pages.what_if_panel(answer) if answer is not None else ""
-    other = "day" if by == "hour" else "hour"
-    share = report["no_referrer_share"]
-    body = (
-        f'<p><a href="/portal/?customer={pages.e(pages.u(key["customer_id"]))}">'
-        f"← Keys of {pages.e(key['customer_id'])}</a></p>"
-        f"<h1>{pages.e(key['name'] or '(no name)')} {pages.badge(key)}</h1>"
-        f"<p><code>{pages.e(key_id)}</code> · created {pages.e(pages.when(key['created_at']))}</p>"
-        f"{pages.notice(request.query.get('done'))}"
-        f'<section class="card" id="restrictions"><h2>Restrictions</h2>'
-        f"{pages.restrictions_summary(key)}{what_if}"
-        f"{pages.restrictions_form(edited, csrf, answer is not None)}</section>"
-        f'<section id="traffic"><h2>Traffic by {by}</h2><p><a href="?by={other}">'
-        f"Show by {other}</a></p>{pages.charts(report)}</section>"
-        f'<section id="top"><h2>Top referrer hosts</h2>'
-        f'<p class="muted">No referrer: {pages.e("-" if share is None else f"{share:.0%}")} '
-        f"of requests.</p>"
-        f"{pages.referrers_table(report['referrers'], key_id, csrf, key['referrers'])}"
-        f"<h2>Top objects</h2>{pages.objects_table(report['objects'])}</section>"
-        f'<section class="card" id="quota"><h2>This month</h2>{_key_quota(key, month)}</section>'
-        f'<p><a href="/portal/keys/{pages.e(quoted)}/usage.csv?by=day" download>Download usage '
-        f'by day (CSV)</a> · <a href="/portal/keys/{pages.e(quoted)}/usage.csv?by=hour" download>'
-        "by hour</a></p>"
-        f"{pages.key_actions(key, csrf)}"
-    )
-    return _html(pages.document(key["name"] or key_id, body, csrf, visit.who), visit=visit)
+    report = await h.analytics_of(admin, caller, {"key": key["key_id"], "by": by})
+    month = await h.usage_of(admin, caller, {"key": key["key_id"], "by": "month"})
+    last_used = await _last_used(admin, caller, key["key_id"])
+    shown = pages.KeyView(key, report, _key_quota(key, month), last_used, visit.csrf,
+                          {**key, **(proposal or {})}, answer)  # fmt: skip
+    body = pages.key_page(shown, request.query.get("done"))
+    title = key["name"] or key["key_id"]
+    return _html(pages.document(title, body, visit.csrf, visit.who), visit=visit)
 
 
 def _key_quota(key: dict[str, Any], month: list[dict[str, Any]]) -> str:
