@@ -308,11 +308,17 @@ def test_editing_a_referrer_rule_shows_its_what_if_before_saving(
     with tab(chromium, site) as t:
         sign_in(t, site, site.tokens["acme"])
         t.page.goto(f"{site.portal}keys/{minted['key_id']}")
+        t.page.fill("#referrers", "shop.example")  # portal.js asks while it is edited
+        t.page.wait_for_selector("#what-if .would-allow")
+        live = t.page.inner_text("#what-if")
+        assert t.page.inner_text(".would-refuse") == "1" and "good.example (1)" in live
+        assert t.page.inner_text(".would-allow") == "2" and "shop.example (2)" in live
+        t.page.fill("#referrers", "shop.example\nnot a pattern/")
+        t.page.wait_for_selector("#what-if .error")  # the API's 400, shown in place
+        assert t.page.is_hidden("button[value=save]")
         t.page.fill("#referrers", "shop.example")
-        t.page.click("text=Check what would change")
-        panel = t.page.inner_text("#what-if")
-        assert t.page.inner_text(".would-refuse") == "1" and "good.example (1)" in panel
-        assert t.page.inner_text(".would-allow") == "2" and "shop.example (2)" in panel
+        t.page.click("text=Check what would change")  # the same answer without script
+        assert t.page.inner_text("#what-if") == live
         assert site.admin("GET", f"/keys/{minted['key_id']}").json()["referrers"] == [
             "good.example"
         ]  # checked, not saved

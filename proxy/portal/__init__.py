@@ -9,7 +9,8 @@
 A front end of the admin API, as the command line is: its views call the admin routes'
 own actions (proxy/admin/handlers.py) with the signed-in caller, so the page shows and
 changes nothing the API would not answer that caller. Server-rendered HTML with a
-little vanilla JavaScript (a confirm before revoking); no build step, no third-party
+little vanilla JavaScript (the what-if answer while the restrictions are edited, a
+confirm before revoking); no build step, no third-party
 script, font or stylesheet.
 
 What it must not import (tests/test_layers.py checks): proxy.cli, proxy.app and the
@@ -68,6 +69,7 @@ def portal_app(runtime: AdminRuntime) -> web.Application:
     app.router.add_post("/keys", views.create)
     app.router.add_get(key, views.key_page)
     app.router.add_post(f"{key}/restrictions", views.restrictions)
+    app.router.add_post(f"{key}/what-if", views.what_if)
     app.router.add_post(f"{key}/allow", views.allow_referrer)
     app.router.add_post(f"{key}/roll", views.roll)
     app.router.add_post(f"{key}/revoke", views.revoke)

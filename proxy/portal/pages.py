@@ -262,17 +262,19 @@ def restrictions_form(key: dict[str, Any], csrf: str, checked: bool) -> str:
         f'<option value="{v}"{" selected" if allow is k else ""}>{label}</option>'
         for v, k, label in ALLOW_CHOICES
     )
-    action = f"/portal/keys/{u(key['key_id'])}/restrictions#restrictions"
-    save = '<button type="submit" name="go" value="save" class="primary">Save</button>'
+    base = f"/portal/keys/{u(key['key_id'])}"
+    hide = "" if checked else " hidden"  # portal.js shows it once it has an answer
+    save = f'<button type="submit" name="go" value="save" class="primary"{hide}>Save</button>'
     return (
-        f'<form method="post" action="{e(action)}" id="restrictions-form">{hidden("csrf", csrf)}'
+        f'<form method="post" action="{e(base)}/restrictions#restrictions" '
+        f'id="restrictions-form" data-what-if="{e(base)}/what-if">{hidden("csrf", csrf)}'
         + _lines("referrers", "Allowed referrers, one per line (empty: any site)", key)
         + '<label for="allow_no_referrer">Requests with no referrer allowed</label>'
         f'<select id="allow_no_referrer" name="allow_no_referrer">{options}</select>'
         + _lines("ips", "Allowed client IPs (CIDRs), one per line (empty: any)", key)
         + _lines("paths", "Allowed path prefixes, one per line (empty: any)", key)
         + '<div class="buttons"><button type="submit" name="go" value="check">'
-        f"Check what would change</button>{save if checked else ''}</div></form>"
+        f"Check what would change</button>{save}</div></form>"
     )
 
 
@@ -329,6 +331,11 @@ def _lines(name: str, label: str, key: dict[str, Any]) -> str:
 
 def what_if_panel(answer: dict[str, Any]) -> str:
     """The what-if answer: what the proposal would have done to the last 7 days."""
+    if answer.get("unchanged"):
+        return (
+            '<div class="what-if" id="what-if" role="status"><p>No change from the key\'s '
+            "restrictions.</p></div>"
+        )
     refuse, allow = answer["behind"]["would_refuse"], answer["behind"]["would_allow"]
     return (
         '<div class="what-if" id="what-if" role="status"><h3>Over the last 7 days</h3>'
@@ -337,6 +344,12 @@ def what_if_panel(answer: dict[str, Any]) -> str:
         f"{_behind(refuse)}.</p>"
         f'<p><strong class="would-allow">{e(answer["would_allow"])}</strong> refused requests '
         f"would have passed{_behind(allow)}.</p></div>"
+    )
+
+
+def what_if_problem(message: str) -> str:
+    return (
+        f'<div class="what-if" id="what-if" role="status"><p class="error">{e(message)}</p></div>'
     )
 
 

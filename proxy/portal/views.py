@@ -212,12 +212,32 @@ async def restrictions(request: web.Request) -> web.Response:
     if form.get("go") == "save" and changed:
         await h.changed_key(admin, visit.caller, key_id, changed)
         return _redirect(f"/portal/keys/{pages.u(key['key_id'])}?done=saved")
-    if not changed:
-        answer = {"served": 0, "would_refuse": 0, "would_allow": 0,
-                  "behind": {"would_refuse": {}, "would_allow": {}}}  # fmt: skip
-    else:
-        answer = await h.what_if_of(admin, visit.caller, key_id, changed)
+    answer = await _what_if(admin, visit.caller, key, changed)
     return await _key_page(request, visit, proposal, answer)
+
+
+async def what_if(request: web.Request) -> web.Response:
+    """The what-if panel alone, for portal.js to show while the customer edits the
+    restrictions form (the same form fields, the same answer as "Check")."""
+    visit, form = await _change(request)
+    admin, key_id = request.app[PORTAL].admin, request.match_info["key_id"]
+    key = act.record_json(await h.key_of(admin, visit.caller, key_id, to_change=True))
+    changed = {name: value for name, value in _proposal(form).items() if key[name] != value}
+    try:
+        answer = await _what_if(admin, visit.caller, key, changed)
+    except Invalid as exc:  # a pattern still being typed: say what is wrong with it
+        return _html(pages.what_if_problem(exc.message), 400, visit)
+    return _html(pages.what_if_panel(answer), visit=visit)
+
+
+async def _what_if(
+    admin: AdminContext, caller: Caller, key: dict[str, Any], changed: dict[str, Any]
+) -> dict[str, Any]:
+    """POST /keys/{key_id}/what-if's answer to the changed fields (none: nothing)."""
+    if not changed:
+        return {"served": 0, "would_refuse": 0, "would_allow": 0, "unchanged": True,
+                "behind": {"would_refuse": {}, "would_allow": {}}}  # fmt: skip
+    return await h.what_if_of(admin, caller, key["key_id"], changed)
 
 
 def _proposal(form: dict[str, str]) -> dict[str, Any]:
