@@ -8,7 +8,8 @@ import base64
 import json
 
 from proxy.portal.charts import chart
-from proxy.portal.pages import e, referrers_table
+from proxy.portal.key_page import referrers_table
+from proxy.portal.pages import e
 from proxy.portal.session import (
     ABSOLUTE,
     IDLE,

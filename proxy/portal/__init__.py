@@ -1,8 +1,11 @@
 """The customer page (SPEC section 15): `/portal/` on the admin listener.
 
-    session.py  sealed session cookies, CSRF tokens, the sign-in attempt bound
-    views.py    the routes: sign-in and out, keys, one key, changes, CSV downloads
-    pages.py    the HTML, every value escaped
+    session.py  sealed session cookies, CSRF tokens, the bound on failed sign-ins
+    access.py   signing in and out; a request's visit (its admin API caller); the
+                checks of a change (session, Origin, CSRF token)
+    views.py    the routes: keys, one key, changes, CSV downloads
+    pages.py    the HTML of the keys, sign-in and error pages, every value escaped
+    key_page.py the HTML of one key's page, and of a key just created or rolled
     charts.py   bar charts as inline SVG, drawn on the server
     static/     portal.css and portal.js, the page's only style and script
 
@@ -28,7 +31,7 @@ from aiohttp.typedefs import Handler
 from ..admin.http import AdminContext, AdminRuntime
 from ..errors import KeyfrontError
 from ..keys import KeySigner
-from . import pages, views
+from . import access, pages, views
 from .session import Sealer, SignInLimit
 
 log = logging.getLogger(__name__)
@@ -61,13 +64,13 @@ def portal_app(runtime: AdminRuntime) -> web.Application:
     token = runtime.config.admin.token
     admin = AdminContext(runtime, KeySigner(runtime.config.keys.prefix,
                                             runtime.config.keys.secrets))  # fmt: skip
-    app[views.PORTAL] = views.Portal(admin, Sealer(token) if token else None, SignInLimit())
+    app[access.PORTAL] = access.Portal(admin, Sealer(token) if token else None, SignInLimit())
     key = "/keys/{key_id}"
     app.router.add_get("/", views.index)
-    app.router.add_post("/sign-in", views.sign_in)
-    app.router.add_post("/sign-out", views.sign_out)
+    app.router.add_post("/sign-in", access.sign_in)
+    app.router.add_post("/sign-out", access.sign_out)
     app.router.add_post("/keys", views.create)
-    app.router.add_get(key, views.key_page)
+    app.router.add_get(key, views.show_key)
     app.router.add_post(f"{key}/restrictions", views.restrictions)
     app.router.add_post(f"{key}/what-if", views.what_if)
     app.router.add_post(f"{key}/allow", views.allow_referrer)
