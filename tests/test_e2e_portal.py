@@ -469,3 +469,25 @@ routes:
             context.close()
     finally:
         assert first.stop() == 0 and second.stop() == 0
+
+
+def test_without_an_admin_token_the_page_is_off(tmp_path: Path) -> None:
+    """As the admin API: customer tokens work only beside admin.token."""
+    config = f"""
+store: sqlite://{tmp_path}/keyfront.db
+keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
+routes:
+  - {{prefix: /files/, origin: "file://{tmp_path}/"}}
+"""
+    kf = start_keyfront(config, str(tmp_path))
+    try:
+        for method, path in (("GET", "/portal/"), ("POST", "/portal/sign-in")):
+            conn = http.client.HTTPConnection("127.0.0.1", kf.admin_port, timeout=10)
+            conn.request(method, path, body=b"token=x" if method == "POST" else None,
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+            response = conn.getresponse()
+            assert response.status == 503
+            assert b"the customer page is off" in response.read()
+            conn.close()
+    finally:
+        assert kf.stop() == 0

@@ -34,6 +34,8 @@ MAX_LAST_USED = 200
 
 
 async def index(request: web.Request) -> web.Response:
+    if request.app[access.PORTAL].sealer is None:
+        return access.html(pages.sign_in(access.OFF), 503)
     visit = await access.visit_of(request)
     if visit is None:
         return access.html(pages.sign_in(done=request.query.get("done")))
