@@ -126,8 +126,9 @@ async def get_key(request: web.Request, caller: Caller) -> web.Response:
 
 
 async def patch_key(request: web.Request, caller: Caller) -> web.Response:
-    body = await read_body(request)
-    return reply(await changed_key(context(request), caller, _key_id(request), body))
+    admin = context(request)
+    record = await key_of(admin, caller, _key_id(request), to_change=True)
+    return reply(await changed_key(admin, caller, record, await read_body(request)))
 
 
 async def revoke_key(request: web.Request, caller: Caller) -> web.Response:
@@ -171,10 +172,9 @@ async def created_key(admin: AdminContext, caller: Caller, body: dict[str, Any])
 
 
 async def changed_key(
-    admin: AdminContext, caller: Caller, key_id: str, body: dict[str, Any]
+    admin: AdminContext, caller: Caller, record: KeyRecord, body: dict[str, Any]
 ) -> dict[str, Any]:
-    """PATCH /keys/{key_id}."""
-    record = await key_of(admin, caller, key_id, to_change=True)
+    """PATCH /keys/{key_id}, on the record `key_of(..., to_change=True)` found."""
     changes = read_settings(body, KEY_CHANGES)
     customer = await act.find_customer(admin.store, record.customer_id)
     warnings = act.check_plan_caps(changes, customer)
@@ -401,16 +401,16 @@ async def analytics_of(admin: AdminContext, caller: Caller, query: dict[str, str
 
 
 async def key_what_if(request: web.Request, caller: Caller) -> web.Response:
-    body = await read_body(request)
-    return reply(await what_if_of(context(request), caller, _key_id(request), body))
+    admin = context(request)
+    record = await key_of(admin, caller, _key_id(request))
+    return reply(await what_if_of(admin, record, await read_body(request)))
 
 
 async def what_if_of(
-    admin: AdminContext, caller: Caller, key_id: str, body: dict[str, Any]
+    admin: AdminContext, record: KeyRecord, body: dict[str, Any]
 ) -> dict[str, Any]:
-    """POST /keys/{key_id}/what-if. Changes nothing: the proposal is judged against the
-    recorded traffic only."""
-    record = await key_of(admin, caller, key_id)
+    """POST /keys/{key_id}/what-if, on the record `key_of` found. Changes nothing: the
+    proposal is judged against the recorded traffic only."""
     return await what_if(admin.store, record, read_settings(body, WHAT_IF_SETTINGS))
 
 

@@ -22,6 +22,7 @@ from ..errors import Invalid, Unauthorized
 from ..manage import actions as act
 from ..manage.usage import usage_csv
 from ..ratelimit import seconds_to_month_end
+from ..records import KeyRecord
 from . import access, key_page, pages
 from .access import Visit
 from .session import PATH
@@ -134,14 +135,14 @@ async def restrictions(request: web.Request) -> web.Response:
     """Check (what-if, nothing saved) or save the edited restrictions: only the fields
     that differ from the key's are sent, so only those are judged or changed."""
     visit, form = await access.change_of(request)
-    admin, key_id = access.admin_of(request), request.match_info["key_id"]
-    key = act.record_json(await h.key_of(admin, visit.caller, key_id, to_change=True))
+    admin = access.admin_of(request)
+    record = await h.key_of(admin, visit.caller, request.match_info["key_id"], to_change=True)
     proposal = _proposal(form)
-    changed = {name: value for name, value in proposal.items() if key[name] != value}
+    changed = _changed(record, proposal)
     if form.get("go") == "save" and changed:
-        await h.changed_key(admin, visit.caller, key_id, changed)
-        return access.redirect(f"/portal/keys/{pages.u(key['key_id'])}?done=saved")
-    answer = await _what_if(admin, visit.caller, key, changed)
+        await h.changed_key(admin, visit.caller, record, changed)
+        return access.redirect(f"/portal/keys/{pages.u(record.key_id)}?done=saved")
+    answer = await _what_if(admin, record, changed)
     return await _key_page(request, visit, proposal, answer)
 
 
@@ -149,24 +150,28 @@ async def what_if(request: web.Request) -> web.Response:
     """The what-if panel alone, for portal.js to show while the customer edits the
     restrictions form (the same form fields, the same answer as "Check")."""
     visit, form = await access.change_of(request)
-    admin, key_id = access.admin_of(request), request.match_info["key_id"]
-    key = act.record_json(await h.key_of(admin, visit.caller, key_id, to_change=True))
-    changed = {name: value for name, value in _proposal(form).items() if key[name] != value}
+    admin = access.admin_of(request)
+    record = await h.key_of(admin, visit.caller, request.match_info["key_id"], to_change=True)
     try:
-        answer = await _what_if(admin, visit.caller, key, changed)
+        answer = await _what_if(admin, record, _changed(record, _proposal(form)))
     except Invalid as exc:  # a pattern still being typed: say what is wrong with it
         return access.html(key_page.what_if_problem(exc.message), 400, visit)
     return access.html(key_page.what_if_panel(answer), visit=visit)
 
 
+def _changed(record: KeyRecord, proposal: dict[str, Any]) -> dict[str, Any]:
+    key = act.record_json(record)
+    return {name: value for name, value in proposal.items() if key[name] != value}
+
+
 async def _what_if(
-    admin: AdminContext, caller: Caller, key: dict[str, Any], changed: dict[str, Any]
+    admin: AdminContext, record: KeyRecord, changed: dict[str, Any]
 ) -> dict[str, Any]:
     """POST /keys/{key_id}/what-if's answer to the changed fields (none: nothing)."""
     if not changed:
         return {"served": 0, "would_refuse": 0, "would_allow": 0, "unchanged": True,
                 "behind": {"would_refuse": {}, "would_allow": {}}}  # fmt: skip
-    return await h.what_if_of(admin, caller, key["key_id"], changed)
+    return await h.what_if_of(admin, record, changed)
 
 
 def _proposal(form: dict[str, str]) -> dict[str, Any]:
@@ -188,7 +193,7 @@ async def allow_referrer(request: web.Request) -> web.Response:
     if not host:
         raise Invalid("host", "required")
     if host not in key.referrers:
-        await h.changed_key(admin, visit.caller, key_id, {"referrers": [*key.referrers, host]})
+        await h.changed_key(admin, visit.caller, key, {"referrers": [*key.referrers, host]})
     return access.redirect(f"/portal/keys/{pages.u(key.key_id)}?done=allowed")
 
 
