@@ -282,7 +282,9 @@ def test_create_shows_the_key_once_and_revoke_ends_it(chromium: Browser, site: S
     assert site.get("a.txt", key) == 403
 
 
-def test_roll_shows_the_new_key_and_the_old_ones_traffic(chromium: Browser, site: Site) -> None:
+def test_roll_shows_the_new_key_and_the_old_ones_traffic(
+    chromium: Browser, site: Site, tmp_path: Path
+) -> None:
     old = site.admin("POST", "/keys", {"name": "rolled"}, site.tokens["acme"]).json()
     with tab(chromium, site) as t:
         sign_in(t, site, site.tokens["acme"])
@@ -293,11 +295,12 @@ def test_roll_shows_the_new_key_and_the_old_ones_traffic(chromium: Browser, site
         assert new.startswith("pk_1_") and new != old["key"]
         assert "keeps working until" in t.page.inner_text("#old-key")
         assert t.page.locator("#old-key svg").count() == 1
+        t.page.screenshot(path=tmp_path / "rolled.png", full_page=True)
     assert site.get("a.txt", new) == 200 and site.get("a.txt", old["key"]) == 200
 
 
 def test_editing_a_referrer_rule_shows_its_what_if_before_saving(
-    chromium: Browser, site: Site
+    chromium: Browser, site: Site, tmp_path: Path
 ) -> None:
     minted = site.admin("POST", "/keys", {"name": "edited", "referrers": ["good.example"]},
                         site.tokens["acme"]).json()  # fmt: skip
@@ -319,6 +322,7 @@ def test_editing_a_referrer_rule_shows_its_what_if_before_saving(
         t.page.fill("#referrers", "shop.example")
         t.page.click("text=Check what would change")  # the same answer without script
         assert t.page.inner_text("#what-if") == live
+        t.page.locator("#restrictions").screenshot(path=tmp_path / "what-if.png")
         assert site.admin("GET", f"/keys/{minted['key_id']}").json()["referrers"] == [
             "good.example"
         ]  # checked, not saved

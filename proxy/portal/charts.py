@@ -47,9 +47,9 @@ def chart(
                 f'height="{height:.1f}" fill="{PALETTE[n % len(PALETTE)]}" '
                 f'data-value="{value}"><title>{escape(what)}</title></rect>'
             )
+    scale = f'<text x="0" y="16" class="axis">{escape(shown(top))}</text>' if bars else ""
     axis = (
-        f'<text x="0" y="16" class="axis">{escape(shown(top))}</text>'
-        f'<line x1="0" y1="{HEIGHT - BOTTOM}" x2="{WIDTH}" y2="{HEIGHT - BOTTOM}" '
+        f'{scale}<line x1="0" y1="{HEIGHT - BOTTOM}" x2="{WIDTH}" y2="{HEIGHT - BOTTOM}" '
         'stroke="#9ca3af"/>'
     )
     if labels:
