@@ -40,7 +40,6 @@ from .cache.entry import cache_key
 from .config import Route
 from .exchange import Exchange, Target
 from .origin import OriginRequest
-from .origin.file import content_type
 
 _RANGE = hdrs.RANGE  # istr: a cheaper lookup in a request's CIMultiDict (conditional.py)
 _ACCEPT_ENCODING = hdrs.ACCEPT_ENCODING
@@ -82,7 +81,7 @@ def folder_coding(
 ) -> str | None:
     """The coding a folder file's request takes, or None: the file as it is. Its type
     comes from its name, as the file origin gives it; a compressible one gets Vary."""
-    if not encoded.varies(route, {"Content-Type": content_type(object_path)}):
+    if not encoded.varies_by_name(route, object_path):
         return None
     add_vary(exchange.headers)  # every answer below carries the request's headers
     asked = exchange.request.headers

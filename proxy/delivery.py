@@ -303,10 +303,12 @@ async def _answer_entry(
         if rep is not None:
             cache.store.touch(rep, time.time())  # for the LRU sweep and the memory tier
             response = await _answer_planned(exchange, rep, cache.store, out)
-            if response is None and entry.encoded is not None:
-                entry.encoded.clear()  # gone from disk: found again, or made again
-            else:
-                sent_coded(cache.encoded, exchange, entry.size, rep)
+            if response is None:  # evicted or replaced: found again, or made again
+                cache.forget(rep.key)
+                if entry.encoded is not None:
+                    entry.encoded.clear()
+                return None
+            sent_coded(cache.encoded, exchange, entry.size, rep)
             return response
     return await _answer_planned(exchange, entry, cache.store, out)
 

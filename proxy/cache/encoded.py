@@ -52,6 +52,7 @@ from ..codings import CODINGS, Compressible, encode
 from ..config import CompressionConfig, Route
 from ..metrics import Metrics
 from ..origin import Origin, OriginRequest
+from ..origin.file import content_type
 from ..routing import SEPARATOR
 from .entry import CacheEntry, file_name, same_fill
 from .files import SMALL_OBJECT, DiskStore, TempObject
@@ -63,6 +64,7 @@ MAX_SOURCE = 16 * 1024**2  # larger bodies are always sent as they are
 MAKING_AT_ONCE = 2  # jobs coding at once, per process
 MAX_WAITING = 1_000  # jobs queued, per process; more first requests get the identity only
 MAX_SKIPPED = 10_000  # representations remembered as not worth making
+MAX_NAMES = 4_096  # folder file names whose type is remembered (varies_by_name)
 STAGES = ("original", "sent")  # keyfront_compression_bytes_total's `stage`
 
 
@@ -101,7 +103,9 @@ class Representations:
         self._making: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(MAKING_AT_ONCE)
         self._skipped: dict[str, str] = {}  # representation key -> source not worth coding
+        self._by_name: dict[str, bool] = {}  # folder file name -> varies (varies_by_name)
         self.bytes = {f"{c}\0{stage}": 0 for c in config.encodings for stage in STAGES}
+        self._labels = {c: (f"{c}\0original", f"{c}\0sent") for c in CODINGS}
 
     # --- the request path -----------------------------------------------------------
 
@@ -116,6 +120,19 @@ class Representations:
             and "Content-Encoding" not in headers
             and self._types.media(headers.get("Content-Type"))
         )
+
+    def varies_by_name(self, route: Route, object_path: str) -> bool:
+        """`varies` for a folder file, whose type comes from its name (file.py does
+        the same); memoised by name, bounded, so that a folder's PNG costs a lookup."""
+        if not (self.offered and route.compress):
+            return False
+        known = self._by_name.get(object_path)
+        if known is None:
+            known = self._types.media(content_type(object_path))
+            if len(self._by_name) >= MAX_NAMES:
+                self._by_name.clear()
+            self._by_name[object_path] = known
+        return known
 
     def choose(self, accept_encoding: str | None) -> str:
         return self._negotiator.choose(accept_encoding)
@@ -174,8 +191,9 @@ class Representations:
     def count(self, coding: str, original: int, sent: int) -> None:
         """A representation was sent: `sent` bytes standing for `original` identity ones."""
         counts = self.bytes
-        counts[f"{coding}\0original"] = counts.get(f"{coding}\0original", 0) + original
-        counts[f"{coding}\0sent"] = counts.get(f"{coding}\0sent", 0) + sent
+        original_label, sent_label = self._labels[coding]
+        counts[original_label] = counts.get(original_label, 0) + original
+        counts[sent_label] = counts.get(sent_label, 0) + sent
 
     def count_into(self, metrics: Metrics) -> None:
         metrics.counters["compression_bytes"] = dict(self.bytes)
