@@ -78,17 +78,17 @@ def representation(
 
 def folder_coding(
     encoded: Representations, exchange: Exchange, route: Route, object_path: str
-) -> str | None:
-    """The coding a folder file's request takes, or None: the file as it is. Its type
-    comes from its name, as the file origin gives it; a compressible one gets Vary."""
+) -> tuple[bool, str | None]:
+    """Whether a folder file's answers vary with Accept-Encoding (its type comes from
+    its name, as the file origin gives it), and the coding this request takes, or None:
+    the file as it is."""
     if not encoded.varies_by_name(route, object_path):
-        return None
-    add_vary(exchange.headers)  # every answer below carries the request's headers
+        return False, None
     asked = exchange.request.headers
     if _RANGE in asked:
-        return None
+        return True, None
     coding = encoded.choose(asked.get(_ACCEPT_ENCODING))
-    return None if coding == IDENTITY else coding
+    return True, None if coding == IDENTITY else coding
 
 
 async def folder_representation(

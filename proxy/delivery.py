@@ -171,7 +171,7 @@ async def _from_folder(
     """A folder file: its cached representation when the client takes one and it is
     made for the file as it is now (compression.py), else the file itself."""
     encoded = cache.encoded
-    coding = folder_coding(encoded, exchange, target.route, object_path)
+    vary, coding = folder_coding(encoded, exchange, target.route, object_path)
     found = None
     if coding is not None:
         found = await folder_representation(encoded, target, object_path, coding)
@@ -180,24 +180,26 @@ async def _from_folder(
         cache.store.touch(rep, time.time())
         exchange.cache = _HIT
         out = base_headers(target.route, exchange)
+        add_vary(out)
         response = await _answer_planned(exchange, rep, cache.store, out)
         if response is not None:
             sent_coded(encoded, exchange, size, rep)
             return response
         cache.forget(rep.key)  # its file vanished: the file itself, and a new one is made
         exchange.cache = XCache.BYPASS
-    return await pass_through(exchange, target, object_path)
+    return await pass_through(exchange, target, object_path, vary=vary)
 
 
 # --- pass-through: straight from the origin, uncached ----------------------------------
 
 
 async def pass_through(
-    exchange: Exchange, target: Target, object_path: str, variant: str = ""
+    exchange: Exchange, target: Target, object_path: str, variant: str = "", *, vary: bool = False
 ) -> web.StreamResponse:
     """Fetch from the origin with the client's Range and conditionals and send it on:
     the body in one write when the origin has it in memory, else streamed chunk by
-    chunk with bounded memory."""
+    chunk with bounded memory. `vary`: the object has compressed representations (a
+    folder file's), so its answers say `Vary: Accept-Encoding`."""
     request = exchange.request
     headers = request.headers
     method: Literal["GET", "HEAD"] = "HEAD" if request.method == "HEAD" else "GET"
@@ -216,6 +218,8 @@ async def pass_through(
     try:
         out = base_headers(target.route, exchange)
         out.update(fetched.headers)
+        if vary:
+            add_vary(out)
         if fetched.stream is None:
             exchange.sent = len(fetched.data) if fetched.data else 0
             return web.Response(status=fetched.status, headers=out, body=fetched.data)

@@ -9,7 +9,9 @@ import http.client
 import json
 import os
 import random
+import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -34,6 +36,7 @@ def svg(size: int, seed: int) -> bytes:
     return "".join(parts).encode()
 
 
+REDBOT = shutil.which("redbot") or os.path.join(os.path.dirname(sys.executable), "redbot")
 ICON = svg(10_000, 1)
 SMALL = svg(300, 2)  # under compression.min_size
 PNG = b"\x89PNG\r\n\x1a\n" + random.Random(3).randbytes(10_000)
@@ -350,3 +353,22 @@ def test_a_folder_file_is_coded_and_an_edit_gets_new_representations(
     status, headers, body = get(kf, "/files/icon.svg", Accept_Encoding="br", Range="bytes=0-9")
     assert (status, body, headers["Vary"]) == (206, edited[:10], "Accept-Encoding")
     assert "Content-Encoding" not in headers
+
+
+@pytest.mark.parametrize("path", ["/http/icon.svg", "/files/icon.svg"])
+def test_redbot_finds_nothing_bad_and_gzip_negotiation_working(
+    kf: KeyfrontProcess, path: str
+) -> None:
+    coded(kf, path, "gzip")
+    har = subprocess.run(
+        [REDBOT, "-o", "har", kf.url + path], capture_output=True, text=True, check=True,
+        timeout=60,
+    ).stdout  # fmt: skip
+    notes = {
+        (message["level"], message["note_id"])
+        for entry in json.loads(har)["log"]["entries"]
+        for message in entry.get("_red_messages", [])
+    }
+    assert [note for note in notes if note[0] == "BAD"] == []
+    assert ("GOOD", "CONNEG_GZIP_GOOD") in notes  # it compared the gzip answer with the identity
+    assert ("GOOD", "INM_304") in notes
