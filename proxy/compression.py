@@ -4,7 +4,7 @@ and keeps the representations (cache/encoded.py).
 
     representation(encoded, asked, route, entry, out)  -> a cached object's coded
                                                           representation, or None
-    folder_coding(encoded, exchange, route, path)      -> the coding to look for a
+    folder_coding(encoded, exchange)                   -> the coding to look for a
                                                           folder file's in, or None
     folder_representation(encoded, target, path, coding) -> it, made for the file as
                                                           it is now, or None
@@ -76,19 +76,15 @@ def representation(
     return None if coding == IDENTITY else encoded.of_entry(entry, coding)
 
 
-def folder_coding(
-    encoded: Representations, exchange: Exchange, route: Route, object_path: str
-) -> tuple[bool, str | None]:
-    """Whether a folder file's answers vary with Accept-Encoding (its type comes from
-    its name, as the file origin gives it), and the coding this request takes, or None:
-    the file as it is."""
-    if not encoded.varies_by_name(route, object_path):
-        return False, None
+def folder_coding(encoded: Representations, exchange: Exchange) -> str | None:
+    """The coding a request for a folder file of a compressible type takes (its type
+    comes from its name, as the file origin gives it: `varies_by_name`), or None: the
+    file as it is."""
     asked = exchange.request.headers
     if _RANGE in asked:
-        return True, None
+        return None
     coding = encoded.choose(asked.get(_ACCEPT_ENCODING))
-    return True, None if coding == IDENTITY else coding
+    return None if coding == IDENTITY else coding
 
 
 async def folder_representation(

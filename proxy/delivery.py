@@ -85,7 +85,7 @@ async def deliver(
         # says BYPASS: the answer is the origin's as it is now, whatever memory the
         # file origin keeps of small files (validated by stat on every request). Its
         # compressed representations are cached, keyed by the file's identity (HIT).
-        if cache is not None and route.compress and cache.encoded.offered:
+        if cache is not None and cache.encoded.varies_by_name(route, object_path):
             return await _from_folder(cache, exchange, target, object_path)
         return await pass_through(exchange, target, object_path, variant)
     key = cache_key(target.key_space, object_path, variant)
@@ -168,10 +168,11 @@ async def _through_fill(
 async def _from_folder(
     cache: Cache, exchange: Exchange, target: Target, object_path: str
 ) -> web.StreamResponse:
-    """A folder file: its cached representation when the client takes one and it is
-    made for the file as it is now (compression.py), else the file itself."""
+    """A folder file of a compressible type: its cached representation when the client
+    takes one and it is made for the file as it is now (compression.py), else the file
+    itself; either way with `Vary: Accept-Encoding`."""
     encoded = cache.encoded
-    vary, coding = folder_coding(encoded, exchange, target.route, object_path)
+    coding = folder_coding(encoded, exchange)
     found = None
     if coding is not None:
         found = await folder_representation(encoded, target, object_path, coding)
@@ -187,7 +188,7 @@ async def _from_folder(
             return response
         cache.forget(rep.key)  # its file vanished: the file itself, and a new one is made
         exchange.cache = XCache.BYPASS
-    return await pass_through(exchange, target, object_path, vary=vary)
+    return await pass_through(exchange, target, object_path, vary=True)
 
 
 # --- pass-through: straight from the origin, uncached ----------------------------------

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -372,3 +373,65 @@ def test_redbot_finds_nothing_bad_and_gzip_negotiation_working(
     assert [note for note in notes if note[0] == "BAD"] == []
     assert ("GOOD", "CONNEG_GZIP_GOOD") in notes  # it compared the gzip answer with the identity
     assert ("GOOD", "INM_304") in notes
+
+
+def test_a_changed_object_is_never_answered_with_its_old_representation(
+    tmp_path: Path, origin: CodingOrigin
+) -> None:
+    # The identity is refilled once its ttl is past and the origin has a new version:
+    # its representations were made from the old bytes, and are not sent again.
+    config = f"""
+store: sqlite://{tmp_path}/kf2.db
+keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
+routes: [{{prefix: /http/, origin: "{origin.url}", auth: none}}]
+cache: {{dir: {tmp_path}/cache2, ttl: 1s, stale_while_revalidate: 0s}}
+access_log: "off"
+"""
+    kf = start_keyfront(config, str(tmp_path))
+    try:
+        _, old, body = coded(kf, "/http/other0.svg", "br")
+        assert decode(body, "br") == ICON
+        changed = svg(11_000, 5)
+        Path(origin.root, "other0.svg").write_bytes(changed)
+        time.sleep(1.2)
+
+        status, headers, body = get(kf, "/http/other0.svg", Accept_Encoding="br")
+        assert (status, headers["X-Cache"], body) == (200, "MISS", changed)
+        _, new, body = coded(kf, "/http/other0.svg", "br")
+        assert decode(body, "br") == changed
+        assert new["ETag"] != old["ETag"]
+    finally:
+        assert kf.stop() == 0
+
+
+def test_worker_processes_make_one_representation_and_agree(
+    tmp_path: Path, origin: CodingOrigin
+) -> None:
+    config = f"""
+store: sqlite://{tmp_path}/kf3.db
+keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
+routes: [{{prefix: /http/, origin: "{origin.url}", auth: none}}]
+cache: {{dir: {tmp_path}/cache3}}
+access_log: "off"
+"""
+    kf = start_keyfront(config, str(tmp_path), "--workers", "2")
+    try:
+        get(kf, "/http/icon.svg")  # stored
+        with ThreadPoolExecutor(16) as pool:  # first requests on both workers at once
+            first = list(
+                pool.map(lambda _: get(kf, "/http/icon.svg", Accept_Encoding="br"), range(32))
+            )
+        assert all(status == 200 for status, _, _ in first)
+        coded(kf, "/http/icon.svg", "br")
+        time.sleep(0.3)
+        answers = [get(kf, "/http/icon.svg", Accept_Encoding="br") for _ in range(20)]
+    finally:
+        assert kf.stop() == 0
+    # each answer is whole: the identity, or the one representation, whichever worker
+    etags = set()
+    for _, headers, body in answers + first:
+        assert (decode(body, "br") if "Content-Encoding" in headers else body) == ICON
+        if "Content-Encoding" in headers:
+            etags.add(headers["ETag"])
+    assert len(etags) == 1
+    assert sum(len(files) for _, _, files in os.walk(tmp_path / "cache3" / "objects")) == 2
