@@ -38,8 +38,8 @@ import io
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
-from typing import Literal
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -295,27 +295,34 @@ def base_headers(route: Route, exchange: Exchange) -> dict[str, str]:
     return out
 
 
-async def _answer_entry(
+def _answer_entry(
     exchange: Exchange, route: Route, entry: CacheEntry, cache: Cache
-) -> web.StreamResponse | None:
+) -> Coroutine[Any, Any, web.StreamResponse | None]:
     """The answer from a published entry, or from its compressed representation
-    (compression.py); None if its file vanished or was replaced by another process
-    meanwhile (the caller looks again). An object of a type never compressed costs one
-    attribute read more than before (`varies` is False)."""
+    (compression.py), to be awaited; None if its file vanished or was replaced by
+    another process meanwhile (the caller looks again). Not a coroutine itself, so that
+    a hit still runs one coroutine, as before compression; an object of a type never
+    compressed pays one attribute read (`varies` is False)."""
     out = base_headers(route, exchange)
     if entry.varies is not False:
         rep = representation(cache.encoded, exchange.request.headers, route, entry, out)
         if rep is not None:
-            cache.store.touch(rep, time.time())  # for the LRU sweep and the memory tier
-            response = await _answer_planned(exchange, rep, cache.store, out)
-            if response is None:  # evicted or replaced: found again, or made again
-                cache.forget(rep.key)
-                if entry.encoded is not None:
-                    entry.encoded.clear()
-                return None
-            sent_coded(cache.encoded, exchange, entry.size, rep)
-            return response
-    return await _answer_planned(exchange, entry, cache.store, out)
+            return _answer_coded(exchange, entry, rep, cache, out)
+    return _answer_planned(exchange, entry, cache.store, out)
+
+
+async def _answer_coded(
+    exchange: Exchange, entry: CacheEntry, rep: CacheEntry, cache: Cache, out: dict[str, str]
+) -> web.StreamResponse | None:
+    cache.store.touch(rep, time.time())  # for the LRU sweep and the memory tier
+    response = await _answer_planned(exchange, rep, cache.store, out)
+    if response is None:  # evicted or replaced: found again, or made again
+        cache.forget(rep.key)
+        if entry.encoded is not None:
+            entry.encoded.clear()
+        return None
+    sent_coded(cache.encoded, exchange, entry.size, rep)
+    return response
 
 
 async def _answer_planned(
