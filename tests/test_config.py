@@ -1131,6 +1131,16 @@ def test_compression_is_on_by_default_with_the_spec_example(tmp_path: Path) -> N
     assert config.routes[0].compress is True
 
 
+def test_describe_says_what_is_compressed(tmp_path: Path) -> None:
+    data = minimal()
+    data["routes"].append({"prefix": "/raw/", "origin": "https://o.example/", "compress": False})
+    summary = describe(load_dict(tmp_path, data))
+    assert "compression br, zstd, gzip of image/svg+xml, text/*," in summary
+    assert "route /raw/ -> https://o.example/ (auth key, compress off)" in summary
+    data["compression"] = {"encodings": []}
+    assert "compression off" in describe(load_dict(tmp_path, data))
+
+
 def test_every_bad_compression_field_is_named_at_once(tmp_path: Path) -> None:
     data = minimal()
     data["compression"] = {"encodings": ["br", "lzma", "br"], "types": ["x"], "min_size": -1}
