@@ -46,7 +46,7 @@ from types import FrameType
 
 import yaml
 
-from . import report, scenarios
+from . import compression, report, scenarios
 from .load import FLOOD_LUA, OPAQUE_FLOOD_LUA
 from .matrix import Cell, run_rounds
 from .profile import profile
@@ -65,6 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--no-cold", dest="cold", action="store_false", help="skip 1,000 cold requests")
     add("--no-stream", dest="stream", action="store_false", help="skip the 2 GiB stream")
     add("--profile", action="store_true", help="py-spy keyfront during one extra run")
+    add("--compression", action="store_true", help="then bench/compression.py (SPEC 17)")
     add(
         "--keyfront-path",
         choices=("auto", "cache", "file"),
@@ -162,6 +163,9 @@ def measure_all(args: argparse.Namespace, bench: Bench, cores: Cores, procs: Pro
         parts.streams = _streams(bench)
     if args.profile:
         parts.profiles = _profiles(args, bench, cores)
+    if args.compression:  # its own origin and keyfront, under the same root
+        extra = compression.measure(procs, cores, bench.root / "compression", 3, args.duration)
+        return report.render(parts) + "\n\n" + extra
     return report.render(parts)
 
 

@@ -278,7 +278,7 @@ async def open_redirects(config: Config) -> list[asyncio.Server]:
 
 async def open_cache(runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:
     """The disk cache for this process; a folder it cannot use stops start-up."""
-    cache = Cache(runtime.config.cache, runtime.config.routes)
+    cache = Cache(runtime.config.cache, runtime.config.routes, runtime.config.compression)
     try:
         await cache.open()
     except OSError as exc:

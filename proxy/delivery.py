@@ -38,8 +38,8 @@ import io
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
-from typing import Literal
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -47,6 +47,14 @@ from .cache import Cache, CacheEntry, Fill, FillBroken, FillOutcome, Freshness
 from .cache.entry import cache_key, variant_query
 from .cache.files import DiskStore
 from .cache.serve import entry_body, fill_chunks, plan, rest_from_origin
+from .compression import (
+    add_vary,
+    folder_coding,
+    folder_representation,
+    representation,
+    sent_coded,
+    varies,
+)
 from .conditional import ByteRange, if_range_holds, preconditions_hold, validators_of
 from .config import Route
 from .errors import NotFound, OriginError, OriginTimeout, Refusal
@@ -75,7 +83,10 @@ async def deliver(
     if cache is None or target.local:
         # No disk cache, or a folder (issue 14 item 3): edits show at once. X-Cache
         # says BYPASS: the answer is the origin's as it is now, whatever memory the
-        # file origin keeps of small files (validated by stat on every request).
+        # file origin keeps of small files (validated by stat on every request). Its
+        # compressed representations are cached, keyed by the file's identity (HIT).
+        if cache is not None and cache.encoded.varies_by_name(route, object_path):
+            return await _from_folder(cache, exchange, target, object_path)
         return await pass_through(exchange, target, object_path, variant)
     key = cache_key(target.key_space, object_path, variant)
     if not cache.bypassed(key):
@@ -98,11 +109,11 @@ async def _from_cache(
         if freshness is Freshness.FRESH:
             cache.store.touch(entry, now)
             exchange.cache = _HIT
-            return await _answer_entry(exchange, target.route, entry, cache.store)
+            return await _answer_entry(exchange, target.route, entry, cache)
         if freshness is Freshness.STALE_SERVE:
             _fill(cache, target, key, object_path, variant=variant, stale=entry)  # a refresh
             exchange.cache = XCache.STALE
-            return await _answer_entry(exchange, target.route, entry, cache.store)
+            return await _answer_entry(exchange, target.route, entry, cache)
     return await _through_fill(
         cache, exchange, target, key, object_path, variant=variant, stale=entry
     )
@@ -137,10 +148,10 @@ async def _through_fill(
             if stale is None or not cache.usable_on_error(stale, time.time()):
                 raise
             exchange.cache = XCache.STALE  # SPEC 5 stale_if_error
-            return await _answer_entry(exchange, target.route, stale, cache.store)
+            return await _answer_entry(exchange, target.route, stale, cache)
         if outcome is FillOutcome.STORED:
             exchange.cache = XCache.MISS
-            return await _answer_fill(exchange, target.route, fill, target.origin)
+            return await _answer_fill(exchange, target.route, fill, cache, target.origin)
         if outcome is FillOutcome.ABSENT:
             exchange.cache = XCache.MISS
             raise NotFound()
@@ -149,20 +160,47 @@ async def _through_fill(
             return await pass_through(exchange, target, object_path, variant)
         exchange.cache = XCache.REVALIDATED if outcome is FillOutcome.REFRESHED else XCache.HIT
         assert fill.entry is not None
-        return await _answer_entry(exchange, target.route, fill.entry, cache.store)
+        return await _answer_entry(exchange, target.route, fill.entry, cache)
     finally:
         fill.leave()
+
+
+async def _from_folder(
+    cache: Cache, exchange: Exchange, target: Target, object_path: str
+) -> web.StreamResponse:
+    """A folder file of a compressible type: its cached representation when the client
+    takes one and it is made for the file as it is now (compression.py), else the file
+    itself; either way with `Vary: Accept-Encoding`."""
+    encoded = cache.encoded
+    coding = folder_coding(encoded, exchange)
+    found = None
+    if coding is not None:
+        found = await folder_representation(encoded, target, object_path, coding)
+    if found is not None:
+        rep, size = found
+        cache.store.touch(rep, time.time())
+        exchange.cache = _HIT
+        out = base_headers(target.route, exchange)
+        add_vary(out)
+        response = await _answer_planned(exchange, rep, cache.store, out)
+        if response is not None:
+            sent_coded(encoded, exchange, size, rep)
+            return response
+        cache.forget(rep.key)  # its file vanished: the file itself, and a new one is made
+        exchange.cache = XCache.BYPASS
+    return await pass_through(exchange, target, object_path, vary=True)
 
 
 # --- pass-through: straight from the origin, uncached ----------------------------------
 
 
 async def pass_through(
-    exchange: Exchange, target: Target, object_path: str, variant: str = ""
+    exchange: Exchange, target: Target, object_path: str, variant: str = "", *, vary: bool = False
 ) -> web.StreamResponse:
     """Fetch from the origin with the client's Range and conditionals and send it on:
     the body in one write when the origin has it in memory, else streamed chunk by
-    chunk with bounded memory."""
+    chunk with bounded memory. `vary`: the object has compressed representations (a
+    folder file's), so its answers say `Vary: Accept-Encoding`."""
     request = exchange.request
     headers = request.headers
     method: Literal["GET", "HEAD"] = "HEAD" if request.method == "HEAD" else "GET"
@@ -181,6 +219,8 @@ async def pass_through(
     try:
         out = base_headers(target.route, exchange)
         out.update(fetched.headers)
+        if vary:
+            add_vary(out)
         if fetched.stream is None:
             exchange.sent = len(fetched.data) if fetched.data else 0
             return web.Response(status=fetched.status, headers=out, body=fetched.data)
@@ -255,13 +295,41 @@ def base_headers(route: Route, exchange: Exchange) -> dict[str, str]:
     return out
 
 
-async def _answer_entry(
-    exchange: Exchange, route: Route, entry: CacheEntry, files: DiskStore
-) -> web.StreamResponse | None:
-    """The answer from a published entry; None if its file vanished or was replaced
-    by another process meanwhile (the caller looks again). A small body goes out with
-    its head in one write; a large one by sendfile."""
+def _answer_entry(
+    exchange: Exchange, route: Route, entry: CacheEntry, cache: Cache
+) -> Coroutine[Any, Any, web.StreamResponse | None]:
+    """The answer from a published entry, or from its compressed representation
+    (compression.py), to be awaited; None if its file vanished or was replaced by
+    another process meanwhile (the caller looks again). Not a coroutine itself, so that
+    a hit still runs one coroutine, as before compression; an object of a type never
+    compressed pays one attribute read (`varies` is False)."""
     out = base_headers(route, exchange)
+    if entry.varies is not False:
+        rep = representation(cache.encoded, exchange.request.headers, route, entry, out)
+        if rep is not None:
+            return _answer_coded(exchange, entry, rep, cache, out)
+    return _answer_planned(exchange, entry, cache.store, out)
+
+
+async def _answer_coded(
+    exchange: Exchange, entry: CacheEntry, rep: CacheEntry, cache: Cache, out: dict[str, str]
+) -> web.StreamResponse | None:
+    cache.store.touch(rep, time.time())  # for the LRU sweep and the memory tier
+    response = await _answer_planned(exchange, rep, cache.store, out)
+    if response is None:  # evicted or replaced: found again, or made again
+        cache.forget(rep.key)
+        if entry.encoded is not None:
+            entry.encoded.clear()
+        return None
+    sent_coded(cache.encoded, exchange, entry.size, rep)
+    return response
+
+
+async def _answer_planned(
+    exchange: Exchange, entry: CacheEntry, files: DiskStore, out: dict[str, str]
+) -> web.StreamResponse | None:
+    """`entry` as conditional.plan decides, `out` its headers so far. A small body goes
+    out with its head in one write; a large one by sendfile."""
     status, part = plan(entry, exchange.request.headers, out)
     if part is None or exchange.request.method == "HEAD":
         return web.Response(status=status, headers=out)
@@ -276,13 +344,16 @@ async def _answer_entry(
 
 
 async def _answer_fill(
-    exchange: Exchange, route: Route, fill: Fill, origin: Origin
+    exchange: Exchange, route: Route, fill: Fill, cache: Cache, origin: Origin
 ) -> web.StreamResponse:
     """A MISS: the client's bytes from the fill's temp file as it grows. The caller
     has joined the fill, so its file stays open until the caller leaves. If the cache
-    cannot write the object (disk full), the rest comes from the origin."""
+    cannot write the object (disk full), the rest comes from the origin. Always the
+    identity: representations are made from the stored object (compression.py)."""
     assert fill.entry is not None
     out = base_headers(route, exchange)
+    if varies(cache.encoded, route, fill.entry):
+        add_vary(out)
     status, part = plan(fill.entry, exchange.request.headers, out)
     if part is None or exchange.request.method == "HEAD":
         return web.Response(status=status, headers=out)

@@ -118,6 +118,7 @@ class Metrics(Collector):
                 "cache_evictions",
                 "cache_coalesced",
                 "cache_write_errors",
+                "compression_bytes",
                 "client_connections_refused",
                 "client_send_timeouts",
                 "client_heads_too_large",
@@ -243,6 +244,12 @@ class Metrics(Collector):
             "origin_requests", "Origin fetches.", ["route", "status"], c["origin_requests"]
         )
         yield _counter("origin_bytes", "Body bytes from origins.", ["route"], c["origin_bytes"])
+        yield _counter(
+            "compression_bytes",
+            "Bytes of compressed responses (SPEC section 17): the identity bytes they stand "
+            "for (stage original) and the bytes sent (stage sent), by coding.",
+            ["encoding", "stage"], c.get("compression_bytes", {}),
+        )  # fmt: skip
         yield _counter("key_cache", "Record cache look-ups.", ["result"], c["key_cache"])
         yield _counter(
             "key_lookups", "External keys: key API answers and cache hits.", ["result"],

@@ -635,6 +635,20 @@ BROKEN: list[tuple[str, Change, str, str]] = [
      "keys.external.lookup.max_stale", "must be at least `stale`"),
     ("bad pattern", put("keys.external.pattern", "[a-z"), "keys.external.pattern",
      "not a regular expression"),
+    # compression (SPEC section 17)
+    ("compress not a bool", put("routes.0.compress", "no"), "routes[0].compress",
+     "true or false"),
+    ("unknown coding", put("compression.encodings", ["br", "deflate"]),
+     "compression.encodings[1]", "br, zstd or gzip"),
+    ("coding twice", put("compression.encodings", ["gzip", "br", "gzip"]),
+     "compression.encodings[2]", "given twice"),
+    ("encodings not a list", put("compression.encodings", "br"), "compression.encodings",
+     "a list of codings"),
+    ("bad media type", put("compression.types", ["text/*", "svg"]), "compression.types[1]",
+     "type/subtype or type/*"),
+    ("uppercase media type", put("compression.types", ["Text/HTML"]), "compression.types[0]",
+     "lowercase"),
+    ("bad min_size", put("compression.min_size", "big"), "compression.min_size", "a size"),
 ]  # fmt: skip
 
 
@@ -916,11 +930,12 @@ keys:
 admin: {token: admin-token-0123456789, customer_max_keys: 5}
 routes:
   - {prefix: /v/, origin: "http://o.example/", auth: none, cache_control: no-store,
-     origin_cache_control: respect, variant_params: [w]}
+     origin_cache_control: respect, variant_params: [w], compress: false}
   - {prefix: /s3/, origin: "s3://bucket/", s3: {endpoint_url: "http://127.0.0.1:8333",
      region: eu, access_key_id: a, secret_access_key: b}}
 cache: {dir: cache, max_size: 1GiB, max_object_size: 1MiB, max_objects: 10, ttl: 1m,
         stale_while_revalidate: 2m, stale_if_error: 3m, negative_ttl: 4m}
+compression: {encodings: [gzip], types: [image/svg+xml], min_size: 2KiB}
 origin_timeouts: {connect: 1s, first_byte: 2s, idle: 3s}
 client_timeouts: {headers: 1s, keepalive: 2s, send: 3s, min_send_rate: 1KiB}
 usage: {flush_interval: 2s, max_pending: 10, analytics: false}
@@ -1112,3 +1127,39 @@ def test_usage_analytics_is_on_by_default_and_reads_the_words_of_an_env_var(
     assert load_dict(tmp_path, minimal()).usage.analytics is True
     data = minimal() | {"usage": {"analytics": "${ANALYTICS}"}}
     assert load_dict(tmp_path, data, {"ANALYTICS": "false"}).usage.analytics is False
+
+
+# --- compression (SPEC section 17) -------------------------------------------------------------
+
+
+def test_compression_is_on_by_default_with_the_spec_example(tmp_path: Path) -> None:
+    config = load_dict(tmp_path, minimal())
+
+    assert config.compression.encodings == ("br", "zstd", "gzip")
+    assert "image/svg+xml" in config.compression.types
+    assert config.compression.min_size == 1024
+    assert config.routes[0].compress is True
+
+
+def test_describe_says_what_is_compressed(tmp_path: Path) -> None:
+    data = minimal()
+    data["routes"].append({"prefix": "/raw/", "origin": "https://o.example/", "compress": False})
+    summary = describe(load_dict(tmp_path, data))
+    assert "compression br, zstd, gzip of image/svg+xml, text/*," in summary
+    assert "route /raw/ -> https://o.example/ (auth key, compress off)" in summary
+    data["compression"] = {"encodings": []}
+    assert "compression off" in describe(load_dict(tmp_path, data))
+
+
+def test_every_bad_compression_field_is_named_at_once(tmp_path: Path) -> None:
+    data = minimal()
+    data["compression"] = {"encodings": ["br", "lzma", "br"], "types": ["x"], "min_size": -1}
+    data["routes"][0]["compress"] = "off"
+
+    assert problems_in(tmp_path, data) == [
+        "routes[0].compress",
+        "compression.encodings[1]",
+        "compression.encodings[2]",
+        "compression.types[0]",
+        "compression.min_size",
+    ]

@@ -40,6 +40,7 @@ SPEC_NAMES = {
     "keyfront_usage_pending_rows",  # the same, with its unit (issue 15)
     "keyfront_customer_requests",
     "keyfront_customer_bytes",
+    "keyfront_compression_bytes",  # SPEC section 17
 }
 
 

@@ -22,6 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proxy.accept_encoding import choose as choose_encoding
+from proxy.accept_encoding import parse as parse_accept_encoding
 from proxy.accesslog import referrer_host
 from proxy.admin.handlers import _moment
 from proxy.cache.entry import CacheEntry
@@ -107,6 +109,11 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "If-Match": lambda t: preconditions_hold({"If-Match": t}, VALIDATORS),
     "If-Unmodified-Since": lambda t: preconditions_hold({"If-Unmodified-Since": t}, VALIDATORS),
     "Authorization": lambda t: _bearer({"Authorization": t}),
+    # the cap is checked first: the slices time the parse itself at its longest
+    "Accept-Encoding": lambda t: [
+        (choose_encoding(t[:n], ("br", "zstd", "gzip")), parse_accept_encoding(t[-n:]))
+        for n in (len(t), 512)
+    ],
     "X-Forwarded-For": lambda t: client_ip("127.0.0.1", t, TRUSTED),
     "X-Request-Id": RequestIds(),
     "Referer": lambda t: RULES.allows(t, None),
@@ -211,6 +218,7 @@ _PREFIXES = [
     "/a",
     "2026-01-01T",
     "127.0.0.1,",
+    "gzip;q=",
 ]
 _RUNS = [" ", "\t", ",", '"', "0", "9", "a", ".", "/", "%", "-", "a.", ", ", "%2", "\udcff"]
 _ENDS = ["", "!", "x", '"', "\x00", "é", "/", ":", "GiB", "/s"]

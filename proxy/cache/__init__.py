@@ -11,6 +11,8 @@ per LRU read) fits file bodies shared by worker processes.
     space.py         the max_size and max_objects bounds: shared counts and an LRU sweep
     echoes.py        purges this process announced, whose echo on the change feed it skips
     serve.py         answering from an entry or a fill: 200/206/304/412/416, HEAD, sendfile
+    encoded.py       compressed representations (SPEC section 17): entries of their own
+                     beside the identity, made off the request path
     freshness.py     an origin's Cache-Control / Expires, for routes that respect them
 
 `Cache` ties them together for `delivery.deliver`, which decides per request between
@@ -21,8 +23,9 @@ What this package owns, and what it may import: the cache folder and everything 
 fills, and answering from an entry. It imports, of keyfront, only the value and edge
 modules below the request pipeline: config, errors, conditional, origin (to fetch),
 routing (cache keys), wire and listener (the bytes on the socket), exchange (the
-request it answers), metrics (counters at scrape time) and policy.normalise_path (a
-purge path is normalised as a request path is). It must never import pipeline,
+request it answers), metrics (counters at scrape time), policy.normalise_path (a
+purge path is normalised as a request path is), and the leaves codings and
+accept_encoding (SPEC section 17). It must never import pipeline,
 delivery, the record store (proxy/store/), usage, ratelimit, keys, records or admin:
 the cache knows nothing of API keys, customers or billing. Inside it, imports flow one
 way: fill_outcome, entry and locks are leaves; share.py does not import fill.py (it
@@ -72,13 +75,14 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ..config import CacheConfig, Route
+from ..config import CacheConfig, CompressionConfig, Route
 from ..errors import BadPath
 from ..metrics import Metrics
 from ..origin import Origin, OriginRequest
 from ..policy import normalise_path
 from ..routing import SEPARATOR, Routes, key_space
 from .echoes import PurgeEchoes
+from .encoded import Representations, representation_keys
 from .entry import CacheEntry, cache_key, file_name, public_path, variant_query
 from .files import DiskStore
 from .fill import Fill
@@ -103,7 +107,12 @@ class Cache:
     """One process's view of the cache folder; `open()` before use, `close()` after.
     `routes`: the configured routes, which purges resolve public paths with."""
 
-    def __init__(self, config: CacheConfig, routes: Iterable[Route] = ()) -> None:
+    def __init__(
+        self,
+        config: CacheConfig,
+        routes: Iterable[Route] = (),
+        compression: CompressionConfig | None = None,
+    ) -> None:
         self.config = config
         self.store = DiskStore(config.dir, max_index=config.max_objects)
         self.space: Space
@@ -116,6 +125,8 @@ class Cache:
         self.echoes = PurgeEchoes()  # purges this process announced (echoes.py)
         self._spaces = tuple((route, key_space(route)) for route in routes)
         self._routes = Routes((route.prefix, (route, space)) for route, space in self._spaces)
+        # SPEC section 17; none configured: nothing is ever compressed
+        self.encoded = Representations(compression or CompressionConfig(encodings=()), self)
 
     async def open(self, rescan: bool = True) -> None:
         """Prepare the folder. `rescan` recounts its bytes in the background, as each
@@ -130,6 +141,7 @@ class Cache:
         """Stop fills still running (in-flight responses have drained by now): their
         temp files are removed, nothing half-written is published."""
         await self.sharing.close()
+        await self.encoded.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -148,6 +160,7 @@ class Cache:
         metrics.counters["cache_evictions"] = {"": self.evictions}
         metrics.counters["cache_coalesced"] = {"": self.coalesced}
         metrics.counters["cache_write_errors"] = {"": self.write_errors}
+        self.encoded.count_into(metrics)
         size, objects, absent = self.space.counts()
         metrics.host_gauges["cache_size_bytes"] = size
         metrics.host_gauges["cache_objects"] = objects + absent  # cached 404s included
@@ -261,11 +274,17 @@ class Cache:
         self.space.freed(size)
         absent = self.store.remove_absent(file_name(key))  # a cached 404
         self.space.freed(absent, objects=0, absent=1)
+        encoded = 0  # its compressed representations (encoded.py), of a folder's file too
+        for rep_key in representation_keys(key):
+            self._drop_key(rep_key)
+            freed = self.store.remove(file_name(rep_key))
+            self.space.freed(freed)
+            encoded += 1 if freed else 0
         variants = 0
         if route.variant_params and not query:
             self._drop_local(lambda k: k.startswith(key + SEPARATOR))
             variants = await self._remove(lambda k: k.startswith(key + SEPARATOR))
-        return variants + (1 if size else 0) + (1 if absent else 0)
+        return variants + encoded + (1 if size else 0) + (1 if absent else 0)
 
     async def purge_prefix(self, prefix: str) -> int:
         """Remove every object whose public path starts with `prefix` (`/request/`);

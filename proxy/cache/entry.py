@@ -10,11 +10,13 @@ metadata with another's body (a separate sidecar would need two renames). Layout
   object replaced by another worker process is never sent under stale headers.
 - `stored_at`: a fixed 8-byte field, so a revalidation (origin 304) refreshes it with
   one `pwrite` instead of rewriting the object.
-- `meta`: the cache key (route, origin and object path: `cache_key`; read back by a
-  purge by prefix), the status (200, or 404 for a cached absence, SPEC section 5
-  `negative_ttl`), the body size, the origin's headers as it sent them: Content-Type,
-  Content-Encoding, ETag, Last-Modified (SPEC section 1: the validators are the
-  origin's, never recomputed here), and the freshness lifetime the origin gave, when
+- `meta`: the cache key (route, origin and object path: `cache_key`, and for a
+  compressed representation the coding after two newlines: encoded.py; read back by a
+  purge by prefix), what a representation was made from (`source`), the status (200,
+  or 404 for a cached absence, SPEC section 5 `negative_ttl`), the body size, the
+  origin's headers as it sent them: Content-Type, Content-Encoding, ETag,
+  Last-Modified (SPEC section 1: the validators are the origin's, never recomputed
+  here), and the freshness lifetime the origin gave, when
   the route respects it (`ttl`; absent: the cache's `ttl`).
 
 File names are the sha256 of the cache key, fanned out over 256 folders
@@ -88,6 +90,13 @@ class CacheEntry:
     used: float = 0.0  # unix time of the last hit in this process (approximate LRU)
     ttl: float | None = None  # the origin's lifetime (freshness.py); None: cache.ttl
     body: bytes | None = None  # in-memory copy, for small hot objects
+    # A compressed representation (encoded.py): what it was made from, the identity's
+    # fill id or a folder file's ETag; None for the identity itself.
+    source: str | None = None
+    # The identity's, set on first use (delivery.py): None unknown, else whether its
+    # responses vary with Accept-Encoding; and its representations found so far.
+    varies: bool | None = None
+    encoded: dict[str, CacheEntry] | None = None
     validators: Validators = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +118,8 @@ def encode_header(entry: CacheEntry) -> bytes:
     meta["headers"] = entry.headers
     if entry.ttl is not None:
         meta["ttl"] = entry.ttl
+    if entry.source is not None:
+        meta["source"] = entry.source
     raw = json.dumps(meta, separators=(",", ":"), ensure_ascii=True).encode()
     entry.body_offset = PREFIX.size + len(raw)
     return PREFIX.pack(MAGIC, entry.fill_id, entry.stored_at, len(raw)) + raw
@@ -126,10 +137,11 @@ def decode_header(head: bytes, key: str, name: str) -> CacheEntry | None:
     try:
         meta = json.loads(head[PREFIX.size : end])
         headers = {k: str(v) for k, v in meta["headers"].items() if k in KEPT_HEADERS}
-        ttl = meta.get("ttl")
+        ttl, source = meta.get("ttl"), meta.get("source")
         entry = CacheEntry(
             str(meta["key"]), name, int(meta["status"]), int(meta["size"]), headers,
             stored_at, fill_id, end, ttl=None if ttl is None else float(ttl),
+            source=None if source is None else str(source),
         )  # fmt: skip
     except (ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -170,7 +170,11 @@ def describe(config: Config) -> str:
         f"key secrets: versions {sorted(config.keys.secrets)}, prefix {config.keys.prefix}",
         _external_summary(config.keys.external),
     ]
-    lines += [f"route {r.prefix} -> {r.origin} (auth {r.auth})" for r in config.routes]
+    lines.append(_compression_summary(config))
+    lines += [
+        f"route {r.prefix} -> {r.origin} (auth {r.auth}{'' if r.compress else ', compress off'})"
+        for r in config.routes
+    ]
     if config.tls is not None:
         tls = config.tls
         lines.append(f"tls: TLS {tls.min_version}+, files re-read every {tls.reload_interval:g}s")
@@ -181,6 +185,16 @@ def describe(config: Config) -> str:
     if config.redirect_http_listen is not None:
         lines.append(f"redirect {config.redirect_http_listen} -> https:// (308)")
     return "\n".join(lines)
+
+
+def _compression_summary(config: Config) -> str:
+    compression = config.compression
+    if not compression.encodings:
+        return "compression off (compression.encodings is empty)"
+    return (
+        f"compression {', '.join(compression.encodings)} of {', '.join(compression.types)}"
+        f" from {format_size(compression.min_size)}"
+    )
 
 
 def _external_summary(external: ExternalKeysConfig) -> str:

@@ -63,7 +63,7 @@ def boolean(raw: Any, at: str, base: Path) -> bool:
     if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
         return raw.strip().lower() == "true"
     if not isinstance(raw, bool):
-        raise ConfigError(at, "expected true or false")
+        raise ConfigError(at, f"expected true or false, got {raw!r}")
     return raw
 
 
@@ -303,6 +303,24 @@ def names(raw: Any, at: str, base: Path) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def distinct(item: Reader, what: str) -> Reader:
+    """A list of values read by `item`, each once (a repeat is named)."""
+
+    def parse(raw: Any, at: str, base: Path) -> tuple[Any, ...]:
+        expect(raw, list, what, at)
+        problems: list[tuple[str, str]] = []
+        seen: list[Any] = []
+        for i, value in each(item, raw, at, base, problems):
+            if value in seen:
+                problems.append((f"{at}[{i}]", f"{value!r} is given twice"))
+            else:
+                seen.append(value)
+        raise_any(problems)
+        return tuple(seen)
+
+    return parse
+
+
 def access_log(raw: Any, at: str, base: Path) -> str:
     if raw is False:  # YAML 1.1 reads a bare `off` as false
         return "off"
@@ -323,6 +341,14 @@ UNSET_IF_EMPTY = (None, "")  # `${VAR:-}` leaves an optional string unset
 OPTIONAL_TEXT = optional(text(), UNSET_IF_EMPTY)
 PARAM_NAME = text(r"[A-Za-z0-9_.~-]+", "a query parameter name ([A-Za-z0-9_.~-]+)")
 QUERY_PARAM = text(r"[A-Za-z0-9_-]+", "a query parameter name ([A-Za-z0-9_-]+)")
+# SPEC section 17: the content codings keyfront can make, and the media types it may
+# compress (`type/subtype`, or `type/*` for every subtype; lowercase, as compared).
+CODINGS = distinct(text("br|zstd|gzip", "br, zstd or gzip"), "a list of codings (br, zstd, gzip)")
+_TOKEN = "[a-z0-9!#$&^_.+-]+"
+MEDIA_TYPES = distinct(
+    text(f"{_TOKEN}/(\\*|{_TOKEN})", "a lowercase media type: type/subtype or type/*"),
+    "a list of media types",
+)
 EVENT_LOOP = text("uvloop|asyncio", "uvloop or asyncio")
 # Compared with decoded request paths (routing.py), so written decoded: no "%" escape,
 # which would never match (issue 12 item 1), and nothing a path could not hold.

@@ -139,6 +139,8 @@ class Route:
     # SPEC section 5: query parameters that select a variant (e.g. w, format): part of
     # the cache key and sent on to the origin. http(s) origins only.
     variant_params: Annotated[tuple[str, ...], read.names] = ()
+    # SPEC section 17: false sends every object of this route as the origin has it
+    compress: Annotated[bool, read.boolean] = True
 
 
 def _s3_origin_only(origin: str, s3: S3Settings | None) -> Found:
@@ -165,6 +167,24 @@ class CacheConfig:
     stale_while_revalidate: Annotated[float, read.SECONDS] = 60.0
     stale_if_error: Annotated[float, read.SECONDS] = 86400.0
     negative_ttl: Annotated[float, read.SECONDS] = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionConfig:
+    """SPEC section 17. On by default, as on a CDN: the types listed are text, which
+    every client that asks for a coding can decode. `encodings: []` turns it off."""
+
+    # in order of preference when the client accepts several (ties in q)
+    encodings: Annotated[tuple[str, ...], read.CODINGS] = ("br", "zstd", "gzip")
+    types: Annotated[tuple[str, ...], read.MEDIA_TYPES] = (
+        "image/svg+xml",
+        "text/*",
+        "application/json",
+        "application/javascript",
+        "application/xml",
+    )
+    # smaller bodies gain a few bytes at most: a 300 B SVG saves ~100 B with br
+    min_size: Annotated[int, read.SIZE] = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +264,9 @@ class Config:
     trusted_proxies: Annotated[tuple[IPNetwork, ...], read.networks] = ()
     admin: Annotated[AdminConfig, section(AdminConfig)] = field(default_factory=AdminConfig)
     cache: Annotated[CacheConfig, section(CacheConfig)] = field(default_factory=CacheConfig)
+    compression: Annotated[CompressionConfig, section(CompressionConfig)] = field(
+        default_factory=CompressionConfig
+    )
     origin_timeouts: Annotated[OriginTimeouts, section(OriginTimeouts)] = field(
         default_factory=OriginTimeouts
     )
