@@ -32,6 +32,15 @@ SVG = (
     b'<svg xmlns="http://www.w3.org/2000/svg" width="120" height="60">'
     b'<rect width="120" height="60" fill="#1a7f37"/></svg>'
 )
+# A 10 KB chart: above compression.min_size, so keyfront sends it compressed
+CHART = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="1200" height="600">\n'
+    + b"".join(
+        b'<rect x="%d" y="%d" width="2" height="%d" fill="#0a5"/>\n' % (x * 3, 600 - h, h)
+        for x, h in ((i, (i * 37) % 600) for i in range(200))
+    )
+    + b"</svg>\n"
+)
 PAGE = """<!doctype html>
 <title>waiting</title>
 <p>A customer's page; its logo comes from keyfront:</p>
@@ -50,11 +59,11 @@ class Deployment:
     image: str  # the <img> URL, with a key whose only referrer rule is site.test
     access_log: Path
 
-    def image_for(self, referrer: str) -> str:
-        """The URL of keyfront's logo.svg with a new key allowing only `referrer`."""
+    def image_for(self, referrer: str, name: str = "logo.svg") -> str:
+        """The URL of keyfront's `name` with a new key allowing only `referrer`."""
         body = {"customer_id": "acme", "referrers": [referrer]}
         key = admin(self.keyfront, "/keys", body)["key"]
-        return f"{self.scheme}://cdn.test:{self.keyfront.port}/request/logo.svg?key={key}"
+        return f"{self.scheme}://cdn.test:{self.keyfront.port}/request/{name}?key={key}"
 
     def page(self, name: str, image: str, policy: str = "") -> str:
         """The path of a new page /shop/`name` showing `image`, with the <img>'s
@@ -84,6 +93,7 @@ def deployment(
     run = tmp_path_factory.mktemp(f"browser-{scheme}")
     (run / "files").mkdir()
     (run / "files" / "logo.svg").write_bytes(SVG)
+    (run / "files" / "chart.svg").write_bytes(CHART)
     (run / "pages" / "shop").mkdir(parents=True)
     tls = ""
     if scheme == "https":
@@ -205,6 +215,47 @@ def test_a_path_rule_sees_only_the_origin_a_browser_sends(
     seen = visit(chromium, deployment.pages.url("site.test", full), image)
     assert (seen.title, seen.status) == ("loaded", 200)
     assert seen.referer == deployment.pages.url("site.test", full)
+
+
+def test_a_compressed_svg_shows_as_the_image_it_is(
+    chromium: Browser, deployment: Deployment, tmp_path: Path
+) -> None:
+    """Issue 17: Chromium asks for br, zstd and gzip; keyfront answers the chart with
+    one of them (the first request for a coding gets the identity while the
+    representation is made) and the browser draws it at its size."""
+    image = deployment.image_for("site.test", "chart.svg")
+    page_url = deployment.pages.url("site.test", deployment.page("chart.html", image))
+    deadline = time.monotonic() + 10
+    while True:
+        with fresh_page(chromium) as page:
+            settled = settled_requests(page)
+            page.goto(page_url)
+            request = next(r for r in settled if r.url == image)
+            response = request.response()
+            assert response is not None and response.status == 200
+            headers = response.all_headers()
+            width = page.eval_on_selector("#logo", "img => img.naturalWidth")
+            assert (page.title(), width) == ("loaded", 1200)
+            assert "accept-encoding" in headers.get("vary", "").lower()
+            if "content-encoding" in headers:
+                page.screenshot(path=tmp_path / f"chart-{deployment.scheme}.png")
+                sent = request.header_value("accept-encoding") or ""
+                break
+        assert time.monotonic() < deadline, "keyfront never sent the chart compressed"
+        time.sleep(0.2)
+    assert headers["content-encoding"] in ("br", "zstd", "gzip")
+    assert headers["content-encoding"] in sent
+    # What keyfront sent, as its access log counts it: the compressed size, not 10 KB.
+    coded_bytes = int(headers["content-length"])
+    assert coded_bytes < len(CHART) // 3
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(t) for t in deployment.access_log.read_text().splitlines()]
+        if any(x["path"] == "/request/chart.svg" and x["bytes"] == coded_bytes for x in lines):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("no access log line counts the compressed bytes")
 
 
 def test_a_missing_chromium_fails_saying_that_make_test_installs_it(
