@@ -57,6 +57,9 @@ from .wire import SentResponse, wire_head, wire_response
 from .xcache import XCache
 
 CHUNK = 128 * 1024  # what a slow client of a large cached body is sent per write
+# Over TLS a large cached body cannot go by sendfile (`_send_now`): it is read and
+# written through the TLS transport, which encrypts, in pieces of this size.
+TLS_CHUNK = 128 * 1024
 
 log = logging.getLogger("keyfront")
 # XCache.HIT, looked up once for the hot path: an enum member read from its class
@@ -405,8 +408,9 @@ async def _send_rest(
     deadline (proxy/listener.py), which cuts a client that stops reading (issue 12
     item 5). Only a client slower than its socket buffers comes here."""
     writer = exchange.request.writer
+    chunk = TLS_CHUNK if transport.get_extra_info("sslcontext") is not None else CHUNK
     while exchange.sent < length:
-        data = os.pread(file.fileno(), min(CHUNK, length - exchange.sent), offset + exchange.sent)
+        data = os.pread(file.fileno(), min(chunk, length - exchange.sent), offset + exchange.sent)
         if not data or transport.is_closing():
             raise ConnectionResetError("the file shrank or the client left")
         transport.write(data)
