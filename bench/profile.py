@@ -137,12 +137,15 @@ PERF_RATE = "999"  # samples a second
 PERF_TOP = 12
 
 
-def perf_split(cores: Cores, target: Target, duration: float, out: Path, *, size: str) -> str:
+def perf_split(
+    cores: Cores, target: Target, duration: float, out: Path, *, size: str, close: bool = False
+) -> str:
     """`perf record` of the server's processes while wrk loads them with hits of the
     `size` object at 64 connections: the share of samples by shared object
     (libcrypto: the encryption; libpython, uvloop, aiohttp's extensions: the Python
     side; the kernel: TCP and the copies into it; libc: memcpy and malloc) and the
-    hottest symbols, each also as µs of the server's CPU per request of that run."""
+    hottest symbols, each also as µs of the server's CPU per request of that run.
+    `close`: a new connection (a TLS handshake) for every request."""
     if shutil.which("perf") is None:
         return "perf is not installed (Debian: linux-perf)"
     pids = ",".join(str(pid) for pid in target.server.pids())
@@ -153,7 +156,8 @@ def perf_split(cores: Cores, target: Target, duration: float, out: Path, *, size
     )
     try:
         time.sleep(0.5)  # perf attached before the load starts
-        sample = measure(cores, target.url(OBJECTS[size][0]), target.server.pids(), 64, duration)
+        url, pids = target.url(OBJECTS[size][0]), target.server.pids()
+        sample = measure(cores, url, pids, 64, duration, close=close)
         _, err = recorder.communicate(timeout=duration + 30)
     finally:
         if recorder.poll() is None:

@@ -11,12 +11,18 @@ What it does, in order:
    on disk in front of the origin, secure_link, valid_referers, limit_req far above
    what is reached; one worker), and keyfront on a redis:// store (every check on, the
    SPEC's configuration) and on a sqlite:// store, each with a customer and a key made
-   through the CLI, rate limits far above what is reached, access log off;
+   through the CLI, rate limits far above what is reached, access log off; for the TLS
+   rows (SPEC sections 12 and 14; `--no-tls` skips them) an ECDSA P-256 certificate
+   made with openssl, loaded by nginx's HTTPS listener (the same worker) and by a
+   keyfront started with `tls:` (bench/tls_keyfront.py), neither resuming sessions;
 3. warms both caches and checks every URL answers 200 with the whole object;
-4. runs the rounds: every cell (10 KB / 1 MB at 64 / 8 connections) against every
-   variant, interleaved (A B C A B C ...; the order rotated each round), each run a
-   bounded `wrk -t1 --latency` pinned to the client core, the server's CPU read from
-   /proc/<pid>/stat before and after;
+4. runs the rounds: every cell (10 KB / 1 MB at 64 / 8 connections, plain and over
+   TLS, and a TLS handshake with every request) against every variant, interleaved
+   (A B C A B C ...; the order rotated each round), each run a bounded
+   `wrk -t1 --latency` pinned to the client core, the server's CPU read from
+   /proc/<pid>/stat before and after. `--only tls` runs the TLS cells, and plain HTTP
+   at 64 connections, for nginx and keyfront alone, in a few minutes; with
+   `--profile` it also records where their CPU goes (py-spy, perf);
 5. runs the scenario checks (garbage-key flood, 1,000 cold requests, 2 GiB stream);
 6. prints Markdown tables: medians over rounds and same-round ratios, then SPEC
    section 12's targets against what was measured.
@@ -234,10 +240,12 @@ def _tls_profiles(bench: Bench, cores: Cores) -> dict[str, str]:
         ("keyfront", tls, "10k", "over TLS"),
         ("nginx", tls, "10k", "over TLS"),
         ("keyfront", plain, "10k", "plain HTTP"),
+        ("keyfront", tls, "10k", "over TLS, a new connection (full handshake) each"),
+        ("nginx", tls, "10k", "over TLS, a new connection (full handshake) each"),
     ]
     for label, targets, size, how in cases:
         data = root / f"perf-{label}-{size}-{len(out)}.data"
-        summary = perf_split(cores, targets[label], 5.0, data, size=size)
+        summary = perf_split(cores, targets[label], 5.0, data, size=size, close="new" in how)
         out[f"perf, {label}, {SIZE_NAMES[size]} hits {how}, c64"] = summary
     return out
 
