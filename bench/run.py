@@ -60,6 +60,8 @@ from .servers import SPARSE_2G, Target
 from .setup import EXTERNAL, Bench, Options, set_up
 from .system import BenchError, Cores, Processes, ensure_tools, loadavg, raise_file_limit
 
+MAX_READ_SIZES = 10  # Redis databases 6 to 15, beside the TLS instance's (setup.TLS_DB)
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench.run", description="keyfront against nginx")
@@ -131,6 +133,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         only_tls=only_tls,
         tls_read_sizes=tuple(int(n) * 1024 for n in args.tls_read_sizes.split(",") if n),
     )
+    if len(args.options.tls_read_sizes) > MAX_READ_SIZES:
+        parser.error(f"--tls-read-sizes: at most {MAX_READ_SIZES} (one Redis database each)")
     return args
 
 

@@ -37,8 +37,9 @@ import dataclasses
 import io
 import logging
 import os
+import select
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
 from aiohttp import web
@@ -414,13 +415,37 @@ async def _send_rest(
     (which uvloop lacks anyway): it waits on the socket with no deadline and no way to
     learn how far it got, while a write and `drain()` stay under the listener's send
     deadline (proxy/listener.py), which cuts a client that stops reading (issue 12
-    item 5). Only a client slower than its socket buffers comes here."""
+    item 5). Only a client slower than its socket buffers comes here, and every large
+    body over TLS (`_send_now` sends nothing there)."""
     writer = exchange.request.writer
-    chunk = TLS_CHUNK if transport.get_extra_info("sslcontext") is not None else CHUNK
+    secure = transport.get_extra_info("sslcontext") is not None
+    chunk = TLS_CHUNK if secure else CHUNK
+    left = _client_shut(transport) if secure else _still_there
     while exchange.sent < length:
         data = os.pread(file.fileno(), min(chunk, length - exchange.sent), offset + exchange.sent)
-        if not data or transport.is_closing():
+        if not data or transport.is_closing() or left():
             raise ConnectionResetError("the file shrank or the client left")
         transport.write(data)
         exchange.sent += len(data)
         await writer.drain()
+
+
+def _still_there() -> bool:
+    return False
+
+
+def _client_shut(transport: asyncio.Transport) -> Callable[[], bool]:
+    """Whether the client has shut its side of the connection (a FIN: a cancelled
+    download) or reset it, as a poll of the socket for POLLRDHUP (POLLHUP, POLLERR and
+    POLLNVAL come unasked): one system call, ~1 µs, a TLS_CHUNK. Over TLS this is the
+    one way to learn it: asyncio's and uvloop's TLS transports then drop every write
+    without a word, never pause, and keep `is_closing()` False until the TCP
+    connection is gone, so the loop above would read the rest of the file without
+    yielding and count it as sent (a 24 MiB HIT "sent" whole in 40 ms to a client that
+    left after 2 MiB). Plain TCP closes itself on a FIN (aiohttp's `eof_received`)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return _still_there
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLRDHUP)
+    return lambda: bool(poller.poll(0))
