@@ -61,10 +61,11 @@ CHUNK = 128 * 1024  # what a slow client of a large cached body is sent per writ
 # Over TLS a large cached body cannot go by sendfile (`_send_now`): it is read and
 # written through the TLS transport, which encrypts it into its memory BIO and copies
 # that to the socket, in pieces of this size. Server CPU per 1 MB hit over TLS
-# (`bench.run --only tls --tls-read-sizes`, 3 interleaved rounds, c64 / c8, nginx over
-# TLS 680 / 647 µs): 16 KiB 1004 / 981 µs, 32 KiB 884 / 855, 64 KiB 994 / 945,
-# 128 KiB 1023 / 1072, 256 KiB 1012 / 1062, 512 KiB 991 / 969, 1 MiB (the whole body
-# in one write) 1015 / 1031. A piece that stays in the CPU cache through pread,
+# (`bench.run --only tls --tls-read-sizes`, interleaved rounds, c64 / c8): 16 KiB
+# 1004 / 981 µs, 32 KiB 884 / 855, 64 KiB 994 / 945, 128 KiB 1023 / 1072, 256 KiB
+# 1012 / 1062, 512 KiB 991 / 969, 1 MiB (the whole body in one write) 1015 / 1031,
+# nginx over TLS 680 / 647; a second run: 32 KiB 900 / 939, 128 KiB 1045 / 1092,
+# nginx 713 / 683. A piece that stays in the CPU cache through pread,
 # encryption and the copy out wins; smaller ones pay Python's per-write cost more
 # often. It also bounds what a connection holds: the piece, plus the transport's
 # buffers (uvloop: 512 KiB of ciphertext before writing pauses, 64 KiB on the socket).
