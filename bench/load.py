@@ -88,9 +88,19 @@ class Sample:
         return 1e6 * self.store_cpu_seconds / max(1, self.wrk.requests)
 
 
-def wrk_argv(url: str, connections: int, duration: float, script: Path | None = None) -> list[str]:
+def wrk_argv(
+    url: str,
+    connections: int,
+    duration: float,
+    script: Path | None = None,
+    *,
+    close: bool = False,
+) -> list[str]:
+    """`close`: wrk opens a new connection for every request (a TLS handshake each)."""
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     argv += ["--timeout", WRK_TIMEOUT, "-H", f"Referer: {REFERER}"]
+    if close:
+        argv += ["-H", "Connection: close"]
     if script is not None:
         argv += ["-s", str(script)]
     return [*argv, url]
@@ -123,12 +133,13 @@ def measure(
     duration: float,
     *,
     store_pids: Sequence[int] = (),
+    close: bool = False,
 ) -> Sample:
     """One bounded wrk run, and the CPU the server processes `pids` (and, apart, its
     store's `store_pids`) spent meanwhile."""
     before, store_before = cpu_times(pids), cpu_times(store_pids)
     core_before = core_busy_seconds(cores.server)
-    proc = start_wrk(cores, wrk_argv(url, connections, duration))
+    proc = start_wrk(cores, wrk_argv(url, connections, duration, close=close))
     result = finish_wrk(proc, duration + 15)
     core = core_busy_seconds(cores.server) - core_before
     after = cpu_times(pids)

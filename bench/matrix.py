@@ -29,9 +29,14 @@ SIZE_NAMES = {"10k": "10 KB", "1m": "1 MB"}
 class Cell:
     size: str  # a key of OBJECTS
     connections: int
+    tls: bool = False  # over HTTPS (SPEC section 14), against nginx with the same certificate
+    new_connection: bool = False  # `Connection: close`: a TLS handshake every request
 
     def __str__(self) -> str:
-        return f"{SIZE_NAMES[self.size]} c{self.connections}"
+        name = f"{SIZE_NAMES[self.size]} c{self.connections}"
+        if self.new_connection:
+            return f"TLS handshake + {name}"
+        return f"{name} TLS" if self.tls else name
 
 
 @dataclass
@@ -97,6 +102,7 @@ def run_rounds(
                     cell.connections,
                     duration,
                     store_pids=server.store_pids,
+                    close=cell.new_connection,
                 )
                 results.add(cell, target.label, sample)
                 _progress(round_index, rounds, cell, target.label, sample)

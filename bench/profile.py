@@ -11,9 +11,10 @@ import collections
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from .load import finish_wrk, start_wrk, wrk_argv
+from .load import finish_wrk, measure, start_wrk, wrk_argv
 from .servers import OBJECTS, Target
 from .system import BenchError, Cores
 
@@ -22,11 +23,17 @@ TOP = 18
 
 
 def profile(
-    cores: Cores, target: Target, duration: float, out: Path, garbage: Path | None = None
+    cores: Cores,
+    target: Target,
+    duration: float,
+    out: Path,
+    garbage: Path | None = None,
+    *,
+    size: str = "10k",
 ) -> str:
     """Folded stacks into `out` (py-spy's raw format), and a text summary. The load is
-    10 KB hits at 64 connections, or with `garbage` (the flood's wrk script) random
-    invalid keys."""
+    hits of the `size` object at 64 connections, or with `garbage` (the flood's wrk
+    script) random invalid keys."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         raise BenchError("py-spy is not installed (pip install py-spy)")
@@ -36,7 +43,7 @@ def profile(
         cores.wrap(cores.client, argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
-        url = target.url(OBJECTS["10k"][0])
+        url = target.url(OBJECTS[size][0])
         if garbage is not None:
             url = url.partition("?")[0]  # the script adds a random key
         load = start_wrk(cores, wrk_argv(url, 64, duration, garbage))
@@ -122,3 +129,59 @@ def _short(frame: str) -> str:
             path = path[path.index(marker) :].lstrip("/")
             break
     return f"{name} ({path})"
+
+
+# --- perf: where a server's CPU goes by shared object (TLS rows) ---------------------
+
+PERF_RATE = "999"  # samples a second
+PERF_TOP = 12
+
+
+def perf_split(
+    cores: Cores, target: Target, duration: float, out: Path, *, size: str, close: bool = False
+) -> str:
+    """`perf record` of the server's processes while wrk loads them with hits of the
+    `size` object at 64 connections: the share of samples by shared object
+    (libcrypto: the encryption; libpython, uvloop, aiohttp's extensions: the Python
+    side; the kernel: TCP and the copies into it; libc: memcpy and malloc) and the
+    hottest symbols, each also as µs of the server's CPU per request of that run.
+    `close`: a new connection (a TLS handshake) for every request."""
+    if shutil.which("perf") is None:
+        return "perf is not installed (Debian: linux-perf)"
+    pids = ",".join(str(pid) for pid in target.server.pids())
+    argv = ["perf", "record", "-F", PERF_RATE, "-o", str(out), "-p", pids]
+    argv += ["--", "sleep", f"{duration + 1:.0f}"]
+    recorder = subprocess.Popen(
+        cores.wrap(cores.client, argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        time.sleep(0.5)  # perf attached before the load starts
+        url, pids = target.url(OBJECTS[size][0]), target.server.pids()
+        sample = measure(cores, url, pids, 64, duration, close=close)
+        _, err = recorder.communicate(timeout=duration + 30)
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+            recorder.wait()
+    if recorder.returncode != 0 or not out.exists():
+        raise BenchError(f"perf record failed: {err.decode(errors='replace').strip()}")
+    per_request = sample.cpu_us_per_request
+    lines = [f"{sample.wrk.rps:,.0f} req/s, {per_request:.0f} µs CPU/request; by shared object:"]
+    lines += _perf_top(out, "dso", per_request)
+    lines += ["hottest symbols:", *_perf_top(out, "dso,sym", per_request)]
+    return "\n".join(lines)
+
+
+def _perf_top(data: Path, keys: str, per_request: float) -> list[str]:
+    argv = ["perf", "report", "-i", str(data), "--stdio", "-q", "--sort", keys]
+    report = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+    rows = []
+    for line in report.splitlines():
+        share, _, what = line.strip().partition("%")
+        try:
+            fraction = float(share) / 100
+        except ValueError:
+            continue
+        name = " ".join(what.replace("[.]", "").replace("[k]", "").split())
+        rows.append(f"  {100 * fraction:5.1f}%  {fraction * per_request:5.0f} µs  {name}")
+    return rows[:PERF_TOP]

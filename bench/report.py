@@ -19,12 +19,15 @@ from .setup import (
     FLOOR_PREFIX,
     KEYFRONT,
     METERING_OFF,
+    READ_SIZE_PREFIX,
     SQLITE,
+    TLS_CELLS,
     Bench,
 )
-from .system import loadavg, machine
+from .system import loadavg, machine, rss_bytes
 
 TEN_KB_C64, TEN_KB_C8, ONE_MB_C64, ONE_MB_C8 = CELLS
+TLS_10K_C64, TLS_10K_C8, TLS_1M_C64, TLS_1M_C8, HANDSHAKES = TLS_CELLS
 FLOOR_ASYNCIO, FLOOR_UVLOOP = f"{FLOOR_PREFIX} (asyncio)", f"{FLOOR_PREFIX} (uvloop)"
 COMPARISONS = (
     ("every check on / auth off", KEYFRONT, AUTH_OFF),
@@ -51,7 +54,7 @@ class Parts:
     opaque_calls: scenarios.StoreCalls | None = None  # made-up keys of an existing system's shape
     cold: list[scenarios.ColdResult] = field(default_factory=list)
     streams: list[scenarios.StreamResult] = field(default_factory=list)
-    profiles: dict[str, str] = field(default_factory=dict)  # load -> py-spy summary
+    profiles: dict[str, str] = field(default_factory=dict)  # tool, server, load -> summary
     load_at_start: str = ""  # /proc/loadavg before anything started
 
 
@@ -59,14 +62,15 @@ def render(parts: Parts) -> str:
     sections = [
         _header(parts),
         main_table(parts.results, parts.plan),
-        ratio_table(parts.results, CELLS, COMPARISONS),
+        "" if parts.bench.only_tls else ratio_table(parts.results, CELLS, COMPARISONS),
+        _read_size_table(parts),
         _flood_table(parts),
         _cold_table(parts),
         _stream_table(parts),
         _targets_table(parts),
     ]
     for load, summary in parts.profiles.items():
-        sections.append(f"py-spy, keyfront, {load}:\n\n```\n{summary}\n```")
+        sections.append(f"{load}:\n\n```\n{summary}\n```")
     return "\n\n".join(s for s in sections if s)
 
 
@@ -93,6 +97,15 @@ def _header(parts: Parts) -> str:
         "processes not in the benchmark.",
         "Figures: medians over rounds; x columns: median of same-round ratios.",
     ]
+    if bench.tls_targets:
+        lines.append(
+            "TLS rows: nginx and keyfront load the same ECDSA P-256 certificate (a private "
+            "CA's leaf for 127.0.0.1), TLS 1.2 and 1.3 with Mozilla's intermediate ciphers "
+            "(wrk negotiates TLS 1.3, TLS_AES_256_GCM_SHA384), no session resumption on "
+            "either (checked at set-up: a second connection offering the first's session "
+            "got a full handshake from both). 'TLS handshake' rows: wrk with "
+            "`Connection: close`, a new connection and a full handshake every request."
+        )
     disturbed, runs = parts.results.disturbed()
     if disturbed:
         lines.append(
@@ -175,7 +188,67 @@ def _targets_table(parts: Parts) -> str:
 
 
 def _targets(parts: Parts) -> list[Row]:
+    rows = [] if parts.bench.only_tls else _plain_targets(parts.results)
+    rows += _tls_targets(parts.results)
+    rows += _scenario_targets(parts)
+    return rows
+
+
+def _tls_targets(r: Results) -> list[Row]:
+    """SPEC section 12 over TLS, against nginx with the same certificate."""
+    if not r.has(TLS_10K_C64, KEYFRONT):
+        return []
+    ratio = r.ratio(TLS_10K_C64, KEYFRONT, NGINX, rps)
+    ratio8 = r.ratio(TLS_10K_C8, KEYFRONT, NGINX, rps)
+    cpu64 = r.ratio(TLS_1M_C64, KEYFRONT, NGINX, cpu)
+    cpu8 = r.ratio(TLS_1M_C8, KEYFRONT, NGINX, cpu)
+    worst = max(cpu64 or 99.0, cpu8 or 99.0)
+    shakes = r.ratio(HANDSHAKES, KEYFRONT, NGINX, rps)
+    return [
+        (
+            "10 KB hits over TLS: ≥ 0.5x nginx req/s",
+            f"{_x(ratio)} at c64, {_x(ratio8)} at c8",
+            _met(ratio is not None and ratio >= 0.5),
+        ),
+        (
+            "1 MB hits over TLS: CPU/request ≤ 1.5x nginx",
+            f"{_x(cpu64)} at c64, {_x(cpu8)} at c8",
+            _met(worst <= 1.5),
+        ),
+        (
+            "TLS handshakes/s, new connection per request (no target)",
+            f"keyfront {r.median(HANDSHAKES, KEYFRONT, rps):,.0f}/s, nginx "
+            f"{r.median(HANDSHAKES, NGINX, rps):,.0f}/s: {_x(shakes)}",
+            "-",
+        ),
+    ]
+
+
+def _read_size_table(parts: Parts) -> str:
+    """keyfront's 1 MB hits over TLS by the piece the body is read and written in."""
     r = parts.results
+    labels = [label for label in parts.bench.tls_targets if label.startswith(READ_SIZE_PREFIX)]
+    if not labels or not r.has(TLS_1M_C64, KEYFRONT):
+        return ""
+    lines = [
+        "| 1 MB hits over TLS, keyfront | CPU µs/req c64 | x nginx CPU c64 | CPU µs/req c8 "
+        "| x nginx CPU c8 | req/s c64 | VmRSS after |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for label in [KEYFRONT, *labels]:
+        name = "keyfront (this checkout's read size)" if label == KEYFRONT else label
+        rss = rss_bytes(parts.bench.tls_targets[label].server.proc.pid) / 1024**2
+        lines.append(
+            f"| {name} | {r.median(TLS_1M_C64, label, cpu):.0f} "
+            f"| {_x(r.ratio(TLS_1M_C64, label, NGINX, cpu))} "
+            f"| {r.median(TLS_1M_C8, label, cpu):.0f} "
+            f"| {_x(r.ratio(TLS_1M_C8, label, NGINX, cpu))} "
+            f"| {r.median(TLS_1M_C64, label, rps):,.0f} | {rss:.0f} MiB |"
+        )
+    return "\n".join(lines)
+
+
+def _plain_targets(r: Results) -> list[Row]:
     rows = []
     ratio = r.ratio(TEN_KB_C64, KEYFRONT, NGINX, rps)
     ratio8 = r.ratio(TEN_KB_C8, KEYFRONT, NGINX, rps)
@@ -206,7 +279,6 @@ def _targets(parts: Parts) -> list[Row]:
             _met(checks is not None and checks >= 0.90),
         )
     )
-    rows += _scenario_targets(parts)
     return rows
 
 

@@ -11,12 +11,18 @@ What it does, in order:
    on disk in front of the origin, secure_link, valid_referers, limit_req far above
    what is reached; one worker), and keyfront on a redis:// store (every check on, the
    SPEC's configuration) and on a sqlite:// store, each with a customer and a key made
-   through the CLI, rate limits far above what is reached, access log off;
+   through the CLI, rate limits far above what is reached, access log off; for the TLS
+   rows (SPEC sections 12 and 14; `--no-tls` skips them) an ECDSA P-256 certificate
+   made with openssl, loaded by nginx's HTTPS listener (the same worker) and by a
+   keyfront started with `tls:` (bench/tls_keyfront.py), neither resuming sessions;
 3. warms both caches and checks every URL answers 200 with the whole object;
-4. runs the rounds: every cell (10 KB / 1 MB at 64 / 8 connections) against every
-   variant, interleaved (A B C A B C ...; the order rotated each round), each run a
-   bounded `wrk -t1 --latency` pinned to the client core, the server's CPU read from
-   /proc/<pid>/stat before and after;
+4. runs the rounds: every cell (10 KB / 1 MB at 64 / 8 connections, plain and over
+   TLS, and a TLS handshake with every request) against every variant, interleaved
+   (A B C A B C ...; the order rotated each round), each run a bounded
+   `wrk -t1 --latency` pinned to the client core, the server's CPU read from
+   /proc/<pid>/stat before and after. `--only tls` runs the TLS cells, and plain HTTP
+   at 64 connections, for nginx and keyfront alone, in a few minutes; with
+   `--profile` it also records where their CPU goes (py-spy, perf);
 5. runs the scenario checks (garbage-key flood, 1,000 cold requests, 2 GiB stream);
 6. prints Markdown tables: medians over rounds and same-round ratios, then SPEC
    section 12's targets against what was measured.
@@ -48,11 +54,13 @@ import yaml
 
 from . import compression, report, scenarios
 from .load import FLOOD_LUA, OPAQUE_FLOOD_LUA
-from .matrix import Cell, run_rounds
-from .profile import profile
+from .matrix import SIZE_NAMES, Cell, run_rounds
+from .profile import perf_split, profile
 from .servers import SPARSE_2G, Target
 from .setup import EXTERNAL, Bench, Options, set_up
 from .system import BenchError, Cores, Processes, ensure_tools, loadavg, raise_file_limit
+
+MAX_READ_SIZES = 10  # Redis databases 6 to 15, beside the TLS instance's (setup.TLS_DB)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -85,6 +93,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="config overlay that turns metering off (default: the bench.nometer launcher)",
     )
     add("--no-floor", dest="floor", action="store_false", help="skip the aiohttp floor")
+    add("--no-tls", dest="tls", action="store_false", help="skip the TLS rows")
+    add(
+        "--only",
+        choices=("tls",),
+        help="tls: only the TLS rows (nginx and keyfront over HTTPS; no other variant, "
+        "no scenario): a few minutes",
+    )
+    add(
+        "--tls-read-sizes",
+        default="",
+        metavar="KIB,...",
+        help="also run keyfront over TLS reading large bodies in these pieces (1 MB rows)",
+    )
     add(
         "--baseline",
         metavar="PYTHON",
@@ -98,13 +119,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration = 1, 3.0
+    only_tls = args.only == "tls"
+    if only_tls:
+        if not args.tls:
+            parser.error("--only tls and --no-tls exclude each other")
+        args.flood = args.cold = args.stream = args.metering = args.floor = False
     args.options = Options(
         args.keyfront_path,
         args.metering,
         yaml.safe_load(args.metering_off_yaml) or {},
         args.floor,
         args.baseline,
+        tls=args.tls,
+        only_tls=only_tls,
+        tls_read_sizes=tuple(int(n) * 1024 for n in args.tls_read_sizes.split(",") if n),
     )
+    if len(args.options.tls_read_sizes) > MAX_READ_SIZES:
+        parser.error(f"--tls-read-sizes: at most {MAX_READ_SIZES} (one Redis database each)")
     return args
 
 
@@ -185,16 +216,46 @@ def _flood(args: argparse.Namespace, bench: Bench, cores: Cores, parts: report.P
 
 
 def _profiles(args: argparse.Namespace, bench: Bench, cores: Cores) -> dict[str, str]:
+    if bench.only_tls:
+        return _tls_profiles(bench, cores)
     target = bench.targets["keyfront"]
     script = bench.root / "flood.lua"
     script.write_text(FLOOD_LUA)
     duration = max(args.duration, 5.0)
     return {
-        "10 KB hits, c64": profile(cores, target, duration, bench.root / "profile-hits.txt"),
-        "garbage keys, c64": profile(
+        "py-spy, keyfront, 10 KB hits, c64": profile(
+            cores, target, duration, bench.root / "profile-hits.txt"
+        ),
+        "py-spy, keyfront, garbage keys, c64": profile(
             cores, target, duration, bench.root / "profile-garbage.txt", script
         ),
     }
+
+
+def _tls_profiles(bench: Bench, cores: Cores) -> dict[str, str]:
+    """Where the time of a hit over TLS goes: py-spy of keyfront's 1 MB hits, and perf
+    by shared object of both servers over TLS and of keyfront's plain sendfile."""
+    tls, plain, root = bench.tls_targets, bench.targets, bench.root
+    out = {
+        "py-spy, keyfront, 1 MB hits over TLS, c64": profile(
+            cores, tls["keyfront"], 5.0, root / "profile-tls-1m.txt", size="1m"
+        )
+    }
+    cases = [
+        ("keyfront", tls, "1m", "over TLS"),
+        ("nginx", tls, "1m", "over TLS"),
+        ("keyfront", plain, "1m", "plain HTTP (sendfile)"),
+        ("keyfront", tls, "10k", "over TLS"),
+        ("nginx", tls, "10k", "over TLS"),
+        ("keyfront", plain, "10k", "plain HTTP"),
+        ("keyfront", tls, "10k", "over TLS, a new connection (full handshake) each"),
+        ("nginx", tls, "10k", "over TLS, a new connection (full handshake) each"),
+    ]
+    for label, targets, size, how in cases:
+        data = root / f"perf-{label}-{size}-{len(out)}.data"
+        summary = perf_split(cores, targets[label], 5.0, data, size=size, close="new" in how)
+        out[f"perf, {label}, {SIZE_NAMES[size]} hits {how}, c64"] = summary
+    return out
 
 
 def _streams(bench: Bench) -> list[scenarios.StreamResult]:

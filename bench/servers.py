@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import secrets
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -21,6 +22,9 @@ from typing import Any
 
 import yaml
 
+from proxy.tls import INTERMEDIATE_CIPHERS
+
+from .certificate import Certificate
 from .system import BenchError, Cores, Processes, free_port, wait_for_http, with_children
 
 OBJECTS = {"10k": ("obj-10k.bin", 10 * 1024), "1m": ("obj-1m.bin", 1024 * 1024)}
@@ -34,8 +38,9 @@ CUSTOMER = "bench"
 class Server:
     name: str
     proc: subprocess.Popen[bytes]
-    base: str  # http://127.0.0.1:port
+    base: str  # http://127.0.0.1:port, or https:// for the TLS rows
     store_pids: list[int] = field(default_factory=list)  # its redis-server, reported apart
+    ca: Path | None = None  # over TLS: the CA a client trusts
 
     def pids(self) -> list[int]:
         return with_children(self.proc.pid)
@@ -114,7 +119,7 @@ http {{
     limit_req_zone $arg_kid zone=perkey:10m rate=1000000r/s;
     upstream origin {{ server {origin}; keepalive 32; }}
     server {{
-        listen 127.0.0.1:{port} backlog=2048;
+        listen 127.0.0.1:{port} backlog=2048;{tls}
         location /request/ {{
             # The key: kid plus an MD5 MAC of it with a secret, checked without I/O.
             secure_link $arg_key;
@@ -137,18 +142,44 @@ http {{
 """
 
 
+# The TLS rows (SPEC section 12): the same listener and location over HTTPS, with the
+# certificate and cipher profile keyfront has (proxy/tls.py: TLS 1.2 and 1.3, Mozilla
+# "intermediate", server preference). No session resumption on either server (keyfront:
+# bench/tls_keyfront.py): wrk resumes whenever it is offered one, so with tickets on the
+# handshake row would measure resumptions; off, every new connection is a full handshake.
+NGINX_TLS = """
+        listen 127.0.0.1:{port} ssl backlog=2048;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers {ciphers};
+        ssl_prefer_server_ciphers on;
+        ssl_session_cache off;
+        ssl_session_tickets off;"""
+
+
 def nginx_key(key_id: str, secret: str) -> str:
     """What nginx's secure_link_md5 expects in ?key=: base64url MD5, no padding."""
     digest = hashlib.md5(f"{key_id} {secret}".encode()).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def start_nginx(procs: Processes, cores: Cores, folder: Path, origin: str) -> Target:
+def start_nginx(
+    procs: Processes, cores: Cores, folder: Path, origin: str, certificate: Certificate | None
+) -> tuple[Target, Target | None]:
+    """nginx, and with `certificate` its HTTPS listener too (one worker serves both):
+    (the plain target, the TLS target or None)."""
     for sub in ("cache", "temp"):
         (folder / sub).mkdir(parents=True)
     secret, key_id = secrets.token_hex(16), secrets.token_urlsafe(16)
-    port = free_port()
+    port, tls_port = free_port(), free_port()
+    tls = ""
+    if certificate is not None:
+        tls = NGINX_TLS.format(
+            port=tls_port, cert=certificate.cert, key=certificate.key, ciphers=INTERMEDIATE_CIPHERS
+        )
     conf = NGINX_CONF.format(
+        tls=tls,
         user=_nginx_user(folder),
         dir=folder,
         port=port,
@@ -163,7 +194,10 @@ def start_nginx(procs: Processes, cores: Cores, folder: Path, origin: str) -> Ta
     server.base = f"http://127.0.0.1:{port}"
     wait_for_http(server.base + "/")
     path = f"/request/{{name}}?kid={key_id}&key={nginx_key(key_id, secret)}"
-    return Target("nginx", server, path)
+    if certificate is None:
+        return Target("nginx", server, path), None
+    secure = Server("nginx", server.proc, f"https://127.0.0.1:{tls_port}", ca=certificate.ca)
+    return Target("nginx", server, path), Target("nginx", secure, path)
 
 
 def _nginx_user(folder: Path) -> str:
@@ -252,10 +286,14 @@ def start_keyfront(
     *,
     module: str = "proxy",
     python: str = sys.executable,
+    env: dict[str, str] | None = None,
+    ca: Path | None = None,
 ) -> Keyfront:
     """Write the config, create the customer and its key through the CLI, start
-    `keyfront serve` (through `python -m module`) pinned to the server core. `python`
-    may be another checkout's virtualenv (`--baseline`)."""
+    `keyfront serve` (through `python -m module`, with `env` added to the environment)
+    pinned to the server core. `python` may be another checkout's virtualenv
+    (`--baseline`). With `tls:` in the config it listens for HTTPS; `ca` is what
+    verifies it."""
     folder.mkdir(parents=True)
     path = folder / "keyfront.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -266,8 +304,9 @@ def start_keyfront(
     )  # fmt: skip
     key = json.loads(created)["key"]
     argv = [*_interpreter(python), "-m", module, "serve", "-c", str(path)]
-    proc = procs.start(name, cores.wrap(cores.server, argv))
-    server = Server(name, proc, f"http://{config['listen']}")
+    proc = procs.start(name, cores.wrap(cores.server, argv), {**os.environ, **env} if env else None)
+    scheme = "https" if "tls" in config else "http"
+    server = Server(name, proc, f"{scheme}://{config['listen']}", ca=ca)
     wait_for_http(f"http://{config['admin_listen']}/healthz")
     return Keyfront(server, key, path)
 
@@ -290,11 +329,13 @@ def start_floor(procs: Processes, cores: Cores, objects: Path, loop: str) -> Tar
     return Target(name, server, "/{name}")
 
 
-def get(url: str, timeout: float = 30.0) -> tuple[int, dict[str, str], int]:
-    """Status, headers and body length of one GET with the benchmark's Referer."""
+def get(url: str, timeout: float = 30.0, ca: Path | None = None) -> tuple[int, dict[str, str], int]:
+    """Status, headers and body length of one GET with the benchmark's Referer; over
+    HTTPS, the server's chain verified against `ca`."""
     request = urllib.request.Request(url, headers={"Referer": REFERER})
+    context = ssl.create_default_context(cafile=ca) if ca is not None else None
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, dict(response.headers), len(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), len(exc.read())

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .certificate import Certificate, make_certificate, session_resumed
 from .matrix import NGINX, Cell
 from .servers import (
     ALLOWED_REFERRERS,
@@ -39,6 +41,17 @@ EXTERNAL = "keyfront external key"  # an imported key of an existing key system 
 EXTERNAL_KEY = "bench-existing-key-0123456789"
 FLOOR_PREFIX = "aiohttp floor"
 CELLS = (Cell("10k", 64), Cell("10k", 8), Cell("1m", 64), Cell("1m", 8))
+# Over HTTPS against nginx with the same certificate (SPEC section 12), and a new
+# connection, so a full handshake, for every request (the handshakes/s row).
+TLS_CELLS = (
+    Cell("10k", 64, tls=True),
+    Cell("10k", 8, tls=True),
+    Cell("1m", 64, tls=True),
+    Cell("1m", 8, tls=True),
+    Cell("10k", 64, tls=True, new_connection=True),
+)
+READ_SIZE_PREFIX = "keyfront read"  # --tls-read-sizes: 1 MB TLS hits only
+TLS_DB = 5  # the Redis database of the TLS instance; the read-size variants' follow
 # (prefix of the keyed route, prefix of the auth: none route) by what serves keyfront's hits
 PREFIXES = {"cache": ("/request/", "/open/"), "file": ("/files/", "/files-open/")}
 TEN_KB_ONLY = (AUTH_OFF, FLOOR_PREFIX, EXTERNAL)  # variants whose point is the per-request cost
@@ -51,6 +64,9 @@ class Options:
     metering_off_yaml: dict[str, Any]  # a config overlay for "off"; empty: bench.nometer
     floor: bool  # measure the aiohttp floor too
     baseline: str | None = None  # another checkout's venv python (`--baseline`)
+    tls: bool = True  # the TLS rows (`--no-tls`)
+    only_tls: bool = False  # `--only tls`: nginx and keyfront over TLS, nothing else
+    tls_read_sizes: tuple[int, ...] = ()  # keyfront over TLS with these read sizes too
 
 
 @dataclass
@@ -62,9 +78,13 @@ class Bench:
     mode: str  # "cache": the disk cache answers HIT; "file": the file:// route instead
     targets: dict[str, Target]  # by label, nginx first
     x_cache: dict[str, dict[str, str]] = field(default_factory=dict)  # label -> size -> X-Cache
+    tls_targets: dict[str, Target] = field(default_factory=dict)  # the same over HTTPS
+    only_tls: bool = False
 
     def plan(self) -> list[tuple[Cell, list[Target]]]:
-        """The runs of one round; auth off and the floor only at 10 KB."""
+        """The runs of one round; auth off and the floor only at 10 KB, the read-size
+        variants only at 1 MB over TLS. `only_tls`: the TLS cells, and plain HTTP at
+        c64 for nginx and keyfront alone."""
         plan = []
         for cell in CELLS:
             labels = [
@@ -72,7 +92,19 @@ class Bench:
                 for label in self.targets
                 if cell.size == "10k" or not label.startswith(TEN_KB_ONLY)
             ]
+            if self.only_tls:  # what TLS costs: the same servers over plain HTTP, c64
+                if cell.connections != 64:
+                    continue
+                labels = [NGINX, KEYFRONT]
             plan.append((cell, [self.targets[label] for label in labels]))
+        for cell in TLS_CELLS if self.tls_targets else ():
+            labels = [
+                label
+                for label in self.tls_targets
+                if (cell.size == "1m" and not cell.new_connection)
+                or not label.startswith(READ_SIZE_PREFIX)
+            ]
+            plan.append((cell, [self.tls_targets[label] for label in labels]))
         return plan
 
     def cold_targets(self) -> list[Target]:
@@ -97,14 +129,18 @@ class Launcher:
         name: str,
         store: str,
         extra: dict[str, Any] | None = None,
+        *,
         module: str = "proxy",
         python: str = sys.executable,
+        env: dict[str, str] | None = None,
+        ca: Path | None = None,
     ) -> Keyfront:
         folder = self.root / name
         config = keyfront_config(folder, store, self.origin, self.objects, extra or {})
         return start_keyfront(
-            self.procs, self.cores, name, folder, config, module=module, python=python
-        )
+            self.procs, self.cores, name, folder, config, module=module, python=python,
+            env=env, ca=ca,
+        )  # fmt: skip
 
 
 def set_up(procs: Processes, cores: Cores, root: Path, options: Options) -> Bench:
@@ -114,13 +150,42 @@ def set_up(procs: Processes, cores: Cores, root: Path, options: Options) -> Benc
     origin = start_origin(procs, cores, objects)
     redis_port, redis_pid = start_redis(procs, cores, root / "redis")
     redis = f"redis://127.0.0.1:{redis_port}"
-    nginx = start_nginx(procs, cores, root / "nginx", origin)
+    certificate = make_certificate(root / "tls") if options.tls else None
+    nginx, nginx_tls = start_nginx(procs, cores, root / "nginx", origin, certificate)
     launch = Launcher(procs, cores, root, origin, objects)
     kf = launch.keyfront("keyfront", f"{redis}/0")
-    instances = {
-        KEYFRONT: kf,
-        AUTH_OFF: kf,
-        SQLITE: launch.keyfront("keyfront-sqlite", f"sqlite://{root}/keyfront-sqlite.db"),
+    instances: dict[str, Keyfront | None] = {KEYFRONT: kf, AUTH_OFF: kf}
+    if not options.only_tls:
+        instances |= _variants(launch, kf, redis, options)
+    for label in (KEYFRONT, METERING_OFF, ASYNCIO_LOOP, BASELINE):
+        instance = instances.get(label)
+        if instance is not None:
+            instance.server.store_pids = [redis_pid]  # its CPU is reported beside keyfront's
+    mode = options.path if options.path != "auto" else _detect_mode(kf)
+    targets = {NGINX: nginx} | _keyfront_targets(instances, *PREFIXES[mode])
+    if options.floor and not options.only_tls:
+        targets |= {t.label: t for t in _floors(procs, cores, objects)}
+    bench = Bench(root, origin, redis_port, kf, mode, targets, only_tls=options.only_tls)
+    if certificate is not None and nginx_tls is not None:
+        tls = _tls_instances(launch, certificate, redis, options.tls_read_sizes)
+        for instance in tls.values():
+            instance.server.store_pids = [redis_pid]
+        bench.tls_targets = {NGINX: nginx_tls} | _keyfront_targets(dict(tls), *PREFIXES[mode])
+        _check_full_handshakes(bench.tls_targets.values(), certificate)
+    bench.x_cache = {label: warm(target) for label, target in targets.items()}
+    bench.x_cache |= {f"{label} TLS": warm(t) for label, t in bench.tls_targets.items()}
+    for label in (NGINX, f"{NGINX} TLS"):
+        if any(seen != "HIT" for seen in bench.x_cache.get(label, {}).values()):
+            raise BenchError(f"{label}'s cache does not hit after warming: {bench.x_cache[label]}")
+    return bench
+
+
+def _variants(
+    launch: Launcher, kf: Keyfront, redis: str, options: Options
+) -> dict[str, Keyfront | None]:
+    """The instances beside `keyfront` that the plain rows compare it with."""
+    return {
+        SQLITE: launch.keyfront("keyfront-sqlite", f"sqlite://{launch.root}/keyfront-sqlite.db"),
         METERING_OFF: _metering_off(launch, f"{redis}/2", options) if options.metering else None,
         ASYNCIO_LOOP: _asyncio_loop(launch, f"{redis}/3"),
         EXTERNAL: _imported(kf),
@@ -130,18 +195,35 @@ def set_up(procs: Processes, cores: Cores, root: Path, options: Options) -> Benc
             else None
         ),
     }
-    for instance in (kf, instances[METERING_OFF], instances[ASYNCIO_LOOP], instances[BASELINE]):
-        if instance is not None:
-            instance.server.store_pids = [redis_pid]  # its CPU is reported beside keyfront's
-    mode = options.path if options.path != "auto" else _detect_mode(kf)
-    targets = {NGINX: nginx} | _keyfront_targets(instances, *PREFIXES[mode])
-    if options.floor:
-        targets |= {t.label: t for t in _floors(procs, cores, objects)}
-    bench = Bench(root, origin, redis_port, kf, mode, targets)
-    bench.x_cache = {label: warm(target) for label, target in targets.items()}
-    if any(seen != "HIT" for seen in bench.x_cache[NGINX].values()):
-        raise BenchError(f"nginx's cache does not hit after warming: {bench.x_cache[NGINX]}")
-    return bench
+
+
+def _check_full_handshakes(targets: Iterable[Target], certificate: Certificate) -> None:
+    """The handshake row needs a full handshake for every new connection on both
+    servers: neither may resume a session a client offers (wrk offers its last)."""
+    for target in targets:
+        if session_resumed(target.server.base, certificate.ca):
+            raise BenchError(f"{target.label} over TLS resumes sessions: the handshake row is off")
+
+
+def _tls_instances(
+    launch: Launcher, certificate: Certificate, redis: str, read_sizes: tuple[int, ...]
+) -> dict[str, Keyfront]:
+    """keyfront with `tls:` and nginx's certificate, through bench.tls_keyfront (no
+    session resumption, as nginx there); one instance per read size asked for."""
+    pair = {"cert": str(certificate.cert), "key": str(certificate.key)}
+    extra = {"tls": {"certificates": [pair]}}
+    sizes = {KEYFRONT: None} | {f"{READ_SIZE_PREFIX} {n // 1024} KiB": n for n in read_sizes}
+    instances = {}
+    for index, (label, size) in enumerate(sizes.items()):
+        instances[label] = launch.keyfront(
+            f"keyfront-tls-{size or 'default'}",
+            f"{redis}/{TLS_DB + index}",
+            extra,
+            module="bench.tls_keyfront",
+            env={"BENCH_READ_SIZE": str(size)} if size else None,
+            ca=certificate.ca,
+        )
+    return instances
 
 
 def _metering_off(launch: Launcher, store: str, options: Options) -> Keyfront | None:
@@ -211,7 +293,7 @@ def warm(target: Target) -> dict[str, str]:
         if target.label.startswith(FLOOR_PREFIX) and size != "10k":
             continue
         for _ in range(2):
-            status, headers, got = get(target.url(name))
+            status, headers, got = get(target.url(name), ca=target.server.ca)
             if status != 200 or got != length:
                 raise BenchError(f"{target.label}: {name} answered {status} with {got} bytes")
         seen[size] = headers.get("X-Cache", "-")
