@@ -11,6 +11,7 @@ from . import scenarios
 from .matrix import DISTURBED, NGINX, Cell, Results, cpu, main_table, ratio_table, rps
 from .servers import Target
 from .setup import (
+    ANALYTICS_OFF,
     ASYNCIO_LOOP,
     AUTH_OFF,
     BASELINE,
@@ -33,6 +34,7 @@ COMPARISONS = (
     ("every check on / auth off", KEYFRONT, AUTH_OFF),
     ("Redis bucket / SQLite store (in-process bucket)", KEYFRONT, SQLITE),
     ("metering on / off", KEYFRONT, METERING_OFF),
+    ("analytics on / off (SPEC 15 sketches)", KEYFRONT, ANALYTICS_OFF),
     ("keyfront: uvloop (default) / asyncio loop", KEYFRONT, ASYNCIO_LOOP),
     ("keyfront / aiohttp floor (uvloop)", KEYFRONT, FLOOR_UVLOOP),
     ("aiohttp floor: uvloop / asyncio", FLOOR_UVLOOP, FLOOR_ASYNCIO),
@@ -279,6 +281,15 @@ def _plain_targets(r: Results) -> list[Row]:
             _met(checks is not None and checks >= 0.90),
         )
     )
+    analytics = r.ratio(TEN_KB_C64, KEYFRONT, ANALYTICS_OFF, rps)
+    if analytics is not None:
+        rows.append(
+            (
+                "per-key analytics cost ≤ 3% vs analytics off (10 KB c64)",
+                _cost(analytics),
+                _met(analytics >= 0.97),
+            )
+        )
     return rows
 
 

@@ -35,6 +35,7 @@ KEYFRONT = "keyfront"  # redis:// store, every check on: SPEC section 12's confi
 AUTH_OFF = "keyfront auth off"
 SQLITE = "keyfront sqlite"
 METERING_OFF = "keyfront metering off"
+ANALYTICS_OFF = "keyfront analytics off"  # usage.analytics: false (SPEC 12: at most 3%)
 ASYNCIO_LOOP = "keyfront asyncio loop"  # event_loop: asyncio (the default is uvloop)
 BASELINE = "keyfront baseline"  # --baseline: another checkout, to judge a change in one run
 EXTERNAL = "keyfront external key"  # an imported key of an existing key system (SPEC 13)
@@ -54,7 +55,8 @@ READ_SIZE_PREFIX = "keyfront read"  # --tls-read-sizes: 1 MB TLS hits only
 TLS_DB = 5  # the Redis database of the TLS instance; the read-size variants' follow
 # (prefix of the keyed route, prefix of the auth: none route) by what serves keyfront's hits
 PREFIXES = {"cache": ("/request/", "/open/"), "file": ("/files/", "/files-open/")}
-TEN_KB_ONLY = (AUTH_OFF, FLOOR_PREFIX, EXTERNAL)  # variants whose point is the per-request cost
+# variants whose point is the per-request cost
+TEN_KB_ONLY = (AUTH_OFF, FLOOR_PREFIX, EXTERNAL, ANALYTICS_OFF)
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,7 @@ def set_up(procs: Processes, cores: Cores, root: Path, options: Options) -> Benc
     instances: dict[str, Keyfront | None] = {KEYFRONT: kf, AUTH_OFF: kf}
     if not options.only_tls:
         instances |= _variants(launch, kf, redis, options)
-    for label in (KEYFRONT, METERING_OFF, ASYNCIO_LOOP, BASELINE):
+    for label in (KEYFRONT, METERING_OFF, ANALYTICS_OFF, ASYNCIO_LOOP, BASELINE):
         instance = instances.get(label)
         if instance is not None:
             instance.server.store_pids = [redis_pid]  # its CPU is reported beside keyfront's
@@ -187,6 +189,7 @@ def _variants(
     return {
         SQLITE: launch.keyfront("keyfront-sqlite", f"sqlite://{launch.root}/keyfront-sqlite.db"),
         METERING_OFF: _metering_off(launch, f"{redis}/2", options) if options.metering else None,
+        ANALYTICS_OFF: _analytics_off(launch, f"{redis}/1") if options.metering else None,
         ASYNCIO_LOOP: _asyncio_loop(launch, f"{redis}/3"),
         EXTERNAL: _imported(kf),
         BASELINE: (
@@ -236,6 +239,12 @@ def _metering_off(launch: Launcher, store: str, options: Options) -> Keyfront | 
         print(f"metering on/off skipped: keyfront refuses {overlay}", file=sys.stderr)
         return None
     return launch.keyfront("keyfront-metering-off", store, module="bench.nometer")
+
+
+def _analytics_off(launch: Launcher, store: str) -> Keyfront:
+    """keyfront counting usage without SPEC section 15's per-key sketches: what they
+    cost a hit is this against `keyfront`, same rounds."""
+    return launch.keyfront("keyfront-analytics-off", store, {"usage": {"analytics": False}})
 
 
 def _asyncio_loop(launch: Launcher, store: str) -> Keyfront | None:
