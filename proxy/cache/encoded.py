@@ -54,7 +54,7 @@ from ..metrics import Metrics
 from ..origin import Origin, OriginRequest
 from ..origin.file import content_type
 from ..routing import SEPARATOR
-from .entry import CacheEntry, file_name, same_fill
+from .entry import CacheEntry, file_name, read_whole
 from .files import SMALL_OBJECT, DiskStore, TempObject
 from .fill import body_chunks
 from .locks import KeyLock
@@ -307,19 +307,8 @@ def _headers(identity: Mapping[str, str], coding: str) -> dict[str, str]:
 def _read_body(path: str, entry: CacheEntry) -> bytes | None:
     """The identity's body from its file, in a worker thread; None if the file is gone
     or another fill replaced it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        data = os.pread(fd, entry.file_size, 0)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if len(data) != entry.file_size or same_fill(data, entry) is None:
-        return None
-    return data[entry.body_offset :]
+    whole = read_whole(path, entry)
+    return None if whole is None else whole[0][entry.body_offset :]
 
 
 async def _read_file(origin: Origin, path: str, etag: str) -> bytes | None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -166,6 +167,23 @@ def same_fill(head: bytes, entry: CacheEntry) -> float | None:
         return None
     magic, fill_id, stored_at, _ = PREFIX.unpack_from(head)
     return float(stored_at) if magic == MAGIC and fill_id == entry.fill_id else None
+
+
+def read_whole(path: str, entry: CacheEntry) -> tuple[bytes, float] | None:
+    """The object file at `path` read whole, and its stored_at, if it still is the
+    fill `entry` was read from; None if it is gone, short, or was replaced meanwhile."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.pread(fd, entry.file_size, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    stored_at = same_fill(data, entry) if len(data) == entry.file_size else None
+    return None if stored_at is None else (data, stored_at)
 
 
 def kept_headers(origin_headers: dict[str, str]) -> dict[str, str]:

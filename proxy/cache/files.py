@@ -46,6 +46,7 @@ from .entry import (
     decode_header,
     encode_header,
     file_name,
+    read_whole,
     same_fill,
 )
 
@@ -156,18 +157,12 @@ class DiskStore:
     def read_small(self, entry: CacheEntry) -> bytes | None:
         """The body of a small object, read whole in the loop thread (page-cached, a few
         µs) and kept in the memory tier; None if the file is gone or was replaced."""
-        try:
-            fd = os.open(self.path(entry.name), _READ)
-        except OSError:
+        whole = read_whole(self.path(entry.name), entry)
+        if whole is None:
             return None
-        try:
-            data = os.pread(fd, entry.file_size, 0)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        if len(data) != entry.file_size or not self._current(data, entry):
-            return None
+        data, stored_at = whole
+        # Another process may have revalidated it: its freshness counts here too.
+        entry.stored_at = max(entry.stored_at, stored_at)
         body = data[entry.body_offset :]
         self.keep_body(entry, body)
         return body

@@ -80,39 +80,37 @@ class SqliteUsage:
     async def read_usage(
         self, scope: Scope, ids: Iterable[str], start: int, end: int, grain: Grain
     ) -> list[UsageRow]:
-        stored = "hour" if grain == "hour" else "day"
-        wanted = list(ids)
-
-        def job() -> list[UsageRow]:
-            conn = self._connection()
-            rows: dict[tuple[str, int], dict[str, int]] = {}
-            for id_ in wanted:
-                for key_id, begin, field, value in conn.execute(
-                    _READ, (scope, stored, id_, start, end)
-                ):
-                    rows.setdefault((key_id, begin), {})[field] = value
-            return [UsageRow(scope, i, b, c) for (i, b), c in sorted(rows.items())]
-
-        result: list[UsageRow] = await self._run(job)
-        return result
+        cells = await self._read_cells(scope, ids, start, end, grain, query=_READ)
+        return [UsageRow(scope, i, b, counts) for (i, b), counts in cells]
 
     async def read_sketches(
         self, scope: Scope, ids: Iterable[str], start: int, end: int, grain: Grain
     ) -> list[UsageRow]:
+        cells = await self._read_cells(scope, ids, start, end, grain, query=_SKETCH_READ)
+        return [
+            UsageRow(scope, i, b, {}, {name: Sketch.loads(text) for name, text in texts.items()})
+            for (i, b), texts in cells
+        ]
+
+    async def _read_cells(
+        self, scope: Scope, ids: Iterable[str], start: int, end: int, grain: Grain, *, query: str
+    ) -> list[tuple[tuple[str, int], dict[str, Any]]]:
+        """(id, period start) -> {field or dimension: value}, in order, for the rows of
+        `grain` ("month" is summed from days by the caller) starting in [start, end)."""
         stored = "hour" if grain == "hour" else "day"
         wanted = list(ids)
 
-        def job() -> list[UsageRow]:
+        def job() -> list[tuple[tuple[str, int], dict[str, Any]]]:
             conn = self._connection()
-            rows: dict[tuple[str, int], dict[str, Sketch]] = {}
+            rows: dict[tuple[str, int], dict[str, Any]] = {}
             for id_ in wanted:
-                for key_id, begin, dimension, text in conn.execute(
-                    _SKETCH_READ, (scope, stored, id_, start, end)
+                for row_id, begin, name, value in conn.execute(
+                    query, (scope, stored, id_, start, end)
                 ):
-                    rows.setdefault((key_id, begin), {})[dimension] = Sketch.loads(text)
-            return [UsageRow(scope, i, b, {}, s) for (i, b), s in sorted(rows.items())]
+                    rows.setdefault((row_id, begin), {})[name] = value
+            return sorted(rows.items())
 
-        result: list[UsageRow] = await self._run(job)
+        result: list[tuple[tuple[str, int], dict[str, Any]]] = await self._run(job)
         return result
 
     def _prune_usage(self, conn: sqlite3.Connection, now: float) -> None:
