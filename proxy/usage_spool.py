@@ -391,46 +391,49 @@ def _check_header(words: memoryview, size: int) -> None:
         raise SpoolRefused("its sealed batch is older than the stores remember batch ids")
 
 
+# A served cell's fields, by kind: (cache outcome x2 + 304) x2 + no referrer
+_KIND_FIELDS = [
+    ("requests", *(f for f in (cache, "not_modified" * nm, "no_referrer" * nr) if f))
+    for cache in ("hits", "misses", "")
+    for nm in (0, 1)
+    for nr in (0, 1)
+]
+
+
 def _row(words: memoryview, base: int, codes: list[str]) -> tuple[Row, dict[str, int]]:
     """A slot's row and its counts, SPEC section 4's fields (zeros left out, but
-    `bytes` beside `requests`, as the in-process counting always gave them)."""
-    hour, lengths = words[base + R_HOUR], words[base + R_LENGTHS]
+    `bytes` beside `requests`, as the in-process counting always gave them). The slot
+    is read in one copy: ~1 µs a row."""
+    slot = words[base : base + ROW_WORDS].tolist()
+    hour, lengths = slot[R_HOUR], slot[R_LENGTHS]
     key = _id(words, base + R_KEY, lengths & 0xFFFF)
     customer = _id(words, base + R_CUSTOMER, lengths >> 16)
     now = time.time()
     if hour % 3600 or not now - 400 * 86400 < hour < now + 86400:
         raise SpoolRefused(f"hour {hour} of key {key} is not a recent hour")
+    counters = slot[R_SERVED:]
+    if min(counters) < 0 or max(counters) >= MAX_COUNT:
+        raise SpoolRefused(f"a counter of key {key} is out of range")
     counts: dict[str, int] = {}
-    for kind in range(12):
-        count, sent = _cell(words, base + R_SERVED + 4 * kind)
-        if count:
-            cache, not_modified, no_referrer = kind // 4, kind >> 1 & 1, kind & 1
-            fields = ["requests", ("hits", "misses", "")[cache]]
-            fields += ["not_modified"] * not_modified + ["no_referrer"] * no_referrer
-            for field in filter(None, fields):
+    for kind, fields in enumerate(_KIND_FIELDS):
+        at = R_SERVED + 4 * kind
+        a, b = slot[at], slot[at + 2]
+        if a or b:
+            if abs(a - b) > 1:
+                raise SpoolRefused(f"a cell's copies count {a} and {b}: torn or overwritten")
+            count, sent = (a, slot[at + 1]) if a >= b else (b, slot[at + 3])
+            for field in fields:
                 counts[field] = counts.get(field, 0) + count
             counts["bytes"] = counts.get("bytes", 0) + sent
-    for i, code in enumerate(codes):
-        plain, no_referrer = (_count(words[base + R_DENIED + 2 * i + j]) for j in (0, 1))
-        if plain + no_referrer:
-            counts[f"denied_{code}"] = plain + no_referrer
-        if no_referrer:
-            counts["refused_no_referrer"] = counts.get("refused_no_referrer", 0) + no_referrer
+    denied = slot[R_DENIED:]
+    if any(denied):
+        for i, code in enumerate(codes):
+            plain, no_referrer = denied[2 * i], denied[2 * i + 1]
+            if plain + no_referrer:
+                counts[f"denied_{code}"] = plain + no_referrer
+            if no_referrer:
+                counts["refused_no_referrer"] = counts.get("refused_no_referrer", 0) + no_referrer
     return (key, customer, hour), counts
-
-
-def _cell(words: memoryview, at: int) -> tuple[int, int]:
-    """A served cell's committed (count, bytes): the copy with the higher count."""
-    a, b = _count(words[at]), _count(words[at + 2])
-    if abs(a - b) > 1:
-        raise SpoolRefused(f"a cell's copies count {a} and {b}: torn or overwritten")
-    return (a, _count(words[at + 1])) if a >= b else (b, _count(words[at + 3]))
-
-
-def _count(value: int) -> int:
-    if not 0 <= value < MAX_COUNT:
-        raise SpoolRefused(f"counter {value} is out of range")
-    return value
 
 
 def _id(words: memoryview, at: int, length: int) -> str:
