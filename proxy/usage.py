@@ -283,7 +283,8 @@ class UsageMeter:
             # Read in a thread: a file of many rows takes ms to parse (~7 µs a row).
             batch = await asyncio.to_thread(spool.sealed)
             while batch is not None or spool.live_rows:
-                batch = batch or await asyncio.to_thread(spool.seal)
+                if batch is None:
+                    batch = await asyncio.to_thread(spool.seal)
                 rows = _batch_rows(dict(batch.rows), {})
                 if rows:
                     await self._ledger.add_usage(batch.batch_id, rows)
