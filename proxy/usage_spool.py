@@ -202,6 +202,9 @@ class Spool:
                 os.rename(path, path + REFUSED_SUFFIX)
             os.close(fd)
             raise
+        except BaseException:
+            os.close(fd)  # unlocked: tried again at the next look
+            raise
         if spool is None:
             os.close(fd)
         return spool

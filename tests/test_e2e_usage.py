@@ -287,11 +287,19 @@ async def test_keyfront_killed_flushes_its_counts_at_the_next_start(
     assert len(served) > 100 and len(_spooled(tmp_path)) == 1
     expected = {"requests": len(served), "bytes": sum(served)}
     assert _totals(kf.cli, key_id) != expected  # the last interval's counts wait in the file
-    for _ in range(2):
+    # beside it, a damaged file: refused, counted, renamed, nothing of it counted
+    (tmp_path / "cache" / "usage" / "usage-1-0badf11e.spool").write_bytes(b"\0" * 9000)
+    for attempt in range(2):
         kf = start_keyfront(quiet, str(tmp_path))
         deadline = time.monotonic() + 10
         while _totals(kf.cli, key_id) != expected and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{kf.admin_url}/metrics") as response,
+        ):
+            metrics = await response.text()
+        assert f"keyfront_usage_spool_refused_total {1 - attempt}" in metrics
         assert kf.stop() == 0
         assert _totals(kf.cli, key_id) == expected
         assert _spooled(tmp_path) == []
