@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -173,7 +174,8 @@ async def _settled_totals(
 
 # --- issue 19: counts survive SIGKILL (proxy/usage_spool.py) ---------------------------
 
-EPOLL_WAITS = {"232", "281", "441"}  # x86-64 epoll_wait, epoll_pwait, epoll_pwait2
+# epoll_wait, epoll_pwait, epoll_pwait2 as /proc/PID/syscall numbers them
+EPOLL_WAITS = {"x86_64": {"232", "281", "441"}, "aarch64": {"22", "441"}}[platform.machine()]
 
 
 def _kill_when_idle(pid: int) -> None:
