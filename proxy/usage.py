@@ -2,14 +2,21 @@
 
 Per key and per customer, per hour (UTC): `requests` (served 2xx/3xx), `bytes` (body
 bytes actually sent), `hits`, `misses`, `not_modified`, and `denied_<code>` for
-refused requests. Counted in process, once per request in the key's row (a dict
-increment, no I/O); a customer's rows are its keys' rows summed at flush. Flushed every
-`usage.flush_interval` and at shutdown as one batch with a unique id.
-The store applies a batch at most once (SQLite: one transaction that records the id;
-Redis: one script per row that sets a marker with the counts), so a flush that fails
-half-way is retried whole without counting anything twice. While the store is down
-the counts stay here, bounded by `usage.max_pending` rows; past the bound new rows are
-dropped, counted in `dropped` and logged once per outage.
+refused requests. Counted in process, once per request in the key's row: a few int64
+stores into this process's usage spool, a MAP_SHARED file that outlives a SIGKILL
+(proxy/usage_spool.py; no syscall); a customer's rows are its keys' rows summed at
+flush. Flushed every `usage.flush_interval` and at shutdown as one batch with a
+unique id. The store applies a batch at most once (SQLite: one transaction that
+records the id; Redis: one script per row that sets a marker with the counts), so a
+flush that fails half-way is retried whole without counting anything twice. While the
+store is down the counts stay here, bounded by `usage.max_pending` rows; past the bound
+new rows are dropped, counted in `dropped` and logged once per outage.
+
+Issue 19: the spool files of dead processes (a worker the OOM killer took, a process
+killed before its final flush) are flushed by the live ones: at their first flush,
+every CLAIM_INTERVAL, and at shutdown; each file exactly once (flock), its sealed batch
+again under its own id, its live rows as a new batch. A graceful stop whose final
+flush fails (store down) leaves its file for the next start.
 
 Analytics (SPEC section 15, `usage.analytics`): beside each key row, a `Traffic` of
 sketches (proxy/analytics.py) counts the request's referrer origin, object and client
