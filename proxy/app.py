@@ -48,6 +48,7 @@ from .store.sqlite import SqliteStore
 from .supervisors import is_worker, shared_metrics_dir, supervise, worker_count
 from .tls import Certificates
 from .usage import UsageMeter
+from .usage_spool import store_identity
 
 log = logging.getLogger("keyfront")
 GC_THRESHOLD = 20_000  # allocations between gen-0 collections (CPython's default: 700)
@@ -160,7 +161,8 @@ async def startup(config: Config, stack: contextlib.AsyncExitStack) -> Runtime:
     access_log.start()
     stack.push_async_callback(access_log.close)
     usage = UsageMeter(store, config.usage.flush_interval, config.usage.max_pending,
-                       config.usage.analytics)  # fmt: skip
+                       config.usage.analytics, spool_dir=spool_dir(config),
+                       store_id=store_identity(config.store))  # fmt: skip
     usage.start()
     stack.push_async_callback(usage.close)
     metrics.sources.append(functools.partial(_gauges, records, usage, external, limiter))
@@ -347,6 +349,12 @@ async def follow_changes(
             task.add_done_callback(purges.discard)
 
 
+def spool_dir(config: Config) -> str:
+    """Where usage spool files live (issue 19): `usage.spool_dir`, else in the cache
+    folder, which every deployment kit gives keyfront to write (a volume, CacheDirectory)."""
+    return config.usage.spool_dir or os.path.join(config.cache.dir, "usage")
+
+
 def _gauges(
     records: RecordCache,
     usage: UsageMeter,
@@ -356,6 +364,7 @@ def _gauges(
 ) -> None:
     metrics.counters["key_cache"] = {"hit": records.hits, "miss": records.misses}
     metrics.counters["usage_dropped_requests"] = {"": usage.dropped_total}
+    metrics.counters["usage_spool_refused"] = {"": usage.spool_refused}
     metrics.host_gauges["imported_keys"] = len(external)  # every worker holds the same set
     metrics.gauges["usage_pending"] = usage.pending
     metrics.gauges["store_degraded"] = int(limiter.degraded)  # summed: workers degraded

@@ -115,6 +115,7 @@ class Metrics(Collector):
                 "key_lookups",
                 "store_errors",
                 "usage_dropped_requests",
+                "usage_spool_refused",
                 "cache_evictions",
                 "cache_coalesced",
                 "cache_write_errors",
@@ -258,6 +259,7 @@ class Metrics(Collector):
         yield _counter("store_errors", "Store failures.", ["op"], c["store_errors"])
         for name, doc in (
             ("usage_dropped_requests", "Requests not metered: the usage buffer was full."),
+            ("usage_spool_refused", "Usage spool files of dead processes refused unread."),
             ("cache_evictions", "Objects evicted."),
             ("cache_coalesced", "Misses served by another request's fetch."),
             ("cache_write_errors", "Cache writes that failed."),

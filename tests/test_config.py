@@ -938,7 +938,7 @@ cache: {dir: cache, max_size: 1GiB, max_object_size: 1MiB, max_objects: 10, ttl:
 compression: {encodings: [gzip], types: [image/svg+xml], min_size: 2KiB}
 origin_timeouts: {connect: 1s, first_byte: 2s, idle: 3s}
 client_timeouts: {headers: 1s, keepalive: 2s, send: 3s, min_send_rate: 1KiB}
-usage: {flush_interval: 2s, max_pending: 10, analytics: false}
+usage: {flush_interval: 2s, max_pending: 10, analytics: false, spool_dir: spool}
 metrics: {customer_labels: 5}
 tls: {certificates: [{cert: tls.pem, key: tls.key}], min_version: "1.3", reload_interval: 5s}
 redirect_http_listen: 127.0.0.1:8082

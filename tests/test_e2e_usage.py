@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -168,3 +170,138 @@ async def _settled_totals(
             return now
         last = now
     pytest.fail(f"usage did not settle: {last}")
+
+
+# --- issue 19: counts survive SIGKILL (proxy/usage_spool.py) ---------------------------
+
+# epoll_wait, epoll_pwait, epoll_pwait2 as /proc/PID/syscall numbers them
+EPOLL_WAITS = {"x86_64": {"232", "281", "441"}, "aarch64": {"22", "441"}}[platform.machine()]
+
+
+def _kill_when_idle(pid: int) -> None:
+    """SIGKILL `pid` at an instant its event loop waits in epoll (stopped first, and
+    its system call read from /proc). A kill that lands between a response's last write
+    and its counting (a few µs of Python in the handler's `finally`) loses that one
+    request: counting follows sending (SPEC: bytes actually sent); choosing the instant
+    keeps the test exact about what the spool itself must keep: every count made."""
+    for _ in range(5000):
+        os.kill(pid, signal.SIGSTOP)
+        while _state(pid) != "T":
+            time.sleep(0.0001)
+        with open(f"/proc/{pid}/syscall") as f:
+            number = f.read().split()[0]
+        if number in EPOLL_WAITS:
+            os.kill(pid, signal.SIGKILL)
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.001)
+    pytest.fail(f"process {pid} was never idle")
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
+
+
+def _workers(pid: int, count: int, gone: int = 0) -> list[int]:
+    """The supervisor's `count` worker pids, once `gone` is not one of them, busiest
+    (CPU time) first."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+        if len(children) == count and gone not in children:
+            return sorted(children, key=_cpu, reverse=True)
+        time.sleep(0.05)
+    pytest.fail(f"{count} workers did not start")
+
+
+def _cpu(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _spooled(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "cache" / "usage"
+    return [p.name for p in folder.iterdir() if p.suffix == ".spool"] if folder.exists() else []
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+async def test_a_worker_killed_under_load_loses_no_counts(
+    tmp_path: Path, files: Path, request: pytest.FixtureRequest, store: str
+) -> None:
+    # Issue 19: a worker SIGKILLed (as by the OOM killer) under load, restarted by the
+    # supervisor, then SIGTERM: the usage is exactly the requests the clients were
+    # served. Before, the worker's last flush interval of counts was lost.
+    redis = request.getfixturevalue("redis_server") if store == "redis" else None
+    store_url = empty_store_url(store, redis, str(tmp_path))
+    key = await provision(store_url, rate=UNLIMITED, burst=UNLIMITED.count)
+    quiet = config(store_url, files, "access_log: off")
+    kf = start_keyfront(quiet, str(tmp_path), "--workers", "2")
+    stop, served = asyncio.Event(), []
+    url = f"{kf.url}/files/a.txt?key={key}"
+    try:
+        deadline = time.monotonic() + 10
+        while len(_spooled(tmp_path)) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # each worker makes its spool file as it starts
+        await asyncio.sleep(0.5)
+        # 8 connections: SO_REUSEPORT spreads them over both workers
+        clients = [asyncio.create_task(_traffic(url, stop, served)) for _ in range(8)]
+        await asyncio.sleep(0.8)
+        victim, survivor = _workers(kf.process.pid, 2)
+        killed_at = len(served)
+        await asyncio.to_thread(_kill_when_idle, victim)
+        restarted = await asyncio.to_thread(_workers, kf.process.pid, 2, victim)
+        assert survivor in restarted
+        await asyncio.sleep(0.3)  # the restarted worker serves meanwhile
+        stop.set()
+        await asyncio.gather(*clients)
+    finally:
+        stop.set()
+        assert await asyncio.to_thread(kf.stop, 20) == 0
+    assert killed_at > 100 and len(served) > killed_at
+    expected = {"requests": len(served), "bytes": sum(served)}
+    assert _totals(kf.cli, key.split("_")[2]) == expected
+    assert _spooled(tmp_path) == []  # flushed and removed
+
+
+async def test_keyfront_killed_flushes_its_counts_at_the_next_start(
+    tmp_path: Path, files: Path
+) -> None:
+    # One process SIGKILLed: its counts wait in its spool file, and the next start
+    # flushes them once (a second stop and start adds nothing).
+    store_url = f"sqlite://{tmp_path}/kf.db"
+    key = await provision(store_url, rate=UNLIMITED, burst=UNLIMITED.count)
+    key_id = key.split("_")[2]
+    quiet = config(store_url, files, "access_log: off")
+    kf = start_keyfront(quiet, str(tmp_path))
+    stop, served = asyncio.Event(), []
+    clients = [
+        asyncio.create_task(_traffic(f"{kf.url}/files/a.txt?key={key}", stop, served))
+        for _ in range(4)
+    ]
+    await asyncio.sleep(0.8)
+    await asyncio.to_thread(_kill_when_idle, kf.process.pid)
+    stop.set()
+    await asyncio.gather(*clients)
+    kf.process.wait(5)
+    assert len(served) > 100 and len(_spooled(tmp_path)) == 1
+    expected = {"requests": len(served), "bytes": sum(served)}
+    assert _totals(kf.cli, key_id) != expected  # the last interval's counts wait in the file
+    # beside it, a damaged file: refused, counted, renamed, nothing of it counted
+    (tmp_path / "cache" / "usage" / "usage-1-0badf11e.spool").write_bytes(b"\0" * 9000)
+    for attempt in range(2):
+        kf = start_keyfront(quiet, str(tmp_path))
+        deadline = time.monotonic() + 10
+        while _totals(kf.cli, key_id) != expected and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{kf.admin_url}/metrics") as response,
+        ):
+            metrics = await response.text()
+        assert f"keyfront_usage_spool_refused_total {1 - attempt}" in metrics
+        assert kf.stop() == 0
+        assert _totals(kf.cli, key_id) == expected
+        assert _spooled(tmp_path) == []

@@ -220,6 +220,9 @@ class UsageConfig:
     # SPEC section 15: per key and hour, the top referrer hosts, objects and client
     # addresses (proxy/analytics.py); false keeps only section 4's counters.
     analytics: Annotated[bool, read.boolean] = True
+    # Issue 19: each process's unflushed counts, in files that outlive a SIGKILL
+    # (proxy/usage_spool.py); None: `usage` in cache.dir, writable in every kit.
+    spool_dir: Annotated[str | None, read.optional(read.local_path)] = None
 
 
 @dataclass(frozen=True, slots=True)
