@@ -345,6 +345,14 @@ def test_customers_create_list_get_patch_disable(deployment: Deployment) -> None
     patched = deployment.admin("PATCH", "/customers/umbrella", {"max_burst": 5, "max_rate": None})
     assert (patched.json()["max_burst"], patched.json()["max_rate"]) == (5, None)
     assert deployment.admin("GET", "/customers/umbrella").json() == patched.json()
+    billing = {"billing_id": "cus_9s6XKzkNRiz8i3", "alert_webhook": "https://h.example/a"}
+    patched = deployment.admin("PATCH", "/customers/umbrella", billing, expect=200)
+    assert {k: patched.json()[k] for k in billing} == billing  # SPEC section 16
+    for body in ({"alert_webhook": "http://10.0.0.1/"}, {"billing_id": ""}):
+        reply = deployment.admin("PATCH", "/customers/umbrella", body)
+        assert (reply.status, reply.json()["error"]["field"]) == (400, next(iter(body)))
+    cleared = deployment.admin("PATCH", "/customers/umbrella", {"alert_webhook": None})
+    assert cleared.json()["alert_webhook"] is None
     disabled = deployment.admin("POST", "/customers/umbrella/disable", expect=200).json()
     assert disabled["status"] == "disabled"
     refused = deployment.admin("POST", "/keys", {"customer_id": "umbrella"})
