@@ -163,6 +163,7 @@ async def startup(config: Config, stack: contextlib.AsyncExitStack) -> Runtime:
                        config.usage.analytics)  # fmt: skip
     usage.start()
     stack.push_async_callback(usage.close)
+    await open_export(runtime, stack)
     metrics.sources.append(functools.partial(_gauges, records, usage, external, limiter))
     metrics.start()
     stack.push_async_callback(metrics.close)
@@ -180,6 +181,23 @@ async def startup(config: Config, stack: contextlib.AsyncExitStack) -> Runtime:
     )
     await open_listeners(runtime, pipeline, stack)
     return runtime
+
+
+async def open_export(runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:
+    """The usage export (SPEC section 16), when configured: every worker runs one, the
+    one holding the store's lease does the work (proxy/export/outbox.py)."""
+    config = runtime.config
+    if config.export is None:
+        return
+    from .export import Exporter, holder_name
+    from .export.sinks import sink_for
+
+    sinks = [sink_for(sink) for sink in config.export.sinks]
+    holder = holder_name(config.listen)
+    exporter = Exporter(runtime.store, config.export, sinks, config.usage.flush_interval, holder)
+    exporter.start()
+    stack.push_async_callback(exporter.close)
+    runtime.metrics.sources.append(exporter.publish)
 
 
 async def open_listeners(
