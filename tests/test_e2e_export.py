@@ -248,3 +248,29 @@ async def test_a_receiver_that_hangs_or_is_down_for_a_while_loses_nothing(
         assert receiver.totals(key_id)["requests"] == 4
     finally:
         kf.stop()
+
+
+async def test_two_instances_sharing_redis_export_each_period_once(
+    tmp_path: Path, files: Path, receiver: Receiver, redis_server: RedisServer
+) -> None:
+    store_url = empty_store_url("redis", redis_server, str(tmp_path))
+    key = await billed(store_url, "cus_3")
+    key_id = key.split("_")[2]
+    body = export_config(store_url, files, receiver)
+    one = await start(body, tmp_path)
+    two = await start(body, tmp_path)
+    try:
+        sent = 0
+        for _ in range(3):  # over a few periods, both serving
+            sent += await serve(f"{one.url}/files/a.txt?key={key}", 4)
+            sent += await serve(f"{two.url}/files/a.txt?key={key}", 3)
+            await asyncio.sleep(1)
+        await until(lambda: receiver.totals(key_id)["requests"] >= 21, within=15)
+        await asyncio.sleep(int(PERIOD) + 1.5)  # a second exporter would send by now
+
+        assert receiver.totals(key_id) == {"requests": 21, "bytes": sent, "hits": 0, "misses": 0}
+        assert len(set(receiver.ids())) == len(receiver.ids())  # each id's counts once
+        assert receiver.bad == []
+    finally:
+        one.stop()
+        two.stop()

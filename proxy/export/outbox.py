@@ -131,12 +131,7 @@ class Exporter:
         while True:
             leading = False
             try:
-                leading = await self._store.export_lease(self._holder, LEASE_TTL)
-                if self._store_ok_since is None:
-                    self._store_ok_since = time.time()
-                if leading:
-                    await self.run_pass(time.time())
-                await self._read_status()
+                leading = await self.step(time.time())
                 self._failing = False
             except StoreError as exc:
                 self._store_ok_since = None
@@ -145,6 +140,17 @@ class Exporter:
                 self._failing = True
             self._lead(leading)
             await asyncio.sleep(TICK)
+
+    async def step(self, now: float) -> bool:
+        """Take or renew the lease; its holder runs the pass. Whether this process
+        holds the lease. StoreError if the store failed."""
+        leading = await self._store.export_lease(self._holder, LEASE_TTL)
+        if self._store_ok_since is None:
+            self._store_ok_since = now
+        if leading:
+            await self.run_pass(now)
+        await self._read_status()
+        return leading
 
     def _lead(self, leading: bool) -> None:
         """Deliver while this process holds the lease; stop when it lost it."""
@@ -236,30 +242,39 @@ class Exporter:
 
     async def _deliver(self, sink: Sink) -> None:
         failures = 0
-        counters = self.counters[sink.name]
         while True:
             try:
-                batch = await self._store.export_peek(sink.name, sink.batch_size)
+                delivered = await self.deliver_once(sink)
             except StoreError:
                 await asyncio.sleep(TICK)
                 continue
-            if not batch:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), TICK)
-                continue
-            try:
-                await sink.deliver([json.loads(event.body) for event in batch])
             except SinkError as exc:
                 failures += 1
-                counters.errors += 1
                 await self._failed(sink, exc, failures)
                 continue
             failures = 0
-            counters.delivered += len(batch)
-            status = {"last_period": iso(max(e.period for e in batch)), "delivered_at": _now()}
-            with contextlib.suppress(StoreError):  # not removed: delivered again, same ids
-                await self._store.export_ack(sink.name, [e.id for e in batch], status)
+            if not delivered:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), TICK)
+
+    async def deliver_once(self, sink: Sink) -> int:
+        """Deliver the sink's oldest waiting events, at most its batch size, and remove
+        them once it took them. How many; SinkError if it did not take them."""
+        batch = await self._store.export_peek(sink.name, sink.batch_size)
+        if not batch:
+            return 0
+        counters = self.counters[sink.name]
+        try:
+            await sink.deliver([json.loads(event.body) for event in batch])
+        except SinkError:
+            counters.errors += 1
+            raise
+        counters.delivered += len(batch)
+        status = {"last_period": iso(max(e.period for e in batch)), "delivered_at": _now()}
+        with contextlib.suppress(StoreError):  # not removed: delivered again, same ids
+            await self._store.export_ack(sink.name, [e.id for e in batch], status)
+        return len(batch)
 
     async def _failed(self, sink: Sink, exc: SinkError, failures: int) -> None:
         delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
