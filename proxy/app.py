@@ -189,7 +189,7 @@ async def open_export(runtime: Runtime, stack: contextlib.AsyncExitStack) -> Non
     config = runtime.config
     if config.export is None:
         return
-    from .export import Exporter, holder_name
+    from .export.outbox import Exporter, holder_name
     from .export.sinks import sink_for
 
     sinks = [sink_for(sink) for sink in config.export.sinks]

@@ -203,7 +203,8 @@ def test_wrong_or_missing_token_is_401_on_every_route(deployment: Deployment) ->
 def test_a_customer_token_gets_403_on_operator_routes(deployment: Deployment) -> None:
     document = deployment.admin("GET", "/openapi.json", token=None).json()
     operator_only = [(m, p) for m, p, access in routes(document) if access == "operator"]
-    assert len(operator_only) == 11  # with POST /keys/import and /keys/invalidate (issue 13)
+    # with POST /keys/import and /keys/invalidate (issue 13), GET /export (SPEC section 16)
+    assert len(operator_only) == 12
     for method, path in operator_only:
         reply = deployment.as_customer("acme", method, concrete(path), {})
         assert (reply.status, reply.code) == (403, "forbidden"), (method, path)

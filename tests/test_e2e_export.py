@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ SECRET = f"whsec_{KEY}"
 PERIOD = "2"  # seconds (KEYFRONT_TEST_EXPORT_PERIOD)
 ENV = {"KEYFRONT_TEST_EXPORT_PERIOD": PERIOD}
 UNLIMITED = Rate(1_000_000, 1.0)
+ADMIN = "admin-token-0123456789"
 
 
 @dataclass
@@ -123,6 +125,7 @@ def files(tmp_path: Path) -> Path:
 
 def export_config(store_url: str, files: Path, receiver: Receiver, flush: str = "200ms") -> str:
     extra = f"""usage: {{flush_interval: {flush}}}
+admin: {{token: {ADMIN}}}
 export:
   period: 1m
   sinks:
@@ -144,6 +147,15 @@ async def serve(url: str, count: int) -> int:
                 assert response.status == 200
                 sent += len(await response.read())
     return sent
+
+
+async def metrics(kf: KeyfrontProcess) -> str:
+    return await asyncio.to_thread(metrics_now, kf)
+
+
+def metrics_now(kf: KeyfrontProcess) -> str:
+    with urllib.request.urlopen(f"{kf.admin_url}/metrics", timeout=10) as response:
+        return str(response.read().decode())
 
 
 async def until(check: Any, within: float = 10.0) -> None:
@@ -212,6 +224,12 @@ async def test_a_refusing_receiver_then_kill_9_loses_nothing_and_the_same_id_arr
         sent = await serve(f"{kf.url}/files/a.txt?key={key}", 5)
         await until(lambda: len(receiver.refused) >= 2)  # refused, then retried
         first = receiver.refused[0]
+        (waiting,) = json.loads(kf.cli("export", "status", "--json").stdout)
+        assert waiting["sink"] == "webhook" and waiting["waiting"] == len(first)
+        assert "answered 503" in waiting["last_error"] and waiting["last_period_delivered"] is None
+        page = await metrics(kf)
+        assert f'keyfront_export_pending{{sink="webhook"}} {len(first)}.0' in page
+        assert 'keyfront_export_errors_total{sink="webhook"}' in page
         os.kill(kf.process.pid, signal.SIGKILL)
         kf.process.wait(5)
         receiver.answer = 204
@@ -219,6 +237,18 @@ async def test_a_refusing_receiver_then_kill_9_loses_nothing_and_the_same_id_arr
         await until(lambda: receiver.totals(key_id)["requests"] >= 5)
 
         assert set(first) <= set(receiver.ids())  # the refused events, with their ids
+        await until(lambda: 'keyfront_export_pending{sink="webhook"} 0.0' in metrics_now(kf))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"{kf.admin_url}/admin/v1/export", headers={"Authorization": f"Bearer {ADMIN}"}
+            ) as answer,
+        ):
+            (shown,) = await answer.json()  # fmt: skip
+        assert shown["waiting"] == 0 and shown["last_period_delivered"] is not None
+        assert shown["last_period_delivered"] <= shown["last_period_exported"]
+        page = await metrics(kf)
+        assert f'keyfront_export_delivered_total{{sink="webhook"}} {len(receiver.ids())}.0' in page
         assert receiver.totals(key_id)["requests"] == 5
         assert receiver.totals(key_id)["bytes"] == sent
         assert receiver.bad == []

@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 
 from proxy.config import ExportConfig, WebhookSink
-from proxy.export import Exporter
 from proxy.export.events import Exported, event_id, gained
+from proxy.export.outbox import Exporter
 from proxy.export.sinks.webhook import Webhook
 from proxy.records import Customer, KeyRecord
 from proxy.store import Store, UsageRow, store_from_url

@@ -40,6 +40,10 @@ SPEC_NAMES = {
     "keyfront_usage_pending_rows",  # the same, with its unit (issue 15)
     "keyfront_customer_requests",
     "keyfront_customer_bytes",
+    # SPEC section 16: the usage export, by sink
+    "keyfront_export_pending",
+    "keyfront_export_delivered",
+    "keyfront_export_errors",
 }
 
 

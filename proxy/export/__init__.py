@@ -4,11 +4,7 @@
     outbox.py    the Exporter: the lease, the pass that fills the outbox, delivery
     sinks/       one module per billing system behind `Sink` (base.py): webhook.py
 
-The outbox itself lives in the store (store/sqlite_outbox.py, store/redis_outbox.py).
+The outbox itself lives in the store (store/sqlite_outbox.py, store/redis_outbox.py);
+what `keyfront export status` and GET /admin/v1/export show, in manage/export.py.
+Nothing is imported here: the command line reads events.py without aiohttp.
 """
-
-from __future__ import annotations
-
-from .outbox import Exporter, export_status, holder_name
-
-__all__ = ["Exporter", "export_status", "holder_name"]

@@ -35,7 +35,6 @@ import random
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..config import ExportConfig
 from ..errors import StoreError
@@ -286,25 +285,4 @@ class Exporter:
 
 
 def _now() -> str:
-    return iso(int(time.time()))
-
-
-async def export_status(store: Store, config: ExportConfig) -> list[dict[str, Any]]:
-    """Per sink: the last period delivered, the events waiting, the last error (SPEC
-    section 16: `keyfront export status`, GET /admin/v1/export)."""
-    marks = await store.export_marks()
-    passed = iso(int(marks["passed"])) if "passed" in marks else None
-    found = []
-    for sink in config.sinks:
-        waiting, status = await store.export_status(sink.name)
-        found.append({
-            "sink": sink.name,
-            "type": sink.type,
-            "last_period_exported": passed,
-            "last_period_delivered": status.get("last_period"),
-            "last_delivery_at": status.get("delivered_at"),
-            "waiting": waiting,
-            "last_error": status.get("last_error"),
-            "last_error_at": status.get("last_error_at"),
-        })  # fmt: skip
-    return found
+    return str(int(time.time()))
