@@ -11,13 +11,15 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 from aiohttp import web
 
-from proxy.config import ExportConfig, WebhookSink
-from proxy.export.events import Exported, event_id, gained
+from proxy.config import ExportConfig, LagoSink, OpenMeterSink, StripeSink, WebhookSink
+from proxy.export.events import Exported, Owner, event_id, gained, usage_event
 from proxy.export.outbox import Exporter
+from proxy.export.sinks import SinkError, sink_for
 from proxy.export.sinks.webhook import Webhook
 from proxy.records import Customer, KeyRecord
 from proxy.store import Store, UsageRow, store_from_url
@@ -130,3 +132,121 @@ async def test_only_the_lease_holder_exports(
         await sink_one.close()
         await sink_two.close()
     assert [e["data"]["requests"] for e in taken] == [3]
+
+
+# --- the vendors' requests, checked as their API references define them ---------------
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[tuple[str, list[tuple[str, str, Any, bytes]]]]:
+    """A receiver that records each request: (method, path, headers, body)."""
+    seen: list[tuple[str, str, Any, bytes]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path, request.headers, await request.read()))
+        return web.json_response({}, status=200)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}", seen
+    await runner.cleanup()
+
+
+def two_events() -> list[dict[str, Any]]:
+    """A usage event of a billed customer (period 2026-12-07T10:00Z), and one whose
+    customer has no billing id."""
+    billed = usage_event(
+        "k1",
+        Owner("acme", "cus_NffrFeUfNV2Hib"),
+        1796637600,
+        3600,
+        revision=0,
+        counts={"requests": 12, "bytes": 3456, "denied_quota": 2},
+    )
+    unbilled = usage_event("k2", Owner("zeta", None), 1796637600, 3600, revision=0,
+                           counts={"requests": 1, "bytes": 1})  # fmt: skip
+    return [billed, unbilled]
+
+
+async def test_stripe_gets_one_meter_event_per_metric(
+    recorder: tuple[str, list[tuple[str, str, Any, bytes]]],
+) -> None:
+    url, seen = recorder
+    sink = sink_for(StripeSink("stripe", "sk_test_4eC39HqLyjWDarjtT1zdp7dc", url=url))
+    events = two_events()
+    try:
+        await sink.deliver(events)
+    finally:
+        await sink.close()
+
+    assert len(seen) == 2  # requests and bytes of the billed customer; no billing id: none
+    for (method, path, headers, body), metric, value in zip(
+        seen, ("requests", "bytes"), ("12", "3456"), strict=True
+    ):
+        identifier = f"{events[0]['id']}:{metric}"
+        assert (method, path) == ("POST", "/v1/billing/meter_events")
+        assert headers["Authorization"] == "Bearer sk_test_4eC39HqLyjWDarjtT1zdp7dc"
+        assert headers["Idempotency-Key"] == identifier
+        assert headers["Content-Type"] == "application/x-www-form-urlencoded"
+        assert parse_qs(body.decode(), strict_parsing=True) == {
+            "event_name": [f"keyfront_{metric}"],
+            "identifier": [identifier],
+            "payload[stripe_customer_id]": ["cus_NffrFeUfNV2Hib"],
+            "payload[value]": [value],
+            "timestamp": ["1796637600"],
+        }
+
+
+async def test_openmeter_gets_the_cloudevents_as_they_are(
+    recorder: tuple[str, list[tuple[str, str, Any, bytes]]],
+) -> None:
+    url, seen = recorder
+    sink = sink_for(OpenMeterSink("openmeter", url + "/", token="om_secret_token"))
+    events = two_events()
+    try:
+        await sink.deliver(events)
+    finally:
+        await sink.close()
+
+    ((method, path, headers, body),) = seen
+    assert (method, path) == ("POST", "/api/v1/events")
+    assert headers["Authorization"] == "Bearer om_secret_token"
+    assert headers["Content-Type"] == "application/cloudevents-batch+json"
+    assert json.loads(body) == events
+
+
+async def test_lago_gets_a_batch_with_transaction_ids_per_metric(
+    recorder: tuple[str, list[tuple[str, str, Any, bytes]]],
+) -> None:
+    url, seen = recorder
+    sink = sink_for(LagoSink("lago", url, "lago_api_key_123"))
+    events = two_events()
+    try:
+        await sink.deliver(events)
+    finally:
+        await sink.close()
+
+    ((method, path, headers, body),) = seen
+    assert (method, path) == ("POST", "/api/v1/events/batch")
+    assert headers["Authorization"] == "Bearer lago_api_key_123"
+    assert headers["Content-Type"] == "application/json"
+    common = {"external_subscription_id": "cus_NffrFeUfNV2Hib", "timestamp": 1796637600}
+    assert json.loads(body) == {"events": [
+        {"transaction_id": f"{events[0]['id']}:requests", "code": "keyfront_requests",
+         "properties": {"value": 12, "key_id": "k1", "customer_id": "acme"}, **common},
+        {"transaction_id": f"{events[0]['id']}:bytes", "code": "keyfront_bytes",
+         "properties": {"value": 3456, "key_id": "k1", "customer_id": "acme"}, **common},
+    ]}  # fmt: skip
+
+
+async def test_a_sink_nobody_answers_raises_sink_error() -> None:
+    sink = sink_for(LagoSink("lago", f"http://127.0.0.1:{free_port()}", "k" * 9))
+    try:
+        with pytest.raises(SinkError, match=r"ClientConnectorError"):
+            await sink.deliver(two_events())
+    finally:
+        await sink.close()

@@ -1,9 +1,10 @@
-"""One module per billing system, each behind the `Sink` interface (base.py)."""
+"""One module per billing system, each behind the `Sink` interface (base.py):
+webhook.py, stripe.py, openmeter.py, lago.py."""
 
 from __future__ import annotations
 
+from ...config import LagoSink, OpenMeterSink, StripeSink, WebhookSink
 from ...config import Sink as SinkConfig
-from ...config import WebhookSink
 from .base import Sink, SinkError
 
 __all__ = ["Sink", "SinkError", "sink_for"]
@@ -15,4 +16,16 @@ def sink_for(config: SinkConfig) -> Sink:
         from .webhook import Webhook
 
         return Webhook(config)
-    raise ValueError(f"sink type {config.type!r} is not available in this build")
+    if isinstance(config, StripeSink):
+        from .stripe import Stripe
+
+        return Stripe(config)
+    if isinstance(config, OpenMeterSink):
+        from .openmeter import OpenMeter
+
+        return OpenMeter(config)
+    if isinstance(config, LagoSink):
+        from .lago import Lago
+
+        return Lago(config)
+    raise TypeError(f"unknown sink {config!r}")
