@@ -14,11 +14,13 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import signal
 import time
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +136,8 @@ export:
     return config(store_url, files, extra)
 
 
-async def start(body: str, tmp_path: Path, **kwargs: Any) -> KeyfrontProcess:
-    return await asyncio.to_thread(start_keyfront, body, str(tmp_path), env=ENV, **kwargs)
+async def start(body: str, tmp_path: Path, *args: str, **kwargs: Any) -> KeyfrontProcess:
+    return await asyncio.to_thread(start_keyfront, body, str(tmp_path), *args, env=ENV, **kwargs)
 
 
 async def serve(url: str, count: int) -> int:
@@ -158,6 +160,10 @@ def metrics_now(kf: KeyfrontProcess) -> str:
         return str(response.read().decode())
 
 
+def iso_seconds(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 async def until(check: Any, within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while not check():
@@ -176,17 +182,18 @@ async def billed(store_url: str, billing_id: str) -> str:
     return key
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("setup", ["sqlite", "redis", "sqlite --workers 2"])
 async def test_a_periods_usage_arrives_exactly_and_signed(
-    tmp_path: Path, files: Path, receiver: Receiver, redis_server: RedisServer, kind: str
+    tmp_path: Path, files: Path, receiver: Receiver, redis_server: RedisServer, setup: str
 ) -> None:
+    kind, *args = setup.split()  # workers: each runs an exporter, one holds the lease
     store_url = empty_store_url(kind, redis_server, str(tmp_path))
     key = await billed(store_url, "cus_acme")
     key_id = key.split("_")[2]
-    kf = await start(export_config(store_url, files, receiver), tmp_path)
+    body = export_config(store_url, files, receiver)
+    kf = await start(body, tmp_path, *args)
     try:
         sent = await serve(f"{kf.url}/files/a.txt?key={key}", 12)
-        period_ends = time.time()
         await until(lambda: receiver.totals(key_id)["requests"] >= 12)
         await asyncio.sleep(int(PERIOD) + 0.5)  # nothing more comes
 
@@ -205,8 +212,12 @@ async def test_a_periods_usage_arrives_exactly_and_signed(
             0,
         )
         assert event["time"] == data["period_start"] < data["period_end"]
-        lag = max(receiver.arrivals) - period_ends
-        assert lag < 2 * int(PERIOD) + 3  # a period, the settle delay, a tick
+        # from each event's period end to its arrival: the settle delay (2 x 200 ms
+        # flushes + 1 s), up to a 1 s tick, the delivery; generous for a loaded machine
+        lags = [at - iso_seconds(e["data"]["period_end"]) for at, e in zip(
+            receiver.arrivals, receiver.events, strict=True)]  # fmt: skip
+        print(f"lag from period end to delivery: {min(lags):.2f}-{max(lags):.2f} s")
+        assert min(lags) > 0 and max(lags) < 1.4 + 1 + 3
     finally:
         kf.stop()
 
@@ -304,3 +315,39 @@ async def test_two_instances_sharing_redis_export_each_period_once(
     finally:
         one.stop()
         two.stop()
+
+
+async def test_a_redis_outage_loses_no_exported_count(
+    tmp_path: Path, files: Path, receiver: Receiver
+) -> None:
+    # Counts held by keyfront while Redis is down reach the store when it returns, and
+    # the outbox in Redis (AOF, fsync always) survives the restart: nothing lost, no
+    # id twice, the sum exact.
+    redis = RedisServer.launch("--appendonly", "yes", "--appendfsync", "always")
+    try:
+        key = await billed(redis.url, "cus_4")
+        key_id = key.split("_")[2]
+        kf = await start(export_config(redis.url, files, receiver), tmp_path)
+        try:
+            url = f"{kf.url}/files/a.txt?key={key}"
+            sent = await serve(url, 5)
+            await until(lambda: receiver.totals(key_id)["requests"] >= 5)
+            await asyncio.to_thread(redis.stop)
+            sent += await serve(url, 6)  # counted in keyfront meanwhile
+            await asyncio.sleep(3)
+            await asyncio.to_thread(redis.start)
+            await until(lambda: receiver.totals(key_id)["requests"] >= 11, within=20)
+            await asyncio.sleep(int(PERIOD) + 1.5)
+
+            assert receiver.totals(key_id) == {
+                "requests": 11,
+                "bytes": sent,
+                "hits": 0,
+                "misses": 0,
+            }
+            assert len(set(receiver.ids())) == len(receiver.ids())
+        finally:
+            kf.stop()
+    finally:
+        redis.stop()
+        shutil.rmtree(redis.workdir, ignore_errors=True)
