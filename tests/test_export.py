@@ -24,7 +24,7 @@ from proxy.export.sinks.webhook import Webhook
 from proxy.records import Customer, KeyRecord
 from proxy.store import Store, UsageRow, store_from_url
 
-from conftest import RedisServer, empty_store_url, free_port
+from conftest import RedisServer, empty_store_url, free_port, redis_cli
 
 SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"
 
@@ -61,11 +61,18 @@ async def receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     await runner.cleanup()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer
 ) -> AsyncIterator[Store]:
-    opened = store_from_url(empty_store_url(request.param, redis_server, str(tmp_path)))
+    if request.param == "redis-cluster":  # the outbox's scripts on one slot: {x}
+        ports: list[int] = request.getfixturevalue("redis_cluster")
+        for port in ports:
+            redis_cli(port, "FLUSHALL")
+        url = f"redis+cluster://127.0.0.1:{ports[0]}"
+    else:
+        url = empty_store_url(request.param, redis_server, str(tmp_path))
+    opened = store_from_url(url)
     await opened.open()
     await opened.create_customer(Customer("acme", billing_id="cus_A"))
     await opened.create_key(KeyRecord("k1", "acme"))
