@@ -184,17 +184,26 @@ async def startup(config: Config, stack: contextlib.AsyncExitStack) -> Runtime:
 
 
 async def open_export(runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:
-    """The usage export (SPEC section 16), when configured: every worker runs one, the
-    one holding the store's lease does the work (proxy/export/outbox.py)."""
+    """The usage export and the quota alerts (SPEC section 16), when configured: every
+    worker runs an Exporter, the one holding the store's lease does the work
+    (proxy/export/outbox.py)."""
     config = runtime.config
-    if config.export is None:
+    if config.export is None and config.alerts is None:
         return
+    from .export.alerts import QuotaAlerts
     from .export.outbox import Exporter, holder_name
     from .export.sinks import sink_for
+    from .export.sinks.alert import AlertSink
 
-    sinks = [sink_for(sink) for sink in config.export.sinks]
+    sinks = [sink_for(sink) for sink in config.export.sinks] if config.export else []
+    alerts = alert_sink = None
+    if config.alerts is not None:
+        alerts = QuotaAlerts(runtime.store, config.alerts, config.keys.defaults)
+        if config.alerts.secret:
+            alert_sink = AlertSink(config.alerts.secret)
     holder = holder_name(config.listen)
-    exporter = Exporter(runtime.store, config.export, sinks, config.usage.flush_interval, holder)
+    exporter = Exporter(runtime.store, config.export, sinks, config.usage.flush_interval, holder,
+                        alerts=alerts, alert_sink=alert_sink)  # fmt: skip
     exporter.start()
     stack.push_async_callback(exporter.close)
     runtime.metrics.sources.append(exporter.publish)

@@ -130,6 +130,7 @@ class Metrics(Collector):
                 "origin_bytes",
                 "export_delivered",
                 "export_errors",
+                "alerts",
             )
         }
         # Histograms by route: bucket counts, then +Inf, sum and count.
@@ -271,6 +272,7 @@ class Metrics(Collector):
             ("export_errors", "Usage deliveries that failed and wait to be retried, by sink."),
         ):
             yield _counter(name, doc, ["sink"], c[name])
+        yield _counter("alerts", "Quota alerts raised, by threshold.", ["threshold"], c["alerts"])
         requests, sent = self._labels.series(c["customer_requests"], c["customer_bytes"])
         yield _counter(
             "customer_requests", "Requests served, top customers.", ["customer"], requests

@@ -981,7 +981,7 @@ export:
     - {type: openmeter, name: om, url: "https://om.example", token: om-token-123, timeout: 4s}
     - {type: lago, name: lg, url: "https://lago.example", api_key: lago-key-123,
        requests_code: rq, bytes_code: by, timeout: 5s}
-alerts: {quota_thresholds: ["50%"], refusal_spike: 25%}
+alerts: {quota_thresholds: ["50%"], refusal_spike: 25%, secret: whsec_MDEyMzQ1Njc4OWFiY2RlZg==}
 """
 
 

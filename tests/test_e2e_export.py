@@ -88,10 +88,12 @@ class Receiver:
         return [e["id"] for e in self.events]
 
 
-def verify(headers: Any, body: bytes) -> str | None:
+def verify(
+    headers: Any, body: bytes, content_type: str = "application/cloudevents-batch+json"
+) -> str | None:
     """Standard Webhooks, as a receiver checks it: all three headers, a timestamp within
     5 minutes, `v1,` + base64 HMAC-SHA256 of id.timestamp.body with the decoded key."""
-    if headers.get("content-type") != "application/cloudevents-batch+json":
+    if headers.get("content-type") != content_type:
         return f"content-type {headers.get('content-type')}"
     msg_id, stamp = headers.get("webhook-id"), headers.get("webhook-timestamp")
     signatures = headers.get("webhook-signature", "").split()
@@ -351,3 +353,59 @@ async def test_a_redis_outage_loses_no_exported_count(
     finally:
         redis.stop()
         shutil.rmtree(redis.workdir, ignore_errors=True)
+
+
+async def test_a_key_with_a_quota_of_10_alerts_once_at_8_and_once_at_10(
+    tmp_path: Path, files: Path, redis_server: RedisServer
+) -> None:
+    # SPEC section 16: once per threshold per key per month, with two instances serving.
+    alerts: list[tuple[Any, dict[str, Any]]] = []
+
+    async def take(request: web.Request) -> web.Response:
+        body = await request.read()
+        assert verify(request.headers, body, "application/json") is None
+        alerts.append((request.headers["webhook-id"], json.loads(body)))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/alert", take)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    store_url = empty_store_url("redis", redis_server, str(tmp_path))
+    key = await provision(store_url, rate=UNLIMITED, burst=UNLIMITED.count, quota_requests=10)
+    key_id = key.split("_")[2]
+    store = store_from_url(store_url)
+    await store.open()
+    await store.put_customer(Customer("acme", alert_webhook=f"http://127.0.0.1:{port}/alert"))
+    await store.close()
+    extra = f"usage: {{flush_interval: 200ms}}\nalerts: {{secret: {SECRET}}}\n"
+    one = await start(config(store_url, files, extra), tmp_path)
+    two = await start(config(store_url, files, extra), tmp_path)
+    try:
+        for kf in (one, two, one, two):
+            await serve(f"{kf.url}/files/a.txt?key={key}", 2)
+        await until(lambda: len(alerts) >= 1)
+        await serve(f"{two.url}/files/a.txt?key={key}", 2)
+        await until(lambda: len(alerts) >= 2)
+        async with aiohttp.ClientSession() as session:
+            for kf in (one, two, one):  # over the quota: refused, and no alert again
+                async with session.get(f"{kf.url}/files/a.txt?key={key}") as response:
+                    assert response.status == 429
+        await asyncio.sleep(3)  # an alert check runs every 2 s
+
+        found = [(event["data"]["threshold"], event["data"]["used"]) for _, event in alerts]
+        assert found == [("80%", 8), ("100%", 10)]
+        first = alerts[0][1]
+        assert (first["type"], first["subject"], first["data"]["key_id"]) == (
+            "keyfront.alert",
+            "acme",
+            key_id,
+        )
+        assert first["data"]["limit"] == 10 and first["data"]["metric"] == "requests"
+        assert [webhook_id for webhook_id, _ in alerts] == [e["id"] for _, e in alerts]
+    finally:
+        one.stop()
+        two.stop()
+        await runner.cleanup()

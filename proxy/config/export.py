@@ -189,6 +189,9 @@ class AlertsConfig:
     quota_thresholds: Annotated[tuple[float, ...], thresholds] = (0.8, 1.0)
     # refused share of a key's requests over 10 minutes; None: no spike alert
     refusal_spike: Annotated[float | None, read.optional(percent)] = 0.5
+    # signs each alert per Standard Webhooks (whsec_...); None: alerts are logged and
+    # counted, not sent
+    secret: Annotated[str | None, read.optional(webhook_secret, read.UNSET_IF_EMPTY)] = None
 
 
 EXPORT = section(ExportConfig)

@@ -29,7 +29,7 @@ MAX_SECRET_FILE = 64 * 1024  # bytes: a secret, not a document
 _SECRET_FIELD = re.compile(
     r"keys\.secrets\.[^.]+|admin\.token|keys\.external\.(hash_secret|lookup\.token)"
     r"|routes\[[0-9]+\]\.s3\.(access_key_id|secret_access_key)"
-    r"|export\.sinks\[[0-9]+\]\.(secret|api_key|token)"
+    r"|export\.sinks\[[0-9]+\]\.(secret|api_key|token)|alerts\.secret"
 )
 
 

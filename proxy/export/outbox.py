@@ -41,6 +41,7 @@ from ..errors import StoreError
 from ..metrics import Metrics
 from ..periodic import stop_tasks
 from ..store import OutboxEvent, Store, UsageRow
+from .alerts import QuotaAlerts
 from .events import Exported, Owner, gained, iso, usage_event
 from .sinks import Sink, SinkError
 
@@ -84,22 +85,31 @@ def period_seconds(config: ExportConfig) -> int:
 
 
 class Exporter:
+    """The usage export (`config`, its `sinks`) and the quota alerts (`alerts`, sent
+    through `alert_sink`) of one process; either may be absent."""
+
     def __init__(
         self,
         store: Store,
-        config: ExportConfig,
+        config: ExportConfig | None,
         sinks: list[Sink],
         flush_interval: float,
         holder: str,
+        *,
+        alerts: QuotaAlerts | None = None,
+        alert_sink: Sink | None = None,
     ) -> None:
         self._store = store
         store.track_usage_keys()
-        self._sinks = sinks
+        self._config = config
+        self._usage_sinks = sinks
+        self._sinks = [*sinks, *([alert_sink] if alert_sink else [])]
+        self._alerts = alerts
         self._holder = holder
-        self._max_pending = config.max_pending
-        self.period = period_seconds(config)
+        self._max_pending = config.max_pending if config else 100_000
+        self.period = period_seconds(config) if config else 3600
         self.settle = 2 * flush_interval + 1.0
-        self.counters = {sink.name: SinkCounters() for sink in sinks}
+        self.counters = {sink.name: SinkCounters() for sink in self._sinks}
         self._task: asyncio.Task[None] | None = None
         self._deliveries: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
@@ -123,6 +133,8 @@ class Exporter:
         metrics.counters["export_errors"] = {name: c.errors for name, c in counters}
         waiting = {name: float(c.waiting) for name, c in counters}
         metrics.labelled_host_gauges["export_pending"] = ("sink", waiting)
+        if self._alerts is not None:
+            metrics.counters["alerts"] = dict(self._alerts.counts)
 
     # --- the loop: lease, pass, status ---
 
@@ -146,8 +158,11 @@ class Exporter:
         leading = await self._store.export_lease(self._holder, LEASE_TTL)
         if self._store_ok_since is None:
             self._store_ok_since = now
-        if leading:
+        if leading and self._config is not None:
             await self.run_pass(now)
+        if leading and self._alerts is not None:
+            await self._alerts.check(now, self._holder)
+            self._wake.set()
         await self._read_status()
         return leading
 
@@ -210,7 +225,7 @@ class Exporter:
                 revision = before.revision + 1 if before and before.period == target else 0
                 changed.append((row, delta, revision))
         owners = await self._owners([row.id for row, _, _ in changed])
-        names = [sink.name for sink in self._sinks]
+        names = [sink.name for sink in self._usage_sinks]
         for i in range(0, len(changed), ENQUEUE_CHUNK):
             chunk = changed[i : i + ENQUEUE_CHUNK]
             entries, events = {}, []

@@ -250,6 +250,11 @@ class Store(abc.ABC):
     async def set_export_mark(self, name: str, value: str) -> None: ...
 
     @abc.abstractmethod
+    async def export_once(self, name: str, ttl: float) -> bool:
+        """Set-if-absent: true for the first caller of `name` (across instances) while
+        it is kept, `ttl` seconds at least (an alert sent once a month, SPEC 16)."""
+
+    @abc.abstractmethod
     async def export_peek(self, sink: str, limit: int) -> list[OutboxEvent]:
         """The sink's oldest waiting events (by period, then id), `limit` at most."""
 

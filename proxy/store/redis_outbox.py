@@ -11,6 +11,7 @@ of an hour and every sink's events) is one atomic script on Redis Cluster too:
     kf:x:{x}:e:<sink>       a hash: event id -> the event's JSON
     kf:x:{x}:s:<sink>       a hash: the sink's status (last period delivered, last error)
     kf:x:{x}:marks          a hash: the exporter's marks (the last period passed)
+    kf:x:{x}:once:<name>    what happened once (SET NX EX): an alert per threshold and month
 
 One slot holds the whole outbox: it sees a few writes per active key per period
 and at most `export.max_pending` events per sink, far below one node's capacity; in
@@ -95,6 +96,10 @@ class RedisOutbox:
 
     async def set_export_mark(self, name: str, value: str) -> None:
         await self._call(self._client.hset(f"{TAG}:marks", name, value))
+
+    async def export_once(self, name: str, ttl: float) -> bool:
+        done = await self._call(self._client.set(f"{TAG}:once:{name}", b"1", nx=True, ex=int(ttl)))
+        return bool(done)
 
     async def export_peek(self, sink: str, limit: int) -> list[OutboxEvent]:
         queued = await self._call(

@@ -6,6 +6,7 @@ SqliteStore. proxy/export owns what the rows mean; this module only keeps them.
     export_outbox  (sink, event_id) -> the event, until the sink answered 2xx
     export_status  (sink, name) -> text: last period delivered, last error, ...
     export_marks   name -> text: the last period passed
+    export_once    name -> until: what happened once (an alert per threshold and month)
 
 An enqueue, fenced by the lease, writes its ledger entries and every sink's events in
 one transaction, so a crash leaves both or neither; an ack removes the delivered
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS export_status (
     sink TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (sink, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS export_marks (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS export_once (name TEXT PRIMARY KEY, until REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS usage_by_period ON usage (grain, start, scope);
 """
 LEDGER_RETENTION = 36 * 86400  # as long as the hourly rows it shadows (35 days)
@@ -131,6 +133,20 @@ class SqliteOutbox:
                 )
 
         await self._run(job)
+
+    async def export_once(self, name: str, ttl: float) -> bool:
+        def job() -> bool:
+            with self._transaction() as conn:
+                now = time.time()
+                conn.execute("DELETE FROM export_once WHERE until < ?", (now,))
+                added = conn.execute(
+                    "INSERT OR IGNORE INTO export_once (name, until) VALUES (?, ?)",
+                    (name, now + ttl),
+                )
+            return added.rowcount == 1
+
+        result: bool = await self._run(job)
+        return result
 
     async def export_peek(self, sink: str, limit: int) -> list[OutboxEvent]:
         sql = (

@@ -43,7 +43,10 @@ class Sink(abc.ABC):
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         try:
-            async with self._session.post(url, data=body, headers=headers) as response:
+            # no redirects: a 3xx is a refusal, and an alert's URL (a customer's) must not
+            # lead keyfront anywhere else (SSRF)
+            post = self._session.post(url, data=body, headers=headers, allow_redirects=False)
+            async with post as response:
                 text = (await response.content.read(4096)).decode("utf-8", "replace")
                 if not 200 <= response.status < 300:
                     raise SinkError(f"{url} answered {response.status}: {text[:200]}")
