@@ -16,7 +16,16 @@ from urllib.parse import parse_qs
 import pytest
 from aiohttp import web
 
-from proxy.config import ExportConfig, LagoSink, OpenMeterSink, StripeSink, WebhookSink
+from proxy.config import (
+    AlertsConfig,
+    ExportConfig,
+    KeyDefaults,
+    LagoSink,
+    OpenMeterSink,
+    StripeSink,
+    WebhookSink,
+)
+from proxy.export.alerts import QuotaAlerts
 from proxy.export.events import Exported, Owner, event_id, gained, usage_event
 from proxy.export.outbox import Exporter
 from proxy.export.sinks import SinkError, sink_for
@@ -257,3 +266,44 @@ async def test_a_sink_nobody_answers_raises_sink_error() -> None:
             await sink.deliver(two_events())
     finally:
         await sink.close()
+
+
+# --- alerts: a customer's pooled quota and the refusal spike, with chosen clocks -------
+
+
+async def test_a_customers_pooled_quota_alerts_once_per_threshold(store: Store) -> None:
+    await store.put_customer(Customer("acme", quota_requests=10))
+    alerts = QuotaAlerts(store, AlertsConfig(refusal_spike=None), KeyDefaults(quota_requests=None))
+    hour = int(time.time()) // 3600 * 3600
+    await store.add_usage("b1", [UsageRow("key", "k1", hour, {"requests": 9}),
+                                 UsageRow("customer", "acme", hour, {"requests": 9})])  # fmt: skip
+    await alerts.check(hour + 60, "h1")
+    await alerts.check(hour + 70, "h1")  # once
+    assert alerts.counts == {"80%": 1}
+    await store.add_usage("b2", [UsageRow("key", "k1", hour, {"requests": 1}),
+                                 UsageRow("customer", "acme", hour, {"requests": 1})])  # fmt: skip
+    again = QuotaAlerts(store, AlertsConfig(refusal_spike=None), KeyDefaults(quota_requests=None))
+    await again.check(hour + 80, "h2")  # another instance: 80% was sent, 100% is new
+    assert again.counts == {"100%": 1}
+
+
+async def test_a_refusal_spike_alerts_once_after_10_minutes_above_the_share(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.create_key(KeyRecord("k2", "acme"))
+    alerts = QuotaAlerts(store, AlertsConfig(quota_thresholds=(1.0,)), KeyDefaults())
+    hour = int(time.time()) // 3600 * 3600
+    calm = {"requests": 100, "denied_referrer_refused": 1}  # k2: 1% refused, no spike
+    await store.add_usage("b1", [UsageRow("key", "k1", hour, {"requests": 10, "denied_ip": 1}),
+                                 UsageRow("key", "k2", hour, calm)])  # fmt: skip
+    await alerts.check(hour + 60, "h1")
+    await store.add_usage("b2", [UsageRow("key", "k1", hour, {"requests": 5, "denied_ip": 30}),
+                                 UsageRow("key", "k2", hour, calm)])  # fmt: skip
+    await alerts.check(hour + 400, "h1")
+    assert alerts.counts == {}  # refused 30 of 35, but for less than 10 minutes
+    await alerts.check(hour + 700, "h1")
+    await alerts.check(hour + 800, "h1")
+
+    assert alerts.counts == {"50%": 1}
+    (line,) = [r.getMessage() for r in caplog.records if "refused share" in r.getMessage()]
+    assert "key k1 of customer acme at 50% of its refused share over 10 minutes (30 of 35)" in line
