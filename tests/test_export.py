@@ -29,9 +29,10 @@ from proxy.export.alerts import QuotaAlerts
 from proxy.export.events import Exported, Owner, event_id, gained, usage_event
 from proxy.export.outbox import Exporter
 from proxy.export.sinks import SinkError, sink_for
+from proxy.export.sinks.alert import AlertSink
 from proxy.export.sinks.webhook import Webhook
 from proxy.records import Customer, KeyRecord
-from proxy.store import Store, UsageRow, store_from_url
+from proxy.store import OutboxEvent, Store, UsageRow, store_from_url
 
 from conftest import RedisServer, empty_store_url, free_port, redis_cli
 
@@ -307,3 +308,28 @@ async def test_a_refusal_spike_alerts_once_after_10_minutes_above_the_share(
     assert alerts.counts == {"50%": 1}
     (line,) = [r.getMessage() for r in caplog.records if "refused share" in r.getMessage()]
     assert "key k1 of customer acme at 50% of its refused share over 10 minutes (30 of 35)" in line
+
+
+async def test_an_alert_endpoint_that_fails_holds_back_no_other_customers_alert(
+    store: Store, recorder: tuple[str, list[tuple[str, str, Any, bytes]]]
+) -> None:
+    base, seen = recorder
+    url = base + "/alerts"
+    sink = AlertSink(SECRET)
+    exporter = Exporter(store, None, [], 1.0, "h1", alert_sink=sink)
+    await store.export_lease("h1", 10)
+    dead = f"http://127.0.0.1:{free_port()}/alerts"
+    wrappers = [({"url": dead, "event": {"id": "a-dead"}}), {"url": url, "event": {"id": "b-live"}}]
+    queued = [OutboxEvent(w["event"]["id"], 1, json.dumps(w)) for w in wrappers]
+    assert await store.export_enqueue("h1", 0, {}, queued, ["alerts"])
+    try:
+        with pytest.raises(SinkError, match="1 of 2 alerts"):
+            await exporter.deliver_once(sink)
+    finally:
+        await sink.close()
+
+    ((method, _, headers, body),) = seen  # the live one arrived, signed, and left the outbox
+    assert (method, json.loads(body), headers["webhook-id"]) == ("POST", {"id": "b-live"}, "b-live")
+    assert headers["webhook-signature"].startswith("v1,")
+    waiting, _ = await store.export_status("alerts")
+    assert waiting == 1  # the dead one waits for its retry

@@ -149,6 +149,8 @@ class Exporter:
                 if not self._failing:  # once per outage
                     log.warning("usage export: the store failed (%s); retrying every second", exc)
                 self._failing = True
+            except Exception:  # a bug must not end the export for the process's life
+                log.exception("usage export: the pass failed; it runs again in %.0f s", TICK)
             self._lead(leading)
             await asyncio.sleep(TICK)
 
@@ -197,7 +199,7 @@ class Exporter:
         passed = int(marks["passed"]) if "passed" in marks else None
         if passed is not None and passed >= closed:
             return
-        if any(c.waiting >= self._max_pending for c in self.counters.values()):
+        if any(self.counters[s.name].waiting >= self._max_pending for s in self._usage_sinks):
             log.warning(
                 "usage export: an outbox holds %d events; the pass waits", self._max_pending
             )
@@ -266,6 +268,12 @@ class Exporter:
                 failures += 1
                 await self._failed(sink, exc, failures)
                 continue
+            except Exception as exc:  # a bug (a body the sink cannot read): kept, retried
+                log.exception("usage export to %s failed unexpectedly", sink.name)
+                self.counters[sink.name].errors += 1
+                failures += 1
+                await self._failed(sink, SinkError(f"internal error: {exc!r}"), failures)
+                continue
             failures = 0
             if not delivered:
                 self._wake.clear()
@@ -281,14 +289,20 @@ class Exporter:
         counters = self.counters[sink.name]
         try:
             await sink.deliver([json.loads(event.body) for event in batch])
-        except SinkError:
+        except SinkError as exc:
             counters.errors += 1
+            taken = [e for e in batch if e.id in exc.taken]  # a sink that sends one by one
+            if taken:
+                await self._ack(sink, taken)
             raise
-        counters.delivered += len(batch)
-        status = {"last_period": iso(max(e.period for e in batch)), "delivered_at": _now()}
-        with contextlib.suppress(StoreError):  # not removed: delivered again, same ids
-            await self._store.export_ack(sink.name, [e.id for e in batch], status)
+        await self._ack(sink, batch)
         return len(batch)
+
+    async def _ack(self, sink: Sink, events: list[OutboxEvent]) -> None:
+        self.counters[sink.name].delivered += len(events)
+        status = {"last_period": iso(max(e.period for e in events)), "delivered_at": _now()}
+        with contextlib.suppress(StoreError):  # not removed: delivered again, same ids
+            await self._store.export_ack(sink.name, [e.id for e in events], status)
 
     async def _failed(self, sink: Sink, exc: SinkError, failures: int) -> None:
         delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)

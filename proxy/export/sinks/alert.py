@@ -13,8 +13,10 @@ webhook sink signs (webhook-id = the alert's id, stable across retries):
 The URL was checked when it was set (manage/settings.py: https to a public host, or
 http to loopback); here its name is resolved again and an address that is not global
 (or not loopback, for http) is refused, so a name that now points inside the network
-gets nothing. Redirects are not followed. Such an alert is dropped with a log line; any
-other failure keeps the batch in the outbox for a retry.
+gets nothing (DNS is asked again when connecting, so a name that changes its answer in
+between is not caught: a pinned address would need its own TLS handling). Redirects
+are not followed. Such an alert is dropped with a log line; an endpoint that fails
+keeps its alert in the outbox for a retry, without holding back the others.
 """
 
 from __future__ import annotations
@@ -42,20 +44,33 @@ class AlertSink(Sink):
         self._key = secret_key(secret)
 
     async def deliver(self, events: list[dict[str, Any]]) -> None:
+        """Each alert to its own customer's endpoint: one endpoint that fails does not
+        hold back the others' (they are `taken`; the failed ones are retried)."""
+        taken: set[str] = set()
+        failed: list[str] = []
         for wrapper in events:
-            url, event = wrapper["url"], wrapper["event"]
-            if not await allowed(url):
-                log.warning("alert %s not sent: %s resolves to a private address", event["id"], url)
-                continue
-            body = json.dumps(event, separators=(",", ":")).encode()
-            now = int(time.time())
-            headers = {
-                "content-type": "application/json",
-                "webhook-id": event["id"],
-                "webhook-timestamp": str(now),
-                "webhook-signature": signature(self._key, event["id"], now, body),
-            }
-            await self.post(url, body, headers)
+            event = wrapper["event"]
+            try:
+                await self._send(wrapper["url"], event)
+                taken.add(event["id"])
+            except SinkError as exc:
+                failed.append(str(exc))
+        if failed:
+            raise SinkError(f"{len(failed)} of {len(events)} alerts: {failed[0]}", frozenset(taken))
+
+    async def _send(self, url: str, event: dict[str, Any]) -> None:
+        if not await allowed(url):
+            log.warning("alert %s not sent: %s resolves to a private address", event["id"], url)
+            return  # never deliverable: it leaves the outbox
+        body = json.dumps(event, separators=(",", ":")).encode()
+        now = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": event["id"],
+            "webhook-timestamp": str(now),
+            "webhook-signature": signature(self._key, event["id"], now, body),
+        }
+        await self.post(url, body, headers)
 
 
 async def allowed(url: str) -> bool:

@@ -13,7 +13,13 @@ import aiohttp
 
 class SinkError(Exception):
     """The batch was not taken (a non-2xx answer, a timeout, a refused connection):
-    it stays in the outbox and is sent again after a backoff."""
+    it stays in the outbox and is sent again after a backoff. `taken`: the ids of
+    events that were taken before the failure (a sink that sends them one by one),
+    which leave the outbox."""
+
+    def __init__(self, message: str, taken: frozenset[str] = frozenset()) -> None:
+        super().__init__(message)
+        self.taken = taken
 
 
 class Sink(abc.ABC):

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ...config import StripeSink
-from .base import Sink
+from .base import Sink, SinkError
 
 METRICS = ("requests", "bytes")
 
@@ -41,13 +41,16 @@ class Stripe(Sink):
         self._names = {"requests": config.requests_event, "bytes": config.bytes_event}
 
     async def deliver(self, events: list[dict[str, Any]]) -> None:
+        taken: set[str] = set()
         for event in events:
             data = event["data"]
-            if not data.get("billing_id"):
-                continue
-            for metric in METRICS:
-                if data[metric] > 0:
-                    await self._meter_event(event, metric)
+            try:
+                for metric in METRICS:
+                    if data.get("billing_id") and data[metric] > 0:
+                        await self._meter_event(event, metric)
+            except SinkError as exc:  # the events before it are Stripe's: they leave
+                raise SinkError(str(exc), frozenset(taken)) from exc
+            taken.add(event["id"])
 
     async def _meter_event(self, event: dict[str, Any], metric: str) -> None:
         data = event["data"]
