@@ -333,3 +333,29 @@ async def test_an_alert_endpoint_that_fails_holds_back_no_other_customers_alert(
     assert headers["webhook-signature"].startswith("v1,")
     waiting, _ = await store.export_status("alerts")
     assert waiting == 1  # the dead one waits for its retry
+
+
+async def test_stripe_events_taken_before_a_refusal_leave_the_batch() -> None:
+    answers = iter([200, 200, 503])  # event 1: both metrics taken; event 2: refused
+
+    async def meter(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({}, status=next(answers))
+
+    app = web.Application()
+    app.router.add_post("/v1/billing/meter_events", meter)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    first, _ = two_events()
+    second = usage_event("k3", Owner("acme", "cus_B"), 1796637600, 3600, revision=0,
+                         counts={"requests": 1, "bytes": 1})  # fmt: skip
+    sink = sink_for(StripeSink("stripe", "sk_test_0123456789", url=f"http://127.0.0.1:{port}"))
+    try:
+        with pytest.raises(SinkError, match="answered 503") as caught:
+            await sink.deliver([first, second])
+    finally:
+        await sink.close()
+        await runner.cleanup()
+    assert caught.value.taken == {first["id"]}
