@@ -405,6 +405,8 @@ async def test_a_key_with_a_quota_of_10_alerts_once_at_8_and_once_at_10(
         )
         assert first["data"]["limit"] == 10 and first["data"]["metric"] == "requests"
         assert [webhook_id for webhook_id, _ in alerts] == [e["id"] for _, e in alerts]
+        (outbox,) = json.loads(one.cli("export", "status", "--json").stdout)
+        assert (outbox["sink"], outbox["waiting"], outbox["last_error"]) == ("alerts", 0, None)
     finally:
         one.stop()
         two.stop()

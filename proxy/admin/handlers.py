@@ -362,7 +362,8 @@ async def key_what_if(request: web.Request, caller: Caller) -> web.Response:
 
 async def export_status(request: web.Request, caller: Caller) -> web.Response:
     found = context(request)
-    return reply(await manage_export.export_status(found.store, found.config.export))
+    config = found.config
+    return reply(await manage_export.export_status(found.store, config.export, config.alerts))
 
 
 async def purge(request: web.Request, caller: Caller) -> web.Response:

@@ -256,7 +256,7 @@ SCHEMAS: dict[str, Any] = {
     "Invalidated": _object({"announced": {**INTEGER, "description": "changes announced"}},
                            ["announced"]),
     "ExportSink": _object({
-        "sink": STRING, "type": {"enum": ["webhook", "stripe", "openmeter", "lago"]},
+        "sink": STRING, "type": {"enum": ["webhook", "stripe", "openmeter", "lago", "alerts"]},
         "last_period_exported": {**NULLABLE_STRING, "description": "ISO 8601 UTC: the newest "
                                  "period turned into events"},
         "last_period_delivered": {**NULLABLE_STRING, "description": "the newest period of the "

@@ -12,7 +12,7 @@ from .output import Output, table
 
 
 async def export_status_command(args: argparse.Namespace, config: Config, store: Store) -> Output:
-    rows = await export_status(store, config.export)
-    if config.export is None:
-        return Output(rows, "no export: the config has no `export:` section")
+    rows = await export_status(store, config.export, config.alerts)
+    if not rows:
+        return Output(rows, "no export: the config has no `export:` sinks nor `alerts.secret`")
     return Output(rows, table(rows, STATUS_COLUMNS))
