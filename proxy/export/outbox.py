@@ -16,6 +16,8 @@ Every keyfront process runs an `Exporter`; one of them, holding a lease in the s
    sink's batch size, are delivered; on a 2xx they are removed with the sink's
    progress in one step; otherwise they stay and the task waits an exponential
    backoff (BACKOFF_MIN doubling to BACKOFF_MAX, jittered) before trying again.
+3. Alerts (alerts.py), when configured: checked by the same holder, sent through the
+   same outbox (sink `alerts`).
 
 Nothing is removed before its sink took it, the outbox lives in the store, and the
 ledger makes a pass repeatable: a restart, a `kill -9` or a store outage at any point
