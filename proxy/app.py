@@ -165,6 +165,7 @@ async def startup(config: Config, stack: contextlib.AsyncExitStack) -> Runtime:
                        store_id=store_identity(config.store))  # fmt: skip
     usage.start()
     stack.push_async_callback(usage.close)
+    await open_export(runtime, stack)
     metrics.sources.append(functools.partial(_gauges, records, usage, external, limiter))
     metrics.start()
     stack.push_async_callback(metrics.close)
@@ -182,6 +183,32 @@ async def startup(config: Config, stack: contextlib.AsyncExitStack) -> Runtime:
     )
     await open_listeners(runtime, pipeline, stack)
     return runtime
+
+
+async def open_export(runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:
+    """The usage export and the quota alerts (SPEC section 16), when configured: every
+    worker runs an Exporter, the one holding the store's lease does the work
+    (proxy/export/outbox.py)."""
+    config = runtime.config
+    if config.export is None and config.alerts is None:
+        return
+    from .export.alerts import QuotaAlerts
+    from .export.outbox import Exporter, holder_name
+    from .export.sinks import sink_for
+    from .export.sinks.alert import AlertSink
+
+    sinks = [sink_for(sink) for sink in config.export.sinks] if config.export else []
+    alerts = alert_sink = None
+    if config.alerts is not None:
+        alerts = QuotaAlerts(runtime.store, config.alerts, config.keys.defaults)
+        if config.alerts.secret:
+            alert_sink = AlertSink(config.alerts.secret)
+    holder = holder_name(config.listen)
+    exporter = Exporter(runtime.store, config.export, sinks, config.usage.flush_interval, holder,
+                        alerts=alerts, alert_sink=alert_sink)  # fmt: skip
+    exporter.start()
+    stack.push_async_callback(exporter.close)
+    runtime.metrics.sources.append(exporter.publish)
 
 
 async def open_listeners(

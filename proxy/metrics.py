@@ -50,6 +50,11 @@ Snapshot = dict[str, dict[str, Any]]
 # Gauges by the name parts of keyfront set them under: exported name (units in it) and
 # what it measures. Per-process gauges are summed over the workers; host gauges are not.
 LABELLED_GAUGES = {
+    "export_pending": (
+        "export_pending",
+        "sink",
+        "Usage events waiting in each sink's outbox, as the store holds them.",
+    ),
     "tls_certificate_expiry_timestamp_seconds": (
         "tls_certificate_expiry_timestamp_seconds",
         "name",
@@ -125,6 +130,9 @@ class Metrics(Collector):
                 "client_heads_too_large",
                 "origin_requests",
                 "origin_bytes",
+                "export_delivered",
+                "export_errors",
+                "alerts",
             )
         }
         # Histograms by route: bucket counts, then +Inf, sum and count.
@@ -268,6 +276,12 @@ class Metrics(Collector):
             ("client_heads_too_large", "Connections closed: a request head over 64 KiB."),
         ):
             yield _counter(name, doc, [], c[name])
+        for name, doc in (
+            ("export_delivered", "Usage events a sink took (2xx), by sink."),
+            ("export_errors", "Usage deliveries that failed and wait to be retried, by sink."),
+        ):
+            yield _counter(name, doc, ["sink"], c[name])
+        yield _counter("alerts", "Quota alerts raised, by threshold.", ["threshold"], c["alerts"])
         requests, sent = self._labels.series(c["customer_requests"], c["customer_bytes"])
         yield _counter(
             "customer_requests", "Requests served, top customers.", ["customer"], requests

@@ -33,6 +33,8 @@ class Customer:
     quota_requests: int | None = None  # per calendar month (UTC), one pool for all its keys
     quota_bytes: int | None = None
     max_keys: int | None = None  # live keys (not revoked, not expired); None: see actions
+    billing_id: str | None = None  # its id in the billing system (SPEC section 16)
+    alert_webhook: str | None = None  # where its alerts are POSTed (SPEC section 16)
 
     def to_json(self) -> str:
         return _dump(self)

@@ -203,7 +203,8 @@ def test_wrong_or_missing_token_is_401_on_every_route(deployment: Deployment) ->
 def test_a_customer_token_gets_403_on_operator_routes(deployment: Deployment) -> None:
     document = deployment.admin("GET", "/openapi.json", token=None).json()
     operator_only = [(m, p) for m, p, access in routes(document) if access == "operator"]
-    assert len(operator_only) == 11  # with POST /keys/import and /keys/invalidate (issue 13)
+    # with POST /keys/import and /keys/invalidate (issue 13), GET /export (SPEC section 16)
+    assert len(operator_only) == 12
     for method, path in operator_only:
         reply = deployment.as_customer("acme", method, concrete(path), {})
         assert (reply.status, reply.code) == (403, "forbidden"), (method, path)
@@ -345,6 +346,14 @@ def test_customers_create_list_get_patch_disable(deployment: Deployment) -> None
     patched = deployment.admin("PATCH", "/customers/umbrella", {"max_burst": 5, "max_rate": None})
     assert (patched.json()["max_burst"], patched.json()["max_rate"]) == (5, None)
     assert deployment.admin("GET", "/customers/umbrella").json() == patched.json()
+    billing = {"billing_id": "cus_9s6XKzkNRiz8i3", "alert_webhook": "https://h.example/a"}
+    patched = deployment.admin("PATCH", "/customers/umbrella", billing, expect=200)
+    assert {k: patched.json()[k] for k in billing} == billing  # SPEC section 16
+    for body in ({"alert_webhook": "http://10.0.0.1/"}, {"billing_id": ""}):
+        reply = deployment.admin("PATCH", "/customers/umbrella", body)
+        assert (reply.status, reply.json()["error"]["field"]) == (400, next(iter(body)))
+    cleared = deployment.admin("PATCH", "/customers/umbrella", {"alert_webhook": None})
+    assert cleared.json()["alert_webhook"] is None
     disabled = deployment.admin("POST", "/customers/umbrella/disable", expect=200).json()
     assert disabled["status"] == "disabled"
     refused = deployment.admin("POST", "/keys", {"customer_id": "umbrella"})

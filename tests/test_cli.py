@@ -132,6 +132,31 @@ def test_customer_create_list_show_update_disable(cli: Cli) -> None:
     assert [c["customer_id"] for c in cli.json("customers", "list")] == ["acme", "zeta"]
 
 
+def test_customer_billing_id_and_alert_webhook(cli: Cli) -> None:
+    # SPEC section 16: exported usage carries billing_id; alerts go to alert_webhook.
+    cli("customers", "create", "acme")
+    updated = cli.json("customers", "update", "acme", "--billing-id", "cus_NffrFeUfNV2Hib",
+                       "--alert-webhook", "https://hooks.acme.example/keyfront")  # fmt: skip
+    assert updated["billing_id"] == "cus_NffrFeUfNV2Hib"
+    assert updated["alert_webhook"] == "https://hooks.acme.example/keyfront"
+    assert cli.json("customers", "show", "acme")["billing_id"] == "cus_NffrFeUfNV2Hib"
+    local = cli.json("customers", "update", "acme", "--alert-webhook", "http://127.0.0.1:9/a")
+    assert local["alert_webhook"] == "http://127.0.0.1:9/a"  # a relay on this host
+    for url, problem in (
+        ("http://hooks.acme.example/", "plain http only to"),
+        ("https://169.254.169.254/latest/meta-data/", "not a public host"),
+        ("https://10.0.0.5/", "not a public host"),
+        ("https://[fd00::1]/", "not a public host"),
+        ("https://localhost/", "not a public host"),
+        ("https://metadata.google.internal/", "not a public host"),
+        ("https://user:pw@hooks.acme.example/", "no user:password@"),
+        ("ftp://hooks.acme.example/", "expected https://"),
+        ("https://hooks.acme.example:99999/", "bad port"),
+    ):
+        assert problem in cli("customers", "update", "acme", "--alert-webhook", url, expect=2).err
+    assert "printable" in cli("customers", "update", "acme", "--billing-id", "a b", expect=2).err
+
+
 def test_duplicate_customer_is_refused(cli: Cli) -> None:
     cli("customers", "create", "acme")
     result = cli("customers", "create", "acme", expect=3)  # a conflict (issue 15)

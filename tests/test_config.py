@@ -94,6 +94,9 @@ def write(tmp_path: Path, text: str, name: str = "keyfront.yaml") -> str:
     return str(path)
 
 
+HOOK = {"type": "webhook", "url": "https://b.example/h", "secret": "whsec_" + "A" * 24}
+
+
 def minimal() -> dict[str, Any]:
     """The smallest valid config; `files/` must exist next to the file."""
     return {
@@ -649,6 +652,45 @@ BROKEN: list[tuple[str, Change, str, str]] = [
     ("uppercase media type", put("compression.types", ["Text/HTML"]), "compression.types[0]",
      "lowercase"),
     ("bad min_size", put("compression.min_size", "big"), "compression.min_size", "a size"),
+    # export and alerts (SPEC section 16)
+    ("export period", put("export", {"period": "10m", "sinks": [HOOK]}), "export.period",
+     "expected one of 1m, 5m, 1h"),
+    ("export no sinks", put("export", {"sinks": []}), "export.sinks", "at least one sink"),
+    ("export sinks missing", put("export", {"period": "1h"}), "export.sinks",
+     "required field is missing"),
+    ("sink type", put("export", {"sinks": [{**HOOK, "type": "kafka"}]}),
+     "export.sinks[0].type", "expected one of webhook, stripe, openmeter, lago"),
+    ("sink field of another type", put("export", {"sinks": [{**HOOK, "api_key": "x" * 9}]}),
+     "export.sinks[0].api_key", "unknown field"),
+    ("webhook url", put("export", {"sinks": [{**HOOK, "url": "ftp://b/"}]}),
+     "export.sinks[0].url", "not an http(s):// URL"),
+    ("webhook secret prefix", put("export", {"sinks": [{**HOOK, "secret": "A" * 24}]}),
+     "export.sinks[0].secret", "whsec_"),
+    ("webhook secret short", put("export", {"sinks": [{**HOOK, "secret": "whsec_MDEy"}]}),
+     "export.sinks[0].secret", "16 to 64 random bytes"),
+    ("webhook secret not base64", put("export", {"sinks": [{**HOOK, "secret": "whsec_!!!!" * 8}]}),
+     "export.sinks[0].secret", "base64"),
+    ("webhook batch", put("export", {"sinks": [{**HOOK, "batch_size": 501}]}),
+     "export.sinks[0].batch_size", "at most 500"),
+    ("sink names clash", put("export", {"sinks": [HOOK, HOOK]}), "export.sinks[1].name",
+     "'webhook' is taken"),
+    ("stripe key missing", put("export", {"sinks": [{"type": "stripe"}]}),
+     "export.sinks[0].api_key", "required field is missing"),
+    ("lago url missing", put("export", {"sinks": [{"type": "lago", "api_key": "k" * 9}]}),
+     "export.sinks[0].url", "required field is missing"),
+    ("stripe event name", put("export", {"sinks": [{"type": "stripe", "api_key": "k" * 9,
+                                                    "bytes_event": "a b"}]}),
+     "export.sinks[0].bytes_event", "is not 1-100"),
+    ("sink name", put("export", {"sinks": [{**HOOK, "name": "Big Name"}]}),
+     "export.sinks[0].name", "1-32 of a-z"),
+    ("threshold not percent", put("alerts", {"quota_thresholds": ["80"]}),
+     "alerts.quota_thresholds[0]", "not a percentage"),
+    ("threshold above 100", put("alerts", {"quota_thresholds": ["80%", "120%"]}),
+     "alerts.quota_thresholds[1]", "at most 100%"),
+    ("threshold twice", put("alerts", {"quota_thresholds": ["80%", "80.0%"]}),
+     "alerts.quota_thresholds", "given twice"),
+    ("spike zero", put("alerts", {"refusal_spike": "0%"}), "alerts.refusal_spike",
+     "above 0%"),
 ]  # fmt: skip
 
 
@@ -943,6 +985,18 @@ metrics: {customer_labels: 5}
 tls: {certificates: [{cert: tls.pem, key: tls.key}], min_version: "1.3", reload_interval: 5s}
 redirect_http_listen: 127.0.0.1:8082
 hsts: max-age=60
+export:
+  period: 5m
+  max_pending: 7
+  sinks:
+    - {type: webhook, name: bill, url: "https://b.example/x",
+       secret: whsec_MDEyMzQ1Njc4OWFiY2RlZg==, timeout: 2s, batch_size: 9}
+    - {type: stripe, name: st, api_key: sk_test_0123456789, requests_event: r, bytes_event: b,
+       url: "http://127.0.0.1:7001", timeout: 3s}
+    - {type: openmeter, name: om, url: "https://om.example", token: om-token-123, timeout: 4s}
+    - {type: lago, name: lg, url: "https://lago.example", api_key: lago-key-123,
+       requests_code: rq, bytes_code: by, timeout: 5s}
+alerts: {quota_thresholds: ["50%"], refusal_spike: 25%, secret: whsec_MDEyMzQ1Njc4OWFiY2RlZg==}
 """
 
 
@@ -1163,3 +1217,57 @@ def test_every_bad_compression_field_is_named_at_once(tmp_path: Path) -> None:
         "compression.types[0]",
         "compression.min_size",
     ]
+
+
+def test_export_and_alerts_take_the_spec_example(tmp_path: Path) -> None:
+    data = minimal()
+    data["export"] = {
+        "period": "1h",
+        "sinks": [
+            {"type": "webhook", "url": "https://billing.internal.example.com/keyfront",
+             "secret": "${WEBHOOK_SECRET}"},
+            {"type": "stripe", "api_key": "${STRIPE_API_KEY}",
+             "requests_event": "keyfront_requests", "bytes_event": "keyfront_bytes"},
+            {"type": "openmeter", "url": "https://openmeter.example.com",
+             "token": "${OPENMETER_TOKEN}"},
+            {"type": "lago", "url": "https://lago.example.com", "api_key": "${LAGO_API_KEY}"},
+        ],
+    }  # fmt: skip
+    data["alerts"] = {"quota_thresholds": ["80%", "100%"], "refusal_spike": "50%"}
+    env = {"WEBHOOK_SECRET": "whsec_" + "B" * 32, "STRIPE_API_KEY": "sk_test_123456789",
+           "OPENMETER_TOKEN": "om_token_123", "LAGO_API_KEY": "lago_key_1234"}  # fmt: skip
+
+    config = load_dict(tmp_path, data, env)
+
+    assert config.export is not None and config.alerts is not None
+    assert config.export.period == 3600 and config.export.max_pending == 100_000
+    hook, stripe, openmeter, lago = config.export.sinks
+    assert (hook.name, hook.secret, hook.batch_size) == ("webhook", env["WEBHOOK_SECRET"], 500)
+    assert (stripe.name, stripe.api_key, stripe.url) == (
+        "stripe",
+        "sk_test_123456789",
+        "https://api.stripe.com",
+    )
+    assert (openmeter.token, lago.api_key) == ("om_token_123", "lago_key_1234")
+    assert config.alerts.quota_thresholds == (0.8, 1.0) and config.alerts.refusal_spike == 0.5
+    assert "export every 60 min to webhook (webhook https://billing" in describe(config)
+    assert env["WEBHOOK_SECRET"] not in describe(config)
+
+
+def test_export_is_off_unless_configured_and_secrets_may_be_withheld(tmp_path: Path) -> None:
+    assert load_dict(tmp_path, minimal()).export is None
+    data = minimal()
+    data["export"] = {"sinks": [{**HOOK, "secret": "${HOOK_SECRET}"},
+                                {"type": "stripe", "api_key": "${STRIPE_KEY}"}]}  # fmt: skip
+    (tmp_path / "files").mkdir(exist_ok=True)
+    path = write(tmp_path, yaml.safe_dump(data))
+
+    with pytest.raises(ConfigError) as caught:
+        load(path, {})
+    assert [p for p, _ in caught.value.problems] == [
+        "export.sinks[0].secret",
+        "export.sinks[1].api_key",
+    ]
+    config = load(path, {}, need_secrets=False)  # `keyfront export status` reads no secret
+    assert config.export is not None
+    assert [s.name for s in config.export.sinks] == ["webhook", "stripe"]

@@ -41,6 +41,10 @@ SPEC_NAMES = {
     "keyfront_customer_requests",
     "keyfront_customer_bytes",
     "keyfront_compression_bytes",  # SPEC section 17
+    # SPEC section 16: the usage export, by sink
+    "keyfront_export_pending",
+    "keyfront_export_delivered",
+    "keyfront_export_errors",
 }
 
 

@@ -108,6 +108,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              body="WhatIf"),
     Endpoint("POST", "/purge", h.purge, "operator", "purge cached objects by path or prefix",
              "Purged", body="Purge"),
+    Endpoint("GET", "/export", h.export_status, "operator", "the usage export per sink: last "
+             "period delivered, events waiting, last error (SPEC section 16)", "[ExportSink]"),
 )  # fmt: skip
 
 

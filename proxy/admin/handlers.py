@@ -20,6 +20,7 @@ from .. import failpoints
 from ..config import KeyDefaults
 from ..errors import BodyTooLarge, Invalid, ManageError, Missing, NotSupported
 from ..manage import actions as act
+from ..manage import export as manage_export
 from ..manage.analytics import analytics_report, what_if
 from ..manage.imports import FORMATS, SHARED_LOOP_BATCH, Importer, rows_of
 from ..manage.invalidate import (
@@ -415,6 +416,12 @@ async def what_if_of(
 
 
 # --- purge (proxy/manage/purge.py: this host's folder, then every instance) ------------
+
+
+async def export_status(request: web.Request, caller: Caller) -> web.Response:
+    found = context(request)
+    config = found.config
+    return reply(await manage_export.export_status(found.store, config.export, config.alerts))
 
 
 async def purge(request: web.Request, caller: Caller) -> web.Response:

@@ -255,5 +255,16 @@ SCHEMAS: dict[str, Any] = {
                    "its client presents (never stored: instances get keyed digests)"},
     "Invalidated": _object({"announced": {**INTEGER, "description": "changes announced"}},
                            ["announced"]),
+    "ExportSink": _object({
+        "sink": STRING, "type": {"enum": ["webhook", "stripe", "openmeter", "lago", "alerts"]},
+        "last_period_exported": {**NULLABLE_STRING, "description": "ISO 8601 UTC: the newest "
+                                 "period turned into events"},
+        "last_period_delivered": {**NULLABLE_STRING, "description": "the newest period of the "
+                                  "last batch the sink took"},
+        "last_delivery_at": NULLABLE_INTEGER, "waiting": {**INTEGER, "description":
+                                                         "events in the sink's outbox"},
+        "last_error": NULLABLE_STRING, "last_error_at": NULLABLE_INTEGER,
+    }, ["sink", "type", "last_period_exported", "last_period_delivered", "last_delivery_at",
+        "waiting", "last_error", "last_error_at"]),
     "OpenAPI": {"type": "object", "description": "this document"},
 }  # fmt: skip

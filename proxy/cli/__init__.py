@@ -49,7 +49,7 @@ from typing import Any
 from ..config import Config
 from ..errors import ConfigError, KeyfrontError, UsageError
 from ..store import Store, store_from_url
-from . import cache, customers, keys, local, usage
+from . import cache, customers, export, keys, local, usage
 from .customers import CUSTOMER_ID, CUSTOMER_SETTINGS, CUSTOMER_UPDATE_ONLY
 from .keys import GRACE, KEY_ID, KEY_SETTINGS, KEY_UPDATE_ONLY, customer_option
 from .local import SERVE_OPTIONS, SIGN_OPTIONS, load_config
@@ -106,6 +106,7 @@ GROUPS = {
     "customers": "customers, plan caps and admin API tokens",
     "keys": "API keys",
     "cache": "the disk cache",
+    "export": "the usage export to billing systems (SPEC section 16)",
 }
 COMMANDS: dict[tuple[str, str | None], Command] = {
     ("serve", None): Command("run the proxy", local.serve, SERVE_OPTIONS),
@@ -176,6 +177,10 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
         stored(usage.usage_report_command),
         USAGE_OPTIONS,
         usage.check_flags,
+    ),
+    ("export", "status"): Command(
+        "the usage export per sink: last period delivered, events waiting, last error",
+        stored(export.export_status_command),
     ),
     ("cache", "purge"): Command(
         "remove objects from the cache of every instance",

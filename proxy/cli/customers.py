@@ -18,7 +18,12 @@ from ..manage.actions import (
     revoke_token,
     token_json,
 )
-from ..manage.settings import parse_customer_id, parse_positive
+from ..manage.settings import (
+    parse_alert_webhook,
+    parse_billing_id,
+    parse_customer_id,
+    parse_positive,
+)
 from ..records import CUSTOMER_STATUSES, Customer
 from ..store import Store
 from .options import QUOTA_OPTIONS, Option, bucket_options, given_settings
@@ -37,7 +42,11 @@ CUSTOMER_SETTINGS: list[Option] = [
     *bucket_options("max-", "plan cap on each key's, "),
     *QUOTA_OPTIONS,
     ("--max-keys", {"type": parse_positive, "metavar": "N", "help": "live keys at most"}),
-]
+    ("--billing-id", {"type": parse_billing_id, "metavar": "X",
+                      "help": "its id in the billing system (exported usage carries it)"}),
+    ("--alert-webhook", {"type": parse_alert_webhook, "metavar": "URL",
+                         "help": "https URL its quota alerts are POSTed to"}),
+]  # fmt: skip
 CUSTOMER_UPDATE_ONLY: list[Option] = [
     ("--status", {"choices": CUSTOMER_STATUSES, "help": "disabled: its keys stop working"}),
 ]

@@ -8,6 +8,7 @@ so any layer may name a config type without an import cycle (a test checks it).
 
     schema.py    the dataclasses: each field once, `Annotated[type, reader] = default`
     sections.py  the one reader of a section, collecting every problem (issue 14)
+    export.py    the `export:` and `alerts:` sections and their sinks (SPEC section 16)
     read.py      the readers of one value (sizes, durations, URLs, CIDRs, secrets, ...)
     load.py      the file: strict YAML, `${VAR}`, load(), describe()
 
@@ -17,6 +18,15 @@ need_secrets=False)`, for commands that only read the store, lets secrets whose
 `${VAR}` is unset read as not given (`keys.secrets` then empty; issue 15).
 """
 
+from .export import (
+    AlertsConfig,
+    ExportConfig,
+    LagoSink,
+    OpenMeterSink,
+    Sink,
+    StripeSink,
+    WebhookSink,
+)
 from .load import describe, load
 from .read import IPNetwork
 from .schema import (
@@ -45,23 +55,30 @@ __all__ = [
     "DEFAULT_EXTERNAL_PATTERN",
     "MAX_EXTERNAL_KEY",
     "AdminConfig",
+    "AlertsConfig",
     "CacheConfig",
     "CertificatePair",
     "ClientTimeouts",
     "CompressionConfig",
     "Config",
+    "ExportConfig",
     "ExternalKeysConfig",
     "IPNetwork",
     "KeyDefaults",
     "KeysConfig",
+    "LagoSink",
     "Listen",
     "LookupConfig",
     "MetricsConfig",
+    "OpenMeterSink",
     "OriginTimeouts",
     "Route",
     "S3Settings",
+    "Sink",
+    "StripeSink",
     "TLSConfig",
     "UsageConfig",
+    "WebhookSink",
     "describe",
     "load",
 ]

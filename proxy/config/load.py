@@ -29,6 +29,7 @@ MAX_SECRET_FILE = 64 * 1024  # bytes: a secret, not a document
 _SECRET_FIELD = re.compile(
     r"keys\.secrets\.[^.]+|admin\.token|keys\.external\.(hash_secret|lookup\.token)"
     r"|routes\[[0-9]+\]\.s3\.(access_key_id|secret_access_key)"
+    r"|export\.sinks\[[0-9]+\]\.(secret|api_key|token)|alerts\.secret"
 )
 
 
@@ -184,6 +185,9 @@ def describe(config: Config) -> str:
             lines.append(f"  certificate {pair.cert}: {', '.join(facts.names)}, until {expires}")
     if config.redirect_http_listen is not None:
         lines.append(f"redirect {config.redirect_http_listen} -> https:// (308)")
+    if config.export is not None:  # SPEC section 16; URLs only, never a secret
+        every = f"every {config.export.period // 60} min"
+        lines += [f"export {every} to {s.name} ({s.type} {s.url})" for s in config.export.sinks]
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from ..errors import ConfigError
 from ..units import Rate
 from . import read
+from .export import ALERTS, EXPORT, AlertsConfig, ExportConfig
 from .read import IPNetwork
 from .sections import SET_BY_LOAD, Check, Found, convert, each, expect, raise_any, section
 
@@ -288,6 +289,10 @@ class Config:
     redirect_http_listen: Annotated[Listen | None, read.optional(_listen)] = None
     # Strict-Transport-Security on every HTTPS response; needs `tls`
     hsts: Annotated[str | None, read.optional(read.text(r"[ -~]{1,256}", "printable ASCII"))] = None
+    # SPEC section 16: usage to billing systems; None: no export
+    export: Annotated[ExportConfig | None, read.optional(EXPORT)] = None
+    # SPEC section 16: quota and refusal alerts to customers; None: none
+    alerts: Annotated[AlertsConfig | None, read.optional(ALERTS)] = None
     # not in SPEC: README "Decisions"
     event_loop: Annotated[Literal["uvloop", "asyncio"], read.EVENT_LOOP] = "uvloop"
     # the file it was loaded from (for messages and worker processes)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..config import Route
 from ..errors import Invalid
@@ -30,6 +31,9 @@ MAX_COUNT = 2**53 - 1  # exact in JSON and in a float; fits SQLite's 64-bit inte
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
 MAX_TEXT = 1024  # a name, a path prefix, a link secret, a date
 MAX_ITEMS = 256  # referrer patterns, CIDRs or path prefixes of one key
+MAX_URL = 2048  # an alert webhook URL
+MAX_BILLING_ID = 255
+BILLING_ID = re.compile(r"[!-~]+")  # printable ASCII, no space
 
 
 def _short(text: str, limit: int = MAX_TEXT) -> str:
@@ -116,6 +120,55 @@ def parse_link_secret(text: str) -> str:
     if len(_short(text)) < MIN_LINK_SECRET:
         raise ValueError(f"a link secret has at least {MIN_LINK_SECRET} characters")
     return text
+
+
+def parse_billing_id(text: str) -> str:
+    """The customer's id in the billing system (SPEC section 16: Stripe's `cus_...`,
+    Lago's external customer id): printable ASCII without spaces."""
+    if not 1 <= len(text) <= MAX_BILLING_ID or not BILLING_ID.fullmatch(text):
+        raise ValueError(f"{_short(text, 64)!r} is not 1-{MAX_BILLING_ID} printable characters")
+    return text
+
+
+def parse_alert_webhook(text: str) -> str:
+    """A URL keyfront will POST the customer's alerts to (SPEC section 16). Whoever sets
+    it chooses where a server inside the provider's network sends requests (SSRF), so:
+    https to a public host; plain http only to this host's loopback (a local relay);
+    never an IP literal that is private, link-local (cloud metadata), multicast or
+    reserved; no credentials in the URL (they would be logged). A name is checked
+    again when it resolves, at delivery."""
+    parts = urlsplit(_short(text, MAX_URL))
+    try:
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        raise ValueError(f"{_short(text, 64)!r} has a bad port") from None
+    if not text.isascii() or any(c.isspace() for c in text) or parts.fragment:
+        raise ValueError("expected an ASCII URL without spaces or #fragment")
+    if parts.scheme not in ("http", "https") or not host or parts.username is not None:
+        raise ValueError("expected https://host/path (no user:password@)")
+    if parts.scheme == "http" and not is_loopback(host):
+        raise ValueError("plain http only to 127.0.0.1, ::1 or localhost: use https")
+    if parts.scheme == "https" and not _public_host(host):
+        raise ValueError(f"{host} is not a public host (private, loopback or link-local)")
+    del port
+    return text
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _public_host(host: str) -> bool:
+    """A name (resolved at delivery) that is not local, or a global IP literal."""
+    try:
+        return ipaddress.ip_address(host).is_global
+    except ValueError:
+        return host != "localhost" and not host.endswith((".localhost", ".local", ".internal"))
 
 
 def parse_expiry(text: str) -> int:
@@ -284,6 +337,12 @@ CUSTOMER_SETTINGS: dict[str, Setting] = {  # Customer fields: the plan caps
     "quota_requests": COUNT,
     "quota_bytes": BYTES,
     "max_keys": COUNT,
+    # SPEC section 16: the billing system's id of the customer, and where its alerts go
+    "billing_id": Setting(_nullable("string", maxLength=MAX_BILLING_ID), _text(parse_billing_id)),
+    "alert_webhook": Setting(
+        _nullable("string", format="uri", description="https to a public host"),
+        _text(parse_alert_webhook),
+    ),
 }
 KEY_CHANGES = {**KEY_SETTINGS, "status": STATUS}
 # An imported key's row (SPEC section 13): a key revoked in the operator's system comes

@@ -5,8 +5,10 @@
 
     base.py                        the Store interface and its value types: Change,
                                    CustomerToken, UsageRow (Scope, Grain)
-    sqlite.py, sqlite_usage.py     SqliteStore
-    redis.py, redis_usage.py       RedisStore (redis-py), usage.lua
+    sqlite.py, sqlite_usage.py,    SqliteStore
+    sqlite_outbox.py
+    redis.py, redis_usage.py,      RedisStore (redis-py), usage.lua, outbox.lua
+    redis_outbox.py
     resp.py                        the request path's pipelined Redis client (the shared
                                    rate limiter's), bucket.lua
 
@@ -28,6 +30,7 @@ from .base import (
     ChangeKind,
     CustomerToken,
     Grain,
+    OutboxEvent,
     Scope,
     Store,
     UsageRow,
@@ -39,6 +42,7 @@ __all__ = [
     "ChangeKind",
     "CustomerToken",
     "Grain",
+    "OutboxEvent",
     "Scope",
     "Store",
     "UsageRow",

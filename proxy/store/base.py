@@ -42,6 +42,17 @@ def day_of(ts: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One event waiting in a sink's outbox (SPEC section 16, proxy/export): its id,
+    the period it counts (unix seconds: the order sinks receive them in) and its JSON
+    text, which the store keeps as given."""
+
+    id: str
+    period: int
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
     """A record changed: every instance drops its cached copy. `all` drops every cached
     record (sent after a lost subscription, when changes may have been missed).
@@ -198,6 +209,67 @@ class Store(abc.ABC):
     ) -> list[UsageRow]:
         """Stored sketches of `grain` (hour, else day) starting in [start, end), as rows
         whose counts are empty (SPEC section 15)."""
+
+    # the usage export's outbox (SPEC section 16; proxy/export). Ledger entries and
+    # sink status are JSON text the store keeps as given: it knows no event's fields.
+    def track_usage_keys(self) -> None:
+        """The usage export will call hour_usage(): keep what it needs from now on (a
+        store that can list an hour's keys anyway does nothing)."""
+
+    @abc.abstractmethod
+    async def export_lease(self, holder: str, ttl: float) -> bool:
+        """Take or renew the one exporter's lease for `ttl` seconds: true if `holder`
+        holds it now (no other holder's lease was live)."""
+
+    @abc.abstractmethod
+    async def hour_usage(self, hour: int) -> list[UsageRow]:
+        """Every key's hourly row of the hour starting at `hour`."""
+
+    @abc.abstractmethod
+    async def export_ledger(self, hour: int) -> dict[str, str]:
+        """What was exported of each key's row of `hour`: key id -> ledger entry."""
+
+    @abc.abstractmethod
+    async def export_enqueue(
+        self,
+        holder: str,
+        hour: int,
+        ledger: dict[str, str],
+        events: list[OutboxEvent],
+        sinks: list[str],
+    ) -> bool:
+        """In one atomic step, if `holder` holds the lease (else false, and nothing
+        written): write the ledger entries of `hour` and add each event to every
+        sink's outbox (an id already there is kept as it was)."""
+
+    @abc.abstractmethod
+    async def export_marks(self) -> dict[str, str]:
+        """The exporter's own marks (the last period passed), name -> text."""
+
+    @abc.abstractmethod
+    async def set_export_mark(self, name: str, value: str) -> None: ...
+
+    @abc.abstractmethod
+    async def export_once(self, name: str, ttl: float) -> bool:
+        """Set-if-absent: true for the first caller of `name` (across instances) while
+        it is kept, `ttl` seconds at least (an alert sent once a month, SPEC 16)."""
+
+    @abc.abstractmethod
+    async def export_peek(self, sink: str, limit: int) -> list[OutboxEvent]:
+        """The sink's oldest waiting events (by period, then id), `limit` at most."""
+
+    @abc.abstractmethod
+    async def export_ack(self, sink: str, ids: list[str], status: dict[str, str]) -> None:
+        """Remove delivered events from the sink's outbox and merge `status` into its
+        status fields, in one step."""
+
+    @abc.abstractmethod
+    async def export_note(self, sink: str, status: dict[str, str]) -> None:
+        """Merge `status` into the sink's status fields (its last error)."""
+
+    @abc.abstractmethod
+    async def export_status(self, sink: str) -> tuple[int, dict[str, str]]:
+        """How many events wait in the sink's outbox, and its status fields."""
 
     # change notification (SPEC section 2: a change reaches every instance within 1 s)
     @abc.abstractmethod

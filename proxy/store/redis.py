@@ -10,6 +10,7 @@
     kf:imported             imported key ids (SPEC section 13): a sorted set, all scores
                             0, so that it lists in order (ZRANGE BYLEX), batch by batch
     kf:meta:imported_secret the secret imported keys are hashed with, unless configured
+    kf:x:{x}:...            the usage export's outbox (redis_outbox.py)
 
 The hash tags keep each command on one slot, so the same code runs on Redis Cluster.
 A record and its index sets live in different slots, so a write is several commands,
@@ -41,6 +42,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from ..errors import Conflict, StoreError
 from ..records import Customer, KeyRecord
 from .base import CHANGE_KINDS, Change, ChangeKind, CustomerToken, Store
+from .redis_outbox import RedisOutbox
 from .redis_usage import RedisUsage
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,7 @@ def _options(retries: int = 1) -> dict[str, Any]:
     }
 
 
-class RedisStore(RedisUsage, Store):
+class RedisStore(RedisUsage, RedisOutbox, Store):
     """`redis://host:port/db`, `rediss://...` (TLS), `redis+cluster://host:port` or
     `rediss+cluster://host:port` (a cluster over TLS: a managed Redis Cluster with
     in-transit encryption; the hot path's RESP client takes the same URL).

@@ -22,6 +22,7 @@ from redis.exceptions import NoScriptError
 
 from ..sketch import CAPACITY, Sketch
 from .base import Grain, Scope, UsageRow, day_of
+from .redis_outbox import INDEX_TTL, active_keys
 
 T = TypeVar("T")
 
@@ -58,6 +59,7 @@ class RedisUsage:
     # Provided by RedisStore: the redis-py client and its error translation.
     _client: Redis | RedisCluster
     _call: Callable[[Awaitable[Any]], Awaitable[Any]]
+    index_active_keys: bool  # RedisOutbox's: set when the usage export runs
 
     async def add_usage(self, batch_id: str, rows: list[UsageRow]) -> None:
         for i in range(0, len(rows), ROWS_PER_PIPELINE):
@@ -72,6 +74,8 @@ class RedisUsage:
 
     async def _apply(self, batch_id: str, rows: list[UsageRow]) -> list[Any]:
         calls = [_script_args(batch_id, row) for row in rows]
+        if self.index_active_keys:  # the usage export reads which keys had usage
+            await self._index_active(rows)
         if isinstance(self._client, RedisCluster):
             # redis-py refuses EVALSHA in cluster pipelines: concurrent calls instead,
             # a bounded number at a time (each node's connection pool is bounded).
@@ -84,6 +88,19 @@ class RedisUsage:
         for call in calls:
             pipe.evalsha(*call)
         return list(await pipe.execute())
+
+    async def _index_active(self, rows: list[UsageRow]) -> None:
+        """Each key's id in its hour's set (redis_outbox.py), before its counts: a key
+        whose counts are in is always in the set. Idempotent, so a retry is free."""
+        hours: dict[int, set[str]] = {}
+        for row in rows:
+            if row.scope == "key":
+                hours.setdefault(row.start, set()).add(row.id)
+        pipe = self._client.pipeline(transaction=False)
+        for hour, ids in hours.items():
+            pipe.sadd(active_keys(hour), *ids)
+            pipe.expire(active_keys(hour), INDEX_TTL)
+        await pipe.execute()
 
     async def read_usage(
         self, scope: Scope, ids: Iterable[str], start: int, end: int, grain: Grain

@@ -27,6 +27,7 @@ from typing import Any, TypeVar, cast
 from ..errors import Conflict, StoreError
 from ..records import Customer, KeyRecord
 from .base import Change, ChangeKind, CustomerToken, Store
+from .sqlite_outbox import OUTBOX_SCHEMA, SqliteOutbox
 from .sqlite_usage import USAGE_SCHEMA, SqliteUsage
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ _MAX_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM changes"
 _CHANGES_AFTER = f"SELECT seq, kind, id FROM changes WHERE seq > ? ORDER BY seq LIMIT {POLL_BATCH}"
 
 
-class SqliteStore(SqliteUsage, Store):
+class SqliteStore(SqliteUsage, SqliteOutbox, Store):
     """Customers and keys in one SQLite file, `sqlite:///abs/path.db`.
 
     `put_*` writes whether or not the record exists (an upsert), like Redis SET."""
@@ -432,7 +433,7 @@ def _set_up(conn: sqlite3.Connection) -> None:
     while True:
         try:
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.executescript(SCHEMA + USAGE_SCHEMA)
+            conn.executescript(SCHEMA + USAGE_SCHEMA + OUTBOX_SCHEMA)
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
