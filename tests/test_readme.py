@@ -5,6 +5,7 @@ are made under a temporary root, and the environment variables it names are set.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -18,6 +19,8 @@ from conftest import KEYFRONT
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SECRET = "a-signing-secret-of-32-characters"
+# Standard Webhooks secrets (export sinks, alerts) have a shape of their own
+WHSEC = "whsec_" + base64.b64encode(b"a-webhook-secret-of-32-bytes-0123").decode()
 
 
 def yaml_blocks() -> list[tuple[int, str]]:
@@ -56,7 +59,7 @@ def test_a_readme_yaml_block_passes_config_check(line: int, text: str, tmp_path:
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "KEYFRONT_KEY_SECRET": SECRET}
     for name in set(re.findall(r"\$\{([A-Z0-9_]+)", text)):
-        env[name] = SECRET
+        env[name] = WHSEC if name.endswith(("WEBHOOK_SECRET", "ALERT_SECRET")) else SECRET
     result = subprocess.run(
         [KEYFRONT, "config", "check", "-c", str(path)],
         check=False,
