@@ -89,7 +89,10 @@ class Receiver:
 
 
 def verify(
-    headers: Any, body: bytes, content_type: str = "application/cloudevents-batch+json"
+    headers: Any,
+    body: bytes,
+    content_type: str = "application/cloudevents-batch+json",
+    secret: str = SECRET,
 ) -> str | None:
     """Standard Webhooks, as a receiver checks it: all three headers, a timestamp within
     5 minutes, `v1,` + base64 HMAC-SHA256 of id.timestamp.body with the decoded key."""
@@ -102,7 +105,8 @@ def verify(
     if abs(time.time() - int(stamp)) > 300:
         return "stale timestamp"
     signed = f"{msg_id}.{stamp}.".encode() + body
-    expected = base64.b64encode(hmac.new(base64.b64decode(KEY), signed, hashlib.sha256).digest())
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest())
     if not any(hmac.compare_digest(s.encode(), b"v1," + expected) for s in signatures):
         return "bad signature"
     return None
@@ -360,10 +364,14 @@ async def test_a_key_with_a_quota_of_10_alerts_once_at_8_and_once_at_10(
 ) -> None:
     # SPEC section 16: once per threshold per key per month, with two instances serving.
     alerts: list[tuple[Any, dict[str, Any]]] = []
+    acme_secret: list[str] = []  # what GET /customers/acme shows the customer
 
     async def take(request: web.Request) -> web.Response:
         body = await request.read()
-        assert verify(request.headers, body, "application/json") is None
+        # Signed with acme's own secret, derived from alerts.secret: not the shared one,
+        # which any customer could then use to forge alerts to the others.
+        assert verify(request.headers, body, "application/json", acme_secret[0]) is None
+        assert verify(request.headers, body, "application/json", SECRET) == "bad signature"
         alerts.append((request.headers["webhook-id"], json.loads(body)))
         return web.Response(status=204)
 
@@ -384,6 +392,9 @@ async def test_a_key_with_a_quota_of_10_alerts_once_at_8_and_once_at_10(
     one = await start(config(store_url, files, extra), tmp_path)
     two = await start(config(store_url, files, extra), tmp_path)
     try:
+        shown = json.loads(one.cli("customers", "show", "acme", "--json").stdout)
+        acme_secret.append(shown["alert_secret"])
+        assert acme_secret[0].startswith("whsec_") and acme_secret[0] != SECRET
         for kf in (one, two, one, two):
             await serve(f"{kf.url}/files/a.txt?key={key}", 2)
         await until(lambda: len(alerts) >= 1)

@@ -28,6 +28,7 @@ from proxy.config import (
 from proxy.export.alerts import QuotaAlerts
 from proxy.export.events import Exported, Owner, event_id, gained, usage_event
 from proxy.export.outbox import Exporter
+from proxy.export.signing import customer_secret, secret_key, signature
 from proxy.export.sinks import SinkError, sink_for
 from proxy.export.sinks.alert import AlertSink
 from proxy.export.sinks.webhook import Webhook
@@ -319,7 +320,10 @@ async def test_an_alert_endpoint_that_fails_holds_back_no_other_customers_alert(
     exporter = Exporter(store, None, [], 1.0, "h1", alert_sink=sink)
     await store.export_lease("h1", 10)
     dead = f"http://127.0.0.1:{free_port()}/alerts"
-    wrappers = [({"url": dead, "event": {"id": "a-dead"}}), {"url": url, "event": {"id": "b-live"}}]
+    wrappers = [
+        {"url": dead, "event": {"id": "a-dead", "subject": "a"}},
+        {"url": url, "event": {"id": "b-live", "subject": "b"}},
+    ]
     queued = [OutboxEvent(w["event"]["id"], 1, json.dumps(w)) for w in wrappers]
     assert await store.export_enqueue("h1", 0, {}, queued, ["alerts"])
     try:
@@ -329,8 +333,12 @@ async def test_an_alert_endpoint_that_fails_holds_back_no_other_customers_alert(
         await sink.close()
 
     ((method, _, headers, body),) = seen  # the live one arrived, signed, and left the outbox
-    assert (method, json.loads(body), headers["webhook-id"]) == ("POST", {"id": "b-live"}, "b-live")
-    assert headers["webhook-signature"].startswith("v1,")
+    live = {"id": "b-live", "subject": "b"}
+    assert (method, json.loads(body), headers["webhook-id"]) == ("POST", live, "b-live")
+    stamp = int(headers["webhook-timestamp"])  # signed with customer b's own secret
+    assert headers["webhook-signature"] == signature(
+        secret_key(customer_secret(SECRET, "b")), "b-live", stamp, body
+    )
     waiting, _ = await store.export_status("alerts")
     assert waiting == 1  # the dead one waits for its retry
 

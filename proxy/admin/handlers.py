@@ -71,8 +71,9 @@ async def create_customer(request: web.Request, caller: Caller) -> web.Response:
 
 
 async def get_customer(request: web.Request, caller: Caller) -> web.Response:
-    customer = await act.find_customer(context(request).store, _customer_id(request))
-    return reply(act.record_json(customer))
+    admin = context(request)
+    customer = await act.find_customer(admin.store, _customer_id(request))
+    return reply(act.customer_json(customer, admin.config.alerts))
 
 
 async def patch_customer(request: web.Request, caller: Caller) -> web.Response:
@@ -263,7 +264,7 @@ async def plan(admin: AdminContext, caller: Caller, customer_id: str) -> dict[st
         quota[name] = {"limit": limit, "used": None if limit is None else spent,
                        "left": None if limit is None else max(0, limit - spent)}  # fmt: skip
     keys = {"live": live, "max": cap[0] if cap else None}
-    return {**act.record_json(customer), "keys": keys, "quota": quota}
+    return {**act.customer_json(customer, admin.config.alerts), "keys": keys, "quota": quota}
 
 
 # --- imported keys (SPEC section 13; operator only) ------------------------------------

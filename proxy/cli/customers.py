@@ -11,6 +11,7 @@ from ..config import Config
 from ..manage.actions import (
     change_customer,
     create_customer,
+    customer_json,
     find_customer,
     list_tokens,
     mint_token,
@@ -74,7 +75,8 @@ async def customers_list(args: argparse.Namespace, config: Config, store: Store)
 
 
 async def customers_show(args: argparse.Namespace, config: Config, store: Store) -> Output:
-    return record_output(await find_customer(store, args.customer_id))
+    customer = customer_json(await find_customer(store, args.customer_id), config.alerts)
+    return Output(customer, fields_text(customer))
 
 
 async def customers_update(args: argparse.Namespace, config: Config, store: Store) -> Output:

@@ -17,8 +17,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ..config import KeyDefaults
+from ..config import AlertsConfig, KeyDefaults
 from ..errors import Conflict, Forbidden, Invalid, Missing, Refused
+from ..export.signing import customer_secret
 from ..keys import KEY_ID_ALPHABET, KeySigner, new_key_id
 from ..records import Customer, DisabledBy, KeyRecord
 from ..referrers import is_path_pattern
@@ -36,6 +37,17 @@ PLAN_CAPS = (
 )
 TOKEN_PREFIX = "kfc_"  # keyfront customer token: kfc_ + 43 base62 characters (256 bits)
 _TOKEN = re.compile(r"kfc_[0-9A-Za-z]{43}")
+
+
+def customer_json(customer: Customer, alerts: AlertsConfig | None) -> dict[str, Any]:
+    """A customer as the operator and its own token read it: with `alert_secret`, the
+    secret its alert endpoint verifies signatures with (SPEC section 16), when alerts
+    are signed. Derived per customer (export/signing.py), so showing it to the
+    customer reveals nothing that signs another's alerts."""
+    data = record_json(customer)
+    if alerts is not None and alerts.secret:
+        data["alert_secret"] = customer_secret(alerts.secret, customer.customer_id)
+    return data
 
 
 def record_json(record: Customer | KeyRecord, reveal_secret: bool = False) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """The alerts' sink (SPEC section 16): each `keyfront.alert` event POSTed to its
-customer's `alert_webhook`, signed per Standard Webhooks with `alerts.secret` as the
-webhook sink signs (webhook-id = the alert's id, stable across retries):
+customer's `alert_webhook`, signed per Standard Webhooks as the webhook sink signs,
+with the customer's own secret derived from `alerts.secret` (webhook.customer_secret:
+GET /customers/{id} and GET /me show it), webhook-id = the alert's id, stable across
+retries:
 
     POST {alert_webhook}
     content-type: application/json
@@ -30,8 +32,8 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..signing import customer_secret, secret_key, signature
 from .base import Sink, SinkError
-from .webhook import secret_key, signature
 
 log = logging.getLogger("keyfront.alerts")
 
@@ -41,7 +43,7 @@ class AlertSink(Sink):
 
     def __init__(self, secret: str, timeout: float = 10.0) -> None:
         super().__init__("alerts", timeout)
-        self._key = secret_key(secret)
+        self._secret = secret
 
     async def deliver(self, events: list[dict[str, Any]]) -> None:
         """Each alert to its own customer's endpoint: one endpoint that fails does not
@@ -68,9 +70,12 @@ class AlertSink(Sink):
             "content-type": "application/json",
             "webhook-id": event["id"],
             "webhook-timestamp": str(now),
-            "webhook-signature": signature(self._key, event["id"], now, body),
+            "webhook-signature": signature(self._key_of(event["subject"]), event["id"], now, body),
         }
         await self.post(url, body, headers)
+
+    def _key_of(self, customer_id: str) -> bytes:
+        return secret_key(customer_secret(self._secret, customer_id))
 
 
 async def allowed(url: str) -> bool:

@@ -17,26 +17,16 @@ with the same events; receivers deduplicate on each event's `id`.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
 import time
 from typing import Any
 
 from ...config import WebhookSink
+from ..signing import secret_key, signature
 from .base import Sink
 
 CONTENT_TYPE = "application/cloudevents-batch+json"
-
-
-def signature(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
-    signed = f"{message_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-
-
-def secret_key(secret: str) -> bytes:
-    return base64.b64decode(secret.removeprefix("whsec_"))
 
 
 class Webhook(Sink):
