@@ -68,6 +68,7 @@ class Options:
     baseline: str | None = None  # another checkout's venv python (`--baseline`)
     tls: bool = True  # the TLS rows (`--no-tls`)
     only_tls: bool = False  # `--only tls`: nginx and keyfront over TLS, nothing else
+    only_checks: bool = False  # `--only checks`: 10 KB hits with checks, metering, analytics off
     tls_read_sizes: tuple[int, ...] = ()  # keyfront over TLS with these read sizes too
 
 
@@ -82,6 +83,7 @@ class Bench:
     x_cache: dict[str, dict[str, str]] = field(default_factory=dict)  # label -> size -> X-Cache
     tls_targets: dict[str, Target] = field(default_factory=dict)  # the same over HTTPS
     only_tls: bool = False
+    only_checks: bool = False
 
     def plan(self) -> list[tuple[Cell, list[Target]]]:
         """The runs of one round; auth off and the floor only at 10 KB, the read-size
@@ -89,6 +91,8 @@ class Bench:
         c64 for nginx and keyfront alone."""
         plan = []
         for cell in CELLS:
+            if self.only_checks and cell.size != "10k":
+                continue
             labels = [
                 label
                 for label in self.targets
@@ -157,7 +161,14 @@ def set_up(procs: Processes, cores: Cores, root: Path, options: Options) -> Benc
     launch = Launcher(procs, cores, root, origin, objects)
     kf = launch.keyfront("keyfront", f"{redis}/0")
     instances: dict[str, Keyfront | None] = {KEYFRONT: kf, AUTH_OFF: kf}
-    if not options.only_tls:
+    if options.only_checks:  # what each part of the per-request work costs, nothing else
+        instances[METERING_OFF] = _metering_off(launch, f"{redis}/2", options)
+        instances[ANALYTICS_OFF] = _analytics_off(launch, f"{redis}/1")
+        if options.baseline:  # the same checkout here measures the bench's own bias
+            instances[BASELINE] = launch.keyfront(
+                "keyfront-baseline", f"{redis}/4", python=options.baseline
+            )
+    elif not options.only_tls:
         instances |= _variants(launch, kf, redis, options)
     for label in (KEYFRONT, METERING_OFF, ANALYTICS_OFF, ASYNCIO_LOOP, BASELINE):
         instance = instances.get(label)
@@ -167,7 +178,8 @@ def set_up(procs: Processes, cores: Cores, root: Path, options: Options) -> Benc
     targets = {NGINX: nginx} | _keyfront_targets(instances, *PREFIXES[mode])
     if options.floor and not options.only_tls:
         targets |= {t.label: t for t in _floors(procs, cores, objects)}
-    bench = Bench(root, origin, redis_port, kf, mode, targets, only_tls=options.only_tls)
+    bench = Bench(root, origin, redis_port, kf, mode, targets, only_tls=options.only_tls,
+                  only_checks=options.only_checks)  # fmt: skip
     if certificate is not None and nginx_tls is not None:
         tls = _tls_instances(launch, certificate, redis, options.tls_read_sizes)
         for instance in tls.values():
