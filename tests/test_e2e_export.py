@@ -468,10 +468,18 @@ async def test_a_flush_late_for_its_hour_goes_out_as_a_delta_with_a_new_id(
     # 40 flushes 200 ms apart, from the first with counts: held 8 s, while the hour's
     # last period is exported at most 1.4 s (settle) + 1 s (tick) after the hour ends
     late_env = {**clock, "KEYFRONT_FAILPOINTS": "usage.flush=40"}
-    on_time, late = await asyncio.gather(
+    started = await asyncio.gather(
         asyncio.to_thread(start_keyfront, body, str(tmp_path), env=clock),
         asyncio.to_thread(start_keyfront, body, str(tmp_path), env=late_env),
+        return_exceptions=True,
     )
+    for failed in started:
+        if isinstance(failed, BaseException):
+            for kf in started:
+                if isinstance(kf, KeyfrontProcess):
+                    kf.stop()
+            raise failed
+    on_time, late = (kf for kf in started if isinstance(kf, KeyfrontProcess))
     try:
         # Serve once the period before the hour's last was exported, so that what is
         # served now is in the last period's event (a sub-hour event carries what
