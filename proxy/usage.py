@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
+from . import failpoints
 from .analytics import Traffic, merged_sketches, referrer_of
 from .errors import StoreError
 from .periodic import Periodic
@@ -240,6 +241,8 @@ class UsageMeter:
         batch_id, rows = self._retry
         try:
             if rows:
+                if failpoints.fires(failpoints.USAGE_FLUSH):  # tests only (failpoints.py)
+                    raise StoreError("failpoint usage.flush: the store refused the flush")
                 await self._ledger.add_usage(batch_id, rows)
         except StoreError:
             log.warning("usage flush failed; %d rows kept for the next try", len(rows))

@@ -120,7 +120,14 @@ def test_an_unexpected_exception_in_an_admin_handler_is_the_same_json_500(
     assert get(f"{kf.admin_url}/healthz")[0] == 200
 
 
-def test_an_unknown_failpoint_stops_start_up(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("armed", "said"),
+    [
+        ("request.after_kye", "unknown failpoint(s) request.after_kye"),
+        ("usage.flush=some", "'usage.flush=some': the count after '=' must be a whole number"),
+    ],
+)
+def test_an_unknown_failpoint_stops_start_up(tmp_path: Path, armed: str, said: str) -> None:
     """A typo must not pass for a failpoint that never fires."""
     config_path = write_config(
         str(tmp_path),
@@ -135,11 +142,11 @@ cache: {{dir: {tmp_path}/cache}}
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYFRONT_")}
     done = subprocess.run(
         [KEYFRONT, "serve", "-c", config_path],
-        env={**env, "KEYFRONT_FAILPOINTS": "request.after_kye"},
+        env={**env, "KEYFRONT_FAILPOINTS": armed},
         check=False,
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert done.returncode != 0
-    assert "unknown failpoint(s) request.after_kye" in done.stderr
+    assert said in done.stderr

@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import libfaketime
 import pytest
 from aiohttp import web
 
+from proxy.export.events import iso
 from proxy.records import Customer
 from proxy.store import store_from_url
 from proxy.units import Rate
@@ -53,6 +55,7 @@ class Receiver:
     refused: list[list[str]] = field(default_factory=list)  # the ids of each refused batch
     arrivals: list[float] = field(default_factory=list)
     bad: list[str] = field(default_factory=list)  # what failed verification
+    clock: float = 0.0  # seconds keyfront's clock is ahead of ours (libfaketime)
     url: str = ""
     runner: web.AppRunner | None = None
     site: Any = None
@@ -66,7 +69,7 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        problem = verify(request.headers, body)
+        problem = verify(request.headers, body, now=time.time() + self.clock)
         if problem:
             self.bad.append(problem)
             return web.Response(status=400)
@@ -93,6 +96,7 @@ def verify(
     body: bytes,
     content_type: str = "application/cloudevents-batch+json",
     secret: str = SECRET,
+    now: float | None = None,
 ) -> str | None:
     """Standard Webhooks, as a receiver checks it: all three headers, a timestamp within
     5 minutes, `v1,` + base64 HMAC-SHA256 of id.timestamp.body with the decoded key."""
@@ -102,7 +106,7 @@ def verify(
     signatures = headers.get("webhook-signature", "").split()
     if not msg_id or not stamp or not signatures:
         return "a header is missing"
-    if abs(time.time() - int(stamp)) > 300:
+    if abs((time.time() if now is None else now) - int(stamp)) > 300:
         return "stale timestamp"
     signed = f"{msg_id}.{stamp}.".encode() + body
     key = base64.b64decode(secret.removeprefix("whsec_"))
@@ -422,3 +426,87 @@ async def test_a_key_with_a_quota_of_10_alerts_once_at_8_and_once_at_10(
         one.stop()
         two.stop()
         await runner.cleanup()
+
+
+def exported(kf: KeyfrontProcess) -> str | None:
+    """The newest period the export has passed (GET /admin/v1/export)."""
+    request = urllib.request.Request(
+        f"{kf.admin_url}/admin/v1/export", headers={"Authorization": f"Bearer {ADMIN}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        (sink,) = json.loads(response.read())
+    return str(sink["last_period_exported"]) if sink["last_period_exported"] else None
+
+
+def clock_ahead_by(seconds: int) -> dict[str, str]:
+    """The environment that runs a process `seconds` ahead of the real clock, through
+    libfaketime's LD_PRELOAD (the monotonic clock is left alone: timeouts stay real)."""
+    _, env = libfaketime.get_reload_information()
+    return {**env, "FAKETIME": f"+{seconds}s"}
+
+
+async def test_a_flush_late_for_its_hour_goes_out_as_a_delta_with_a_new_id(
+    tmp_path: Path, files: Path, receiver: Receiver, redis_server: RedisServer
+) -> None:
+    # Issue 19: "a late flush produces a delta event with a new id". Two instances share
+    # Redis; both serve a key in the last period of an hour, one's flushes fail (the
+    # store refusing them, failpoint usage.flush) until that hour was exported. Its
+    # counts reach the store late and go out as revision 1 of the same period: a new
+    # id, exactly the difference. An hour end in seconds: both processes run with their
+    # clock moved to shortly before one (libfaketime), with 4 s periods.
+    period = 6
+    lead = 10  # seconds of the faked hour left at start: the two start-ups
+    now = time.time()
+    ahead = int((now // 3600 + 1) * 3600 - lead - now) % 3600
+    hour_end = int((now + ahead) // 3600 * 3600 + 3600)  # faked
+    receiver.clock = ahead
+    store_url = empty_store_url("redis", redis_server, str(tmp_path))
+    key = await billed(store_url, "cus_5")
+    key_id = key.split("_")[2]
+    body = export_config(store_url, files, receiver)
+    clock = {**clock_ahead_by(ahead), "KEYFRONT_TEST_EXPORT_PERIOD": str(period)}
+    # 40 flushes 200 ms apart, from the first with counts: held 8 s, while the hour's
+    # last period is exported at most 1.4 s (settle) + 1 s (tick) after the hour ends
+    late_env = {**clock, "KEYFRONT_FAILPOINTS": "usage.flush=40"}
+    started = await asyncio.gather(
+        asyncio.to_thread(start_keyfront, body, str(tmp_path), env=clock),
+        asyncio.to_thread(start_keyfront, body, str(tmp_path), env=late_env),
+        return_exceptions=True,
+    )
+    for failed in started:
+        if isinstance(failed, BaseException):
+            for kf in started:
+                if isinstance(kf, KeyfrontProcess):
+                    kf.stop()
+            raise failed
+    on_time, late = (kf for kf in started if isinstance(kf, KeyfrontProcess))
+    try:
+        # Serve once the period before the hour's last was exported, so that what is
+        # served now is in the last period's event (a sub-hour event carries what
+        # reached the store by its end + settle: proxy/export/outbox.py).
+        last_period = hour_end - period
+        await until(lambda: exported(on_time) == iso(last_period - period), within=lead + 5)
+        sent_on_time = await serve(f"{on_time.url}/files/a.txt?key={key}", 3)
+        sent_late = await serve(f"{late.url}/files/a.txt?key={key}", 2)
+        assert time.time() + ahead < hour_end - 0.5  # all served in the hour's last period
+        await until(lambda: receiver.totals(key_id)["requests"] >= 5, within=25)
+        await asyncio.sleep(3)  # nothing more comes
+
+        assert receiver.bad == []
+        mine = [e for e in receiver.events if e["data"]["key_id"] == key_id]
+        first, delta = mine  # in the order they were exported
+        assert first["data"]["period_start"] == delta["data"]["period_start"] == iso(last_period)
+        assert (first["data"]["revision"], delta["data"]["revision"]) == (0, 1)
+        assert first["id"] != delta["id"]
+        assert (first["data"]["requests"], first["data"]["bytes"]) == (3, sent_on_time)
+        assert (delta["data"]["requests"], delta["data"]["bytes"]) == (2, sent_late)
+        assert delta["data"]["billing_id"] == "cus_5"
+        assert receiver.totals(key_id) == {
+            "requests": 5,
+            "bytes": sent_on_time + sent_late,
+            "hits": 0,
+            "misses": 0,
+        }
+    finally:
+        on_time.stop()
+        late.stop()

@@ -11,6 +11,7 @@ Traffic for the acme key: 5 requests from good.example (allowed), 3 from evil.ex
 
 from __future__ import annotations
 
+import base64
 import csv
 import http.client
 import io
@@ -33,6 +34,7 @@ from conftest import KeyfrontProcess, RedisServer, empty_store_url, start_keyfro
 
 HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
 HOSTILE_FILE = "<img src=x onerror=alert(1)>.txt"
+ALERT_SECRET = "whsec_" + base64.b64encode(b"portal-alert-secret-0123456789").decode()
 
 
 @dataclass
@@ -72,6 +74,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 store: sqlite://{workdir}/keyfront.db
 keys: {{secrets: {{1: "${{KEYFRONT_KEY_SECRET}}"}}}}
 admin: {{token: {ADMIN_TOKEN}}}
+alerts: {{secret: {ALERT_SECRET}}}
 usage: {{flush_interval: 100ms}}
 routes:
   - {{prefix: /files/, origin: "file://{files}/"}}
@@ -262,6 +265,57 @@ def test_a_change_without_the_csrf_token_or_from_another_origin_is_refused(
             answer = t.page.request.post(url, form=form, headers=headers)
             assert answer.status == 403, (form, headers)
     assert site.admin("GET", f"/keys/{key_id}").json()["status"] == "active"
+
+
+def test_the_operator_sets_billing_id_and_alert_webhook_and_the_customer_reads_them(
+    chromium: Browser, site: Site
+) -> None:
+    # Issue 19: the customer record's billing id and alert webhook on the page, changed
+    # only by the operator through PATCH /customers/{id}'s action (its SSRF rules and
+    # messages), read by the customer with its own alert secret.
+    hook = "https://hooks.globex.example/keyfront"
+    with tab(chromium, site) as t:
+        sign_in(t, site, ADMIN_TOKEN)
+        t.page.goto(f"{site.portal}?customer=globex")
+        t.page.fill("#billing_id", "cus_Globex42")
+        t.page.fill("#alert_webhook", hook)
+        t.page.click("#billing button")
+        assert "Billing id and alert webhook saved" in t.page.inner_text("main")
+        assert t.page.inner_text("#billing-id") == "cus_Globex42"
+        assert t.page.inner_text("#alert-webhook") == hook
+        record = site.admin("GET", "/customers/globex").json()
+        assert (record["billing_id"], record["alert_webhook"]) == ("cus_Globex42", hook)
+        t.page.screenshot(path=site.screenshots / "billing-operator.png", full_page=True)
+
+        refused = site.admin("PATCH", "/customers/globex", {"alert_webhook": "http://10.0.0.1/"})
+        assert refused.status == 400
+        t.page.fill("#alert_webhook", "http://10.0.0.1/")
+        t.page.click("#billing button")
+        assert refused.json()["error"]["message"] in t.page.inner_text("main .error")
+        assert "plain http only to" in t.page.inner_text("main .error")
+        assert site.admin("GET", "/customers/globex").json()["alert_webhook"] == hook
+
+    token = site.tokens["globex"]
+    mine = site.admin("GET", "/me", token=token).json()
+    assert mine["alert_secret"].startswith("whsec_") and mine["alert_secret"] != ALERT_SECRET
+    with tab(chromium, site) as t:
+        sign_in(t, site, token)
+        assert t.page.inner_text("#billing-id") == "cus_Globex42"
+        assert t.page.inner_text("#alert-webhook") == hook
+        assert t.page.inner_text("#alert-secret") == mine["alert_secret"]
+        assert t.page.locator("#billing input, #billing button").count() == 0  # read-only
+        t.page.screenshot(path=site.screenshots / "billing-customer.png", full_page=True)
+        # As in the API, a customer's token may not change its own record, even with
+        # the page's own session, Origin and CSRF token.
+        answer = t.page.request.post(
+            f"{site.portal}customer",
+            form={"csrf": csrf(t), "customer_id": "globex", "billing_id": "cus_mine"},
+            headers={"Origin": site.kf.admin_url},
+        )
+        assert answer.status == 403 and "only the operator" in answer.text()
+        api = site.admin("PATCH", "/customers/globex", {"billing_id": "cus_mine"}, token)
+        assert api.status == 403
+    assert site.admin("GET", "/customers/globex").json()["billing_id"] == "cus_Globex42"
 
 
 def test_create_shows_the_key_once_and_revoke_ends_it(chromium: Browser, site: Site) -> None:

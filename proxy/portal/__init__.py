@@ -70,6 +70,7 @@ def portal_app(runtime: AdminRuntime) -> web.Application:
     app.router.add_post("/sign-in", access.sign_in)
     app.router.add_post("/sign-out", access.sign_out)
     app.router.add_post("/keys", views.create)
+    app.router.add_post("/customer", views.change_customer)
     app.router.add_get(key, views.show_key)
     app.router.add_post(f"{key}/restrictions", views.restrictions)
     app.router.add_post(f"{key}/what-if", views.what_if)

@@ -25,6 +25,7 @@ NOTICES = {
     "revoked": "Key revoked.",
     "allowed": "Referrer allowed.",
     "signed-out": "Signed out.",
+    "customer-saved": "Billing id and alert webhook saved.",
 }
 
 
@@ -102,6 +103,37 @@ def customer_picker(customers: Sequence[str], chosen: str) -> str:
         '<form method="get" action="/portal/" class="picker"><label for="customer">Customer'
         f'</label><select id="customer" name="customer">{options}</select>'
         '<button type="submit">Show</button></form>'
+    )
+
+
+def billing_section(customer: dict[str, Any], csrf: str, editable: bool) -> str:
+    """The customer record's billing id and alert webhook (SPEC section 16), with the
+    secret its alert endpoint verifies signatures with when alerts are signed. Only the
+    operator may change them (PATCH /customers/{customer_id}); a customer reads them."""
+    billing, webhook = customer.get("billing_id") or "", customer.get("alert_webhook") or ""
+    rows = [("Billing id", billing or "not set"), ("Alert webhook", webhook or "not set")]
+    if "alert_secret" in customer:
+        rows.append(("Alert secret", customer["alert_secret"]))
+    shown = "".join(
+        f'<dt>{e(k)}</dt><dd><code id="{e(k.lower().replace(" ", "-"))}">{e(v)}</code></dd>'
+        for k, v in rows
+    )
+    form = ""
+    if editable:
+        form = (
+            f'<form method="post" action="/portal/customer">{hidden("csrf", csrf)}'
+            f"{hidden('customer_id', customer['customer_id'])}"
+            '<label for="billing_id">Billing id (the customer\'s id in your billing system)'
+            f'</label><input id="billing_id" name="billing_id" value="{e(billing)}" '
+            'maxlength="255" placeholder="cus_NffrFeUfNV2Hib">'
+            '<label for="alert_webhook">Alert webhook (https to a public host; empty: none)'
+            f'</label><input id="alert_webhook" name="alert_webhook" value="{e(webhook)}" '
+            'maxlength="2048" placeholder="https://hooks.example.com/keyfront">'
+            '<button type="submit">Save</button></form>'
+        )
+    return (
+        '<section class="card" id="billing"><h2>Billing and alerts</h2>'
+        f'<dl class="restrictions">{shown}</dl>{form}</section>'
     )
 
 

@@ -30,6 +30,7 @@ from .session import PATH
 # Keys whose last use the list looks up (one usage read each): the first this many not
 # revoked. A customer at admin.customer_max_keys (1,000) opens a key to see the rest.
 MAX_LAST_USED = 200
+CUSTOMER_FIELDS = ("billing_id", "alert_webhook")  # what the page edits of a customer
 
 # --- pages --------------------------------------------------------------------------------
 
@@ -59,7 +60,9 @@ async def index(request: web.Request) -> web.Response:
     csv = f"/portal/usage.csv?customer={pages.u(chosen)}"
     body = (
         f"<h1>Keys of {pages.e(chosen)}</h1>{pages.notice(request.query.get('done'))}{picker}"
-        f"{pages.plan_section(plan, time.time())}{pages.keys_section(keys, last_used)}"
+        f"{pages.plan_section(plan, time.time())}"
+        f"{pages.billing_section(plan, visit.csrf, editable=caller.customer_id is None)}"
+        f"{pages.keys_section(keys, last_used)}"
         f"{pages.create_form(visit.csrf, chosen)}"
         f'<p><a href="{pages.e(csv)}&amp;by=day" download>Download usage by day (CSV)</a> · '
         f'<a href="{pages.e(csv)}&amp;by=hour" download>by hour</a></p>'
@@ -117,6 +120,17 @@ def _key_quota(key: dict[str, Any], month: list[dict[str, Any]]) -> str:
 
 
 # --- changes ----------------------------------------------------------------------------
+
+
+async def change_customer(request: web.Request) -> web.Response:
+    """The operator sets a customer's billing id and alert webhook through PATCH
+    /customers/{customer_id}'s own action (an emptied field clears it); a customer
+    token gets that action's 403, as in the API."""
+    visit, form = await access.change_of(request)
+    customer_id = form.get("customer_id", "")
+    changes = {name: form.get(name, "").strip() or None for name in CUSTOMER_FIELDS}
+    await h.changed_customer(access.admin_of(request), visit.caller, customer_id, changes)
+    return access.redirect(f"/portal/?customer={pages.u(customer_id)}&done=customer-saved")
 
 
 async def create(request: web.Request) -> web.Response:
