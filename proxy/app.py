@@ -133,6 +133,8 @@ async def startup(config: Config, stack: contextlib.AsyncExitStack) -> Runtime:
     store = store_from_url(config.store)
     await store.open()
     stack.push_async_callback(store.close)
+    if config.export is not None:  # before any flush, a dead process's spool's included
+        store.track_touched_hours()
     records = RecordCache(
         store, config.keys.record_cache_ttl, config.keys.record_cache_size, config.keys.defaults
     )

@@ -510,3 +510,60 @@ async def test_a_flush_late_for_its_hour_goes_out_as_a_delta_with_a_new_id(
     finally:
         on_time.stop()
         late.stop()
+
+
+async def test_a_dead_hosts_spool_flushed_hours_later_goes_out_as_a_delta(
+    tmp_path: Path, files: Path, receiver: Receiver
+) -> None:
+    # Issue 19: counts that reach the store more than 2 h after their hour, after it was
+    # exported, still go out, as a new id carrying exactly the difference. A exports an
+    # hour's first counts; B, its clock 4 h ahead, then leads the export, so its pass
+    # has left that hour behind; C serves 2 requests of that hour, cannot flush them
+    # (failpoint usage.flush) and is SIGKILLed; D, 4 h ahead too, starts on the same
+    # spool folder and flushes C's counts: 4 h late. Every clock is moved (libfaketime)
+    # to the middle of an hour, so that no hour ends during the test.
+    store_url = empty_store_url("sqlite", None, str(tmp_path))
+    key = await billed(store_url, "cus_7")
+    key_id = key.split("_")[2]
+    now = time.time()
+    base, ahead = int(1800 - now % 3600) % 3600, 4 * 3600
+    hour = int(now + base) // 3600 * 3600  # faked, for A and C
+    body = export_config(store_url, files, receiver)
+
+    async def launch(env: dict[str, str], text: str = body) -> KeyfrontProcess:
+        return await asyncio.to_thread(start_keyfront, text, str(tmp_path), env={**ENV, **env})
+
+    receiver.clock = base
+    a = await launch(clock_ahead_by(base))
+    try:
+        sent_on_time = await serve(f"{a.url}/files/a.txt?key={key}", 3)
+        await until(lambda: receiver.totals(key_id)["requests"] >= 3)
+    finally:
+        a.stop()
+    receiver.clock = base + ahead  # B signs with its clock
+    b = await launch(clock_ahead_by(base + ahead))
+    c = d = None
+    try:
+        passed = lambda: iso_seconds(exported(b) or "1970-01-01T00:00:00Z")  # noqa: E731
+        await until(lambda: passed() >= hour + ahead)  # B's window: 2 h before its hour
+        unflushed = {**clock_ahead_by(base), "KEYFRONT_FAILPOINTS": "usage.flush=100000"}
+        c = await launch(unflushed, config(store_url, files, "usage: {flush_interval: 200ms}"))
+        sent_late = await serve(f"{c.url}/files/a.txt?key={key}", 2)
+        await asyncio.sleep(0.5)  # counted in C's spool, whose flushes fail
+        os.kill(c.process.pid, signal.SIGKILL)
+        c.process.wait(5)
+        d = await launch(clock_ahead_by(base + ahead))
+        await until(lambda: receiver.totals(key_id)["requests"] >= 5, within=15)
+        await asyncio.sleep(3)  # nothing more comes
+
+        assert receiver.bad == []
+        first, delta = [e for e in receiver.events if e["data"]["key_id"] == key_id]
+        assert first["id"] != delta["id"]
+        assert (first["data"]["requests"], first["data"]["bytes"]) == (3, sent_on_time)
+        assert (delta["data"]["requests"], delta["data"]["bytes"]) == (2, sent_late)
+        assert int(iso_seconds(delta["data"]["period_start"])) // 3600 * 3600 == hour
+        assert delta["data"]["billing_id"] == "cus_7"
+    finally:
+        for kf in (b, c, d):
+            if kf is not None:
+                kf.stop()

@@ -25,6 +25,7 @@ from proxy.config import (
     StripeSink,
     WebhookSink,
 )
+from proxy.errors import StoreError
 from proxy.export.alerts import QuotaAlerts
 from proxy.export.events import Exported, Owner, event_id, gained, usage_event
 from proxy.export.outbox import Exporter
@@ -128,6 +129,123 @@ async def test_late_counts_go_out_as_a_delta_with_a_new_id(
     )
     assert late["data"]["period_start"] == first["data"]["period_start"] == first["time"]
     assert (late["subject"], late["data"]["billing_id"]) == ("acme", "cus_A")
+
+
+async def export_hour_then_its_window_moves_on(
+    exporter: Exporter, sink: Webhook, hour: int
+) -> None:
+    """Export `hour` (one event), then pass 4 more hours, so that the pass's window (the
+    current hour and the two before) has left it behind."""
+    for now in (hour + 3600 + 5, hour + 3600 + 9):  # the store seen up for `settle`
+        await exporter.step(now)
+    assert await exporter.deliver_once(sink) == 1
+    for later in range(2, 6):
+        await exporter.step(hour + later * 3600 + 9)
+
+
+async def test_counts_hours_late_go_out_as_a_delta_with_a_new_id(
+    store: Store, receiver: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """Issue 19: a spool flushed by a start 3+ hours after its hour (a killed host), or
+    an instance cut off from the store for hours while others export, brings counts of
+    an hour the pass no longer re-reads: they still go out, as exactly the difference."""
+    url, taken = receiver
+    exporter, sink = exporter_for(store, url)
+    hour = (int(time.time()) // 3600 - 8) * 3600
+    await store.add_usage("b1", [UsageRow("key", "k1", hour, {"requests": 5, "bytes": 500})])
+    try:
+        await export_hour_then_its_window_moves_on(exporter, sink, hour)
+        await store.add_usage("b2", [UsageRow("key", "k1", hour, {"requests": 2, "bytes": 200})])
+        await exporter.step(hour + 6 * 3600 + 9)
+        assert await exporter.deliver_once(sink) == 1
+        await exporter.step(hour + 7 * 3600 + 9)  # nothing new: nothing more
+        assert await exporter.deliver_once(sink) == 0
+    finally:
+        await sink.close()
+    first, late = taken
+    assert first["id"] == event_id("k1", hour, 0) and late["id"] == event_id("k1", hour, 1)
+    assert (late["data"]["requests"], late["data"]["bytes"], late["data"]["revision"]) == (
+        2,
+        200,
+        1,
+    )
+    assert hour not in await store.export_touched()  # the mark is gone once enqueued
+
+
+@pytest.mark.parametrize("crash", ["before the enqueue", "after the enqueue"])
+async def test_a_pass_that_dies_around_a_late_hour_loses_and_doubles_nothing(
+    store: Store,
+    receiver: tuple[str, list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    crash: str,
+) -> None:
+    """The mark of a late hour is cleared only after its events are enqueued: a pass
+    that dies before leaves it for the next pass; one that dies after it enqueued
+    leaves a mark whose re-scan the ledger makes harmless."""
+    url, taken = receiver
+    exporter, sink = exporter_for(store, url)
+    hour = (int(time.time()) // 3600 - 8) * 3600
+    await store.add_usage("b1", [UsageRow("key", "k1", hour, {"requests": 5, "bytes": 500})])
+    name = "export_enqueue" if crash == "before the enqueue" else "export_untouch"
+    real = getattr(store, name)
+
+    async def dies_once(*args: Any) -> Any:
+        monkeypatch.setattr(store, name, real)
+        raise StoreError(f"the exporter died {crash}")
+
+    try:
+        await export_hour_then_its_window_moves_on(exporter, sink, hour)
+        await store.add_usage("b2", [UsageRow("key", "k1", hour, {"requests": 2, "bytes": 200})])
+        monkeypatch.setattr(store, name, dies_once)
+        with pytest.raises(StoreError):
+            await exporter.step(hour + 6 * 3600 + 9)
+        assert hour in await store.export_touched()
+        for now in (hour + 6 * 3600 + 13, hour + 6 * 3600 + 17, hour + 7 * 3600 + 9):
+            await exporter.step(now)
+        while await exporter.deliver_once(sink):
+            pass
+    finally:
+        await sink.close()
+    assert [(e["id"], e["data"]["requests"]) for e in taken] == [
+        (event_id("k1", hour, 0), 5),
+        (event_id("k1", hour, 1), 2),
+    ]
+    assert hour not in await store.export_touched()
+
+
+async def test_counts_that_land_while_a_pass_reads_a_late_hour_are_not_lost(
+    store: Store, receiver: tuple[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush that lands after the pass read an hour's rows re-marks the hour, so the
+    pass's clearing of the mark (compare and delete) leaves the new mark in place."""
+    url, taken = receiver
+    exporter, sink = exporter_for(store, url)
+    hour = (int(time.time()) // 3600 - 8) * 3600
+    await store.add_usage("b1", [UsageRow("key", "k1", hour, {"requests": 5, "bytes": 500})])
+    read = store.hour_usage
+
+    async def a_flush_lands_meanwhile(start: int) -> list[UsageRow]:
+        rows = await read(start)
+        if start == hour:
+            monkeypatch.setattr(store, "hour_usage", read)
+            await store.add_usage("b3", [UsageRow("key", "k1", hour, {"requests": 1, "bytes": 10})])
+        return rows
+
+    try:
+        await export_hour_then_its_window_moves_on(exporter, sink, hour)
+        await store.add_usage("b2", [UsageRow("key", "k1", hour, {"requests": 2, "bytes": 200})])
+        monkeypatch.setattr(store, "hour_usage", a_flush_lands_meanwhile)
+        await exporter.step(hour + 6 * 3600 + 9)
+        await exporter.step(hour + 7 * 3600 + 9)
+        while await exporter.deliver_once(sink):
+            pass
+    finally:
+        await sink.close()
+    assert [(e["id"], e["data"]["requests"]) for e in taken] == [
+        (event_id("k1", hour, 0), 5),
+        (event_id("k1", hour, 1), 2),
+        (event_id("k1", hour, 2), 1),
+    ]
 
 
 async def test_only_the_lease_holder_exports(

@@ -9,9 +9,12 @@ Every keyfront process runs an `Exporter`; one of them, holding a lease in the s
    flushed by then), it reads each key's hourly row of the period's hour, compares it
    with the ledger (what was exported of that row), and writes one event per key that
    gained counts, with the ledger's new entries, to every sink's outbox in one
-   atomic, lease-fenced step (events.py). It also re-reads the LATE_HOURS hours before:
-   counts that reached the store late (a flush held back by a store outage) become a
-   delta event of their hour's last exported period, revision + 1.
+   atomic, lease-fenced step (events.py). It also reads the LATE_HOURS hours before,
+   and every older hour a usage flush marked since (issue 19: the store marks the hours
+   of each flush with the counts, the pass clears a mark once that hour's events are
+   enqueued): counts that reached the store late, however late within the rows' 35
+   days (a flush held back by a store outage, a dead host's spool flushed hours later
+   by the next start), become a delta event of their hour's last exported period.
 2. Delivery, one task a sink: the oldest waiting events (by period), at most the
    sink's batch size, are delivered; on a 2xx they are removed with the sink's
    progress in one step; otherwise they stay and the task waits an exponential
@@ -51,8 +54,9 @@ log = logging.getLogger("keyfront.export")
 
 LEASE_TTL = 10.0  # seconds: how long a dead exporter holds the others back
 TICK = 1.0  # seconds between looks at the clock, the lease and an empty outbox
-LATE_HOURS = 2  # hours before the period's hour re-read each pass for late counts
-MAX_CATCH_UP = 47  # hours a pass reads at most (the store's index of active keys: 2 days)
+LATE_HOURS = 2  # hours before the period's hour read each pass, marked or not
+MAX_CATCH_UP = 47  # hours of that window after a gap (older ones are read if marked)
+RETAINED_HOURS = 35 * 24  # the hourly rows' retention: older marks are dropped unread
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 300.0  # seconds between attempts at a refusing sink
 ENQUEUE_CHUNK = 500  # keys per atomic enqueue
 # Tests only: a period of this many seconds instead of `export.period`, so that an
@@ -103,6 +107,8 @@ class Exporter:
     ) -> None:
         self._store = store
         store.track_usage_keys()
+        if config is not None:
+            store.track_touched_hours()
         self._config = config
         self._usage_sinks = sinks
         self._sinks = [*sinks, *([alert_sink] if alert_sink else [])]
@@ -209,10 +215,20 @@ class Exporter:
         last_hour = closed // 3600 * 3600
         first_hour = (passed if passed is not None else closed) // 3600 * 3600
         first_hour = max(first_hour - LATE_HOURS * 3600, last_hour - MAX_CATCH_UP * 3600)
-        for hour in range(first_hour, last_hour + 1, 3600):
+        # Read before the rows: a mark set again after this (a fresh token) is kept.
+        touched = await self._store.export_touched()
+        oldest = last_hour - RETAINED_HOURS * 3600
+        for hour in [h for h in touched if h < oldest]:  # its rows are gone or going
+            await self._store.export_untouch(hour, touched[hour])
+        late = {h for h in touched if oldest <= h < first_hour}
+        for hour in sorted(late.union(range(first_hour, last_hour + 1, 3600))):
             target = closed if hour == last_hour else hour + 3600 - length
             if not await self._export_hour(hour, target):
                 return  # the lease went to another exporter
+            if hour in touched and target == hour + 3600 - length:
+                # Only now that its events are enqueued: a death before leaves the
+                # mark, and the ledger makes the next pass's re-scan harmless.
+                await self._store.export_untouch(hour, touched[hour])
         await self._store.set_export_mark("passed", str(closed))
         self._wake.set()
 

@@ -216,6 +216,21 @@ class Store(abc.ABC):
         """The usage export will call hour_usage(): keep what it needs from now on (a
         store that can list an hour's keys anyway does nothing)."""
 
+    def track_touched_hours(self) -> None:
+        """The usage export runs: from now on each add_usage also marks the hours of
+        its key rows (export_touched), in the same at-most-once write as the counts or
+        after them, before it returns (a batch is re-sent until it returns)."""
+
+    @abc.abstractmethod
+    async def export_touched(self) -> dict[int, str]:
+        """The marked hours: hour start -> the token of its last mark (a fresh random
+        one per mark, so that a mark set again is never taken for the one read)."""
+
+    @abc.abstractmethod
+    async def export_untouch(self, hour: int, token: str) -> None:
+        """Remove the mark of `hour` if it is still `token` (compare and delete): a
+        flush that marked it again since it was read keeps it."""
+
     @abc.abstractmethod
     async def export_lease(self, holder: str, ttl: float) -> bool:
         """Take or renew the one exporter's lease for `ttl` seconds: true if `holder`

@@ -11,6 +11,8 @@ of an hour and every sink's events) is one atomic script on Redis Cluster too:
     kf:x:{x}:e:<sink>       a hash: event id -> the event's JSON
     kf:x:{x}:s:<sink>       a hash: the sink's status (last period delivered, last error)
     kf:x:{x}:marks          a hash: the exporter's marks (the last period passed)
+    kf:x:{x}:t              a hash: hour -> token, the hours add_usage wrote since the
+                            pass read them (issue 19; a fresh random token per mark)
     kf:x:{x}:once:<name>    what happened once (SET NX EX): an alert per threshold and month
 
 One slot holds the whole outbox: it sees a few writes per active key per period
@@ -33,8 +35,16 @@ ENQUEUE = resources.files("proxy.store").joinpath("outbox.lua").read_text()
 LEASE = resources.files("proxy.store").joinpath("lease.lua").read_text()
 TAG = "kf:x:{x}"
 # The keys with usage in an hour, and the ledger of an hour, are needed while an hour's
-# late counts may still arrive (proxy/export: LATE_HOURS), not for the rows' 35 days.
-INDEX_TTL = 2 * 86400
+# late counts may still arrive and be exported: as long as its hourly rows (35 days).
+INDEX_TTL = 36 * 86400
+# Compare and delete: a mark set again since the pass read it (a fresh token) is kept.
+UNTOUCH = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
+TOUCHED = f"{TAG}:t"
 
 
 def active_keys(hour: int) -> str:
@@ -47,9 +57,20 @@ class RedisOutbox:
     _call: Callable[[Awaitable[Any]], Awaitable[Any]]
     _hashes: Callable[..., Awaitable[list[tuple[str, int, dict[bytes, bytes]]]]]
     index_active_keys = False  # set by the exporter: add_usage then indexes active keys
+    marks_hours = False  # set by the usage export: add_usage then marks the hours it wrote
 
     def track_usage_keys(self) -> None:
         self.index_active_keys = True
+
+    def track_touched_hours(self) -> None:
+        self.marks_hours = True
+
+    async def export_touched(self) -> dict[int, str]:
+        found = await self._call(self._client.hgetall(TOUCHED))
+        return {int(k): v.decode() for k, v in found.items()}
+
+    async def export_untouch(self, hour: int, token: str) -> None:
+        await self._call(self._client.eval(UNTOUCH, 1, TOUCHED, hour, token))
 
     async def export_lease(self, holder: str, ttl: float) -> bool:
         taken = await self._call(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from typing import Any, TypeVar
@@ -22,7 +23,7 @@ from redis.exceptions import NoScriptError
 
 from ..sketch import CAPACITY, Sketch
 from .base import Grain, Scope, UsageRow, day_of
-from .redis_outbox import INDEX_TTL, active_keys
+from .redis_outbox import INDEX_TTL, TOUCHED, active_keys
 
 T = TypeVar("T")
 
@@ -60,6 +61,7 @@ class RedisUsage:
     _client: Redis | RedisCluster
     _call: Callable[[Awaitable[Any]], Awaitable[Any]]
     index_active_keys: bool  # RedisOutbox's: set when the usage export runs
+    marks_hours: bool  # RedisOutbox's: set when the usage export runs
 
     async def add_usage(self, batch_id: str, rows: list[UsageRow]) -> None:
         for i in range(0, len(rows), ROWS_PER_PIPELINE):
@@ -71,6 +73,26 @@ class RedisUsage:
                     raise
                 await self._call(self._client.script_load(SCRIPT))  # Redis restarted
                 await self._call(self._apply(batch_id, chunk))
+        if self.marks_hours:
+            await self._mark_hours(rows)
+
+    async def _mark_hours(self, rows: list[UsageRow]) -> None:
+        """Mark the hours of the key rows for the usage export's pass (issue 19), after
+        their counts. The counts are hash-tagged by key and the marks by `{x}`, so no
+        one script may write both; the order makes that safe:
+        - counts in, mark not (a death or a store failure between): add_usage has not
+          returned, so the batch is sent again with its id (the spool keeps it sealed
+          until then, across a SIGKILL); usage.lua skips its rows and the mark follows;
+        - a pass reads the mark, then the rows, and clears the mark only if its token
+          is unchanged: counts that landed after it read the rows are followed by a new
+          token, which it does not clear. A re-scan is harmless: the ledger.
+        A mark before the counts would not do: the pass could read both before the
+        counts land and clear it."""
+        hours = sorted({row.start for row in rows if row.scope == "key"})
+        if hours:
+            token = os.urandom(8).hex()  # never reused: the pass's compare and delete
+            mapping = {str(hour): token for hour in hours}
+            await self._call(self._client.hset(TOUCHED, mapping=mapping))  # type: ignore[arg-type]
 
     async def _apply(self, batch_id: str, rows: list[UsageRow]) -> list[Any]:
         calls = [_script_args(batch_id, row) for row in rows]

@@ -6,9 +6,12 @@ SqliteStore. proxy/export owns what the rows mean; this module only keeps them.
     export_outbox  (sink, event_id) -> the event, until the sink answered 2xx
     export_status  (sink, name) -> text: last period delivered, last error, ...
     export_marks   name -> text: the last period passed
+    export_touched hour -> token: the hours usage was written to since the pass read them
     export_once    name -> until: what happened once (an alert per threshold and month)
 
-An enqueue, fenced by the lease, writes its ledger entries and every sink's events in
+add_usage marks the hours of its key rows in export_touched in the batch's own
+transaction (SqliteUsage), so counts are never in without their mark (issue 19). An
+enqueue, fenced by the lease, writes its ledger entries and every sink's events in
 one transaction, so a crash leaves both or neither; an ack removes the delivered
 events and records the sink's progress in one transaction.
 """
@@ -40,6 +43,7 @@ CREATE TABLE IF NOT EXISTS export_status (
     sink TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (sink, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS export_marks (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS export_touched (hour INTEGER PRIMARY KEY, token TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS export_once (name TEXT PRIMARY KEY, until REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS usage_by_period ON usage (grain, start, scope);
 """
@@ -49,6 +53,7 @@ _TAKE_LEASE = (
     " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until"
     " WHERE export_lease.holder = excluded.holder OR export_lease.until < ?"
 )
+_UNTOUCH = "DELETE FROM export_touched WHERE hour = ? AND token = ?"
 _HOUR = "SELECT id, field, value FROM usage WHERE grain = 'hour' AND start = ? AND scope = 'key'"
 _STATUS = (
     "INSERT INTO export_status (sink, name, value) VALUES (?, ?, ?)"
@@ -63,6 +68,22 @@ class SqliteOutbox:
     _run: Callable[..., Any]
     _transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]
     _connection: Callable[[], sqlite3.Connection]
+    marks_hours = False  # set by the exporter: add_usage then marks the hours it wrote
+
+    def track_touched_hours(self) -> None:
+        self.marks_hours = True
+
+    async def export_touched(self) -> dict[int, str]:
+        sql = "SELECT hour, token FROM export_touched"
+        rows = await self._run(lambda: self._connection().execute(sql).fetchall())
+        return {int(hour): token for hour, token in rows}
+
+    async def export_untouch(self, hour: int, token: str) -> None:
+        def job() -> None:
+            with self._transaction() as conn:
+                conn.execute(_UNTOUCH, (hour, token))
+
+        await self._run(job)
 
     async def export_lease(self, holder: str, ttl: float) -> bool:
         def job() -> bool:

@@ -5,11 +5,13 @@ batch is skipped whole: no count is applied twice. Hourly rows are kept 35 days 
 daily roll-ups 400 days (SPEC: at least that long); both are written by the same
 transaction, and old rows are pruned by writers at most once an hour. A row's
 sketches (SPEC section 15) are merged into the stored ones (hourly and daily) in the
-same transaction, and kept and pruned as the counts.
+same transaction, and kept and pruned as the counts. While the usage export runs, the
+same transaction also marks the hours it wrote (sqlite_outbox.py, export_touched).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +43,7 @@ _ADD = (
     "INSERT INTO usage (scope, id, grain, start, field, value) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (scope, id, grain, start, field) DO UPDATE SET value = value + excluded.value"
 )
+_TOUCH = "INSERT OR REPLACE INTO export_touched (hour, token) VALUES (?, ?)"
 _SKETCH_KEY = "scope = ? AND id = ? AND grain = ? AND start = ? AND dimension = ?"
 _SKETCH_READ = (
     "SELECT id, start, dimension, sketch FROM usage_sketches WHERE scope = ? AND grain = ?"
@@ -60,6 +63,7 @@ class SqliteUsage:
     _transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]
     _connection: Callable[[], sqlite3.Connection]
     _last_usage_prune = 0.0
+    marks_hours: bool  # SqliteOutbox's: set when the usage export runs
 
     async def add_usage(self, batch_id: str, rows: list[UsageRow]) -> None:
         def job() -> None:
@@ -72,6 +76,10 @@ class SqliteUsage:
                 if seen.rowcount == 0:
                     return  # applied before: this is a retry whose reply was lost
                 conn.executemany(_ADD, _usage_params(rows))
+                if self.marks_hours:  # the usage export's pass reads them (issue 19)
+                    token = os.urandom(8).hex()  # never reused: compare and delete
+                    hours = {row.start for row in rows if row.scope == "key"}
+                    conn.executemany(_TOUCH, [(hour, token) for hour in sorted(hours)])
                 _merge_sketches(conn, rows)
                 self._prune_usage(conn, now)
 
