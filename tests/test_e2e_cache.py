@@ -577,9 +577,12 @@ access_log: {tmp_path}/log/access.log
 def folder_usage(folder: Path) -> tuple[int, int, list[str]]:
     """(bytes allocated to every file under `folder`, as st_blocks says, published
     objects, lock files). Folders are left out: the 513 fan-out folders are a fixed
-    cost, made at start-up whatever max_size says."""
+    cost, made at start-up whatever max_size says. So is `usage/`, the usage spool's
+    default home (bounded by usage.max_pending, not by cache.max_size: README)."""
     allocated, locks = 0, []
     for path in folder.rglob("*"):
+        if path.is_relative_to(folder / "usage"):
+            continue
         try:
             st = path.lstat()
         except FileNotFoundError:
