@@ -67,6 +67,7 @@ def origin(tmp_path: Path) -> Iterator[CodingOrigin]:
         (root / name).write_bytes(body)
     for i in range(4):
         (root / f"other{i}.svg").write_bytes(ICON)
+    _age(root)
     server = CodingOrigin(str(root))
     server.start()
     yield server
@@ -78,7 +79,17 @@ def folder(tmp_path: Path) -> Path:
     path = tmp_path / "folder"
     path.mkdir()
     (path / "icon.svg").write_bytes(ICON)
+    _age(path)
     return path
+
+
+def _age(folder: Path) -> None:
+    """Files a minute old: aiohttp's file server rounds mtime up to the next second, so a
+    file written now has a Last-Modified up to a second ahead of keyfront's Date, which
+    REDbot reports (LM_FUTURE) on a run that crosses a second there."""
+    old = time.time() - 60
+    for file in folder.iterdir():
+        os.utime(file, (old, old))
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
@@ -329,6 +330,14 @@ async def test_file_origin_etag_is_nginx_style(folder: Path) -> None:
     st = os.stat(folder / "sub" / "file.txt")
     response, _ = await get(file_origin(folder), "sub/file.txt")
     assert response.headers["ETag"] == f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+
+
+async def test_file_origin_never_sends_a_last_modified_in_the_future(folder: Path) -> None:
+    future = time.time() + 86_400
+    os.utime(folder / "sub" / "file.txt", (future, future))
+    response, _ = await get(file_origin(folder), "sub/file.txt")
+    modified = parsedate_to_datetime(response.headers["Last-Modified"]).timestamp()
+    assert time.time() - 5 < modified <= time.time()
 
 
 async def test_file_origin_small_bodies_in_memory_large_ones_streamed(files: Path) -> None:

@@ -202,8 +202,11 @@ def _select(
     conditional.plan decides for every path."""
     size = st.st_size
     etag = f'"{st.st_mtime_ns:x}-{size:x}"'  # strong, as nginx makes it
-    headers = {"ETag": etag, "Last-Modified": http_date(st.st_mtime)}
-    status, part = plan(request.conditionals(), Validators(size, etag, st.st_mtime))
+    # RFC 9110 section 8.8.2.1: a modification time in the future (a skewed clock, a
+    # touched file) is sent as now, never later than the response's Date.
+    modified = min(st.st_mtime, time.time())
+    headers = {"ETag": etag, "Last-Modified": http_date(modified)}
+    status, part = plan(request.conditionals(), Validators(size, etag, modified))
     if part is None:
         if status == 416:
             return 416, {"Content-Range": unsatisfied_range(size)}, None
