@@ -512,6 +512,51 @@ async def test_a_flush_late_for_its_hour_goes_out_as_a_delta_with_a_new_id(
         late.stop()
 
 
+async def test_a_crossing_that_reaches_the_store_after_its_hour_still_alerts(
+    tmp_path: Path, files: Path, redis_server: RedisServer
+) -> None:
+    # Served in an hour's last second, counted in that hour, stored after it ended (the
+    # flushes held 2 s by the usage.flush failpoint): the check then runs in an hour
+    # with no usage yet. It failed: alerts checked only the current hour's keys.
+    alerts: list[dict[str, Any]] = []
+
+    async def take(request: web.Request) -> web.Response:
+        alerts.append(json.loads(await request.read()))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/alert", take)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    lead = 6  # seconds of the faked hour left at start: the start-up
+    now = time.time()
+    ahead = int((now // 3600 + 1) * 3600 - lead - now) % 3600
+    hour_end = (now + ahead) // 3600 * 3600 + 3600  # faked
+    store_url = empty_store_url("redis", redis_server, str(tmp_path))
+    key = await provision(store_url, rate=UNLIMITED, burst=UNLIMITED.count, quota_requests=10)
+    store = store_from_url(store_url)
+    await store.open()
+    await store.put_customer(Customer("acme", alert_webhook=f"http://127.0.0.1:{port}/alert"))
+    await store.close()
+    extra = f"usage: {{flush_interval: 200ms}}\nalerts: {{secret: {SECRET}}}\n"
+    env = {**ENV, **clock_ahead_by(ahead), "KEYFRONT_FAILPOINTS": "usage.flush=10"}
+    kf = await asyncio.to_thread(
+        start_keyfront, config(store_url, files, extra), str(tmp_path), env=env
+    )
+    try:
+        await asyncio.sleep(max(0.0, hour_end - 1.0 - (time.time() + ahead)))
+        await serve(f"{kf.url}/files/a.txt?key={key}", 8)
+        assert time.time() + ahead < hour_end  # served in the hour that ends
+        await until(lambda: len(alerts) >= 1, within=15)
+        assert [a["data"]["threshold"] for a in alerts] == ["80%"]
+        assert alerts[0]["data"]["used"] == 8
+    finally:
+        kf.stop()
+        await runner.cleanup()
+
+
 async def test_a_dead_hosts_spool_flushed_hours_later_goes_out_as_a_delta(
     tmp_path: Path, files: Path, receiver: Receiver
 ) -> None:

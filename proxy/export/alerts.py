@@ -10,7 +10,9 @@ lease's holder checks (every ALERT_EVERY seconds, the keys with usage this hour 
 quota), and a set-if-absent in the store (`export_once`, kept 40 days) decides. The
 alert goes through the outbox like usage events (sink `alerts`, sinks/alert.py), so a
 customer's endpoint that is down gets it later. Usage counts reach the store every
-flush interval, so an alert follows its crossing by a flush interval and a check.
+flush interval, so an alert follows its crossing by a flush interval and a check;
+counts that reach the store after their hour ended are checked too (the last hour's
+keys, for the first LATE_WINDOW seconds of the next).
 
 The refusal spike is judged on the keys refused this hour, sampled every SPIKE_SAMPLE
 seconds from their month-to-date counts: once the samples span SPIKE_WINDOW (10
@@ -38,6 +40,7 @@ from .events import DENIED, iso
 log = logging.getLogger("keyfront.alerts")
 
 ALERT_EVERY = 2.0  # seconds between checks by the lease holder
+LATE_WINDOW = 600.0  # seconds into an hour during which the last hour's keys are checked
 ONCE_TTL = 40 * 86400  # an alert's "sent" mark outlives its month
 ALERT_SINK = "alerts"
 METRICS = ("requests", "bytes")
@@ -134,8 +137,15 @@ class QuotaAlerts:
         month = month_of(now)
         if month != self._month:
             self._month, self._done, self._samples = month, set(), {}
-        rows = await self._store.hour_usage(int(now) // 3600 * 3600)
-        records = await self._store.get_keys([row.id for row in rows])
+        hour = int(now) // 3600 * 3600
+        rows = await self._store.hour_usage(hour)
+        if now - hour < LATE_WINDOW:
+            # Counts served in an hour's last seconds reach the store after it ends (a
+            # flush interval, a retried flush): the crossing is in the last hour's rows,
+            # which this hour's list does not name (a quota of 10 whose 10th request
+            # came at 00:59:58 was never alerted).
+            rows += await self._store.hour_usage(hour - 3600)
+        records = await self._store.get_keys(list(dict.fromkeys(row.id for row in rows)))
         limits = {k: v for k, r in records.items() if (v := self._limits(r))}
         refused = set()
         if self._spike is not None:
