@@ -58,6 +58,7 @@ class Parts:
     streams: list[scenarios.StreamResult] = field(default_factory=list)
     profiles: dict[str, str] = field(default_factory=dict)  # tool, server, load -> summary
     load_at_start: str = ""  # /proc/loadavg before anything started
+    instructions: str = ""  # bench/instructions.py's table, if it ran
 
 
 def render(parts: Parts) -> str:
@@ -70,6 +71,7 @@ def render(parts: Parts) -> str:
         _cold_table(parts),
         _stream_table(parts),
         _targets_table(parts),
+        parts.instructions,
     ]
     for load, summary in parts.profiles.items():
         sections.append(f"{load}:\n\n```\n{summary}\n```")

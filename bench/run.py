@@ -52,12 +52,12 @@ from types import FrameType
 
 import yaml
 
-from . import compression, report, scenarios
+from . import compression, instructions, report, scenarios
 from .load import FLOOD_LUA, OPAQUE_FLOOD_LUA
 from .matrix import SIZE_NAMES, Cell, run_rounds
 from .profile import perf_split, profile
 from .servers import SPARSE_2G, Target
-from .setup import EXTERNAL, Bench, Options, set_up
+from .setup import EXTERNAL, Bench, Launcher, Options, set_up
 from .system import BenchError, Cores, Processes, ensure_tools, loadavg, raise_file_limit
 
 MAX_READ_SIZES = 10  # Redis databases 6 to 15, beside the TLS instance's (setup.TLS_DB)
@@ -93,6 +93,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="config overlay that turns metering off (default: the bench.nometer launcher)",
     )
     add("--no-floor", dest="floor", action="store_false", help="skip the aiohttp floor")
+    add(
+        "--no-instructions",
+        dest="instructions",
+        action="store_false",
+        help="skip counting instructions per hit under callgrind (bench/instructions.py)",
+    )
     add("--no-tls", dest="tls", action="store_false", help="skip the TLS rows")
     add(
         "--only",
@@ -200,6 +206,10 @@ def measure_all(args: argparse.Namespace, bench: Bench, cores: Cores, procs: Pro
         parts.streams = _streams(bench)
     if args.profile:
         parts.profiles = _profiles(args, bench, cores)
+    if args.instructions and not bench.only_tls:
+        launch = Launcher(procs, cores, bench.root, bench.origin, bench.root / "objects")
+        counts = instructions.measure(launch, f"redis://127.0.0.1:{bench.redis_port}", bench.root)
+        parts.instructions = instructions.render(counts)
     if args.compression:  # its own origin and keyfront, under the same root
         extra = compression.measure(procs, cores, bench.root / "compression", 3, args.duration)
         return report.render(parts) + "\n\n" + extra

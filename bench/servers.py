@@ -288,12 +288,14 @@ def start_keyfront(
     python: str = sys.executable,
     env: dict[str, str] | None = None,
     ca: Path | None = None,
+    wrapper: list[str] | None = None,
+    ready_within: float = 15.0,
 ) -> Keyfront:
     """Write the config, create the customer and its key through the CLI, start
     `keyfront serve` (through `python -m module`, with `env` added to the environment)
     pinned to the server core. `python` may be another checkout's virtualenv
     (`--baseline`). With `tls:` in the config it listens for HTTPS; `ca` is what
-    verifies it."""
+    verifies it. `wrapper` runs the server under another program (callgrind)."""
     folder.mkdir(parents=True)
     path = folder / "keyfront.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -303,11 +305,11 @@ def start_keyfront(
         python=python,
     )  # fmt: skip
     key = json.loads(created)["key"]
-    argv = [*_interpreter(python), "-m", module, "serve", "-c", str(path)]
+    argv = [*(wrapper or ()), *_interpreter(python), "-m", module, "serve", "-c", str(path)]
     proc = procs.start(name, cores.wrap(cores.server, argv), {**os.environ, **env} if env else None)
     scheme = "https" if "tls" in config else "http"
     server = Server(name, proc, f"{scheme}://{config['listen']}", ca=ca)
-    wait_for_http(f"http://{config['admin_listen']}/healthz")
+    wait_for_http(f"http://{config['admin_listen']}/healthz", ready_within)
     return Keyfront(server, key, path)
 
 

@@ -140,12 +140,14 @@ class Launcher:
         python: str = sys.executable,
         env: dict[str, str] | None = None,
         ca: Path | None = None,
+        wrapper: list[str] | None = None,
+        ready_within: float = 15.0,
     ) -> Keyfront:
         folder = self.root / name
         config = keyfront_config(folder, store, self.origin, self.objects, extra or {})
         return start_keyfront(
             self.procs, self.cores, name, folder, config, module=module, python=python,
-            env=env, ca=ca,
+            env=env, ca=ca, wrapper=wrapper, ready_within=ready_within,
         )  # fmt: skip
 
 

@@ -28,6 +28,7 @@ PACKAGES = {
     "redis-server": "redis-server",
     "redis-cli": "redis-tools",
     "taskset": "util-linux",
+    "callgrind_control": "valgrind",  # bench/instructions.py
 }
 
 

@@ -43,6 +43,10 @@ class Exchange:
     path: str = ""  # the raw path, without the query (which may hold the key)
     decoded_path: str = ""  # the normalised path (check 11): what path scopes judge
     entry: CachedKey | None = None
+    # The page the request came from, as the referrer check reads it: Referer, else
+    # Origin unless "null"; None without either. Set with `entry`'s checks (4-8), for
+    # analytics (SPEC section 15) to count without reading the headers again.
+    page: str | None = None
     client_ip: str | None = None
     headers: dict[str, str] = field(default_factory=dict)  # RateLimit-*, CORS
     sent: int = 0  # body bytes handed to the transport

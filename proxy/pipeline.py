@@ -195,6 +195,8 @@ class Pipeline:
         """Checks 4-8, in order, with no I/O; the first failure raises its Refusal."""
         record, policy = entry.record, entry.policy
         assert record is not None and policy is not None
+        referer = exchange.request.headers.get("Referer")
+        exchange.page = referer or (origin if origin != "null" else None)
         now = time.time()
         refusal = status_refusal(record, entry.customer, now)
         if refusal is not None:
@@ -210,7 +212,7 @@ class Pipeline:
                 now,
             )
         ip = self._client_ip(exchange) if policy.ips is not None else ""
-        policy.check(path, exchange.request.headers.get("Referer"), origin, ip)
+        policy.check(path, referer, origin, ip)
 
     async def _limit(self, exchange: Exchange) -> None:
         """Checks 9 and 10: at most one store round trip, shared with the requests of

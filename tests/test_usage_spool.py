@@ -48,6 +48,7 @@ def exchange(key: str = "k1", sent: int = 100, cache: str = XCache.HIT, **header
         sent=sent,
         cache=cache,
         request=SimpleNamespace(headers=headers),
+        page=headers.get("Referer") or headers.get("Origin"),
         client_ip="192.0.2.1",
         decoded_path="/f/a.png",
     )
