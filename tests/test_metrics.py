@@ -105,8 +105,8 @@ access_log: "off"
     try:
         keys = []
         for customer in ("c1", "c2", "c3"):
-            kf.cli("customers", "create", customer)
-            created = kf.cli("keys", "create", "--customer", customer, "--json").stdout
+            kf.given("customers", "create", customer)
+            created = kf.given("keys", "create", "--customer", customer, "--json")
             keys.append(json.loads(created)["key"])
         for i, key in enumerate(keys):
             for _ in range(3 - i):  # c1 busiest, c3 least
@@ -147,8 +147,8 @@ access_log: "off"
     try:
         key = {}
         for customer in ("busy", "big"):
-            kf.cli("customers", "create", customer)
-            created = kf.cli("keys", "create", "--customer", customer, "--json").stdout
+            kf.given("customers", "create", customer)
+            created = kf.given("keys", "create", "--customer", customer, "--json")
             key[customer] = json.loads(created)["key"]
         scrapes = []
 
