@@ -153,13 +153,13 @@ def deployment(
     workdir = tmp_path_factory.mktemp(f"admin-{request.param}")
     store_url = empty_store_url(request.param, redis_server, str(workdir))
     kf = start_keyfront(config(store_url, files, web=web_origin), str(workdir))
-    kf.cli("customers", "create", "acme", *ACME_CAPS)
-    kf.cli("customers", "create", "globex")
+    kf.given("customers", "create", "acme", *ACME_CAPS)
+    kf.given("customers", "create", "globex")
     tokens = {
-        c: json.loads(kf.cli("customers", "token", c, "--json").stdout)["token"]
+        c: json.loads(kf.given("customers", "token", c, "--json"))["token"]
         for c in ("acme", "globex")
     }
-    globex_key = json.loads(kf.cli("keys", "create", "--customer", "globex", "--json").stdout)
+    globex_key = json.loads(kf.given("keys", "create", "--customer", "globex", "--json"))
     yield Deployment(request.param, kf, tokens, globex_key)
     assert kf.stop() == 0
 
@@ -563,8 +563,8 @@ def test_without_an_admin_token_every_call_is_401(tmp_path: Path, files: Path) -
     store_url = f"sqlite://{tmp_path}/kf.db"
     kf = start_keyfront(config(store_url, files, admin=""), str(tmp_path))
     try:
-        kf.cli("customers", "create", "acme")
-        token = json.loads(kf.cli("customers", "token", "acme", "--json").stdout)["token"]
+        kf.given("customers", "create", "acme")
+        token = json.loads(kf.given("customers", "token", "acme", "--json"))["token"]
         for endpoint in ENDPOINTS:
             if endpoint.access == "public":
                 continue
@@ -867,8 +867,8 @@ async def test_a_customer_token_is_capped_by_default(tmp_path: Path, files: Path
     admin = f"admin: {{token: {ADMIN_TOKEN}, customer_max_keys: 2}}"
     kf = start_keyfront(config(store_url, files, admin), str(tmp_path))
     try:
-        kf.cli("customers", "create", "open")
-        token = json.loads(kf.cli("customers", "token", "open", "--json").stdout)["token"]
+        kf.given("customers", "create", "open")
+        token = json.loads(kf.given("customers", "token", "open", "--json"))["token"]
         for _ in range(2):
             assert call(kf.admin_url, "POST", PREFIX + "/keys", {}, token).status == 201
         full = call(kf.admin_url, "POST", PREFIX + "/keys", {}, token)

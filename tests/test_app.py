@@ -150,8 +150,8 @@ def test_access_log_lines_never_hold_the_key(tmp_path: Path, origin: HttpOriginS
         "routes:", f'access_log: {log}\nroutes:\n  - {{prefix: /k/, origin: "{origin.url}"}}'
     )
     kf = start_keyfront(body, str(tmp_path))
-    kf.cli("customers", "create", "acme")
-    created = json.loads(kf.cli("keys", "create", "--customer", "acme", "--json").stdout)
+    kf.given("customers", "create", "acme")
+    created = json.loads(kf.given("keys", "create", "--customer", "acme", "--json"))
     key, mac = created["key"], created["key"].rsplit("_", 1)[1]
     assert fetch(f"{kf.url}/k/hello.txt?key={key}") == (200, b"hello")
     wrong = key[:-1] + ("1" if key.endswith("0") else "0")  # (a MAC may end in 0)

@@ -303,8 +303,8 @@ access_log: "off"
 """
     kf = start_keyfront(body, str(tmp_path))
     try:
-        kf.cli("customers", "create", "acme")
-        key = json.loads(kf.cli("keys", "create", "--customer", "acme", "--json").stdout)["key"]
+        kf.given("customers", "create", "acme")
+        key = json.loads(kf.given("keys", "create", "--customer", "acme", "--json"))["key"]
         for path in (f"a.txt?key={key}", f"a.txt?key={key}", f"b.txt?key={key}", "a.txt"):
             try:
                 urllib.request.urlopen(f"{kf.url}/f/{path}", timeout=10).close()

@@ -63,8 +63,8 @@ def deployment(
     store_url = empty_store_url(request.param, redis_server, str(workdir))
     kf = start_keyfront(_config(store_url, files), str(workdir))
     for customer in ("acme", "globex"):
-        kf.cli("customers", "create", customer)
-    tokens = {c: json.loads(kf.cli("customers", "token", c, "--json").stdout)["token"]
+        kf.given("customers", "create", customer)
+    tokens = {c: json.loads(kf.given("customers", "token", c, "--json"))["token"]
               for c in ("acme", "globex")}  # fmt: skip
     minted = call(kf.admin_url, "POST", f"{PREFIX}/keys", {"referrers": ["good.example",
                   "*.ok.example"]}, tokens["acme"]).json()  # fmt: skip

@@ -114,9 +114,9 @@ async def _many(url: str, count: int) -> list[tuple[int, str, bytes]]:
 
 
 def key_for(kf: KeyfrontProcess, customer: str = "acme") -> str:
-    kf.cli("customers", "create", customer, check=False)
-    created = kf.cli("keys", "create", "--customer", customer, "--rate", "1000/s", "--json")
-    return str(json.loads(created.stdout)["key"])
+    kf.given("customers", "create", customer, check=False)  # made by an earlier call
+    created = kf.given("keys", "create", "--customer", customer, "--rate", "1000/s", "--json")
+    return str(json.loads(created)["key"])
 
 
 # --- coalescing ------------------------------------------------------------------------

@@ -313,8 +313,8 @@ def _scrape(kf: KeyfrontProcess) -> dict[tuple[str, str], float]:
 
 
 def test_usage_bills_the_compressed_bytes(kf: KeyfrontProcess) -> None:
-    kf.cli("customers", "create", "c1")
-    key = json.loads(kf.cli("keys", "create", "--customer", "c1", "--json").stdout)["key"]
+    kf.given("customers", "create", "c1")
+    key = json.loads(kf.given("keys", "create", "--customer", "c1", "--json"))["key"]
     path = f"/keyed/other3.svg?key={key}"
     coded(kf, path, "br")  # the identity, then the representation
     before = _usage(kf, key)

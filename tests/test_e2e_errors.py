@@ -84,8 +84,8 @@ def test_an_unexpected_exception_in_a_request_is_a_json_500_and_the_process_goes
     armed: tuple[KeyfrontProcess, Path],
 ) -> None:
     kf, log = armed
-    kf.cli("customers", "create", "acme")
-    key = json.loads(kf.cli("keys", "create", "--customer", "acme", "--json").stdout)["key"]
+    kf.given("customers", "create", "acme")
+    key = json.loads(kf.given("keys", "create", "--customer", "acme", "--json"))["key"]
     status, headers, body = get(f"{kf.url}/files/a.svg?key={key}", **{"X-Request-Id": "req-42"})
     assert assert_internal_error(status, headers, body) == "req-42"
     assert key.encode() not in body

@@ -52,7 +52,7 @@ class Receiver:
 
     answer: int | str = 204
     events: list[dict[str, Any]] = field(default_factory=list)
-    refused: list[list[str]] = field(default_factory=list)  # the ids of each refused batch
+    refused: list[list[str]] = field(default_factory=list)  # the ids of each batch not taken
     arrivals: list[float] = field(default_factory=list)
     bad: list[str] = field(default_factory=list)  # what failed verification
     clock: float = 0.0  # seconds keyfront's clock is ahead of ours (libfaketime)
@@ -74,10 +74,10 @@ class Receiver:
             self.bad.append(problem)
             return web.Response(status=400)
         batch, answer = json.loads(body), self.answer
-        if answer == "hang":
-            await asyncio.sleep(5)  # keyfront gives up first: nothing is taken
         if answer != 204:
             self.refused.append([e["id"] for e in batch])
+            if answer == "hang":
+                await asyncio.sleep(5)  # keyfront gives up first: nothing is taken
             return web.Response(status=503)
         self.events += batch
         self.arrivals += [time.time()] * len(batch)
@@ -287,10 +287,14 @@ async def test_a_receiver_that_hangs_or_is_down_for_a_while_loses_nothing(
     kf = await start(export_config(store_url, files, receiver), tmp_path)
     try:
         sent = await serve(f"{kf.url}/files/a.txt?key={key}", 4)
-        await until(lambda: len(receiver.refused) >= 1)  # keyfront gave up after 1 s
+        await until(lambda: len(receiver.refused) >= 1)  # the receiver holds the batch
+        # keyfront gave up at its 1 s timeout, before the receiver's 5 s were out: on
+        # the condition itself, not a fixed wait that the backoff (doubling from 1 s)
+        # made 15 s long
+        await until(lambda: "TimeoutError" in last_error(kf))
         await receiver.site.stop()  # down: connections refused
         receiver.answer = 204
-        await asyncio.sleep(3)
+        await until(lambda: "Cannot connect" in last_error(kf))  # and tried while down
         assert receiver.events == []
         await receiver.listen()
         await until(lambda: receiver.totals(key_id)["requests"] >= 4, within=15)
@@ -428,14 +432,25 @@ async def test_a_key_with_a_quota_of_10_alerts_once_at_8_and_once_at_10(
         await runner.cleanup()
 
 
-def exported(kf: KeyfrontProcess) -> str | None:
-    """The newest period the export has passed (GET /admin/v1/export)."""
+def export_view(kf: KeyfrontProcess) -> dict[str, Any]:
+    """The webhook sink's line of GET /admin/v1/export."""
     request = urllib.request.Request(
         f"{kf.admin_url}/admin/v1/export", headers={"Authorization": f"Bearer {ADMIN}"}
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         (sink,) = json.loads(response.read())
-    return str(sink["last_period_exported"]) if sink["last_period_exported"] else None
+    return dict(sink)
+
+
+def exported(kf: KeyfrontProcess) -> str | None:
+    """The newest period the export has passed."""
+    passed = export_view(kf)["last_period_exported"]
+    return str(passed) if passed else None
+
+
+def last_error(kf: KeyfrontProcess) -> str:
+    """The sink's last delivery error ("" before any)."""
+    return str(export_view(kf)["last_error"] or "")
 
 
 def clock_ahead_by(seconds: int) -> dict[str, str]:

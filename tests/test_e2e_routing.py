@@ -88,9 +88,10 @@ def get(kf: KeyfrontProcess, path: str, key: str = "") -> tuple[int, str, bytes]
 
 
 def key_for(kf: KeyfrontProcess, *options: str) -> str:
-    kf.cli("customers", "create", "acme", check=False)
-    created = kf.cli("keys", "create", "--customer", "acme", "--rate", "1000/s", *options, "--json")
-    return str(json.loads(created.stdout)["key"])
+    kf.given("customers", "create", "acme", check=False)  # made by an earlier call
+    options = ("--customer", "acme", "--rate", "1000/s", *options, "--json")
+    created = kf.given("keys", "create", *options)
+    return str(json.loads(created)["key"])
 
 
 def admin_purge(kf: KeyfrontProcess, body: object) -> tuple[int, object]:

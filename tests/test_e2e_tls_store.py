@@ -117,8 +117,8 @@ access_log: "off"
 """
     kf = start_keyfront(body, str(tmp_path))
     try:
-        kf.cli("customers", "create", "acme")
-        created = json.loads(kf.cli("keys", "create", "--customer", "acme", "--json").stdout)
+        kf.given("customers", "create", "acme")
+        created = json.loads(kf.given("keys", "create", "--customer", "acme", "--json"))
         key, key_id = created["key"], created["key_id"]
         assert _status(f"{kf.url}/f/a.txt?key={key}") == 200
         # The bucket lives in the cluster, written by the hot path's RESP client over TLS.

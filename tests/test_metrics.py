@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
+import sqlite3
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -48,13 +51,35 @@ SPEC_NAMES = {
 }
 
 
-def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+Families = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def scrape(url: str) -> Families:
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
         text = response.read().decode()
     return {
         family.name: [(sample.labels, sample.value) for sample in family.samples]
         for family in text_string_to_metric_families(text)
     }
+
+
+def scrape_when(url: str, ready: Callable[[Families], bool], within: float = 10.0) -> Families:
+    """The first scrape that shows `ready`: workers publish their counters every second
+    (PUBLISH_INTERVAL), so a fixed wait of 1.5 s was mostly idle; a deadline instead.
+    Not where customers are counted: each scrape gives the busiest customers seen so
+    far their labels (proxy/metrics.py), so scraping early changes which get one."""
+    deadline = time.monotonic() + within
+    while True:
+        families = scrape(url)
+        if ready(families):
+            return families
+        assert time.monotonic() < deadline, f"not published within {within} s: {families}"
+        time.sleep(0.1)
+
+
+def total(families: Families, name: str) -> float:
+    """The sum of a counter family's samples."""
+    return sum(value for _, value in families.get(name, []))
 
 
 def get(url: str) -> int:
@@ -80,15 +105,15 @@ access_log: "off"
     try:
         keys = []
         for customer in ("c1", "c2", "c3"):
-            kf.cli("customers", "create", customer)
-            created = kf.cli("keys", "create", "--customer", customer, "--json").stdout
+            kf.given("customers", "create", customer)
+            created = kf.given("keys", "create", "--customer", customer, "--json")
             keys.append(json.loads(created)["key"])
         for i, key in enumerate(keys):
             for _ in range(3 - i):  # c1 busiest, c3 least
                 assert get(f"{kf.url}/f/a.txt?key={key}") == 200
         assert get(f"{kf.url}/f/a.txt") == 401
         time.sleep(1.5)  # workers publish their counters every second
-        families = scrape(kf.admin_url)
+        families = scrape(kf.admin_url)  # once: a scrape gives customers their labels
         assert set(families) >= SPEC_NAMES
         served = sum(
             v for labels, v in families["keyfront_requests"] if labels.get("status") == "200"
@@ -122,8 +147,8 @@ access_log: "off"
     try:
         key = {}
         for customer in ("busy", "big"):
-            kf.cli("customers", "create", customer)
-            created = kf.cli("keys", "create", "--customer", customer, "--json").stdout
+            kf.given("customers", "create", customer)
+            created = kf.given("keys", "create", "--customer", customer, "--json")
             key[customer] = json.loads(created)["key"]
         scrapes = []
 
@@ -131,7 +156,7 @@ access_log: "off"
             for _ in range(count):
                 assert get(f"{kf.url}/f/{name}?key={key[customer]}") == 200
             time.sleep(1.5)  # workers publish their counters every second
-            families = scrape(kf.admin_url)
+            families = scrape(kf.admin_url)  # once: a scrape gives customers their labels
             scrapes.append(
                 {
                     (family, labels["customer"]): value
@@ -166,8 +191,7 @@ access_log: "off"
     kf = start_keyfront(body, str(tmp_path), "--workers", "2")
     try:
         assert get(f"{kf.url}/f/a.txt") == 200
-        time.sleep(1.5)
-        families = scrape(kf.admin_url)
+        families = scrape_when(kf.admin_url, lambda f: total(f, "keyfront_requests") >= 1)
     finally:
         assert kf.stop() == 0
     (info_labels, info), *_ = families["keyfront_build_info"]
@@ -210,8 +234,7 @@ access_log: "off"
         time.sleep(1.0)
         for path in ("a.bin", "a.bin", "b.bin", "b.bin", "missing.bin", "missing.bin"):
             assert get(f"{kf.url}/o/{path}") == (404 if path == "missing.bin" else 200)
-        time.sleep(1.5)  # workers publish their counters every second
-        families = scrape(kf.admin_url)
+        families = scrape_when(kf.admin_url, lambda f: total(f, "keyfront_requests") >= 6)
     finally:
         assert kf.stop() == 0
         origin.stop()
@@ -274,22 +297,31 @@ access_log: "off"
 
 
 async def _provision(store_url: str, customers: int, keys_each: int) -> list[str]:
-    """Customers and their keys straight through the store API (the CLI would take
-    minutes for 10,000 keys); the full keys, minted with the test secret."""
+    """Customers and their keys, written in one transaction (the CLI would take
+    minutes for 10,000 keys, and the store API's one commit per record, each an
+    fsync, about 12 s); the full keys, minted with the test secret. The store makes
+    the file and its schema; the rows are those create_customer and create_key write
+    (proxy/store/sqlite.py), less their change rows, which only a running keyfront
+    reads, and none runs yet."""
     signer = KeySigner("pk", {1: SECRET})
     store = store_from_url(store_url)
     await store.open()
-    keys = []
-    try:
-        for c in range(customers):
-            await store.create_customer(Customer(f"c{c}"))
-            for _ in range(keys_each):
-                key_id = new_key_id()
-                await store.create_key(KeyRecord(key_id, f"c{c}", created_at=int(time.time())))
-                keys.append(signer.mint(key_id))
-    finally:
-        await store.close()
-    return keys
+    await store.close()
+    records = [
+        KeyRecord(new_key_id(), f"c{c}", created_at=int(time.time()))
+        for c in range(customers)
+        for _ in range(keys_each)
+    ]
+    with contextlib.closing(sqlite3.connect(store_url.removeprefix("sqlite://"))) as db, db:
+        db.executemany(
+            "INSERT INTO customers (customer_id, body) VALUES (?, ?)",
+            [(f"c{c}", Customer(f"c{c}").to_json()) for c in range(customers)],
+        )
+        db.executemany(
+            "INSERT INTO keys (key_id, customer_id, created_at, body) VALUES (?, ?, ?, ?)",
+            [(r.key_id, r.customer_id, r.created_at, r.to_json()) for r in records],
+        )
+    return [signer.mint(r.key_id) for r in records]
 
 
 async def _get_each(base: str, paths: list[str]) -> dict[int, int]:

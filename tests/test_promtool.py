@@ -31,8 +31,8 @@ access_log: "off"
 """
     kf = start_keyfront(body, str(tmp_path), "--workers", "2")
     try:
-        kf.cli("customers", "create", "acme")
-        key = json.loads(kf.cli("keys", "create", "--customer", "acme", "--json").stdout)["key"]
+        kf.given("customers", "create", "acme")
+        key = json.loads(kf.given("keys", "create", "--customer", "acme", "--json"))["key"]
         for path in (f"/f/a.txt?key={key}", f"/f/a.txt?key={key}", f"/f/b.txt?key={key}"):
             _get(kf.url + path)
         _get(kf.url + "/f/a.txt?key=garbage")
