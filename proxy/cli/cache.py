@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
-from ..cache import Cache
 from ..config import Config
 from ..errors import UsageError
-from ..manage.purge import purge, purge_problem
 from ..manage.settings import parse_path_prefix
 from ..store import Store
+
+if TYPE_CHECKING:
+    from ..cache import Cache
 from .options import Option
 from .output import Output, warn
 
@@ -29,6 +31,10 @@ PURGE_OPTIONS: list[Option] = [
 
 
 async def cache_purge(args: argparse.Namespace, config: Config, store: Store) -> Output:
+    # Imported here: the cache brings aiohttp's client along, ~0.2 s of every other
+    # command's start-up (each `keyfront` call is a process of its own).
+    from ..manage.purge import purge, purge_problem
+
     if bool(args.paths) == (args.prefix is not None):
         raise UsageError("PATH", "give paths or --prefix (one of the two)")
     targets = [(path, False) for path in args.paths] + [(args.prefix, True)] * bool(args.prefix)
@@ -48,6 +54,8 @@ async def cache_purge(args: argparse.Namespace, config: Config, store: Store) ->
 
 
 async def _this_hosts_cache(config: Config) -> Cache | None:
+    from ..cache import Cache
+
     """The cache folder on this host, if there is one we can use; the command does not
     create one."""
     if not os.path.isdir(config.cache.dir):
