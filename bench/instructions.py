@@ -20,7 +20,6 @@ valgrind's ~50x slowdown a 1 s interval would be charged to 50x fewer requests.
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import subprocess
 import time
@@ -59,10 +58,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # layout), the resolution of the comparison
     "keyfront, a second process": {},
 }
-
-
-def available() -> bool:
-    return shutil.which("valgrind") is not None and shutil.which("callgrind_control") is not None
 
 
 def measure(launch: Launcher, store: str, folder: Path) -> list[list[Count]]:
