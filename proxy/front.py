@@ -71,6 +71,7 @@ log = logging.getLogger("keyfront")
 Handler = Callable[[web.BaseRequest], Coroutine[Any, Any, web.StreamResponse]]
 MAX_HEAD = 8 * 1024  # a longer head is handed over (aiohttp then allows up to 64 KiB)
 MAX_QUEUED = 64 * 1024  # bytes read ahead while a request waits: then reading pauses
+MAX_BATCH = 64 * 1024  # bytes of answers held for one write (the transport's high water)
 _FAST_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 _BODY_HEADERS = ("Content-Length", "Transfer-Encoding", "Expect", "Upgrade")
 NEVER = float("inf")
@@ -144,6 +145,7 @@ class FrontConnection(BaseProtocol):
         "_held",
         "_measured",
         "_out",
+        "_out_size",
         "_outstanding",
         "_paused_at",
         "_queued",
@@ -167,6 +169,7 @@ class FrontConnection(BaseProtocol):
         self._raw: asyncio.Transport | None = None
         self._buffer = b""  # bytes read and not yet served
         self._out: list[bytes] = []  # responses of this read not yet written
+        self._out_size = 0  # their bytes
         self._busy = False  # the task serves: reads only queue
         self._closing = False
         self._counted = False
@@ -246,7 +249,7 @@ class FrontConnection(BaseProtocol):
         suspends (the task takes over) or the bytes run out."""
         loop, task, handler = self._loop, self._task, self._front.handler
         assert task is not None
-        while True:
+        while not self._closing:
             if self._paused:
                 self._go_async(self._nothing())
                 break
@@ -269,7 +272,7 @@ class FrontConnection(BaseProtocol):
                 leave_task(loop, task)
             if isinstance(response, WireResponse):
                 if type(response) is WireResponse:
-                    self._out.append(written_bytes(response))
+                    self._hold(written_bytes(response))
                 self._answered()
             elif not self._respond_now(request, response):
                 break
@@ -343,7 +346,7 @@ class FrontConnection(BaseProtocol):
 
     async def _respond(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
         if type(response) is WireResponse:
-            self._out.append(written_bytes(response))
+            self._hold(written_bytes(response))
             self._flush()
             self._answered()
         elif type(response) is SentResponse:
@@ -445,10 +448,21 @@ class FrontConnection(BaseProtocol):
 
     # --- writing ---------------------------------------------------------------------
 
+    def _hold(self, data: bytes) -> None:
+        """Hold an answer for the batch's one write; past MAX_BATCH bytes write now,
+        so that a client that does not read pauses writing (and so the serving of
+        its pipelined requests) before memory grows: 5,000 pipelined 10 KB hits
+        arrive in a few reads."""
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size > MAX_BATCH:
+            self._flush()
+
     def _flush(self) -> None:
         out = self._out
         if not out:
             return
+        self._out_size = 0
         raw = self._raw
         if raw is not None and not raw.is_closing():
             if len(out) == 1:

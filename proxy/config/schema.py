@@ -232,7 +232,7 @@ class ListenerConfig:
 
     # GET/HEAD/OPTIONS served by keyfront's own protocol, everything else handed to
     # aiohttp's connection; false: aiohttp's for every request
-    fast_path: Annotated[bool, read.boolean] = False
+    fast_path: Annotated[bool, read.boolean] = True
 
 
 @dataclass(frozen=True, slots=True)
