@@ -73,7 +73,6 @@ MAX_HEAD = 8 * 1024  # a longer head is handed over (aiohttp then allows up to 6
 MAX_QUEUED = 64 * 1024  # bytes read ahead while a request waits: then reading pauses
 MAX_BATCH = 64 * 1024  # bytes of answers held for one write (the transport's high water)
 _FAST_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
-_BODY_HEADERS = ("Content-Length", "Transfer-Encoding", "Expect", "Upgrade")
 NEVER = float("inf")
 
 
@@ -93,9 +92,24 @@ class Front:
         self.closing = False
         self._sweeper: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None  # set in shutdown
+        self._unflushed: list[FrontConnection] = []  # answers to write at the tick's end
 
     def __call__(self) -> FrontConnection:
         return FrontConnection(self)
+
+    def flush_later(self, connection: FrontConnection) -> None:
+        """Write `connection`'s answers at the end of this loop tick, with every other
+        connection's: the Python work of all requests read in the tick first, then
+        their sends back to back (wire.py TickWrites measured 31 against 36.6 µs a
+        10 KB hit at c64 for it)."""
+        if not self._unflushed:
+            self.loop.call_soon(self._flush_all)
+        self._unflushed.append(connection)
+
+    def _flush_all(self) -> None:
+        unflushed, self._unflushed = self._unflushed, []
+        for connection in unflushed:
+            connection._flush()
 
     def opened(self, connection: FrontConnection) -> None:
         self.connections.add(connection)
@@ -276,7 +290,8 @@ class FrontConnection(BaseProtocol):
                 self._answered()
             elif not self._respond_now(request, response):
                 break
-        self._flush()
+        if self._out:
+            self._front.flush_later(self)
 
     def _respond_now(self, request: web.BaseRequest, response: web.StreamResponse) -> bool:
         """Write an aiohttp-built response; False when the connection can serve no more
@@ -402,7 +417,10 @@ class FrontConnection(BaseProtocol):
             return None
         end += 4
         head = buffer[:end]
-        message = parse_head(self._head_parser, head) if _crlf_only(head) else None
+        # No bare LF or CR, on which parsers differ: aiohttp's parser refuses both
+        # (tests/test_aiohttp_internals.py), so a head it takes ends where this split
+        # says, and no second message hides in it.
+        message = parse_head(self._head_parser, head)
         if message is None or not _fast(message):
             self._hand_over()
             return None
@@ -579,12 +597,6 @@ async def _await(pending: Resumed) -> None:
     await pending
 
 
-def _crlf_only(head: bytes) -> bool:
-    """Every line ends in CRLF: no bare LF or CR, on which parsers differ."""
-    lines = head.count(b"\n")
-    return lines == head.count(b"\r") and lines == head.count(b"\r\n")
-
-
 def _fast(message: Any) -> bool:
     """A request the fast path takes (module docstring)."""
     if message.method not in _FAST_METHODS or message.version is not HttpVersion11:
@@ -592,4 +604,9 @@ def _fast(message: Any) -> bool:
     if message.upgrade or message.chunked or message.path[:1] != "/":
         return False
     headers = message.headers
-    return not any(name in headers for name in _BODY_HEADERS)
+    return not (  # unrolled: a generator here cost ~1 µs a request
+        "Content-Length" in headers
+        or "Transfer-Encoding" in headers
+        or "Expect" in headers
+        or "Upgrade" in headers
+    )

@@ -90,6 +90,14 @@ async def test_the_c_parser_refuses_what_aiohttp_refuses() -> None:
     loop = asyncio.get_running_loop()
     for head in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"):
         assert parse_head(head_parser(_Peer(loop), loop), head) is None
+    # front.py splits heads on CRLF CRLF and relies on the parser refusing a bare LF or
+    # CR, so that no message can end (and another begin) inside what it split.
+    for head in (
+        b"GET / HTTP/1.1\nHost: h\n\n",
+        b"GET / HTTP/1.1\r\nX: y\n\nGET /b HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+    ):
+        assert parse_head(head_parser(_Peer(loop), loop), head) is None
     two = b"GET / HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n"
     assert parse_head(head_parser(_Peer(loop), loop), two) is None
 
