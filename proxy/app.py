@@ -31,7 +31,7 @@ from .cache import Cache
 from .config import Config
 from .errors import ConfigError, KeyfrontError
 from .exchange import Target
-from .front import Front
+from .front_listener import Front
 from .imported import ExternalKeys, KeyIds
 from .keylookup import LookupCache, lookup_for
 from .keys import KeySigner

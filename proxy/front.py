@@ -16,41 +16,40 @@ line ends only, head ≤ MAX_HEAD — runs the pipeline's handler itself:
   record to load, a store round trip, a miss) is run on by that task (`Resumed`),
   which then serves the requests that arrived meanwhile, in order, and returns the
   connection to the synchronous path. The alternative, that task running every
-  request (one wake per read), cost ~µs more per keyed hit (see the report of issue 20).
-- **Writes.** WireResponse bytes of one read go out with one `writelines` (joined over
-  TLS, where each write is a record). Everything else (a head and a sendfile, a
-  stream, an aiohttp-built response) writes through `request.transport`, an
-  `_Ordered` view of the transport that first flushes what is pending, so no response
+  request (one wake per read), cost more on 10 KB keyed hits (interleaved wrk rounds,
+  median CPU per request): 86 against 72 µs at 64 connections, 97 against 92 µs at 8.
+- **Writes.** The answers (WireResponse bytes) of the requests read in a loop tick go
+  out at its end, each connection's in one `writelines` (joined over TLS, where each
+  write is a record), after the Python work of all of them, as wire.py's TickWrites
+  does for aiohttp's connections. Everything else (a head and a sendfile, a stream,
+  an aiohttp-built response) writes through `request.transport`, an `Ordered` view of
+  the transport that first flushes what is held (front_transport.py), so no response
   overtakes another; aiohttp's StreamWriter works on this protocol (a BaseProtocol).
-- **Backpressure.** While writing is paused, no further request is started; the task
-  waits for the drain.
+- **Backpressure.** Past MAX_BATCH held bytes the answers are written at once; while
+  writing is paused no further request is started, and the task waits for the drain.
+  A handler in flight when the client goes is not cancelled, as aiohttp's are not: its
+  next write fails, and delivery counts only what the client took.
 - **Handover.** Anything else — a method or version the fast path does not take, a
-  body, an absolute target, a head the parser refuses, one over MAX_HEAD — goes to
-  the ClientConnection that the PublicServer makes (listener.py), as uvicorn hands a
-  connection to its WebSocket protocol: `set_protocol`, `connection_made`, then the
-  bytes from that request's first one. The connection stays there; it answers
-  malformed heads with the error page, bodies, HTTP/1.0, as it always has. Responses
-  to earlier requests are out before it.
-- **Deadlines** (listener.py's, README "Limits and timeouts"), kept as numbers and
-  checked by one sweep per listener (`Front`), not a timer per request: a head must
-  arrive within `headers` of the connection's opening, and the next within
-  `keepalive` of a response's end (within `headers` of its first byte, never later),
-  never moved on by bytes trickling in; a client that takes none of its response for
-  `send`, or less than `min_send_rate`, is reset. The connection cap and its counts are
-  the PublicServer's.
+  body, an absolute target, a head the parser refuses, one over MAX_HEAD, a bare LF
+  in an incomplete head — goes to the ClientConnection that the PublicServer makes
+  (listener.py), as uvicorn hands a connection to its WebSocket protocol:
+  `set_protocol`, `connection_made`, then the bytes from that request's first one.
+  The connection stays there, with the head deadline it had; it answers malformed
+  heads with the error page, bodies, HTTP/1.0, as it always has. Answers to earlier
+  requests are written before.
+- **Deadlines and the cap** (front_deadlines.py, front_listener.py): listener.py's,
+  kept as numbers and checked by one sweep a second per listener. The connection cap
+  and its counts are the PublicServer's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http import HttpVersion11
 
 from .front_aiohttp import (
@@ -62,149 +61,55 @@ from .front_aiohttp import (
     parse_head,
     written_bytes,
 )
+from .front_deadlines import NEVER, ClientDeadlines
 from .front_transport import Ordered
-from .listener import _RESET, PublicServer, _kernel_queue, _outstanding
 from .wire import SentResponse, WireResponse
+
+if TYPE_CHECKING:
+    from .front_listener import Front
 
 log = logging.getLogger("keyfront")
 
-Handler = Callable[[web.BaseRequest], Coroutine[Any, Any, web.StreamResponse]]
 MAX_HEAD = 8 * 1024  # a longer head is handed over (aiohttp then allows up to 64 KiB)
 MAX_QUEUED = 64 * 1024  # bytes read ahead while a request waits: then reading pauses
 MAX_BATCH = 64 * 1024  # bytes of answers held for one write (the transport's high water)
 _FAST_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
-NEVER = float("inf")
 
 
-class Front:
-    """The public listener's protocol factory with the fast path on: a FrontConnection
-    per accepted connection, one deadline sweep for all of them, and their shutdown.
-    `listener` makes the ClientConnections they hand over to, and counts both."""
-
-    def __init__(self, listener: PublicServer, handler: Handler) -> None:
-        self.listener = listener
-        self.handler = handler
-        self.loop = asyncio.get_running_loop()
-        timeouts = listener.timeouts
-        # One sweep a second; more often where a deadline is shorter (tests).
-        self.sweep_every = min(1.0, timeouts.headers / 4, timeouts.keepalive / 4, timeouts.send / 4)
-        self.connections: set[FrontConnection] = set()
-        self.closing = False
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._drained: asyncio.Future[None] | None = None  # set in shutdown
-        self._unflushed: list[FrontConnection] = []  # answers to write at the tick's end
-
-    def __call__(self) -> FrontConnection:
-        return FrontConnection(self)
-
-    def flush_later(self, connection: FrontConnection) -> None:
-        """Write `connection`'s answers at the end of this loop tick, with every other
-        connection's: the Python work of all requests read in the tick first, then
-        their sends back to back (wire.py TickWrites measured 31 against 36.6 µs a
-        10 KB hit at c64 for it)."""
-        if not self._unflushed:
-            self.loop.call_soon(self._flush_all)
-        self._unflushed.append(connection)
-
-    def _flush_all(self) -> None:
-        unflushed, self._unflushed = self._unflushed, []
-        for connection in unflushed:
-            connection._flush()
-
-    def opened(self, connection: FrontConnection) -> None:
-        self.connections.add(connection)
-        if self._sweeper is None:
-            self._sweeper = self.loop.call_later(self.sweep_every, self._sweep)
-
-    def _sweep(self) -> None:
-        now = self.loop.time()
-        for connection in list(self.connections):
-            connection.sweep(now)
-        self._sweeper = None
-        if self.connections:
-            self._sweeper = self.loop.call_later(self.sweep_every, self._sweep)
-
-    def pre_shutdown(self) -> None:
-        """Close idle connections; busy ones close after their response."""
-        self.closing = True
-        for connection in list(self.connections):
-            connection.shut()
-
-    def closed(self, connection: FrontConnection) -> None:
-        self.connections.discard(connection)
-        if not self.connections and self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    async def shutdown(self, grace: float) -> None:
-        """Wait up to `grace` seconds for the busy connections, then abort the rest."""
-        if self.connections:
-            self._drained = self.loop.create_future()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained, grace)
-        for connection in list(self.connections):
-            connection.abort()
-
-
-class FrontConnection(BaseProtocol):
+class FrontConnection(ClientDeadlines):
     """One public connection until it is handed over; see the module docstring."""
 
     __slots__ = (
         "_buffer",
-        "_busy",
-        "_closing",
         "_counted",
-        "_deadline",
         "_front",
         "_head_parser",
         "_held",
-        "_measured",
         "_out",
         "_out_size",
-        "_outstanding",
-        "_paused_at",
-        "_queued",
-        "_raw",
-        "_send_deadline",
-        "_served",
-        "_taken",
         "_task",
         "_tls",
-        "_waited",
         "_wake",
         "peername",
         "sockname",
         "ssl_context",
-        "unsent",
     )
 
     def __init__(self, front: Front) -> None:
-        super().__init__(front.loop)
+        super().__init__(front.loop, front.listener)
         self._front = front
-        self._raw: asyncio.Transport | None = None
         self._buffer = b""  # bytes read and not yet served
-        self._out: list[bytes] = []  # responses of this read not yet written
+        self._out: list[bytes] = []  # answers of this read not yet written
         self._out_size = 0  # their bytes
-        self._busy = False  # the task serves: reads only queue
-        self._closing = False
         self._counted = False
         self._held = False  # reading paused: MAX_QUEUED bytes wait
-        self._deadline = NEVER  # for the next head to arrive whole
-        self._served = 0  # requests taken so far
-        self._send_deadline = 0.0  # 0: not waiting on the client to take bytes
-        self._measured = 0  # the request whose response min_send_rate measures
-        self._taken = 0
-        self._waited = 0.0
-        self._paused_at = 0.0
-        self._queued = 0
-        self._outstanding = 0
-        self.unsent = 0  # bytes queued for the client when it was cut (usage)
-        self.ssl_context: Any = None
-        self.peername: Any = None
-        self.sockname: Any = None
         self._tls = False
         self._head_parser: Any = None
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[Coroutine[Any, Any, None]] | None = None
+        self.ssl_context: Any = None  # what BaseRequest reads of aiohttp's protocol
+        self.peername: Any = None
+        self.sockname: Any = None
 
     # --- the connection ------------------------------------------------------------
 
@@ -451,18 +356,12 @@ class FrontConnection(BaseProtocol):
         if rest:
             connection.data_received(rest)
 
-    def _head_started(self) -> None:
-        """Part of a head is here: the whole must be within `headers` of now, or
-        sooner if a deadline already runs."""
-        deadline = self._loop.time() + self._front.listener.timeouts.headers
-        self._deadline = min(self._deadline, deadline)
-
     def _answered(self) -> None:
         """A response is out: the next head has `keepalive` (module docstring)."""
         if self._front.closing:
             self._close()
         else:
-            self._deadline = self._loop.time() + self._front.listener.timeouts.keepalive
+            self._deadline = self._loop.time() + self._listener.timeouts.keepalive
 
     # --- writing ---------------------------------------------------------------------
 
@@ -508,89 +407,6 @@ class FrontConnection(BaseProtocol):
         """Shutdown: close now if idle, else after the response in flight."""
         if not self._busy:
             self._close()
-
-    def abort(self) -> None:
-        self._closing = True
-        if self._raw is not None:
-            self._raw.abort()
-
-    # --- the client's reading (listener.py's send deadline and min_send_rate) ----------
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        raw = self._raw
-        if raw is None:
-            return
-        self._paused_at = self._loop.time()
-        self._queued = raw.get_write_buffer_size()
-        if self._served != self._measured:  # a new response: measured afresh
-            self._measured = self._served
-            self._taken, self._waited = 0, 0.0
-        elif self._too_slow():
-            self._cut(raw)
-            return
-        self._await_client()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        raw = self._raw
-        if raw is None:
-            return
-        if self._paused_at:
-            self._waited += self._loop.time() - self._paused_at
-            self._taken += self._queued - raw.get_write_buffer_size()
-            self._paused_at = 0.0
-        if raw.is_closing():
-            self._await_client()
-        else:
-            self._send_deadline = 0.0
-
-    def _too_slow(self) -> bool:
-        timeouts = self._front.listener.timeouts
-        return self._waited > timeouts.send and self._taken < timeouts.min_send_rate * self._waited
-
-    def _await_client(self) -> None:
-        assert self._raw is not None
-        self._send_deadline = self._loop.time() + self._front.listener.timeouts.send
-        self._outstanding = _outstanding(self._raw)
-
-    def sweep(self, now: float) -> None:
-        """The deadlines, checked by the listener's sweep."""
-        raw = self._raw
-        if raw is None:
-            return
-        if self._send_deadline:
-            if now >= self._send_deadline:
-                self._check_send(raw, now)
-        elif now >= self._deadline and not self._busy and not raw.is_closing():
-            raw.close()  # no head in time: nothing to answer, as aiohttp does
-
-    def _check_send(self, raw: asyncio.Transport, now: float) -> None:
-        waiting = raw.get_write_buffer_size() > 0 if raw.is_closing() else self._paused
-        if not waiting:
-            self._send_deadline = 0.0
-            return
-        outstanding = _outstanding(raw)
-        if outstanding < self._outstanding:  # it took some: `send` more
-            self._outstanding = outstanding
-            self._send_deadline = now + self._front.listener.timeouts.send
-            return
-        self._cut(raw)
-
-    def _cut(self, raw: asyncio.Transport) -> None:
-        """Reset a client that took nothing for `send`, or too little for
-        `min_send_rate`; remember what it never got."""
-        self._front.listener.cut += 1
-        self._send_deadline = 0.0
-        self.unsent = raw.get_write_buffer_size()
-        sock = raw.get_extra_info("socket")
-        if sock is not None:
-            try:
-                self.unsent += _kernel_queue(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-            except OSError:
-                pass
-        self.abort()
 
 
 async def _await(pending: Resumed) -> None:
