@@ -206,6 +206,10 @@ class FrontConnection(ClientDeadlines):
             blocked_on = coro.send(None)
         except StopIteration:
             return self._open()
+        except Exception:  # a bug in writing it: logged, the connection cut (as in _run)
+            log.exception("unexpected failure on a client connection")
+            self.abort()
+            return False
         self._go_async(_await(Resumed(coro, blocked_on)))
         return False
 
