@@ -37,6 +37,7 @@ SQLITE = "keyfront sqlite"
 METERING_OFF = "keyfront metering off"
 ANALYTICS_OFF = "keyfront analytics off"  # usage.analytics: false (SPEC 12: at most 3%)
 ASYNCIO_LOOP = "keyfront asyncio loop"  # event_loop: asyncio (the default is uvloop)
+FAST_PATH_OFF = "keyfront fast path off"  # listener.fast_path: false (issue 20)
 BASELINE = "keyfront baseline"  # --baseline: another checkout, to judge a change in one run
 EXTERNAL = "keyfront external key"  # an imported key of an existing key system (SPEC 13)
 EXTERNAL_KEY = "bench-existing-key-0123456789"
@@ -56,7 +57,7 @@ TLS_DB = 5  # the Redis database of the TLS instance; the read-size variants' fo
 # (prefix of the keyed route, prefix of the auth: none route) by what serves keyfront's hits
 PREFIXES = {"cache": ("/request/", "/open/"), "file": ("/files/", "/files-open/")}
 # variants whose point is the per-request cost
-TEN_KB_ONLY = (AUTH_OFF, FLOOR_PREFIX, EXTERNAL, ANALYTICS_OFF)
+TEN_KB_ONLY = (AUTH_OFF, FLOOR_PREFIX, EXTERNAL, ANALYTICS_OFF, FAST_PATH_OFF)
 
 
 @dataclass(frozen=True)
@@ -166,13 +167,14 @@ def set_up(procs: Processes, cores: Cores, root: Path, options: Options) -> Benc
     if options.only_checks:  # what each part of the per-request work costs, nothing else
         instances[METERING_OFF] = _metering_off(launch, f"{redis}/2", options)
         instances[ANALYTICS_OFF] = _analytics_off(launch, f"{redis}/1")
+        instances[FAST_PATH_OFF] = _fast_path_off(launch, f"{redis}/6")
         if options.baseline:  # the same checkout here measures the bench's own bias
             instances[BASELINE] = launch.keyfront(
                 "keyfront-baseline", f"{redis}/4", python=options.baseline
             )
     elif not options.only_tls:
         instances |= _variants(launch, kf, redis, options)
-    for label in (KEYFRONT, METERING_OFF, ANALYTICS_OFF, ASYNCIO_LOOP, BASELINE):
+    for label in (KEYFRONT, METERING_OFF, ANALYTICS_OFF, ASYNCIO_LOOP, FAST_PATH_OFF, BASELINE):
         instance = instances.get(label)
         if instance is not None:
             instance.server.store_pids = [redis_pid]  # its CPU is reported beside keyfront's
@@ -205,6 +207,7 @@ def _variants(
         METERING_OFF: _metering_off(launch, f"{redis}/2", options) if options.metering else None,
         ANALYTICS_OFF: _analytics_off(launch, f"{redis}/1") if options.metering else None,
         ASYNCIO_LOOP: _asyncio_loop(launch, f"{redis}/3"),
+        FAST_PATH_OFF: _fast_path_off(launch, f"{redis}/6"),
         EXTERNAL: _imported(kf),
         BASELINE: (
             launch.keyfront("keyfront-baseline", f"{redis}/4", python=options.baseline)
@@ -268,6 +271,15 @@ def _asyncio_loop(launch: Launcher, store: str) -> Keyfront | None:
     if not config_accepted(launch.root / "probe-loop", overlay):
         return None
     return launch.keyfront("keyfront-asyncio", store, overlay)
+
+
+def _fast_path_off(launch: Launcher, store: str) -> Keyfront | None:
+    """keyfront with aiohttp's connection for every request (issue 20's listener off);
+    None where this keyfront has no `listener.fast_path` setting."""
+    overlay = {"listener": {"fast_path": False}}
+    if not config_accepted(launch.root / "probe-front", overlay):
+        return None
+    return launch.keyfront("keyfront-fast-path-off", store, overlay)
 
 
 def _imported(kf: Keyfront) -> Keyfront | None:

@@ -31,6 +31,7 @@ from .cache import Cache
 from .config import Config
 from .errors import ConfigError, KeyfrontError
 from .exchange import Target
+from .front_listener import Front
 from .imported import ExternalKeys, KeyIds
 from .keylookup import LookupCache, lookup_for
 from .keys import KeySigner
@@ -230,8 +231,10 @@ async def open_listeners(
     runtime.metrics.sources.append(handler.count_into)
     certificates = open_tls(runtime, stack)
     loop = asyncio.get_running_loop()
+    # listener.fast_path: keyfront's own protocol first, aiohttp's for what it hands over
+    front = Front(handler, pipeline.handle) if config.listener.fast_path else None
     public = await loop.create_server(
-        handler,
+        front or handler,
         config.listen.host,
         config.listen.port,
         reuse_port=True,
@@ -249,7 +252,14 @@ async def open_listeners(
         # after their response (as AppRunner does); without it a client that keeps
         # sending on a keep-alive connection holds the process for shutdown_timeout.
         handler.pre_shutdown()
-        await handler.shutdown(config.shutdown_timeout)
+        if front is None:
+            await handler.shutdown(config.shutdown_timeout)
+        else:
+            front.pre_shutdown()
+            await asyncio.gather(
+                front.shutdown(config.shutdown_timeout),
+                handler.shutdown(config.shutdown_timeout),
+            )
         for runner in admin:
             await runner.cleanup()
 

@@ -329,7 +329,11 @@ class ClientConnection(Connection):
         connection too: the deadline moves closer, never further. (Called for each read
         of an incomplete head: the end of a response moves the deadline to `keepalive`
         on, and the next read of a pipelined head brings it back.)"""
-        deadline = self._loop.time() + self._listener.timeouts.headers
+        self.adopt_deadline(self._loop.time() + self._listener.timeouts.headers)
+
+    def adopt_deadline(self, deadline: float) -> None:
+        """Bring the head deadline forward to `deadline` (never further); also for a
+        connection the front protocol hands over (front.py), which keeps its own."""
         if deadline < self._next_keepalive_close_time:
             self._next_keepalive_close_time = deadline
             if self._keepalive_handle is not None:
@@ -485,7 +489,10 @@ def unsent(request: web.BaseRequest) -> int:
     """What keyfront had queued for this request's client when it cut it for not
     reading (0 if it did not): a send path takes it off the bytes it counts as sent."""
     protocol = request.protocol
-    return protocol.unsent if isinstance(protocol, ClientConnection) else 0
+    if isinstance(protocol, ClientConnection):
+        return protocol.unsent
+    cut = getattr(protocol, "unsent", 0)  # the front protocol's (front.py)
+    return cut if isinstance(cut, int) else 0
 
 
 def raise_open_files_limit() -> int:

@@ -953,6 +953,7 @@ store_timeout: 100ms
 on_store_error: deny
 trusted_proxies: [10.0.0.0/8]
 max_connections: 50
+listener: {fast_path: false}
 shutdown_timeout: 5s
 access_log: "off"
 event_loop: asyncio

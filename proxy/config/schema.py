@@ -227,6 +227,15 @@ class UsageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """The public listener's protocol (proxy/front.py, issue 20)."""
+
+    # GET/HEAD/OPTIONS served by keyfront's own protocol, everything else handed to
+    # aiohttp's connection; false: aiohttp's for every request
+    fast_path: Annotated[bool, read.boolean] = True
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     customer_labels: Annotated[int, read.integer(0)] = 50
 
@@ -279,6 +288,9 @@ class Config:
     )
     # public client connections per worker (proxy/listener.py)
     max_connections: Annotated[int, read.integer(1)] = 10_000
+    listener: Annotated[ListenerConfig, section(ListenerConfig)] = field(
+        default_factory=ListenerConfig
+    )
     usage: Annotated[UsageConfig, section(UsageConfig)] = field(default_factory=UsageConfig)
     metrics: Annotated[MetricsConfig, section(MetricsConfig)] = field(default_factory=MetricsConfig)
     shutdown_timeout: Annotated[float, read.SECONDS] = 30.0
