@@ -15,11 +15,10 @@ a timer per connection or per request:
 from __future__ import annotations
 
 import asyncio
-import socket
 
 from aiohttp.base_protocol import BaseProtocol
 
-from .listener import _RESET, PublicServer, _kernel_queue, _outstanding
+from .listener import PublicServer, SendRate, _outstanding, reset_client
 
 NEVER = float("inf")
 
@@ -32,15 +31,11 @@ class ClientDeadlines(BaseProtocol):
         "_closing",
         "_deadline",
         "_listener",
-        "_measured",
         "_outstanding",
-        "_paused_at",
-        "_queued",
+        "_rate",
         "_raw",
         "_send_deadline",
         "_served",
-        "_taken",
-        "_waited",
         "unsent",
     )
 
@@ -53,11 +48,7 @@ class ClientDeadlines(BaseProtocol):
         self._deadline = NEVER  # for the next head to arrive whole
         self._served = 0  # requests taken so far
         self._send_deadline = 0.0  # 0: not waiting on the client to take bytes
-        self._measured = 0  # the request whose response min_send_rate measures
-        self._taken = 0  # bytes it took while writing was paused
-        self._waited = 0.0  # seconds writing was paused
-        self._paused_at = 0.0
-        self._queued = 0
+        self._rate = SendRate()  # min_send_rate, measured per response (its request's number)
         self._outstanding = 0
         self.unsent = 0  # bytes queued for the client when it was cut (usage)
 
@@ -88,12 +79,8 @@ class ClientDeadlines(BaseProtocol):
         raw = self._raw
         if raw is None:
             return
-        self._paused_at = self._loop.time()
-        self._queued = raw.get_write_buffer_size()
-        if self._served != self._measured:  # a new response: measured afresh
-            self._measured = self._served
-            self._taken, self._waited = 0, 0.0
-        elif self._too_slow():
+        buffered, timeouts = raw.get_write_buffer_size(), self._listener.timeouts
+        if self._rate.paused(self._loop.time(), buffered, self._served, timeouts):
             self._cut(raw)
             return
         self._await_client()
@@ -103,18 +90,11 @@ class ClientDeadlines(BaseProtocol):
         raw = self._raw
         if raw is None:
             return
-        if self._paused_at:  # it took at least what left the buffer
-            self._waited += self._loop.time() - self._paused_at
-            self._taken += self._queued - raw.get_write_buffer_size()
-            self._paused_at = 0.0
+        self._rate.resumed(self._loop.time(), raw.get_write_buffer_size())
         if raw.is_closing():
             self._await_client()  # progress, and more to take before the close
         else:
             self._send_deadline = 0.0
-
-    def _too_slow(self) -> bool:
-        timeouts = self._listener.timeouts
-        return self._waited > timeouts.send and self._taken < timeouts.min_send_rate * self._waited
 
     def _await_client(self) -> None:
         """Start the send deadline: the client must take some of its bytes by then."""
@@ -137,16 +117,6 @@ class ClientDeadlines(BaseProtocol):
         self._cut(raw)
 
     def _cut(self, raw: asyncio.Transport) -> None:
-        """Reset a client that took nothing for `send`, or too little for
-        `min_send_rate` (RST: the kernel drops what it holds for it too)."""
-        self._listener.cut += 1
         self._send_deadline = 0.0
-        self.unsent = raw.get_write_buffer_size()
-        sock = raw.get_extra_info("socket")
-        if sock is not None:
-            try:
-                self.unsent += _kernel_queue(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-            except OSError:
-                pass
-        self.abort()
+        self._closing = True
+        self.unsent = reset_client(self._listener, raw)

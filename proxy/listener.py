@@ -222,6 +222,59 @@ class AdminServer(PublicServer):
         return AdminConnection(self, loop=self._loop, **self._kwargs)
 
 
+class SendRate:
+    """`min_send_rate` for one connection (review finding 3): what the client took of
+    the response being measured while keyfront waited on it (writing paused), and for
+    how long. Only paused time counts, so neither idle keep-alive time nor keyfront's
+    own waits on the origin lower the rate. Shared by ClientConnection and the front
+    protocol's deadlines (front_deadlines.py)."""
+
+    __slots__ = ("measured", "paused_at", "queued", "taken", "waited")
+
+    def __init__(self) -> None:
+        self.measured: object = None  # the response measured (its request)
+        self.taken = 0  # bytes it took while writing was paused
+        self.waited = 0.0  # seconds writing was paused
+        self.paused_at = 0.0  # 0: writing is not paused
+        self.queued = 0  # bytes in the transport's buffer when writing paused
+
+    def paused(self, now: float, buffered: int, response: object, timeouts: ClientTimeouts) -> bool:
+        """Writing paused with `buffered` bytes queued: whether the client took this
+        response below `min_send_rate` on average over the time keyfront waited on it,
+        once that passed `send` (then it is to be cut). Checked as writing pauses
+        again: a response that fits in the buffers never gets here. `send` alone is a
+        progress deadline, which a client taking a little every `send` never trips."""
+        self.paused_at, self.queued = now, buffered
+        if response is not self.measured:  # a new response: measured afresh
+            self.measured, self.taken, self.waited = response, 0, 0.0
+            return False
+        return self.waited > timeouts.send and self.taken < timeouts.min_send_rate * self.waited
+
+    def resumed(self, now: float, buffered: int) -> None:
+        """It took at least what left the buffer (writes only add to it)."""
+        if self.paused_at:
+            self.waited += now - self.paused_at
+            self.taken += self.queued - buffered
+            self.paused_at = 0.0
+
+
+def reset_client(listener: PublicServer, client: asyncio.Transport) -> int:
+    """Reset a client that took nothing for `send`, or too little for `min_send_rate`
+    (RST: the kernel drops what it holds for it too), counted in `listener.cut`; the
+    bytes it never got (keyfront's buffer and the kernel's queue), for usage."""
+    listener.cut += 1
+    unsent = client.get_write_buffer_size()
+    sock = client.get_extra_info("socket")
+    if sock is not None:
+        try:
+            unsent += _kernel_queue(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        except OSError:
+            pass
+    client.abort()
+    return unsent
+
+
 _PARSE = RequestHandler.data_received  # called directly: super() costs ~25 ns a read
 
 
@@ -233,15 +286,11 @@ class ClientConnection(Connection):
         "_client",
         "_counted",
         "_listener",
-        "_measured",
         "_outstanding",
-        "_paused_at",
-        "_queued",
+        "_rate",
         "_send_deadline",
         "_send_timer",
-        "_taken",
         "_unparsed",
-        "_waited",
         "unsent",
     )
 
@@ -253,13 +302,7 @@ class ClientConnection(Connection):
         self._send_timer: asyncio.TimerHandle | None = None
         self._counted = False
         self._unparsed = 0  # bytes received of a request head not yet complete
-        # The minimum send rate: what the client took of `_measured` (the request whose
-        # response it is) while keyfront waited on it, and for how long.
-        self._measured: object = None
-        self._taken = 0  # bytes it took while writing was paused
-        self._waited = 0.0  # seconds writing was paused
-        self._paused_at = 0.0  # 0: writing is not paused
-        self._queued = 0  # bytes in the transport's buffer when writing paused
+        self._rate = SendRate()  # min_send_rate, measured per response (its request)
         self._outstanding = 0  # bytes queued for the client when the send deadline was set
         self.unsent = 0  # bytes queued for the client when it was cut (usage, item 5)
 
@@ -355,12 +398,8 @@ class ClientConnection(Connection):
         client = self._client
         if client is None:
             return
-        self._paused_at = self._loop.time()
-        self._queued = client.get_write_buffer_size()
-        if self._current_request is not self._measured:  # a new response: measure afresh
-            self._measured = self._current_request
-            self._taken, self._waited = 0, 0.0
-        elif self._too_slow():
+        buffered, timeouts = client.get_write_buffer_size(), self._listener.timeouts
+        if self._rate.paused(self._loop.time(), buffered, self._current_request, timeouts):
             self._cut(client)
             return
         self._await_client()
@@ -368,24 +407,12 @@ class ClientConnection(Connection):
     def resume_writing(self) -> None:
         super().resume_writing()
         client = self._client
-        if client is not None and self._paused_at:
-            # It took at least what left the buffer (writes only add to it).
-            self._waited += self._loop.time() - self._paused_at
-            self._taken += self._queued - client.get_write_buffer_size()
-            self._paused_at = 0.0
+        if client is not None:
+            self._rate.resumed(self._loop.time(), client.get_write_buffer_size())
         if client is not None and client.is_closing():
             self._await_client()  # progress, and more to take before the close
         else:
             self._send_deadline = 0.0  # progress; the timer lapses when it fires
-
-    def _too_slow(self) -> bool:
-        """Whether the client took this response below `min_send_rate` on average
-        over the time keyfront waited on it, once that passed `send` (review finding
-        3). Checked as writing pauses again: a response that fits in the buffers never
-        gets here. `send` alone is a progress deadline, which a client taking a little
-        every `send` never trips."""
-        timeouts = self._listener.timeouts
-        return self._waited > timeouts.send and self._taken < timeouts.min_send_rate * self._waited
 
     def _await_client(self) -> None:
         """Start the send deadline: the client must take some of its bytes by then."""
@@ -422,18 +449,7 @@ class ClientConnection(Connection):
         self._cut(client)
 
     def _cut(self, client: asyncio.Transport) -> None:
-        """Reset a client that took nothing for `send`, or too little for
-        `min_send_rate`; remember what it never got."""
-        self._listener.cut += 1
-        sock = client.get_extra_info("socket")
-        self.unsent = client.get_write_buffer_size()
-        if sock is not None:
-            try:
-                self.unsent += _kernel_queue(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-            except OSError:
-                pass
-        client.abort()
+        self.unsent = reset_client(self._listener, client)
 
 
 class AdminConnection(ClientConnection):
